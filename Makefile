@@ -1,0 +1,46 @@
+# clinaudit — every target does its own set-up on a fresh machine (venv + install on first use).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Cohort scale of the demo: tiny | demo (default, ~10 min on 2 cores) | full (seed scale, benchmarks).
+SCALE ?= demo
+PORT ?= 3000
+export CLINAUDIT_HOME ?= $(CURDIR)/var/$(SCALE)
+export DAGSTER_HOME ?= $(CLINAUDIT_HOME)/dagster_home
+
+.PHONY: install demo test lint test-slow ui bench clean-var
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	# requirements.lock pins every transitive version; torch is the registry's build (see README).
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/clinaudit demo --scale $(SCALE)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/dagster definitions validate -w workspace.yaml
+	$(BIN)/pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+ui: $(STAMP)
+	$(BIN)/clinaudit init-home
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-var:
+	@echo "var/ holds landed data, keys and signed reports; remove it by hand if you mean it."

@@ -1,0 +1,2 @@
+"""Model adapters (registry), vendor model package I/O, training / fine-tuning and batched
+inference. Imports no Dagster."""

@@ -1,0 +1,2 @@
+"""Figures, HTML rendering (Jinja2), PDF (WeasyPrint), signing and verification (pyHanko).
+Imports no Dagster."""

@@ -1,0 +1,1 @@
+"""Jinja2 templates and CSS for each report type (package data, located with importlib.resources)."""
