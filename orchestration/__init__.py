@@ -1,1 +1,1 @@
-"""Dagster ``Definitions``, resources, sensors, jobs and the ``clinaudit`` command-line interface."""
+"""Dagster ``Definitions``, resources, sensors, jobs and the ``clinaudit`` command line."""

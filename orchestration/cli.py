@@ -23,10 +23,16 @@ def _home(args: argparse.Namespace) -> ClinauditHome:
     return ClinauditHome(root=str(root) if root else None, landing_dir=landing)
 
 
-def _print_runs(runs, home: ClinauditHome) -> int:  # noqa: ANN001 - list[SiteRun]
+def _print_runs(runs, home: ClinauditHome) -> int:
     bad = 0
     for r in runs:
-        state = "ok" if r.success and not r.failed_checks else "CHECKS FAILED" if r.success else "FAILED"
+        state = (
+            "ok"
+            if r.success and not r.failed_checks
+            else "CHECKS FAILED"
+            if r.success
+            else "FAILED"
+        )
         extra = f" failed checks: {', '.join(r.failed_checks)}" if r.failed_checks else ""
         print(f"  {r.site:<12} {state:<14} run {r.run_id[:8]}{extra}")
         bad += (not r.success) or any("ERROR" in c for c in r.failed_checks)
@@ -47,11 +53,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if scan_landing(home.landing, "cxr").ready():
         print(f"landing already holds batches, not re-simulating: {home.landing / 'cxr'}")
     else:
-        print(f"simulating the '{args.scale}' cohort (seed {args.seed}) into {home.landing / 'cxr'}")
+        print(
+            f"simulating the '{args.scale}' cohort (seed {args.seed}) into {home.landing / 'cxr'}"
+        )
         summary = simulate_cohort(
             home.landing, truth_root=truth, scale=args.scale, seed=args.seed, workers=args.workers
         )
-        print(f"  simulated in {time.perf_counter() - t0:.1f} s: {summary}")
+        for s in summary.sites:
+            print(f"  {s.site:<12} {s.n_images:>6} images {s.n_patients:>6} patients")
+        print(f"  simulated in {time.perf_counter() - t0:.1f} s")
     sites = register_sites(instance, home)
     print(f"ingesting {len(sites)} sites: {', '.join(sites)}")
     runs = ingest_sites(instance, home, sites, workers=args.workers)
@@ -72,7 +82,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         wanted = set(args.sites.split(","))
         sites = [s for s in sites if s in wanted]
     if not sites:
-        print(f"no ready batch under {home.landing / 'cxr'} (a batch is ready once manifest.json exists)")
+        print(
+            f"no ready batch under {home.landing / 'cxr'} "
+            "(a batch is ready once its manifest.json exists)"
+        )
         return 2
     runs = ingest_sites(instance, home, sites, workers=args.workers)
     return 1 if _print_runs(runs, home) else 0
@@ -90,7 +103,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         sites=sites,
         workers=args.workers,
     )
-    print(summary)
+    for s in summary.sites:
+        print(f"{s.site:<12} {s.n_images:>6} images -> {s.batch_dir}")
     return 0
 
 

@@ -4,8 +4,6 @@ Defaults live here and nowhere else. Paths come from the resource config, else `
 (default ``./var``); environment variables are read when a run uses them, never at import time.
 """
 
-from __future__ import annotations
-
 import os
 import secrets
 from pathlib import Path
@@ -108,7 +106,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     A downstream asset that depends on several partitions receives ``dict[partition, DataFrame]``.
     """
 
-    home: dg.ResourceDependency[ClinauditHome]
+    home: ClinauditHome
 
     def _path(self, key: dg.AssetKey, partition: str | None) -> Path:
         base = self.home.artifacts / "tables"

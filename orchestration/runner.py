@@ -19,7 +19,7 @@ from clinaudit.orchestration.resources import ClinauditHome
 from clinaudit.sources.landing import scan_landing
 
 DAGSTER_YAML = """\
-# Dagster instance for clinaudit (written by `clinaudit init-home`; edit freely, it is not rewritten).
+# Dagster instance for clinaudit, written once by `clinaudit init-home` (edit freely).
 # Embedded default: SQLite storage under this directory, runs launched in-process by the daemon.
 # For Postgres storage and multiprocess / Kubernetes executors, see docs/operations.md.
 telemetry:
@@ -52,7 +52,8 @@ def init_home(home: ClinauditHome) -> Path:
 def get_instance(home: ClinauditHome) -> dg.DagsterInstance:
     """The persistent instance under ``$DAGSTER_HOME`` (set to ``<home>/dagster_home`` if unset)."""
     dagster_home = init_home(home)
-    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dg.DagsterInstance.get()
 
 

@@ -7,9 +7,9 @@ Layout::
         images/...            DICOM (.dcm) or PNG (.png) files
         manifest.json         written last: the ready marker
 
-``manifest.json`` lists every other file of the batch with its size and sha256. A batch without a
-manifest is still being uploaded and is *not ready* (ignored, never an error). Landed files are never
-modified or deleted by clinaudit; everything derived from them is written elsewhere.
+``manifest.json`` lists every other file of the batch with its size and sha256. A batch
+without a manifest is still being uploaded and is *not ready* (ignored, never an error). Landed
+files are never modified or deleted by clinaudit; everything derived from them is written elsewhere.
 """
 
 from __future__ import annotations
@@ -401,4 +401,3 @@ def scan_landing(landing_root: str | os.PathLike[str], study: str) -> LandingSca
             ready = (batch_dir / MANIFEST_NAME).is_file()
             batches.append(BatchRef(study, site_dir.name, batch_dir.name, batch_dir, ready))
     return LandingScan(tuple(batches), tuple(refused))
-

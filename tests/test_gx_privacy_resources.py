@@ -83,4 +83,7 @@ def test_home_paths_and_key_precedence(tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "keys" / "pseudonym.key").read_bytes() == dev_key
     monkeypatch.setenv("CLINAUDIT_PSEUDONYM_KEY", "00ff")
     assert home.pseudonym_secret() == b"\x00\xff"
-    assert ClinauditHome(root=str(tmp_path), pseudonym_key="text-key").pseudonym_secret() == b"text-key"
+    assert (
+        ClinauditHome(root=str(tmp_path), pseudonym_key="text-key").pseudonym_secret()
+        == b"text-key"
+    )

@@ -28,7 +28,12 @@ def _batch(root: Path, site: str = "site_a", batch: str = "b1") -> Path:
 
 def _manifest(d: Path) -> Path:
     return write_manifest(
-        d, study="cxr", site=d.parent.name, batch=d.name, simulated=True, created_utc="2026-01-01T00:00:00Z"
+        d,
+        study="cxr",
+        site=d.parent.name,
+        batch=d.name,
+        simulated=True,
+        created_utc="2026-01-01T00:00:00Z",
     )
 
 

@@ -93,11 +93,15 @@ def _suite(table: pd.DataFrame, cfg: LabelSuiteConfig) -> Any:
             e.ExpectColumnValuesToNotBeNull(column=finding, mostly=1.0 - cfg.max_unlabelled_rate)
         )
         suite.add_expectation(
-            e.ExpectColumnMeanToBeBetween(column=finding, min_value=0.0, max_value=cfg.max_prevalence)
+            e.ExpectColumnMeanToBeBetween(
+                column=finding, min_value=0.0, max_value=cfg.max_prevalence
+            )
         )
     suite.add_expectation(
         e.ExpectColumnMeanToBeBetween(
-            column="_no_finding", min_value=cfg.no_finding_bounds[0], max_value=cfg.no_finding_bounds[1]
+            column="_no_finding",
+            min_value=cfg.no_finding_bounds[0],
+            max_value=cfg.no_finding_bounds[1],
         )
     )
     return suite
@@ -160,5 +164,6 @@ def run_label_suite(table: pd.DataFrame, cfg: LabelSuiteConfig | None = None) ->
                 kwargs=kwargs,
             )
         )
-    return SuiteOutcome(suite="cxr_validated_images", success=bool(result.success), results=tuple(outcomes))
-
+    return SuiteOutcome(
+        suite="cxr_validated_images", success=bool(result.success), results=tuple(outcomes)
+    )

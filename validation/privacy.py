@@ -41,7 +41,9 @@ def phi_leaks(table: pd.DataFrame) -> list[str]:
         One human-readable problem per finding: a PHI column present, a malformed pseudonym, or a
         text cell that looks like a DICOM person name.
     """
-    problems = [f"column {c!r} is PHI and must not leave ingest" for c in table.columns if c in PHI_COLUMNS]
+    problems = [
+        f"column {c!r} is PHI and must not leave ingest" for c in table.columns if c in PHI_COLUMNS
+    ]
     if "patient_pseudonym" not in table.columns:
         problems.append("column 'patient_pseudonym' is missing")
     elif len(table):
@@ -54,5 +56,7 @@ def phi_leaks(table: pd.DataFrame) -> list[str]:
     for col in table.select_dtypes(include=["object", "string"]).columns:
         hits = table[col].astype(str).str.contains(_PERSON_NAME_RE, na=False)
         if hits.any():
-            problems.append(f"column {col!r} holds {int(hits.sum())} values shaped like person names")
+            problems.append(
+                f"column {col!r} holds {int(hits.sum())} values shaped like person names"
+            )
     return problems

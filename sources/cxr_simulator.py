@@ -1,0 +1,712 @@
+"""Deterministic multi-site chest X-ray cohort simulator writing real formats into landing.
+
+For each site batch it writes ``<landing>/cxr/<site>/<batch>/``::
+
+    images/<Image Index>        DICOM (DX or CR), one per image
+    labels.csv                  NIH ChestX-ray14 ``Data_Entry_2017.csv`` layout (11 columns)
+    train_val_list.txt          vendor site only: NIH split files, patient-disjoint
+    test_list.txt               vendor site only: the single-site held-out evaluation set
+    manifest.json               written last (the ready marker), ``simulated: true``
+
+and, for tests only, the truth sidecar ``<truth>/cxr/<site>/<batch>.json`` (profile as applied,
+declared shift directions versus ``vendor_dev``) and ``<batch>.csv`` (per image true and written
+labels, severity per finding, acquisition values).
+
+Labels come from a Gaussian copula: correlated latent disease factors (heart failure, infection,
+COPD, neoplasm, chronic scarring, age) give realistic co-occurrence with exact marginal prevalence;
+follow-up images of a patient share most of the latent so findings mostly persist. Label noise
+(``label_miss_rate``, ``label_false_rate``) is applied to the written labels only.
+
+Every random draw comes from ``numpy.random.SeedSequence`` entropy ``[seed, crc32(site),
+crc32(batch)]``; images use child sequences keyed by their index, so serial and parallel runs
+write byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from clinaudit.sources.cxr_labels import FINDINGS, NO_FINDING
+from clinaudit.sources.cxr_render import apply_acquisition, render_cxr
+from clinaudit.sources.cxr_sites import (
+    AGE_LOADING,
+    DEFAULT_SITES,
+    FACTOR_LOADINGS,
+    QUALITY_FEATURES,
+    REFERENCE_SITE,
+    SCALES,
+    CohortScale,
+    SiteProfile,
+)
+from clinaudit.sources.dicom_io import CxrDicomMeta, deterministic_uid, write_cxr_dicom
+from clinaudit.sources.landing import MANIFEST_NAME, LandingError, validate_name, write_manifest
+
+STUDY = "cxr"
+#: Fixed manifest timestamp: simulated batches must be byte-identical across runs.
+CREATED_UTC = "2024-01-01T00:00:00Z"
+#: The header line of NIH ``Data_Entry_2017_v2020.csv``, byte for byte (11 CSV fields).
+NIH_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+#: Share of a follow-up image's latent disease state carried over from the patient.
+FOLLOWUP_PERSISTENCE = 0.85
+_MAX_PATIENTS_PER_BATCH = 99_999
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """What :func:`simulate_site_batch` wrote for one site batch."""
+
+    site: str
+    batch: str
+    batch_dir: Path
+    truth_json: Path
+    n_images: int
+    n_patients: int
+    prevalence: dict[str, float]
+    seconds: float
+    images_per_second: float
+    n_train: int = 0
+    n_test: int = 0
+
+
+@dataclass(frozen=True)
+class CohortSummary:
+    """What :func:`simulate_cohort` wrote: one :class:`SiteSummary` per site, in order."""
+
+    scale: str
+    seed: int
+    sites: tuple[SiteSummary, ...]
+    seconds: float
+    images_per_second: float
+
+    @property
+    def n_images(self) -> int:
+        """Images written over all sites."""
+        return sum(s.n_images for s in self.sites)
+
+    def site(self, name: str) -> SiteSummary:
+        """The summary of site ``name``."""
+        for s in self.sites:
+            if s.site == name:
+                return s
+        raise KeyError(
+            f"site {name!r} was not simulated; simulated: {[s.site for s in self.sites]}"
+        )
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _resolve_scale(scale: str | CohortScale) -> CohortScale:
+    if isinstance(scale, CohortScale):
+        return scale
+    if scale not in SCALES:
+        raise ValueError(
+            f"scale={scale!r} is not a known scale; expected one of {sorted(SCALES)} or a "
+            "CohortScale instance"
+        )
+    return SCALES[scale]
+
+
+def _resolve_site(site: str | SiteProfile) -> SiteProfile:
+    if isinstance(site, SiteProfile):
+        return site
+    if site not in DEFAULT_SITES:
+        raise ValueError(
+            f"site={site!r} is not a default site; expected one of {list(DEFAULT_SITES)} or a "
+            "SiteProfile instance"
+        )
+    return DEFAULT_SITES[site]
+
+
+def _site_number(profile: SiteProfile) -> int:
+    names = list(DEFAULT_SITES)
+    if profile.name in names:
+        return names.index(profile.name) + 1
+    return 10 + _crc(profile.name) % 90
+
+
+def _batch_slot(batch: str) -> int:
+    m = re.search(r"(\d+)$", batch)
+    number = int(m.group(1)) if m else _crc(batch)
+    return (number - 1) % 10
+
+
+def declared_shifts(
+    profile: SiteProfile, reference: SiteProfile, native_range: tuple[int, int]
+) -> dict[str, str]:
+    """Quality features the design pushes at ``profile`` versus ``reference``: ``"+"``/``"-"``.
+
+    Features not pushed are left out. The expected values are computed from the profiles (mean
+    film density 0.33 before the detector curve; AP share lowers contrast and raises noise).
+    Sharpness is not declared where noise is pushed up, because noise inflates the usual
+    sharpness measures.
+
+    Parameters
+    ----------
+    profile, reference : SiteProfile
+        The site and the reference site.
+    native_range : (int, int)
+        The scale's native matrix range (sets the pixel spacing).
+
+    Returns
+    -------
+    dict of str to str
+        Keys from ``QUALITY_FEATURES``.
+    """
+    m0 = 0.33
+
+    def bright(p: SiteProfile) -> float:
+        return 0.5 + p.contrast * (1 - 0.1 * p.frac_ap) * (m0**p.gamma - 0.5) + p.brightness
+
+    def contrast(p: SiteProfile) -> float:
+        return p.contrast * (1 - 0.1 * p.frac_ap) * p.gamma * m0 ** (p.gamma - 1.0)
+
+    def noise(p: SiteProfile) -> float:
+        return p.noise_sd * (1 + 0.3 * p.frac_ap)
+
+    def spacing(p: SiteProfile) -> float:
+        return p.field_of_view_mm / p.native_px(native_range)
+
+    out: dict[str, str] = {}
+    d = bright(profile) - bright(reference)
+    if abs(d) > 0.03:
+        out["brightness"] = "+" if d > 0 else "-"
+    r = contrast(profile) / contrast(reference)
+    if r > 1.15 or r < 1 / 1.15:
+        out["contrast"] = "+" if r > 1 else "-"
+    r = noise(profile) / noise(reference)
+    if r > 1.5 or r < 1 / 1.5:
+        out["noise"] = "+" if r > 1 else "-"
+    rs = spacing(profile) / spacing(reference)
+    rb = profile.blur_mm / reference.blur_mm
+    if out.get("noise") != "+":
+        if rb > 1.8 or (rs > 1.3 and rb >= 1.0):
+            out["sharpness"] = "-"
+        elif rb < 0.55 and rs <= 1.0:
+            out["sharpness"] = "+"
+    if rs > 1.1 or rs < 1 / 1.1:
+        out["pixel_spacing"] = "+" if rs > 1 else "-"
+    assert set(out) <= set(QUALITY_FEATURES)
+    return out
+
+
+def _population(profile: SiteProfile, n_images: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Patients, follow-ups, views, true labels and severities of one site batch."""
+    n_f = len(FINDINGS)
+    per_patient = np.minimum(rng.geometric(1.0 / (1.0 + profile.followup_mean), n_images), 12)
+    ends = np.cumsum(per_patient)
+    n_pat = int(np.searchsorted(ends, n_images) + 1)
+    per_patient = per_patient[:n_pat].copy()
+    per_patient[-1] -= int(ends[n_pat - 1] - n_images)
+    if n_pat > _MAX_PATIENTS_PER_BATCH:
+        raise ValueError(
+            f"{n_pat} patients in one batch exceed {_MAX_PATIENTS_PER_BATCH}; split the site into "
+            "several batches"
+        )
+    pat_idx = np.repeat(np.arange(n_pat), per_patient)
+    follow_up = np.concatenate([np.arange(k) for k in per_patient])
+
+    child = rng.random(n_pat) < 0.04
+    adult_age = np.clip(np.rint(rng.normal(profile.age_mean, profile.age_sd, n_pat)), 15, 95)
+    age0 = np.where(child, rng.integers(1, 15, n_pat), adult_age).astype(int)
+    sex = np.where(rng.random(n_pat) < profile.frac_male, "M", "F")
+
+    factors = list(FACTOR_LOADINGS)
+    w = np.zeros((len(factors), n_f))
+    for k, fac in enumerate(factors):
+        for f, load in FACTOR_LOADINGS[fac].items():
+            w[k, FINDINGS.index(f)] = load
+    a = np.array([AGE_LOADING.get(f, 0.0) for f in FINDINGS])
+    resid = 1.0 - (w**2).sum(axis=0) - a**2
+    f_pat = rng.standard_normal((n_pat, len(factors)))
+    age_z = np.clip((age0 - 52.0) / 18.0, -2.5, 2.5)
+    z_pat = f_pat @ w + age_z[:, None] * a + np.sqrt(resid) * rng.standard_normal((n_pat, n_f))
+    rho = FOLLOWUP_PERSISTENCE
+    z = math.sqrt(rho) * z_pat[pat_idx] + math.sqrt(1 - rho) * rng.standard_normal((n_images, n_f))
+    prev = profile.prevalence()
+    thr = norm.isf(np.array([prev[f] for f in FINDINGS]))
+    true = z > thr
+    sev = 0.12 + 0.88 * (1.0 - np.exp(-1.3 * (z - thr))) + 0.07 * rng.standard_normal(z.shape)
+    sev = np.where(true, np.clip(sev, 0.08, 1.0), 0.0)
+
+    miss = true & (rng.random(true.shape) < profile.label_miss_rate)
+    false = ~true & (rng.random(true.shape) < profile.label_false_rate)
+    written = (true & ~miss) | false
+
+    sick = (f_pat[:, factors.index("heart_failure")] + f_pat[:, factors.index("infection")]) / 2
+    logit = math.log(profile.frac_ap / (1 - profile.frac_ap)) + 0.5 * sick[pat_idx]
+    logit = logit + np.where(child[pat_idx], 1.0, 0.0)
+    view = np.where(rng.random(n_images) < 1 / (1 + np.exp(-logit)), "AP", "PA")
+
+    start = date(profile.study_year, 1, 1)
+    first = rng.integers(0, 730, n_pat)
+    gaps = np.where(follow_up == 0, 0, rng.integers(1, 120, n_images))
+    starts = np.r_[0, np.cumsum(per_patient)[:-1]]
+    offsets = first[pat_idx] + np.concatenate(
+        [np.cumsum(gaps[s0 : s0 + k]) for s0, k in zip(starts, per_patient, strict=True)]
+    )
+    age = np.minimum(age0[pat_idx] + offsets // 365 - first[pat_idx] // 365, 95)
+    dates = [(start + timedelta(days=int(d))).strftime("%Y%m%d") for d in offsets]
+
+    df = pd.DataFrame(
+        {
+            "patient_idx": pat_idx,
+            "Follow-up #": follow_up,
+            "Patient Age": age.astype(int),
+            "Patient Gender": sex[pat_idx],
+            "View Position": view,
+            "study_date": dates,
+        }
+    )
+    for j, f in enumerate(FINDINGS):
+        df[f"true_{f}"] = true[:, j].astype(int)
+        df[f"written_{f}"] = written[:, j].astype(int)
+        df[f"sev_{f}"] = np.round(sev[:, j], 4)
+    return df
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    file_name: str
+    severities: tuple[float, ...]
+    meta: CxrDicomMeta
+
+
+def _render_chunk(
+    profile: SiteProfile,
+    native_px: int,
+    render_px: int,
+    images_dir: str,
+    entropy: tuple[int, ...],
+    jobs: Sequence[_Job],
+) -> list[tuple[str, str, dict[str, object]]]:
+    """Render, encode and write a chunk of images; return (name, sha256, acquisition) each."""
+    out = []
+    for job in jobs:
+        rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(job.index,)))
+        findings = {f: s for f, s in zip(FINDINGS, job.severities, strict=True) if s > 0}
+        img = render_cxr(
+            rng,
+            findings=findings,
+            age=float(job.meta.patient_age),
+            sex=job.meta.patient_sex,
+            view=job.meta.view_position,
+            size=render_px,
+        )
+        pixels, acq = apply_acquisition(
+            img, rng, profile, native_px=native_px, view=job.meta.view_position
+        )
+        meta = dataclasses.replace(
+            job.meta,
+            kvp=acq.kvp,
+            pixel_spacing_mm=acq.pixel_spacing_mm,
+            burned_in_annotation=bool(acq.marker),
+        )
+        data = write_cxr_dicom(None, pixels, meta)
+        assert data is not None
+        with open(os.path.join(images_dir, job.file_name), "wb") as fh:
+            fh.write(data)
+        out.append((job.file_name, hashlib.sha256(data).hexdigest(), dataclasses.asdict(acq)))
+    return out
+
+
+def _render_chunk_star(args: tuple) -> list[tuple[str, str, dict[str, object]]]:
+    return _render_chunk(*args)
+
+
+def _write_text(path: Path, text: str) -> str:
+    data = text.encode("utf-8")
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _patient_split(df: pd.DataFrame, test_images: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean test mask filled patient by patient (random order) up to ``test_images``."""
+    patients = df["Patient ID"].unique()
+    counts = df.groupby("Patient ID", sort=False).size()
+    test_ids: set[int] = set()
+    n = 0
+    for pid in rng.permutation(patients):
+        if n >= test_images:
+            break
+        test_ids.add(int(pid))
+        n += int(counts[pid])
+    if n == len(df):
+        raise ValueError(
+            f"test_images={test_images} leaves no training image among {len(df)} images; "
+            "lower test_images"
+        )
+    return df["Patient ID"].isin(test_ids).to_numpy()
+
+
+def simulate_site_batch(
+    landing_root: str | os.PathLike[str],
+    *,
+    truth_root: str | os.PathLike[str],
+    site: str | SiteProfile,
+    n_images: int | None = None,
+    scale: str | CohortScale = "demo",
+    seed: int = 0,
+    batch: str = "b0001",
+    test_images: int | None = None,
+    workers: int | None = None,
+    reference: SiteProfile | None = None,
+) -> SiteSummary:
+    """Simulate one site batch and land it (images, labels.csv, split files, manifest last).
+
+    Parameters
+    ----------
+    landing_root : path
+        Landing root; the batch goes to ``<landing_root>/cxr/<site>/<batch>/``.
+    truth_root : path
+        Where the truth sidecar goes (``<truth_root>/cxr/<site>/<batch>.json`` and ``.csv``).
+    site : str or SiteProfile
+        A name from ``DEFAULT_SITES`` or a custom profile (e.g. a new site for an e2e test).
+    n_images : int, optional
+        Number of images; default: the scale's size for the site.
+    scale : str or CohortScale
+        Sets the native matrix range and render size (and ``n_images`` when not given).
+    seed : int
+        Master seed; with site and batch names it determines every byte written.
+    batch : str
+        Batch name (a safe directory name).
+    test_images : int, optional
+        Write patient-disjoint ``train_val_list.txt`` / ``test_list.txt`` with about this many
+        test images. Default: the scale's ``vendor_test`` for the reference site, none otherwise.
+    workers : int, optional
+        Processes for rendering; ``1`` runs in-process; default ``min(cpu_count, 8)``. The bytes
+        written do not depend on it.
+    reference : SiteProfile, optional
+        Reference for the sidecar's declared shift directions (default ``vendor_dev``).
+
+    Returns
+    -------
+    SiteSummary
+
+    Raises
+    ------
+    LandingError
+        If the batch directory already holds a manifest (landed data is immutable) or leftover
+        files of an interrupted write.
+    """
+    t0 = time.perf_counter()
+    profile = _resolve_site(site)
+    sc = _resolve_scale(scale)
+    validate_name("site", profile.name)
+    validate_name("batch", batch)
+    if n_images is None:
+        n_images = sc.n_images(profile.name)
+    if n_images < 1:
+        raise ValueError(f"n_images={n_images}; expected at least 1 image")
+    if test_images is None and profile.name == REFERENCE_SITE:
+        test_images = sc.vendor_test
+    batch_dir = Path(landing_root) / STUDY / profile.name / batch
+    if (batch_dir / MANIFEST_NAME).exists():
+        raise LandingError(
+            batch_dir,
+            "batch already landed (manifest.json exists) and landed data is immutable",
+            "choose a new batch name (e.g. 'b0002') or another landing root",
+        )
+    if batch_dir.exists() and any(batch_dir.iterdir()):
+        raise LandingError(
+            batch_dir,
+            "directory holds files but no manifest.json (an interrupted write?)",
+            "delete this directory or choose a new batch name",
+        )
+    images_dir = batch_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+
+    entropy = (int(seed), _crc(profile.name), _crc(batch))
+    rng = np.random.default_rng(np.random.SeedSequence(entropy))
+    df = _population(profile, n_images, rng)
+    pid_base = _site_number(profile) * 1_000_000 + _batch_slot(batch) * 100_000
+    df.insert(0, "Patient ID", pid_base + 1 + df.pop("patient_idx"))
+    df.insert(
+        0,
+        "Image Index",
+        [
+            f"{profile.code}_{p:08d}_{f:03d}.dcm"
+            for p, f in zip(df["Patient ID"], df["Follow-up #"], strict=True)
+        ],
+    )
+    native = profile.native_px(sc.native_px)
+    spacing = round(profile.field_of_view_mm / native, 5)
+
+    jobs = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        pid = int(row[1])
+        uid_key = (seed, profile.name, batch, i)
+        meta = CxrDicomMeta(
+            sop_instance_uid=deterministic_uid("sop", *uid_key),
+            study_instance_uid=deterministic_uid("study", *uid_key),
+            series_instance_uid=deterministic_uid("series", *uid_key),
+            patient_id=str(pid),
+            patient_name=f"SIM^PATIENT{pid}",
+            patient_sex=str(df["Patient Gender"].iat[i]),
+            patient_age=int(df["Patient Age"].iat[i]),
+            view_position=str(df["View Position"].iat[i]),
+            modality=profile.modality,
+            manufacturer=profile.manufacturer,
+            model_name=profile.model_name,
+            institution=profile.institution,
+            photometric=profile.photometric,
+            bits_stored=profile.bits_stored,
+            pixel_spacing_mm=spacing,
+            kvp=0.0,
+            study_date=str(df["study_date"].iat[i]),
+            accession_number=f"SIM{_site_number(profile):02d}{i + 1:08d}",
+            instance_number=1,
+        )
+        sev = tuple(float(df[f"sev_{f}"].iat[i]) for f in FINDINGS)
+        jobs.append(_Job(i, str(df["Image Index"].iat[i]), sev, meta))
+
+    n_workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
+    if n_workers < 1:
+        raise ValueError(f"workers={workers}; expected >= 1 or None")
+    chunk = max(1, min(32, math.ceil(n_images / (n_workers * 4))))
+    tasks = [
+        (profile, native, sc.render_px, str(images_dir), entropy, jobs[k : k + chunk])
+        for k in range(0, n_images, chunk)
+    ]
+    results: list[tuple[str, str, dict[str, object]]] = []
+    if n_workers == 1:
+        for task in tasks:
+            results.extend(_render_chunk_star(task))
+    else:
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            for part in pool.map(_render_chunk_star, tasks):
+                results.extend(part)
+    hashes = {f"images/{name}": digest for name, digest, _ in results}
+
+    # labels.csv in the NIH layout.
+    buf = io.StringIO()
+    buf.write(NIH_HEADER + "\n")
+    writer = csv.writer(buf, lineterminator="\n")
+    written = df[[f"written_{f}" for f in FINDINGS]].to_numpy()
+    for i in range(n_images):
+        labels = "|".join(f for f, v in zip(FINDINGS, written[i], strict=True) if v) or NO_FINDING
+        writer.writerow(
+            [
+                df["Image Index"].iat[i],
+                labels,
+                int(df["Follow-up #"].iat[i]),
+                int(df["Patient ID"].iat[i]),
+                int(df["Patient Age"].iat[i]),
+                df["Patient Gender"].iat[i],
+                df["View Position"].iat[i],
+                native,
+                native,
+                f"{spacing:.6g}",
+                f"{spacing:.6g}",
+            ]
+        )
+    hashes["labels.csv"] = _write_text(batch_dir / "labels.csv", buf.getvalue())
+
+    split = np.full(n_images, "", dtype=object)
+    n_train = n_test = 0
+    if test_images is not None:
+        is_test = _patient_split(df, int(test_images), rng)
+        names = df["Image Index"].to_numpy()
+        train_names, test_names = sorted(names[~is_test]), sorted(names[is_test])
+        hashes["train_val_list.txt"] = _write_text(
+            batch_dir / "train_val_list.txt", "".join(n + "\n" for n in train_names)
+        )
+        hashes["test_list.txt"] = _write_text(
+            batch_dir / "test_list.txt", "".join(n + "\n" for n in test_names)
+        )
+        split = np.where(is_test, "test", "train_val")
+        n_train, n_test = len(train_names), len(test_names)
+    write_manifest(
+        batch_dir,
+        study=STUDY,
+        site=profile.name,
+        batch=batch,
+        label_file="labels.csv",
+        label_layout="nih",
+        simulated=True,
+        created_utc=CREATED_UTC,
+        hashes=hashes,
+    )
+
+    # Truth sidecar (tests only).
+    truth_dir = Path(truth_root) / STUDY / profile.name
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    acq = pd.DataFrame([a for _, _, a in results])
+    truth = df.drop(columns=["study_date"]).copy()
+    truth["split"] = split
+    for col in acq.columns:
+        truth[f"acq_{col}"] = acq[col].to_numpy()
+    truth.to_csv(truth_dir / f"{batch}.csv", index=False, float_format="%.6g", lineterminator="\n")
+    ref = reference or DEFAULT_SITES[REFERENCE_SITE]
+    true_prev = {f: round(float(df[f"true_{f}"].mean()), 6) for f in FINDINGS}
+    written_prev = {f: round(float(df[f"written_{f}"].mean()), 6) for f in FINDINGS}
+    doc = {
+        "format": "clinaudit.cxr_truth/v1",
+        "site": profile.name,
+        "batch": batch,
+        "seed": int(seed),
+        "scale": sc.name,
+        "reference_site": ref.name,
+        "native_px": native,
+        "render_px": sc.render_px,
+        "pixel_spacing_mm": spacing,
+        "n_images": n_images,
+        "n_patients": int(df["Patient ID"].nunique()),
+        "profile": dataclasses.asdict(profile),
+        "reference_profile": dataclasses.asdict(ref),
+        "pushed": declared_shifts(profile, ref, sc.native_px),
+        "target_prevalence": profile.prevalence(),
+        "true_prevalence": true_prev,
+        "written_prevalence": written_prev,
+        "label_noise": {
+            "miss_rate": profile.label_miss_rate,
+            "false_rate": profile.label_false_rate,
+            "applies_to": "labels.csv only; true_* columns of the sidecar CSV are noise-free",
+        },
+        "split": {"train_val": n_train, "test": n_test},
+    }
+    (truth_dir / f"{batch}.json").write_text(
+        json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    seconds = time.perf_counter() - t0
+    return SiteSummary(
+        site=profile.name,
+        batch=batch,
+        batch_dir=batch_dir,
+        truth_json=truth_dir / f"{batch}.json",
+        n_images=n_images,
+        n_patients=int(df["Patient ID"].nunique()),
+        prevalence=written_prev,
+        seconds=seconds,
+        images_per_second=n_images / seconds,
+        n_train=n_train,
+        n_test=n_test,
+    )
+
+
+def simulate_cohort(
+    landing_root: str | os.PathLike[str],
+    *,
+    truth_root: str | os.PathLike[str],
+    scale: str | CohortScale = "demo",
+    seed: int = 0,
+    sites: Sequence[str] | None = None,
+    batch: str = "b0001",
+    workers: int | None = None,
+) -> CohortSummary:
+    """Simulate the vendor site and the deployment sites of ``scale`` into ``landing_root``.
+
+    Parameters
+    ----------
+    landing_root, truth_root : path
+        Landing root (``<landing_root>/cxr/<site>/<batch>/``) and truth sidecar root.
+    scale : {"tiny", "demo", "full"} or CohortScale
+        Cohort sizes.
+    seed : int
+        Master seed (same seed and scale give byte-identical files).
+    sites : sequence of str, optional
+        Subset of ``DEFAULT_SITES`` (default: all, vendor first).
+    batch : str
+        Batch name for every site.
+    workers : int, optional
+        Rendering processes (see :func:`simulate_site_batch`).
+
+    Returns
+    -------
+    CohortSummary
+
+    Examples
+    --------
+    >>> s = simulate_cohort("var/landing", truth_root="var/truth", scale="tiny",
+    ...                     sites=["site_a"])  # doctest: +SKIP
+    >>> s.site("site_a").n_images  # doctest: +SKIP
+    60
+    """
+    sc = _resolve_scale(scale)
+    names = list(DEFAULT_SITES) if sites is None else list(sites)
+    unknown = [s for s in names if s not in DEFAULT_SITES]
+    if unknown:
+        raise ValueError(
+            f"sites {unknown} are not default sites; expected names from {list(DEFAULT_SITES)}"
+        )
+    t0 = time.perf_counter()
+    out = [
+        simulate_site_batch(
+            landing_root,
+            truth_root=truth_root,
+            site=name,
+            scale=sc,
+            seed=seed,
+            batch=batch,
+            workers=workers,
+        )
+        for name in names
+    ]
+    seconds = time.perf_counter() - t0
+    total = sum(s.n_images for s in out)
+    return CohortSummary(sc.name, int(seed), tuple(out), seconds, total / seconds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m clinaudit.sources.cxr_simulator --out DIR --truth DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clinaudit.sources.cxr_simulator",
+        description="Simulate the multi-site chest X-ray cohort into a landing directory.",
+    )
+    parser.add_argument("--out", required=True, help="landing root")
+    parser.add_argument("--truth", required=True, help="truth sidecar root (tests only)")
+    parser.add_argument("--scale", default="demo", choices=sorted(SCALES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sites", default=None, help="comma-separated subset of the sites")
+    parser.add_argument("--batch", default="b0001")
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
+    summary = simulate_cohort(
+        args.out,
+        truth_root=args.truth,
+        scale=args.scale,
+        seed=args.seed,
+        sites=sites,
+        batch=args.batch,
+        workers=args.workers,
+    )
+    for s in summary.sites:
+        print(
+            f"{s.site:<11} {s.n_images:>6} images {s.n_patients:>6} patients "
+            f"{s.images_per_second:8.1f} img/s  {s.batch_dir}"
+        )
+    print(
+        f"total {summary.n_images} images in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.1f} img/s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
