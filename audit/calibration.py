@@ -1,0 +1,530 @@
+"""Calibration per cell (group x target): ECE, MCE, Brier, logistic recalibration, reliability data.
+
+Definitions
+-----------
+* Bins: equal-width edges ``linspace(0, 1, n_bins + 1)``; equal-mass edges are the quantiles
+  ``numpy.quantile(p, linspace(0, 1, n_bins + 1))`` of the cell's predictions with duplicate edges
+  removed (ties can leave fewer bins). Bin ``i`` is ``[e_i, e_{i+1})``, the last bin is closed.
+* ``ECE = sum_b (n_b / n) |mean(y)_b - mean(p)_b|`` over non-empty bins; ``MCE = max_b |...|``.
+* ``Brier = mean((p - y)^2)``.
+* Logistic recalibration: ``logit P(y=1) = a + b logit(p)`` fitted by maximum likelihood
+  (Newton / IRLS, ``p`` clipped to ``[1e-6, 1 - 1e-6]``); calibration-in-the-large is ``a`` with
+  ``b`` fixed at 1.
+  A fit that does not converge (e.g. perfectly separated data) is reported as ``NaN`` with
+  ``recal_converged = False``, never as the last iterate.
+* Bootstrap intervals (clustered, percentile) for ECE (both binnings) and Brier. The bin edges are
+  those of the observed sample and stay fixed across replicates (only the weights change).
+* Reliability data: per bin ``lower``, ``upper``, ``count``, mean predicted, observed rate and its
+  Wilson interval (the Wilson interval treats rows as independent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from .bootstrap import (
+    DEFAULT_CHUNK_SIZE,
+    derive_rng,
+    iter_count_chunks,
+    percentile_ci,
+    segment_matrix,
+)
+from .types import (
+    STATUS_INSUFFICIENT,
+    STATUS_OK,
+    AuditInputError,
+    check_ci_level,
+    check_option,
+    check_positive_int,
+    validate_labelled_scores,
+)
+
+Binning = Literal["width", "mass"]
+BINNINGS: tuple[str, ...] = ("width", "mass")
+CLIP_EPS = 1e-6
+CALIBRATION_BOOTSTRAP_METRICS: tuple[str, ...] = ("ece_width", "ece_mass", "brier")
+
+
+def _check_probs(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    data = validate_labelled_scores(y_true, y_prob, score_name="y_prob", require_probabilities=True)
+    if data.y_true.shape[1] != 1 or np.isnan(data.y_true).any():
+        raise AuditInputError(
+            "y_true",
+            "NaN labels or several columns",
+            "one fully labelled target",
+            "drop unlabelled rows and pass one target at a time",
+        )
+    return data.y_true[:, 0], data.y_score[:, 0]
+
+
+def bin_edges(y_prob: np.ndarray, *, n_bins: int = 10, binning: Binning = "width") -> np.ndarray:
+    """Bin edges for the reliability diagram / ECE.
+
+    Parameters
+    ----------
+    y_prob : ndarray of shape (n,)
+        Predicted probabilities (used only for equal-mass edges).
+    n_bins : int, keyword-only
+        Number of bins requested.
+    binning : {"width", "mass"}, keyword-only
+        Equal-width on ``[0, 1]`` or equal-mass (quantiles, duplicates removed).
+
+    Returns
+    -------
+    ndarray of shape (k + 1,)
+        Increasing edges of ``k <= n_bins`` bins (a single degenerate bin ``[c, c]`` when all
+        predictions equal ``c`` under equal-mass binning).
+
+    Examples
+    --------
+    >>> bin_edges(np.array([0.1, 0.2]), n_bins=4).tolist()
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    n_bins = check_positive_int("n_bins", n_bins)
+    binning = check_option("binning", binning, BINNINGS)  # type: ignore[assignment]
+    if binning == "width":
+        return np.linspace(0.0, 1.0, n_bins + 1)
+    edges = np.unique(np.quantile(np.asarray(y_prob, float), np.linspace(0.0, 1.0, n_bins + 1)))
+    return edges if edges.size >= 2 else np.repeat(edges, 2)
+
+
+def assign_bins(y_prob: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index of each prediction: ``i`` with ``e_i <= p < e_{i+1}`` (last bin closed)."""
+    n_bins = edges.size - 1
+    return np.clip(np.searchsorted(edges, y_prob, side="right") - 1, 0, n_bins - 1)
+
+
+def expected_calibration_error(
+    y_true: Any, y_prob: Any, *, n_bins: int = 10, binning: Binning = "width"
+) -> float:
+    """Expected calibration error ``sum_b (n_b / n) |mean(y)_b - mean(p)_b|``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels in ``{0, 1}``.
+    y_prob : array-like of shape (n,)
+        Probabilities in ``[0, 1]``.
+    n_bins : int, keyword-only
+        Number of bins.
+    binning : {"width", "mass"}, keyword-only
+        Equal-width or equal-mass bins.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round(expected_calibration_error([0, 1, 1, 0], [0.2, 0.8, 0.6, 0.4], n_bins=2), 12)
+    0.3
+    """
+    y, p = _check_probs(y_true, y_prob)
+    edges = bin_edges(p, n_bins=n_bins, binning=binning)
+    idx = assign_bins(p, edges)
+    k = edges.size - 1
+    diff = np.bincount(idx, weights=y - p, minlength=k)
+    return float(np.abs(diff).sum() / y.size)
+
+
+@dataclass(frozen=True)
+class RecalibrationFit:
+    """Logistic recalibration ``logit P(y=1) = intercept + slope * logit(p)``.
+
+    Attributes
+    ----------
+    intercept, slope : float
+        Maximum-likelihood fit (``NaN`` when it did not converge).
+    citl_intercept : float
+        Calibration-in-the-large: intercept with the slope fixed at 1 (``NaN`` if not converged).
+    converged : bool
+        Whether both Newton fits converged.
+    """
+
+    intercept: float
+    slope: float
+    citl_intercept: float
+    converged: bool
+
+
+def _log_lik(y: np.ndarray, eta: np.ndarray) -> float:
+    return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+
+def _newton(
+    y: np.ndarray, x: np.ndarray, *, fit_slope: bool, max_iter: int, tol: float
+) -> tuple[np.ndarray, bool]:
+    beta = np.array([0.0, 1.0])
+    design = np.column_stack([np.ones_like(x), x])
+    ll = _log_lik(y, design @ beta)
+    for _ in range(max_iter):
+        mu = 1.0 / (1.0 + np.exp(-(design @ beta)))
+        grad = design.T @ (y - mu)
+        w = mu * (1.0 - mu)
+        if fit_slope:
+            hess = (design * w[:, None]).T @ design
+            try:
+                step = np.linalg.solve(hess, grad)
+            except np.linalg.LinAlgError:
+                return beta, False
+        else:
+            h = float(w.sum())
+            if h <= 0.0:
+                return beta, False
+            step = np.array([grad[0] / h, 0.0])
+        scale = 1.0
+        while scale > 1e-8:
+            cand = beta + scale * step
+            ll_new = _log_lik(y, design @ cand)
+            if ll_new >= ll - 1e-12 * abs(ll):
+                break
+            scale /= 2.0
+        beta, ll = cand, ll_new
+        if np.max(np.abs(step)) < tol:
+            return beta, bool(np.all(np.abs(beta) < 1e3))
+    return beta, False
+
+
+def logistic_recalibration(
+    y_true: Any, y_prob: Any, *, max_iter: int = 100, tol: float = 1e-10
+) -> RecalibrationFit:
+    """Fit calibration intercept and slope (and calibration-in-the-large) by Newton/IRLS.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels in ``{0, 1}``.
+    y_prob : array-like of shape (n,)
+        Probabilities in ``[0, 1]`` (clipped to ``[1e-6, 1 - 1e-6]`` before the logit).
+    max_iter : int, keyword-only
+        Newton iterations before giving up (``converged=False``).
+    tol : float, keyword-only
+        Convergence tolerance on the parameter step.
+
+    Returns
+    -------
+    RecalibrationFit
+
+    Examples
+    --------
+    >>> p = np.array([0.1, 0.3, 0.5, 0.7, 0.9, 0.2, 0.6, 0.8])
+    >>> fit = logistic_recalibration([0, 0, 1, 1, 1, 1, 0, 1], p)
+    >>> fit.converged
+    True
+    """
+    y, p = _check_probs(y_true, y_prob)
+    x = np.log(np.clip(p, CLIP_EPS, 1.0 - CLIP_EPS)) - np.log1p(-np.clip(p, CLIP_EPS, 1 - CLIP_EPS))
+    full, ok_full = _newton(y, x, fit_slope=True, max_iter=max_iter, tol=tol)
+    citl, ok_citl = _newton(y, x, fit_slope=False, max_iter=max_iter, tol=tol)
+    nan = float("nan")
+    return RecalibrationFit(
+        intercept=float(full[0]) if ok_full else nan,
+        slope=float(full[1]) if ok_full else nan,
+        citl_intercept=float(citl[0]) if ok_citl else nan,
+        converged=ok_full and ok_citl,
+    )
+
+
+def wilson_interval(
+    k: np.ndarray, n: np.ndarray, *, ci_level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion ``k / n`` (``NaN`` where ``n == 0``).
+
+    Examples
+    --------
+    >>> lo, hi = wilson_interval(np.array([5.0]), np.array([10.0]))
+    >>> round(float(lo[0]), 4), round(float(hi[0]), 4)
+    (0.2366, 0.7634)
+    """
+    ci_level = check_ci_level(ci_level)
+    k = np.asarray(k, float)
+    n = np.asarray(n, float)
+    z = float(norm.ppf(0.5 + ci_level / 2.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phat = k / n
+        denom = 1.0 + z * z / n
+        centre = (phat + z * z / (2.0 * n)) / denom
+        half = z * np.sqrt(phat * (1.0 - phat) / n + z * z / (4.0 * n * n)) / denom
+    lo = np.where(n > 0, centre - half, np.nan)
+    hi = np.where(n > 0, centre + half, np.nan)
+    return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Per-cell calibration table, reliability-diagram data and bootstrap replicates.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per (group, target).
+    reliability : pandas.DataFrame
+        One row per (group, target, binning, bin) for cells with status ``"ok"``.
+    replicates : dict
+        ``replicates[(group, target)][metric]``, metric in ``CALIBRATION_BOOTSTRAP_METRICS``.
+    n_boot : int
+    ci_level : float
+    seed : int
+    """
+
+    table: pd.DataFrame
+    reliability: pd.DataFrame
+    replicates: dict[tuple[str, str], dict[str, np.ndarray]] = field(repr=False)
+    n_boot: int
+    ci_level: float
+    seed: int
+
+
+_COLUMNS: tuple[str, ...] = (
+    "group",
+    "target",
+    "status",
+    "n",
+    "n_pos",
+    "n_neg",
+    "n_clusters",
+    "prevalence",
+    "mean_predicted",
+    "n_bins",
+    "ece_width",
+    "ece_width_ci_low",
+    "ece_width_ci_high",
+    "ece_mass",
+    "ece_mass_ci_low",
+    "ece_mass_ci_high",
+    "mce_width",
+    "mce_mass",
+    "brier",
+    "brier_ci_low",
+    "brier_ci_high",
+    "cal_intercept",
+    "cal_slope",
+    "citl_intercept",
+    "recal_converged",
+    "n_boot",
+    "ci_level",
+)
+_RELIABILITY_COLUMNS: tuple[str, ...] = (
+    "group",
+    "target",
+    "binning",
+    "bin",
+    "lower",
+    "upper",
+    "count",
+    "mean_predicted",
+    "observed_rate",
+    "observed_ci_low",
+    "observed_ci_high",
+)
+
+
+def _calibration_from_sums(sums: np.ndarray, k_w: int, k_m: int) -> dict[str, np.ndarray]:
+    """ECE (both binnings) and Brier for every column of the segment sums."""
+    n = sums[-1]
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for name, k in (("ece_width", k_w), ("ece_mass", k_m)):
+        sy = sums[start + k : start + 2 * k]
+        sp_ = sums[start + 2 * k : start + 3 * k]
+        # cumsum's last row, not sum: order-stable whatever the chunk width (see discrimination)
+        out[name] = np.cumsum(np.abs(sy - sp_), axis=0)[-1] / n
+        start += 3 * k
+    out["brier"] = sums[-2] / n
+    return out
+
+
+def audit_calibration(
+    y_true: Any,
+    y_prob: Any,
+    *,
+    groups: Any = None,
+    clusters: Any = None,
+    targets: Sequence[str] | None = None,
+    n_bins: int = 10,
+    n_boot: int = 1000,
+    ci_level: float = 0.95,
+    min_pos: int = 10,
+    min_neg: int = 10,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> CalibrationResult:
+    """Calibration per (group, target) cell with clustered-bootstrap intervals.
+
+    Parameters
+    ----------
+    y_true : array-like or DataFrame of shape (n,) or (n, n_targets)
+        Labels in ``{0, 1}``; ``NaN`` = not labelled (excluded from that target only).
+    y_prob : array-like or DataFrame, same shape
+        Predicted probabilities in ``[0, 1]``.
+    groups, clusters : array-like of shape (n,), optional, keyword-only
+        Grouping and patient ids (the bootstrap resamples patients within each group).
+    targets : sequence of str, optional, keyword-only
+        Target names.
+    n_bins : int, keyword-only
+        Bins for ECE/MCE and the reliability data (both binnings).
+    n_boot, ci_level, min_pos, min_neg, seed, chunk_size : keyword-only
+        As in :func:`clinaudit.audit.discrimination.audit_discrimination`.
+
+    Returns
+    -------
+    CalibrationResult
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.uniform(size=300)
+    >>> y = (rng.uniform(size=300) < p).astype(float)
+    >>> res = audit_calibration(y, p, n_boot=100)
+    >>> bool(res.table["ece_width"].iloc[0] < 0.1)
+    True
+    """
+    data = validate_labelled_scores(
+        y_true,
+        y_prob,
+        groups=groups,
+        clusters=clusters,
+        targets=targets,
+        score_name="y_prob",
+        require_probabilities=True,
+    )
+    n_bins = check_positive_int("n_bins", n_bins)
+    n_boot = check_positive_int("n_boot", n_boot, minimum=0)
+    ci_level = check_ci_level(ci_level)
+    min_pos = check_positive_int("min_pos", min_pos)
+    min_neg = check_positive_int("min_neg", min_neg)
+    rows: list[dict[str, Any]] = []
+    rel_rows: list[dict[str, Any]] = []
+    replicates: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for g in data.group_labels():
+        in_group = np.flatnonzero(data.groups == g)
+        codes, _ = pd.factorize(data.clusters[in_group], sort=False)
+        n_clusters = int(codes.max()) + 1
+        plans: dict[int, tuple[Any, int, int]] = {}
+        for t, name in enumerate(data.targets):
+            y_all = data.y_true[in_group, t]
+            lab = ~np.isnan(y_all)
+            y, p = y_all[lab], data.y_score[in_group, t][lab]
+            n_pos, n_neg = int((y == 1.0).sum()), int((y == 0.0).sum())
+            row: dict[str, Any] = {c: np.nan for c in _COLUMNS}
+            row.update(
+                group=g,
+                target=name,
+                n=int(lab.sum()),
+                n_pos=n_pos,
+                n_neg=n_neg,
+                n_clusters=int(np.unique(codes[lab]).size),
+                prevalence=n_pos / lab.sum() if lab.any() else np.nan,
+                n_bins=n_bins,
+                n_boot=n_boot,
+                ci_level=ci_level,
+                recal_converged=False,
+            )
+            if n_pos < min_pos or n_neg < min_neg:
+                row["status"] = STATUS_INSUFFICIENT
+                rows.append(row)
+                continue
+            row["status"] = STATUS_OK
+            row["mean_predicted"] = float(p.mean())
+            segs: list[np.ndarray] = []
+            vals: list[np.ndarray] = []
+            offset = 0
+            ks = []
+            for binning in BINNINGS:
+                edges = bin_edges(p, n_bins=n_bins, binning=binning)  # type: ignore[arg-type]
+                idx = assign_bins(p, edges)
+                k = edges.size - 1
+                ks.append(k)
+                count = np.bincount(idx, minlength=k).astype(float)
+                sum_y = np.bincount(idx, weights=y, minlength=k)
+                sum_p = np.bincount(idx, weights=p, minlength=k)
+                gap = np.abs(sum_y - sum_p)
+                nonempty = count > 0
+                row[f"ece_{binning}"] = float(gap.sum() / y.size)
+                row[f"mce_{binning}"] = float(np.max(gap[nonempty] / count[nonempty]))
+                lo, hi = wilson_interval(sum_y, count, ci_level=ci_level)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean_p = np.where(nonempty, sum_p / count, np.nan)
+                    obs = np.where(nonempty, sum_y / count, np.nan)
+                for b in range(k):
+                    rel_rows.append(
+                        dict(
+                            group=g,
+                            target=name,
+                            binning=binning,
+                            bin=b,
+                            lower=float(edges[b]),
+                            upper=float(edges[b + 1]),
+                            count=int(count[b]),
+                            mean_predicted=float(mean_p[b]),
+                            observed_rate=float(obs[b]),
+                            observed_ci_low=float(lo[b]),
+                            observed_ci_high=float(hi[b]),
+                        )
+                    )
+                segs += [offset + idx, offset + k + idx, offset + 2 * k + idx]
+                vals += [np.ones_like(p), y, p]
+                offset += 3 * k
+            row["brier"] = float(np.mean((p - y) ** 2))
+            fit = logistic_recalibration(y, p)
+            row.update(
+                cal_intercept=fit.intercept,
+                cal_slope=fit.slope,
+                citl_intercept=fit.citl_intercept,
+                recal_converged=fit.converged,
+            )
+            rows.append(row)
+            segs += [np.full(p.size, offset), np.full(p.size, offset + 1)]
+            vals += [(p - y) ** 2, np.ones_like(p)]
+            cl = codes[lab]
+            mat = segment_matrix(
+                np.concatenate(segs),
+                np.tile(cl, len(segs)),
+                offset + 2,
+                n_clusters,
+                np.concatenate(vals),
+            )
+            plans[t] = (mat, ks[0], ks[1])
+        if plans and n_boot > 0:
+            reps = {t: {m: np.empty(n_boot) for m in CALIBRATION_BOOTSTRAP_METRICS} for t in plans}
+            rng = derive_rng(seed, g)
+            start = 0
+            for chunk in iter_count_chunks(n_clusters, n_boot, rng, chunk_size=chunk_size):
+                stop = start + chunk.shape[1]
+                for t, (mat, k_w, k_m) in plans.items():
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        res = _calibration_from_sums(np.asarray(mat @ chunk), k_w, k_m)
+                    for m in CALIBRATION_BOOTSTRAP_METRICS:
+                        reps[t][m][start:stop] = res[m]
+                start = stop
+            for t, per_metric in reps.items():
+                replicates[(g, data.targets[t])] = per_metric
+    for row in rows:
+        key = (row["group"], row["target"])
+        if key in replicates:
+            for m in CALIBRATION_BOOTSTRAP_METRICS:
+                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = percentile_ci(
+                    replicates[key][m], ci_level
+                )
+    table = pd.DataFrame(rows, columns=list(_COLUMNS))
+    table = table.astype({"n": "int64", "n_pos": "int64", "n_neg": "int64", "n_clusters": "int64"})
+    reliability = pd.DataFrame(rel_rows, columns=list(_RELIABILITY_COLUMNS))
+    return CalibrationResult(
+        table=table,
+        reliability=reliability,
+        replicates=replicates,
+        n_boot=n_boot,
+        ci_level=ci_level,
+        seed=seed,
+    )
+
+
+def calibration_table(y_true: Any, y_prob: Any, **options: Any) -> pd.DataFrame:
+    """The ``table`` of :func:`audit_calibration` (same arguments, keyword-only options)."""
+    return audit_calibration(y_true, y_prob, **options).table
