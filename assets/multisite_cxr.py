@@ -27,7 +27,18 @@ OWNERS = ["team:clinical-ai-governance"]
 #: One partition per site, added when a site's first batch lands (sensor or ``clinaudit demo``).
 cxr_sites = dg.DynamicPartitionsDefinition(name="cxr_sites")
 
-INTEGRITY_CHECKS = frozenset({"manifest", "manifest_hash", "missing_file", "unlisted_file"})
+#: Quarantine checks that mean the landed bytes are not what the sender's manifest promised.
+INTEGRITY_CHECKS = frozenset(
+    {
+        "manifest",
+        "hash_mismatch",
+        "file_missing",
+        "not_in_manifest",
+        "unlisted_file",
+        "label_file_missing",
+        "label_file_unlisted",
+    }
+)
 
 
 class CxrIngestConfig(dg.Config):
@@ -173,10 +184,13 @@ def cxr_ingest(context: dg.AssetExecutionContext, config: CxrIngestConfig, home:
             "n_images": len(table),
         },
     )
+    integrity_errors = int((integrity["severity"] == "error").sum()) if len(integrity) else 0
     yield dg.AssetCheckResult(
         check_name="manifest_integrity",
         asset_key="cxr_validated_images",
         passed=integrity.empty,
+        # Errors (changed or missing bytes) block the site; stray unlisted files only warn.
+        severity=dg.AssetCheckSeverity.ERROR if integrity_errors else dg.AssetCheckSeverity.WARN,
         metadata={
             "n_problems": len(integrity),
             "problems": dg.MetadataValue.md(_records_md(integrity)),

@@ -26,7 +26,6 @@ def build_defs(home: ClinauditHome | None = None) -> dg.Definitions:
     cxr_ingest_job = dg.define_asset_job(
         "cxr_ingest_job",
         selection=dg.AssetSelection.assets(multisite_cxr.cxr_ingest),
-        partitions_def=multisite_cxr.cxr_sites,
         description="Validate and de-identify one site's landed batches.",
     )
     return dg.Definitions(

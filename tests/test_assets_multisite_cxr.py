@@ -1,0 +1,138 @@
+"""Ingest assets materialized in-process on a tiny simulated cohort, with a temporary instance."""
+
+import csv
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from clinaudit.assets import multisite_cxr
+from clinaudit.orchestration.definitions import build_defs, build_resources, defs
+from clinaudit.orchestration.resources import ClinauditHome
+from clinaudit.sources.cxr_simulator import simulate_site_batch
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"cxr_validated_images", "cxr_quarantine", "cxr_cohort_summary"} <= keys
+    assert defs.resolve_job_def("cxr_ingest_job").partitions_def == multisite_cxr.cxr_sites
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory: pytest.TempPathFactory) -> ClinauditHome:
+    """site_a (clean), site_d (shifted) and site_x (one image corrupted after landing)."""
+    root = tmp_path_factory.mktemp("home")
+    home = ClinauditHome(root=str(root), pseudonym_key="00112233445566778899aabbccddeeff")
+    for site in ("site_a", "site_d", "site_x"):
+        profile = "site_a" if site == "site_x" else site
+        summary = simulate_site_batch(
+            home.landing,
+            truth_root=root / "truth",
+            site=profile if site != "site_x" else _renamed("site_a", "site_x"),
+            n_images=30,
+            scale="tiny",
+            seed=3,
+            workers=1,
+        )
+        assert summary.n_images == 30
+    victim = sorted((home.landing / "cxr" / "site_x" / "b0001" / "images").iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    data[-10:] = b"\xff" * 10  # transfer corruption: same size, different bytes
+    victim.write_bytes(bytes(data))
+    return home
+
+
+def _renamed(base: str, name: str):  # noqa: ANN202 - SiteProfile
+    from dataclasses import replace
+
+    from clinaudit.sources.cxr_sites import DEFAULT_SITES
+
+    return replace(DEFAULT_SITES[base], name=name)
+
+
+def _materialize(home: ClinauditHome, instance: dg.DagsterInstance, site: str):  # noqa: ANN202
+    return dg.materialize(
+        multisite_cxr.ASSETS,
+        selection=[multisite_cxr.cxr_ingest],
+        partition_key=site,
+        instance=instance,
+        resources=build_resources(home),
+        run_config={"ops": {"cxr_ingest": {"config": {"workers": 1, "min_rows": 10}}}},
+        raise_on_error=False,
+    )
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_ingest_partitions_checks_and_isolation(landed: ClinauditHome) -> None:
+    home = landed
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("cxr_sites", ["site_a", "site_d", "site_x"])
+        results = {s: _materialize(home, instance, s) for s in ("site_a", "site_d", "site_x")}
+        for site in ("site_a", "site_d"):
+            assert results[site].success
+            checks = _checks(results[site])
+            assert set(checks) == {
+                "batch_structure",
+                "manifest_integrity",
+                "deidentified",
+                "label_expectations",
+                "image_quarantine_rate",
+            }
+            assert all(c.passed for c in checks.values()), {
+                k: c.metadata for k, c in checks.items() if not c.passed
+            }
+        # The corrupted site: the image is quarantined, the rest ingested, the blocking
+        # integrity check fails with ERROR severity; other sites are untouched.
+        bad = _checks(results["site_x"])
+        assert not bad["manifest_integrity"].passed
+        assert bad["manifest_integrity"].severity == dg.AssetCheckSeverity.ERROR
+        assert bad["batch_structure"].passed
+
+        tables = home.artifacts / "tables"
+        site_x = pd.read_parquet(tables / "cxr_validated_images" / "site_x.parquet")
+        assert len(site_x) == 29
+        quarantine = pd.read_parquet(tables / "cxr_quarantine" / "site_x.parquet")
+        rec = quarantine[quarantine["check"] == "hash_mismatch"].iloc[0]
+        assert rec["file"].startswith("images/") and "re-" in rec["fix"]
+        assert (home.quarantine / "cxr" / "site_x" / "b0001.json").exists()
+
+        summary = dg.materialize(
+            multisite_cxr.ASSETS,
+            selection=[multisite_cxr.cxr_cohort_summary],
+            instance=instance,
+            resources=build_resources(home),
+        )
+        assert summary.success
+        cohort = pd.read_parquet(tables / "cxr_cohort_summary" / "__all__.parquet")
+        assert cohort.set_index("site")["n_images"].to_dict() == {
+            "site_a": 30,
+            "site_d": 30,
+            "site_x": 29,
+        }
+
+
+def test_outputs_are_deidentified(landed: ClinauditHome) -> None:
+    home = landed
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("cxr_sites", ["site_a"])
+        assert _materialize(home, instance, "site_a").success
+    with open(home.landing / "cxr" / "site_a" / "b0001" / "labels.csv", newline="") as fh:
+        raw_ids = {row["Patient ID"] for row in csv.DictReader(fh)}
+    assert raw_ids
+    for path in (home.artifacts / "tables").rglob("*.parquet"):
+        frame = pd.read_parquet(path)
+        text = frame.astype(str).to_numpy().ravel().tolist()
+        assert not raw_ids & set(text), f"raw patient id leaked into {path}"
+        assert not any("SIM^" in v for v in text), f"PatientName leaked into {path}"
+        assert "patient_id" not in frame.columns
+
+
+def test_build_defs_with_explicit_home(tmp_path: Path) -> None:
+    custom = build_defs(ClinauditHome(root=str(tmp_path)))
+    assert custom.resolve_job_def("cxr_ingest_job").name == "cxr_ingest_job"
