@@ -1,4 +1,4 @@
-"""Benchmark: simulate + ingest the deployment sites of a cohort scale (default: full, 12,000 images).
+"""Benchmark: simulate + ingest the deployment sites of a cohort scale (default: full, 12,000).
 
 Usage::
 

@@ -1,1 +1,1 @@
-"""Jinja2 templates and CSS for each report type (package data, located with importlib.resources)."""
+"""Jinja2 templates and CSS per report type (package data, found via importlib.resources)."""

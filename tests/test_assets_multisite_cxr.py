@@ -1,6 +1,7 @@
 """Ingest assets materialized in-process on a tiny simulated cohort, with a temporary instance."""
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +12,7 @@ from clinaudit.assets import multisite_cxr
 from clinaudit.orchestration.definitions import build_defs, build_resources, defs
 from clinaudit.orchestration.resources import ClinauditHome
 from clinaudit.sources.cxr_simulator import simulate_site_batch
+from clinaudit.sources.cxr_sites import DEFAULT_SITES, SiteProfile
 
 
 def test_definitions_load() -> None:
@@ -45,15 +47,13 @@ def landed(tmp_path_factory: pytest.TempPathFactory) -> ClinauditHome:
     return home
 
 
-def _renamed(base: str, name: str):  # noqa: ANN202 - SiteProfile
-    from dataclasses import replace
-
-    from clinaudit.sources.cxr_sites import DEFAULT_SITES
-
+def _renamed(base: str, name: str) -> SiteProfile:
     return replace(DEFAULT_SITES[base], name=name)
 
 
-def _materialize(home: ClinauditHome, instance: dg.DagsterInstance, site: str):  # noqa: ANN202
+def _materialize(
+    home: ClinauditHome, instance: dg.DagsterInstance, site: str
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         multisite_cxr.ASSETS,
         selection=[multisite_cxr.cxr_ingest],

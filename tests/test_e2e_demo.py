@@ -1,4 +1,4 @@
-"""End-to-end: the `clinaudit demo` command at tiny scale, and measured evidence that sites differ."""
+"""End-to-end: `clinaudit demo` at tiny scale, and measured evidence that the sites differ."""
 
 import json
 from pathlib import Path
