@@ -1,0 +1,147 @@
+"""Benchmark: batched ``predict`` vs a naive per-image loop, same model and images, one run.
+
+Images: ``--n`` (default 512) 8-bit grey PNG files of ``--source-px`` (default 512) pixels with
+smooth random content, written to a temporary directory; both paths decode them with the default
+loader (``clinaudit.sources.images.decode_image`` + ``resize_for_model``).
+
+Compared:
+
+* ``clinaudit.models.inference.predict``: DataLoader (batch 64, 2 workers), ``inference_mode``,
+  channels_last, pinned memory and bf16 autocast on CUDA;
+* a naive loop: for each file, decode, normalise, one ``model(x)`` under ``torch.no_grad`` on a
+  ``(1, 1, S, S)`` tensor, sigmoid; no batching, no workers, default memory format, float32.
+
+Both start from identical weights; the script checks that they give the same probabilities (up to
+float32 kernel differences and, on CUDA, bf16 rounding) and prints images/s and their ratio
+(target >= 3x on CPU). With ``--device cuda`` it also prints the model-only bf16 throughput
+(random tensors already on the GPU, no decoding), e.g. ``--arch densenet121 --input-size 224``.
+
+Run: ``.venv/bin/python bench/bench_inference.py [--device cpu|cuda|auto] [--arch resnet18]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clinaudit.models.devices import select_device
+from clinaudit.models.inference import ImageFileLoader, predict
+from clinaudit.models.registry import create_adapter, normalise_images
+
+
+def write_pngs(directory: Path, n: int, px: int, seed: int) -> list[Path]:
+    """``n`` smooth random 8-bit grey PNGs of ``px`` x ``px`` pixels."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(n):
+        coarse = (rng.random((16, 16)) * 255).astype(np.uint8)
+        img = Image.fromarray(coarse).resize((px, px), Image.Resampling.BICUBIC)
+        noise = rng.integers(-8, 9, (px, px))
+        arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        path = directory / f"img{i:05d}.png"
+        Image.fromarray(arr).save(path)
+        files.append(path)
+    return files
+
+
+def naive_loop(model, cfg, files, loader, device) -> np.ndarray:
+    """Decode and run one image at a time."""
+    out = []
+    with torch.no_grad():
+        for f in files:
+            x = torch.from_numpy(loader(str(f)))[None, None].to(device)
+            out.append(torch.sigmoid(model(normalise_images(x, cfg)).float()).cpu().numpy()[0])
+    return np.stack(out)
+
+
+def model_only_throughput(model, cfg, choice, batch: int, seconds: float = 5.0) -> float:
+    """Images/s of forward passes on random tensors already on the device (no decoding)."""
+    x = torch.randn(batch, cfg.in_chans, cfg.input_size, cfg.input_size, device=choice.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    model = model.to(choice.device).eval().to(memory_format=torch.channels_last)
+    amp = dict(dtype=choice.autocast_dtype or torch.float32, enabled=bool(choice.autocast_dtype))
+    with torch.inference_mode(), torch.autocast(choice.device.type, **amp):
+        for _ in range(3):
+            model(x)
+        torch.cuda.synchronize()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            n += batch
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """Parse arguments, run both paths, print throughputs and ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--source-px", type=int, default=512)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--input-size", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    choice = select_device(args.device)
+    adapter = create_adapter("timm_cxr", architecture=args.arch, input_size=args.input_size)
+    cfg = adapter.config
+    print(f"device: {choice.describe()}; torch threads: {torch.get_num_threads()}")
+    print(
+        f"model: timm_cxr {args.arch} @ {args.input_size} px; {args.n} PNGs of {args.source_px} px"
+    )
+    loader = ImageFileLoader(cfg.input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        files = write_pngs(Path(tmp), args.n, args.source_px, args.seed)
+        print(f"wrote {len(files)} PNGs in {time.perf_counter() - t0:.1f} s")
+
+        batched_model = adapter.create_model(seed=args.seed)
+        naive_model = adapter.create_model(seed=args.seed).to(choice.device).eval()
+        kw = dict(batch_size=args.batch_size, device=args.device, loader=loader)
+        predict(batched_model, cfg, files[: args.batch_size], num_workers=0, **kw)  # warm-up
+        naive_loop(naive_model, cfg, files[:4], loader, choice.device)  # warm-up
+
+        start = time.perf_counter()
+        batched = predict(batched_model, cfg, files, num_workers=args.workers, **kw)
+        if choice.device.type == "cuda":
+            torch.cuda.synchronize()
+        t_batched = time.perf_counter() - start
+
+        start = time.perf_counter()
+        naive = naive_loop(naive_model, cfg, files, loader, choice.device)
+        if choice.device.type == "cuda":
+            torch.cuda.synchronize()
+        t_naive = time.perf_counter() - start
+
+    diff = float(np.abs(batched - naive).max())
+    rate_b, rate_n = len(files) / t_batched, len(files) / t_naive
+    amp = "bf16 autocast" if choice.autocast_dtype is not None else "float32"
+    print(
+        f"predict (DataLoader, batch {args.batch_size}, {args.workers} workers, inference_mode, "
+        f"channels_last, {amp}): {rate_b:8.1f} img/s ({t_batched:.2f} s)"
+    )
+    print(
+        f"naive per-image loop (no batching, float32):        {rate_n:8.1f} img/s ({t_naive:.2f} s)"
+    )
+    print(f"ratio predict / naive: {rate_b / rate_n:.2f}x  (target >= 3x on CPU)")
+    print(f"max |probability difference| between the two paths: {diff:.2e}")
+    if choice.device.type == "cuda":
+        model = adapter.create_model(seed=args.seed)
+        rate = model_only_throughput(model, cfg, choice, batch=256)
+        print(
+            f"model-only {amp} throughput ({args.arch} @ {args.input_size} px, batch 256): "
+            f"{rate:,.0f} img/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Batched inference: determinism, agreement with a manual forward, progress, schema, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pandera.errors
+import pytest
+import torch
+
+from clinaudit.models.devices import select_device
+from clinaudit.models.inference import Predictions, predict, predict_images, predictions_frame
+from clinaudit.models.registry import create_adapter
+from clinaudit.sources.cxr_labels import FINDINGS
+
+torch.set_num_threads(1)
+SIZE = 32
+SHA = "ab" * 32
+
+
+def npy_loader(path: str) -> np.ndarray:
+    return np.load(path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("imgs")
+    arrays = rng.random((10, SIZE, SIZE), dtype=np.float32)
+    files = []
+    for i, arr in enumerate(arrays):
+        files.append(root / f"img{i}.npy")
+        np.save(files[-1], arr)
+    return files, arrays
+
+
+@pytest.fixture(scope="module")
+def model_and_cfg():
+    adapter = create_adapter("tiny_cnn", input_size=SIZE)
+    return adapter.create_model(seed=0).eval(), adapter.config
+
+
+def test_predict_is_deterministic_and_equals_a_manual_forward(images, model_and_cfg):
+    files, arrays = images
+    model, cfg = model_and_cfg
+    first = predict(model, cfg, files, batch_size=4, num_workers=0, device="cpu", loader=npy_loader)
+    second = predict(
+        model, cfg, files, batch_size=4, num_workers=0, device="cpu", loader=npy_loader
+    )
+    assert first.dtype == np.float32 and first.shape == (10, len(FINDINGS))
+    assert np.array_equal(first, second)
+    with torch.inference_mode():
+        x = (torch.from_numpy(arrays).unsqueeze(1) - 0.5) / 0.25
+        manual = torch.sigmoid(model.to(memory_format=torch.contiguous_format)(x)).numpy()
+    np.testing.assert_allclose(first, manual, rtol=0, atol=1e-6)
+    assert np.array_equal(predict_images(model, cfg, arrays, batch_size=4, device="cpu"), first)
+
+
+def test_worker_processes_give_bitwise_the_same_output(images, model_and_cfg):
+    files, _ = images
+    model, cfg = model_and_cfg
+    kw = dict(batch_size=4, device="cpu", loader=npy_loader)
+    in_process = predict(model, cfg, files, num_workers=0, **kw)
+    assert np.array_equal(predict(model, cfg, files, num_workers=2, **kw), in_process)
+
+
+def test_progress_is_reported_after_every_batch(images, model_and_cfg):
+    files, _ = images
+    model, cfg = model_and_cfg
+    calls = []
+    predict(
+        model, cfg, files, batch_size=4, num_workers=0, device="cpu", loader=npy_loader,
+        progress=lambda done, total: calls.append((done, total)),
+    )  # fmt: skip
+    assert calls == [(4, 10), (8, 10), (10, 10)]
+
+
+def test_bad_loader_output_names_the_file(images, model_and_cfg):
+    files, _ = images
+    model, cfg = model_and_cfg
+    with pytest.raises(ValueError, match=r"img0\.npy: image loader returned shape \(16, 16\)"):
+        predict(model, cfg, files, num_workers=0, device="cpu", loader=lambda p: np.zeros((16, 16)))
+    with pytest.raises(ValueError, match=r"img0\.npy: .* values in \[2.0, 2.0\]"):
+        predict(
+            model, cfg, files, num_workers=0, device="cpu",
+            loader=lambda p: np.full((SIZE, SIZE), 2.0, np.float32),
+        )  # fmt: skip
+
+
+def test_empty_file_list_gives_an_empty_array(model_and_cfg):
+    model, cfg = model_and_cfg
+    assert predict(model, cfg, [], device="cpu").shape == (0, len(FINDINGS))
+
+
+def _table(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "image_id": [f"im{i}" for i in range(n)],
+            "site": "site_a",
+            "patient_pseudonym": [f"p{i // 2}" for i in range(n)],
+            "batch": "b1",
+        }
+    )
+
+
+def test_predictions_frame_is_schema_checked():
+    probs = np.random.default_rng(1).random((4, len(FINDINGS)), dtype=np.float32)
+    frame = predictions_frame(_table(4), probs, FINDINGS, SHA)
+    assert list(frame.columns) == [
+        "image_id",
+        "site",
+        "patient_pseudonym",
+        *FINDINGS,
+        "model_sha256",
+    ]
+    np.testing.assert_array_equal(frame["Hernia"].to_numpy(), probs[:, -1].astype(np.float64))
+    Predictions.validate(frame)
+    bad = probs.copy()
+    bad[1, 2], bad[2, 3] = 1.5, np.nan
+    with pytest.raises(pandera.errors.SchemaErrors) as err:
+        predictions_frame(_table(4), bad, FINDINGS, SHA)
+    failing = set(err.value.failure_cases["column"])
+    assert {"Effusion", "Infiltration"} <= failing
+    dup = _table(4).assign(image_id=["a", "a", "b", "c"])
+    with pytest.raises(pandera.errors.SchemaErrors, match="image_id"):
+        predictions_frame(dup, probs, FINDINGS, SHA)
+    with pytest.raises(ValueError, match=r"probs has shape \(4, 14\), expected \(3, 14\)"):
+        predictions_frame(_table(3), probs, FINDINGS, SHA)
+
+
+def test_select_device_cpu_and_errors():
+    choice = select_device("cpu")
+    assert choice.device.type == "cpu" and choice.autocast_dtype is None and not choice.pin_memory
+    with pytest.raises(ValueError, match="device='tpu' is not one of"):
+        select_device("tpu")  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+            select_device("cuda")
+        assert select_device("auto").device.type in ("cpu", "mps")
+    else:  # pragma: no cover - only on GPU machines
+        assert select_device("auto").pin_memory
+
+
+def test_default_loader_decodes_png_files(tmp_path, model_and_cfg):
+    from PIL import Image
+
+    model, cfg = model_and_cfg
+    rng = np.random.default_rng(3)
+    files, arrays = [], []
+    for i in range(3):
+        arr = rng.integers(0, 256, (48, 40), dtype=np.uint8)
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(arr).save(files[-1])
+        resized = Image.fromarray(arr.astype(np.float32) / 255).resize((SIZE, SIZE), Image.BOX)
+        arrays.append(np.asarray(resized, dtype=np.float32))
+    probs = predict(model, cfg, files, num_workers=0, device="cpu")
+    expected = predict_images(model, cfg, np.stack(arrays), device="cpu")
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
