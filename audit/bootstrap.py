@@ -18,7 +18,8 @@ the same values as one call, so results are identical whatever ``chunk_size`` is
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 from .types import AuditInputError, check_ci_level, check_positive_int
 
 DEFAULT_CHUNK_SIZE = 200
+Plan = TypeVar("Plan")
 
 
 def derive_rng(seed: int, key: str) -> np.random.Generator:
@@ -112,6 +114,47 @@ def iter_count_chunks(
         b = min(chunk_size, n_boot - done)
         yield np.ascontiguousarray(bootstrap_counts(n_clusters, b, rng).T, dtype=np.float64)
         done += b
+
+
+def bootstrap_plans(
+    plans: Mapping[int, Plan],
+    statistic: Callable[[Plan, np.ndarray], Mapping[str, np.ndarray]],
+    metrics: Sequence[str],
+    *,
+    n_clusters: int,
+    n_boot: int,
+    rng: np.random.Generator,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[int, dict[str, np.ndarray]]:
+    """Bootstrap replicates of ``metrics`` for every cell plan of one group, chunk by chunk.
+
+    Parameters
+    ----------
+    plans : mapping of int to plan
+        Per target index, whatever ``statistic`` needs (e.g. a segment matrix).
+    statistic : callable
+        ``statistic(plan, chunk)`` returns each metric for the ``chunk.shape[1]`` replicates of
+        ``chunk`` (counts from :func:`iter_count_chunks`).
+    metrics : sequence of str
+        Metrics kept from what ``statistic`` returns.
+    n_clusters, n_boot, rng, chunk_size
+        As in :func:`iter_count_chunks` (all plans share the group's clusters and draws).
+
+    Returns
+    -------
+    dict
+        ``replicates[target index][metric]`` = ndarray of shape ``(n_boot,)``.
+    """
+    reps = {t: {m: np.empty(n_boot) for m in metrics} for t in plans}
+    start = 0
+    for chunk in iter_count_chunks(n_clusters, n_boot, rng, chunk_size=chunk_size):
+        stop = start + chunk.shape[1]
+        for t, plan in plans.items():
+            values = statistic(plan, chunk)
+            for m in metrics:
+                reps[t][m][start:stop] = values[m]
+        start = stop
+    return reps
 
 
 def segment_matrix(

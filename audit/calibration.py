@@ -30,8 +30,8 @@ from scipy.stats import norm
 
 from .bootstrap import (
     DEFAULT_CHUNK_SIZE,
+    bootstrap_plans,
     derive_rng,
-    iter_count_chunks,
     percentile_ci,
     segment_matrix,
 )
@@ -340,6 +340,12 @@ def _calibration_from_sums(sums: np.ndarray, k_w: int, k_m: int) -> dict[str, np
     return out
 
 
+def _replicate_calibration(plan: tuple[Any, int, int], chunk: np.ndarray) -> dict[str, np.ndarray]:
+    mat, k_w, k_m = plan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _calibration_from_sums(np.asarray(mat @ chunk), k_w, k_m)
+
+
 def audit_calibration(
     y_true: Any,
     y_prob: Any,
@@ -492,17 +498,15 @@ def audit_calibration(
             )
             plans[t] = (mat, ks[0], ks[1])
         if plans and n_boot > 0:
-            reps = {t: {m: np.empty(n_boot) for m in CALIBRATION_BOOTSTRAP_METRICS} for t in plans}
-            rng = derive_rng(seed, g)
-            start = 0
-            for chunk in iter_count_chunks(n_clusters, n_boot, rng, chunk_size=chunk_size):
-                stop = start + chunk.shape[1]
-                for t, (mat, k_w, k_m) in plans.items():
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        res = _calibration_from_sums(np.asarray(mat @ chunk), k_w, k_m)
-                    for m in CALIBRATION_BOOTSTRAP_METRICS:
-                        reps[t][m][start:stop] = res[m]
-                start = stop
+            reps = bootstrap_plans(
+                plans,
+                _replicate_calibration,
+                CALIBRATION_BOOTSTRAP_METRICS,
+                n_clusters=n_clusters,
+                n_boot=n_boot,
+                rng=derive_rng(seed, g),
+                chunk_size=chunk_size,
+            )
             for t, per_metric in reps.items():
                 replicates[(g, data.targets[t])] = per_metric
     for row in rows:

@@ -37,8 +37,8 @@ import scipy.sparse as sp
 
 from .bootstrap import (
     DEFAULT_CHUNK_SIZE,
+    bootstrap_plans,
     derive_rng,
-    iter_count_chunks,
     percentile_ci,
     segment_matrix,
 )
@@ -151,6 +151,11 @@ def _metrics_from_segments(seg: np.ndarray, n_blocks: int) -> dict[str, np.ndarr
     }
 
 
+def _plan_metrics(plan: _CellPlan, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Metrics of one cell for every column (replicate) of ``counts``."""
+    return _metrics_from_segments(np.asarray(plan.matrix @ counts), plan.n_blocks)
+
+
 def weighted_binary_metrics(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -211,8 +216,7 @@ def weighted_binary_metrics(
     plan = _cell_plan(
         data.y_true[:, 0], data.y_score[:, 0], data.clusters, n_clusters, float(threshold)
     )
-    seg = plan.matrix @ np.ascontiguousarray(w.T)
-    return _metrics_from_segments(np.asarray(seg), plan.n_blocks)
+    return _plan_metrics(plan, np.ascontiguousarray(w.T))
 
 
 @dataclass(frozen=True)
@@ -411,9 +415,7 @@ def audit_discrimination(
             row["status"] = STATUS_OK
             plan = _cell_plan(y, s, codes[lab], n_clusters, float(thr[t]))
             plans[t] = plan
-            point = _metrics_from_segments(
-                np.asarray(plan.matrix @ np.ones((n_clusters, 1))), plan.n_blocks
-            )
+            point = _plan_metrics(plan, np.ones((n_clusters, 1)))
             row.update({k: float(v[0]) for k, v in point.items()})
             if n_pos >= 2 and n_neg >= 2:
                 d = delong_auroc(y, s, ci_level=ci_level)
@@ -425,16 +427,15 @@ def audit_discrimination(
                 )
             rows.append(row)
         if plans and n_boot > 0:
-            reps = {t: {k: np.empty(n_boot) for k in BOOTSTRAP_METRICS} for t in plans}
-            rng = derive_rng(seed, g)
-            start = 0
-            for chunk in iter_count_chunks(n_clusters, n_boot, rng, chunk_size=chunk_size):
-                stop = start + chunk.shape[1]
-                for t, plan in plans.items():
-                    m = _metrics_from_segments(np.asarray(plan.matrix @ chunk), plan.n_blocks)
-                    for k in BOOTSTRAP_METRICS:
-                        reps[t][k][start:stop] = m[k]
-                start = stop
+            reps = bootstrap_plans(
+                plans,
+                _plan_metrics,
+                BOOTSTRAP_METRICS,
+                n_clusters=n_clusters,
+                n_boot=n_boot,
+                rng=derive_rng(seed, g),
+                chunk_size=chunk_size,
+            )
             for t, per_metric in reps.items():
                 replicates[(g, data.targets[t])] = per_metric
 

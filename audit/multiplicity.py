@@ -6,6 +6,7 @@ family size ``m``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -34,6 +35,18 @@ def _checked(p_values: np.ndarray) -> np.ndarray:
     return p
 
 
+def _adjust_sorted(p_values: np.ndarray, adjust: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply ``adjust`` to the non-NaN p-values in ascending (stable) order; NaN stay NaN."""
+    p = _checked(p_values)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    if idx.size == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    out[order] = adjust(p[order])
+    return out
+
+
 def holm(p_values: np.ndarray) -> np.ndarray:
     """Holm step-down adjusted p-values (controls the family-wise error rate).
 
@@ -53,16 +66,12 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     >>> holm(np.array([0.01, 0.04, 0.03])).round(6).tolist()
     [0.03, 0.06, 0.06]
     """
-    p = _checked(p_values)
-    out = np.full(p.shape, np.nan)
-    idx = np.flatnonzero(~np.isnan(p))
-    m = idx.size
-    if m == 0:
-        return out
-    order = idx[np.argsort(p[idx], kind="stable")]
-    scaled = (m - np.arange(m)) * p[order]
-    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
-    return out
+
+    def step_down(p_sorted: np.ndarray) -> np.ndarray:
+        m = p_sorted.size
+        return np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p_sorted))
+
+    return _adjust_sorted(p_values, step_down)
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
@@ -84,16 +93,13 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     >>> benjamini_hochberg(np.array([0.01, 0.04, 0.03])).round(6).tolist()
     [0.03, 0.04, 0.04]
     """
-    p = _checked(p_values)
-    out = np.full(p.shape, np.nan)
-    idx = np.flatnonzero(~np.isnan(p))
-    m = idx.size
-    if m == 0:
-        return out
-    order = idx[np.argsort(p[idx], kind="stable")]
-    scaled = m * p[order] / np.arange(1, m + 1)
-    out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    return out
+
+    def step_up(p_sorted: np.ndarray) -> np.ndarray:
+        m = p_sorted.size
+        scaled = m * p_sorted / np.arange(1, m + 1)
+        return np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+
+    return _adjust_sorted(p_values, step_up)
 
 
 def adjust_pvalues(p_values: np.ndarray, *, method: PAdjust = "holm") -> np.ndarray:

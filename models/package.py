@@ -68,24 +68,26 @@ this identity: recalibration is recorded and hashed by the audit that produces i
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from clinaudit.models.model_card import (
+    ModelCard,
+    TrainingDataSummary,
+    floats_or_nan,
+    json_safe,
+)
 from clinaudit.models.registry import (
     AdapterConfig,
     ModelAdapter,
@@ -135,71 +137,6 @@ class ModelPackageError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrainingDataSummary:
-    """Description of a model's development data, as written into the model card."""
-
-    sites: tuple[str, ...]
-    n_images: int
-    n_patients: int
-    images_per_site: Mapping[str, int]
-    prevalence: Mapping[str, float]
-    n_labelled: Mapping[str, int]
-    demographics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    quality: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary."""
-        out = dataclasses.asdict(self)
-        out["sites"] = list(self.sites)
-        return _json_safe(out)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainingDataSummary:
-        """Inverse of :meth:`to_dict` (``null`` numbers become NaN)."""
-        return cls(
-            sites=tuple(data["sites"]),
-            n_images=int(data["n_images"]),
-            n_patients=int(data["n_patients"]),
-            images_per_site={str(k): int(v) for k, v in data["images_per_site"].items()},
-            prevalence=_floats(data["prevalence"]),
-            n_labelled={str(k): int(v) for k, v in data["n_labelled"].items()},
-            demographics={k: _floats(v) for k, v in data.get("demographics", {}).items()},
-            quality={k: _floats(v) for k, v in data.get("quality", {}).items()},
-        )
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """The human part of the model card; ``save_package`` adds adapter, config and weights hash.
-
-    Parameters
-    ----------
-    vendor : str
-        Who supplies the model.
-    intended_use : str
-        Intended use and population.
-    operating_thresholds : mapping of str to float
-        Probability threshold per label (every label of the adapter config, values in [0, 1]).
-    training_data : TrainingDataSummary, optional
-        Development data summary (see :func:`summarize_training_data`).
-    validation_auroc : mapping of str to float
-        The vendor's held-out AUROC per label (NaN where undefined).
-    description : str
-        Free text.
-    created_utc : str
-        ISO-8601 timestamp; empty means "now" when the package is saved.
-    """
-
-    vendor: str
-    intended_use: str
-    operating_thresholds: Mapping[str, float]
-    training_data: TrainingDataSummary | None = None
-    validation_auroc: Mapping[str, float] = field(default_factory=dict)
-    description: str = ""
-    created_utc: str = ""
-
-
-@dataclass(frozen=True)
 class LoadedPackage:
     """A verified package: the network (CPU, eval mode), its adapter and card, and hashes."""
 
@@ -216,106 +153,8 @@ class LoadedPackage:
         return self.adapter.config
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _floats(data: Mapping[str, Any]) -> dict[str, float]:
-    return {str(k): (math.nan if v is None else float(v)) for k, v in data.items()}
-
-
 def _canonical_json(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _numeric_summary(values: pd.Series) -> dict[str, float]:
-    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-    ok = x[np.isfinite(x)]
-    stats = {"missing_fraction": float(1 - ok.size / x.size) if x.size else math.nan}
-    if ok.size:
-        p05, med, p95 = np.percentile(ok, [5, 50, 95])
-        stats |= {
-            "mean": float(ok.mean()),
-            "std": float(ok.std()),
-            "p05": float(p05),
-            "median": float(med),
-            "p95": float(p95),
-        }
-    return stats
-
-
-def summarize_training_data(
-    table: pd.DataFrame,
-    *,
-    labels: Sequence[str] = FINDINGS,
-    demographic_columns: Sequence[str] = (),
-    quality_columns: Sequence[str] = (),
-) -> TrainingDataSummary:
-    """Summarise a development table (ingest output) for the model card.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        One row per image with ``site``, ``patient_pseudonym`` and one 0/1/NaN column per label.
-    labels : sequence of str
-        Label columns.
-    demographic_columns : sequence of str
-        Columns summarised as category fractions (numeric columns: mean/std/percentiles).
-    quality_columns : sequence of str
-        Image-quality feature columns summarised as mean/std/percentiles.
-
-    Returns
-    -------
-    TrainingDataSummary
-        The summary.
-
-    Raises
-    ------
-    ValueError
-        If a named column is absent (the message lists the missing ones).
-    """
-    needed = ["site", "patient_pseudonym", *labels, *demographic_columns, *quality_columns]
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"summarize_training_data: columns {missing} are not in the table (it has "
-            f"{list(table.columns)}); pass the ingest output table or adjust the column lists"
-        )
-    prevalence, n_labelled = {}, {}
-    for label in labels:
-        y = pd.to_numeric(table[label], errors="coerce")
-        n_labelled[label] = int(y.notna().sum())
-        prevalence[label] = float(y.mean()) if n_labelled[label] else math.nan
-    demographics: dict[str, dict[str, float]] = {}
-    for col in demographic_columns:
-        series = table[col]
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            demographics[col] = _numeric_summary(series)
-        else:
-            fractions = series.astype("object").fillna("missing").astype(str)
-            demographics[col] = {
-                str(k): float(v) for k, v in fractions.value_counts(normalize=True).items()
-            }
-    per_site = table["site"].astype(str).value_counts().sort_index()
-    return TrainingDataSummary(
-        sites=tuple(per_site.index),
-        n_images=len(table),
-        n_patients=int(table["patient_pseudonym"].nunique()),
-        images_per_site={str(k): int(v) for k, v in per_site.items()},
-        prevalence=prevalence,
-        n_labelled=n_labelled,
-        demographics=demographics,
-        quality={col: _numeric_summary(table[col]) for col in quality_columns},
-    )
 
 
 def _check_thresholds(
@@ -449,7 +288,7 @@ def save_package(
         "description": card.description,
         "operating_thresholds": thresholds,
         "training_data": card.training_data.to_dict() if card.training_data else None,
-        "validation_auroc": _json_safe(dict(card.validation_auroc)),
+        "validation_auroc": json_safe(dict(card.validation_auroc)),
         "created_utc": created,
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
@@ -458,6 +297,24 @@ def save_package(
     tmp_card.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp_card, directory / CARD_FILE)
     return directory
+
+
+_REEXPORT_FIX = "re-export the package in the documented format"
+_SAFETENSORS_FIX = f"save the state_dict with safetensors.torch.save_file as {WEIGHTS_FILE}"
+
+
+def _weights_path(directory: Path) -> Path:
+    """The package's weights file; raises :class:`ModelPackageError` when it is missing."""
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelPackageError(
+            weights,
+            "weights file is missing",
+            expected=f"{WEIGHTS_FILE} (safetensors)",
+            found="no such file",
+            fix="copy the weights into the package directory",
+        )
+    return weights
 
 
 def _read_card(directory: Path) -> dict[str, Any]:
@@ -506,22 +363,14 @@ def _read_card(directory: Path) -> dict[str, Any]:
             found=f"missing {missing}",
             fix="add them (see the format description)",
         )
-    if doc["format"] != PACKAGE_FORMAT:
-        raise ModelPackageError(
-            path,
-            "unknown package format",
-            expected=repr(PACKAGE_FORMAT),
-            found=repr(doc["format"]),
-            fix="re-export the package in the documented format",
-        )
-    if doc["weights_file"] != WEIGHTS_FILE:
-        raise ModelPackageError(
-            path,
-            "weights must be a safetensors file",
-            expected=repr(WEIGHTS_FILE),
-            found=repr(doc["weights_file"]),
-            fix=f"save the state_dict with safetensors.torch.save_file as {WEIGHTS_FILE}",
-        )
+    for key, expected, message, fix in (
+        ("format", PACKAGE_FORMAT, "unknown package format", _REEXPORT_FIX),
+        ("weights_file", WEIGHTS_FILE, "weights must be a safetensors file", _SAFETENSORS_FIX),
+    ):
+        if doc[key] != expected:
+            raise ModelPackageError(
+                path, message, expected=repr(expected), found=repr(doc[key]), fix=fix
+            )
     return doc
 
 
@@ -551,15 +400,7 @@ def load_package(
     directory = Path(directory)
     doc = _read_card(directory)
     card_path = directory / CARD_FILE
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelPackageError(
-            weights,
-            "weights file is missing",
-            expected=f"{WEIGHTS_FILE} (safetensors)",
-            found="no such file",
-            fix="copy the weights into the package directory",
-        )
+    weights = _weights_path(directory)
     found_sha = sha256_file(weights)
     if found_sha != str(doc["weights_sha256"]).lower():
         raise ModelPackageError(
@@ -611,7 +452,7 @@ def load_package(
         intended_use=str(doc["intended_use"]),
         operating_thresholds=thresholds,
         training_data=TrainingDataSummary.from_dict(training) if training else None,
-        validation_auroc=_floats(doc.get("validation_auroc") or {}),
+        validation_auroc=floats_or_nan(doc.get("validation_auroc") or {}),
         description=str(doc.get("description", "")),
         created_utc=str(doc.get("created_utc", "")),
     )
@@ -651,13 +492,4 @@ def package_sha256(directory: str | os.PathLike[str]) -> str:
     """
     directory = Path(directory)
     doc = _read_card(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelPackageError(
-            weights,
-            "weights file is missing",
-            expected=f"{WEIGHTS_FILE} (safetensors)",
-            found="no such file",
-            fix="copy the weights into the package directory",
-        )
-    return _package_hash(doc, sha256_file(weights))
+    return _package_hash(doc, sha256_file(_weights_path(directory)))

@@ -12,10 +12,9 @@ and, for tests only, the truth sidecar ``<truth>/cxr/<site>/<batch>.json`` (prof
 declared shift directions versus ``vendor_dev``) and ``<batch>.csv`` (per image true and written
 labels, severity per finding, acquisition values).
 
-Labels come from a Gaussian copula: correlated latent disease factors (heart failure, infection,
-COPD, neoplasm, chronic scarring, age) give realistic co-occurrence with exact marginal prevalence;
-follow-up images of a patient share most of the latent so findings mostly persist. Label noise
-(``label_miss_rate``, ``label_false_rate``) is applied to the written labels only.
+Patients, views and labels are sampled in :mod:`~clinaudit.sources.cxr_population` (a Gaussian
+copula of latent disease factors; label noise on the written labels only) and rendered by
+:mod:`~clinaudit.sources.cxr_render`.
 
 Every random draw comes from ``numpy.random.SeedSequence`` entropy ``[seed, crc32(site),
 crc32(batch)]``; images use child sequences keyed by their index, so serial and parallel runs
@@ -25,10 +24,8 @@ write byte-identical files.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -39,24 +36,21 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
-from clinaudit.sources.cxr_labels import FINDINGS, NO_FINDING
+from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.sources.cxr_population import nih_labels_csv, patient_split, sample_population
 from clinaudit.sources.cxr_render import apply_acquisition, render_cxr
 from clinaudit.sources.cxr_sites import (
-    AGE_LOADING,
     DEFAULT_SITES,
-    FACTOR_LOADINGS,
-    QUALITY_FEATURES,
     REFERENCE_SITE,
     SCALES,
     CohortScale,
     SiteProfile,
+    declared_shifts,
 )
 from clinaudit.sources.dicom_io import CxrDicomMeta, deterministic_uid, write_cxr_dicom
 from clinaudit.sources.landing import MANIFEST_NAME, LandingError, validate_name, write_manifest
@@ -64,14 +58,6 @@ from clinaudit.sources.landing import MANIFEST_NAME, LandingError, validate_name
 STUDY = "cxr"
 #: Fixed manifest timestamp: simulated batches must be byte-identical across runs.
 CREATED_UTC = "2024-01-01T00:00:00Z"
-#: The header line of NIH ``Data_Entry_2017_v2020.csv``, byte for byte (11 CSV fields).
-NIH_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
-)
-#: Share of a follow-up image's latent disease state carried over from the patient.
-FOLLOWUP_PERSISTENCE = 0.85
-_MAX_PATIENTS_PER_BATCH = 99_999
 
 
 @dataclass(frozen=True)
@@ -155,140 +141,6 @@ def _batch_slot(batch: str) -> int:
     return (number - 1) % 10
 
 
-def declared_shifts(
-    profile: SiteProfile, reference: SiteProfile, native_range: tuple[int, int]
-) -> dict[str, str]:
-    """Quality features the design pushes at ``profile`` versus ``reference``: ``"+"``/``"-"``.
-
-    Features not pushed are left out. The expected values are computed from the profiles (mean
-    film density 0.33 before the detector curve; AP share lowers contrast and raises noise).
-    Sharpness is not declared where noise is pushed up, because noise inflates the usual
-    sharpness measures.
-
-    Parameters
-    ----------
-    profile, reference : SiteProfile
-        The site and the reference site.
-    native_range : (int, int)
-        The scale's native matrix range (sets the pixel spacing).
-
-    Returns
-    -------
-    dict of str to str
-        Keys from ``QUALITY_FEATURES``.
-    """
-    m0 = 0.33
-
-    def bright(p: SiteProfile) -> float:
-        return 0.5 + p.contrast * (1 - 0.1 * p.frac_ap) * (m0**p.gamma - 0.5) + p.brightness
-
-    def contrast(p: SiteProfile) -> float:
-        return p.contrast * (1 - 0.1 * p.frac_ap) * p.gamma * m0 ** (p.gamma - 1.0)
-
-    def noise(p: SiteProfile) -> float:
-        return p.noise_sd * (1 + 0.3 * p.frac_ap)
-
-    def spacing(p: SiteProfile) -> float:
-        return p.field_of_view_mm / p.native_px(native_range)
-
-    out: dict[str, str] = {}
-    d = bright(profile) - bright(reference)
-    if abs(d) > 0.03:
-        out["brightness"] = "+" if d > 0 else "-"
-    r = contrast(profile) / contrast(reference)
-    if r > 1.15 or r < 1 / 1.15:
-        out["contrast"] = "+" if r > 1 else "-"
-    r = noise(profile) / noise(reference)
-    if r > 1.5 or r < 1 / 1.5:
-        out["noise"] = "+" if r > 1 else "-"
-    rs = spacing(profile) / spacing(reference)
-    rb = profile.blur_mm / reference.blur_mm
-    if out.get("noise") != "+":
-        if rb > 1.8 or (rs > 1.3 and rb >= 1.0):
-            out["sharpness"] = "-"
-        elif rb < 0.55 and rs <= 1.0:
-            out["sharpness"] = "+"
-    if rs > 1.1 or rs < 1 / 1.1:
-        out["pixel_spacing"] = "+" if rs > 1 else "-"
-    assert set(out) <= set(QUALITY_FEATURES)
-    return out
-
-
-def _population(profile: SiteProfile, n_images: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Patients, follow-ups, views, true labels and severities of one site batch."""
-    n_f = len(FINDINGS)
-    per_patient = np.minimum(rng.geometric(1.0 / (1.0 + profile.followup_mean), n_images), 12)
-    ends = np.cumsum(per_patient)
-    n_pat = int(np.searchsorted(ends, n_images) + 1)
-    per_patient = per_patient[:n_pat].copy()
-    per_patient[-1] -= int(ends[n_pat - 1] - n_images)
-    if n_pat > _MAX_PATIENTS_PER_BATCH:
-        raise ValueError(
-            f"{n_pat} patients in one batch exceed {_MAX_PATIENTS_PER_BATCH}; split the site into "
-            "several batches"
-        )
-    pat_idx = np.repeat(np.arange(n_pat), per_patient)
-    follow_up = np.concatenate([np.arange(k) for k in per_patient])
-
-    child = rng.random(n_pat) < 0.04
-    adult_age = np.clip(np.rint(rng.normal(profile.age_mean, profile.age_sd, n_pat)), 15, 95)
-    age0 = np.where(child, rng.integers(1, 15, n_pat), adult_age).astype(int)
-    sex = np.where(rng.random(n_pat) < profile.frac_male, "M", "F")
-
-    factors = list(FACTOR_LOADINGS)
-    w = np.zeros((len(factors), n_f))
-    for k, fac in enumerate(factors):
-        for f, load in FACTOR_LOADINGS[fac].items():
-            w[k, FINDINGS.index(f)] = load
-    a = np.array([AGE_LOADING.get(f, 0.0) for f in FINDINGS])
-    resid = 1.0 - (w**2).sum(axis=0) - a**2
-    f_pat = rng.standard_normal((n_pat, len(factors)))
-    age_z = np.clip((age0 - 52.0) / 18.0, -2.5, 2.5)
-    z_pat = f_pat @ w + age_z[:, None] * a + np.sqrt(resid) * rng.standard_normal((n_pat, n_f))
-    rho = FOLLOWUP_PERSISTENCE
-    z = math.sqrt(rho) * z_pat[pat_idx] + math.sqrt(1 - rho) * rng.standard_normal((n_images, n_f))
-    prev = profile.prevalence()
-    thr = norm.isf(np.array([prev[f] for f in FINDINGS]))
-    true = z > thr
-    sev = 0.12 + 0.88 * (1.0 - np.exp(-1.3 * (z - thr))) + 0.07 * rng.standard_normal(z.shape)
-    sev = np.where(true, np.clip(sev, 0.08, 1.0), 0.0)
-
-    miss = true & (rng.random(true.shape) < profile.label_miss_rate)
-    false = ~true & (rng.random(true.shape) < profile.label_false_rate)
-    written = (true & ~miss) | false
-
-    sick = (f_pat[:, factors.index("heart_failure")] + f_pat[:, factors.index("infection")]) / 2
-    logit = math.log(profile.frac_ap / (1 - profile.frac_ap)) + 0.5 * sick[pat_idx]
-    logit = logit + np.where(child[pat_idx], 1.0, 0.0)
-    view = np.where(rng.random(n_images) < 1 / (1 + np.exp(-logit)), "AP", "PA")
-
-    start = date(profile.study_year, 1, 1)
-    first = rng.integers(0, 730, n_pat)
-    gaps = np.where(follow_up == 0, 0, rng.integers(1, 120, n_images))
-    starts = np.r_[0, np.cumsum(per_patient)[:-1]]
-    offsets = first[pat_idx] + np.concatenate(
-        [np.cumsum(gaps[s0 : s0 + k]) for s0, k in zip(starts, per_patient, strict=True)]
-    )
-    age = np.minimum(age0[pat_idx] + offsets // 365 - first[pat_idx] // 365, 95)
-    dates = [(start + timedelta(days=int(d))).strftime("%Y%m%d") for d in offsets]
-
-    df = pd.DataFrame(
-        {
-            "patient_idx": pat_idx,
-            "Follow-up #": follow_up,
-            "Patient Age": age.astype(int),
-            "Patient Gender": sex[pat_idx],
-            "View Position": view,
-            "study_date": dates,
-        }
-    )
-    for j, f in enumerate(FINDINGS):
-        df[f"true_{f}"] = true[:, j].astype(int)
-        df[f"written_{f}"] = written[:, j].astype(int)
-        df[f"sev_{f}"] = np.round(sev[:, j], 4)
-    return df
-
-
 @dataclass(frozen=True)
 class _Job:
     index: int
@@ -343,25 +195,6 @@ def _write_text(path: Path, text: str) -> str:
     data = text.encode("utf-8")
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
-
-
-def _patient_split(df: pd.DataFrame, test_images: int, rng: np.random.Generator) -> np.ndarray:
-    """Boolean test mask filled patient by patient (random order) up to ``test_images``."""
-    patients = df["Patient ID"].unique()
-    counts = df.groupby("Patient ID", sort=False).size()
-    test_ids: set[int] = set()
-    n = 0
-    for pid in rng.permutation(patients):
-        if n >= test_images:
-            break
-        test_ids.add(int(pid))
-        n += int(counts[pid])
-    if n == len(df):
-        raise ValueError(
-            f"test_images={test_images} leaves no training image among {len(df)} images; "
-            "lower test_images"
-        )
-    return df["Patient ID"].isin(test_ids).to_numpy()
 
 
 def simulate_site_batch(
@@ -443,7 +276,7 @@ def simulate_site_batch(
 
     entropy = (int(seed), _crc(profile.name), _crc(batch))
     rng = np.random.default_rng(np.random.SeedSequence(entropy))
-    df = _population(profile, n_images, rng)
+    df = sample_population(profile, n_images, rng)
     pid_base = _site_number(profile) * 1_000_000 + _batch_slot(batch) * 100_000
     df.insert(0, "Patient ID", pid_base + 1 + df.pop("patient_idx"))
     df.insert(
@@ -502,35 +335,14 @@ def simulate_site_batch(
             for part in pool.map(_render_chunk_star, tasks):
                 results.extend(part)
     hashes = {f"images/{name}": digest for name, digest, _ in results}
-
-    # labels.csv in the NIH layout.
-    buf = io.StringIO()
-    buf.write(NIH_HEADER + "\n")
-    writer = csv.writer(buf, lineterminator="\n")
-    written = df[[f"written_{f}" for f in FINDINGS]].to_numpy()
-    for i in range(n_images):
-        labels = "|".join(f for f, v in zip(FINDINGS, written[i], strict=True) if v) or NO_FINDING
-        writer.writerow(
-            [
-                df["Image Index"].iat[i],
-                labels,
-                int(df["Follow-up #"].iat[i]),
-                int(df["Patient ID"].iat[i]),
-                int(df["Patient Age"].iat[i]),
-                df["Patient Gender"].iat[i],
-                df["View Position"].iat[i],
-                native,
-                native,
-                f"{spacing:.6g}",
-                f"{spacing:.6g}",
-            ]
-        )
-    hashes["labels.csv"] = _write_text(batch_dir / "labels.csv", buf.getvalue())
+    hashes["labels.csv"] = _write_text(
+        batch_dir / "labels.csv", nih_labels_csv(df, native_px=native, spacing_mm=spacing)
+    )
 
     split = np.full(n_images, "", dtype=object)
     n_train = n_test = 0
     if test_images is not None:
-        is_test = _patient_split(df, int(test_images), rng)
+        is_test = patient_split(df, int(test_images), rng)
         names = df["Image Index"].to_numpy()
         train_names, test_names = sorted(names[~is_test]), sorted(names[is_test])
         hashes["train_val_list.txt"] = _write_text(

@@ -342,3 +342,62 @@ SCALES: dict[str, CohortScale] = {
         render_px=256,
     ),
 }
+
+
+def declared_shifts(
+    profile: SiteProfile, reference: SiteProfile, native_range: tuple[int, int]
+) -> dict[str, str]:
+    """Quality features the design pushes at ``profile`` versus ``reference``: ``"+"``/``"-"``.
+
+    Features not pushed are left out. The expected values are computed from the profiles (mean
+    film density 0.33 before the detector curve; AP share lowers contrast and raises noise).
+    Sharpness is not declared where noise is pushed up, because noise inflates the usual
+    sharpness measures.
+
+    Parameters
+    ----------
+    profile, reference : SiteProfile
+        The site and the reference site.
+    native_range : (int, int)
+        The scale's native matrix range (sets the pixel spacing).
+
+    Returns
+    -------
+    dict of str to str
+        Keys from ``QUALITY_FEATURES``.
+    """
+    m0 = 0.33
+
+    def bright(p: SiteProfile) -> float:
+        return 0.5 + p.contrast * (1 - 0.1 * p.frac_ap) * (m0**p.gamma - 0.5) + p.brightness
+
+    def contrast(p: SiteProfile) -> float:
+        return p.contrast * (1 - 0.1 * p.frac_ap) * p.gamma * m0 ** (p.gamma - 1.0)
+
+    def noise(p: SiteProfile) -> float:
+        return p.noise_sd * (1 + 0.3 * p.frac_ap)
+
+    def spacing(p: SiteProfile) -> float:
+        return p.field_of_view_mm / p.native_px(native_range)
+
+    out: dict[str, str] = {}
+    d = bright(profile) - bright(reference)
+    if abs(d) > 0.03:
+        out["brightness"] = "+" if d > 0 else "-"
+    r = contrast(profile) / contrast(reference)
+    if r > 1.15 or r < 1 / 1.15:
+        out["contrast"] = "+" if r > 1 else "-"
+    r = noise(profile) / noise(reference)
+    if r > 1.5 or r < 1 / 1.5:
+        out["noise"] = "+" if r > 1 else "-"
+    rs = spacing(profile) / spacing(reference)
+    rb = profile.blur_mm / reference.blur_mm
+    if out.get("noise") != "+":
+        if rb > 1.8 or (rs > 1.3 and rb >= 1.0):
+            out["sharpness"] = "-"
+        elif rb < 0.55 and rs <= 1.0:
+            out["sharpness"] = "+"
+    if rs > 1.1 or rs < 1 / 1.1:
+        out["pixel_spacing"] = "+" if rs > 1 else "-"
+    assert set(out) <= set(QUALITY_FEATURES)
+    return out

@@ -41,71 +41,45 @@ CheXpert ``train.csv`` / ``valid.csv``
 
 Sex is ``M``/``F``/``U`` (``Male``/``Female``/``Unknown`` accepted, any case); age must lie in
 [0, 120] years. Duplicate image ids quarantine every copy.
+
+This module dispatches on the layout; the layouts' columns and row parsers live in
+:mod:`~clinaudit.sources.nih_labels` and :mod:`~clinaudit.sources.chexpert_labels`, the row-level
+parsing they share in :mod:`~clinaudit.sources.label_rows`.
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
-import io
-import math
 import os
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from clinaudit.sources.cxr_labels import CHEXPERT_ALIASES, FINDINGS, NO_FINDING
-from clinaudit.validation.errors import BatchStructureError, QuarantineRecord
+from clinaudit.sources.chexpert_labels import (
+    CHEXPERT_REQUIRED,
+    chexpert_observations,
+    chexpert_rows,
+)
+from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.sources.label_rows import (
+    RowCollector,
+    canonical_frame,
+    check_columns,
+    mark_duplicates,
+    read_records,
+    structure_error,
+)
+from clinaudit.sources.nih_labels import NIH_OPTIONAL, NIH_REQUIRED, nih_rows
+from clinaudit.validation.errors import QuarantineRecord
 from clinaudit.validation.schemas import CanonicalLabels, validate_frame
 
 Layout = Literal["nih", "chexpert"]
 Uncertainty = Literal["zeros", "ones", "ignore"]
 UNCERTAINTY_POLICIES: tuple[str, ...] = ("zeros", "ones", "ignore")
-
-NIH_REQUIRED: tuple[str, ...] = (
-    "Image Index",
-    "Finding Labels",
-    "Follow-up #",
-    "Patient ID",
-    "Patient Age",
-    "Patient Gender",
-    "View Position",
-)
-NIH_OPTIONAL: tuple[str, ...] = (
-    "OriginalImage[Width",
-    "Height]",
-    "OriginalImagePixelSpacing[x",
-    "y]",
-    "OriginalImage[Width, Height]",
-    "OriginalImagePixelSpacing[x, y]",
-)
-CHEXPERT_REQUIRED: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
-CANONICAL_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "file",
-    "patient_id",
-    "follow_up",
-    "age",
-    "sex",
-    "view_position",
-    "source_row",
-    *FINDINGS,
-)
 SPLIT_FILES: dict[str, str] = {"train_val_list.txt": "train", "test_list.txt": "test"}
-
-_SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "U": "U", "UNKNOWN": "U"}
-_AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMWD]?)\s*$", re.IGNORECASE)
-_AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
-_VIEW_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,15}$")
-_PATIENT_RE = re.compile(r"^patient\d+$")
-_STUDY_RE = re.compile(r"^study(\d+)$")
-_CHEXPERT_VALUES = {"1": 1.0, "0": 0.0, "-1": -1.0, "": 0.0}
-_KNOWN_LABELS = (*FINDINGS, NO_FINDING)
 
 
 @dataclass(frozen=True)
@@ -137,528 +111,6 @@ class LabelTableResult:
     n_rows: int = 0
     unlabelled_findings: tuple[str, ...] = field(default=())
     referenced_files: frozenset[str] = field(default=frozenset())
-
-
-class _Rows:
-    """Collects canonical rows and quarantine records while a table is parsed."""
-
-    def __init__(self, site: str, batch: str, file: str) -> None:
-        self.site, self.batch, self.file = site, batch, file
-        self.records: list[QuarantineRecord] = []
-        self.rows: list[dict[str, object]] = []
-        self.referenced: set[str] = set()
-
-    def record(
-        self,
-        line: int | None,
-        column: str | None,
-        check: str,
-        message: str,
-        fix: str,
-        severity: Literal["error", "warning"] = "error",
-        file: str | None = None,
-    ) -> None:
-        self.records.append(
-            QuarantineRecord(
-                self.site,
-                self.batch,
-                file or self.file,
-                line,
-                column,
-                check,
-                message,
-                fix,
-                severity,
-            )
-        )
-
-
-def _structure_error(
-    site: str, batch: str, file: str, check: str, message: str, fix: str, column: str | None = None
-) -> BatchStructureError:
-    return BatchStructureError(
-        [QuarantineRecord(site, batch, file, None, column, check, message, fix, "error")]
-    )
-
-
-def _read_records(
-    data: bytes, *, site: str, batch: str, file: str
-) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Decode and split a CSV; returns the stripped header and ``(start line, fields)`` records."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise _structure_error(
-            site,
-            batch,
-            file,
-            "unreadable_table",
-            f"label table is not UTF-8 (invalid byte at offset {err.start})",
-            "re-export the label table as UTF-8 CSV",
-        ) from err
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    records: list[tuple[int, list[str]]] = []
-    header: list[str] | None = None
-    line = 1
-    try:
-        for fields in reader:
-            start = line
-            line = reader.line_num + 1
-            if not fields or all(not f.strip() for f in fields):
-                continue
-            if header is None:
-                header = [f.strip() for f in fields]
-                continue
-            records.append((start, fields))
-    except csv.Error as err:
-        raise _structure_error(
-            site,
-            batch,
-            file,
-            "unreadable_table",
-            f"label table is not valid CSV near line {reader.line_num} ({err})",
-            "re-export the label table as comma-separated CSV with '\"' quoting",
-        ) from err
-    if header is None:
-        raise _structure_error(
-            site,
-            batch,
-            file,
-            "empty_table",
-            "label table is empty (no header line)",
-            "export the label table with its header line and one row per image",
-        )
-    return header, records
-
-
-def _check_columns(
-    header: list[str], required: tuple[str, ...], *, site: str, batch: str, file: str
-) -> None:
-    duplicated = sorted({h for h in header if h and header.count(h) > 1})
-    problems = []
-    if duplicated:
-        problems.append(
-            QuarantineRecord(
-                site,
-                batch,
-                file,
-                1,
-                duplicated[0],
-                "duplicate_column",
-                f"column names {duplicated} appear more than once in the header",
-                "give every column a unique name",
-                "error",
-            )
-        )
-    present = [h for h in header if h]
-    for name in required:
-        if name in header:
-            continue
-        close = difflib.get_close_matches(
-            name, [p for p in present if p not in required], n=1, cutoff=0.5
-        )
-        hint = f"; the closest present column is {close[0]!r}" if close else ""
-        delim = next((d for d in (";", "\t", "|") if len(present) == 1 and d in present[0]), None)
-        fix = (
-            f"rename {close[0]!r} to {name!r}" if close else f"add the column {name!r}"
-        ) + " in the header"
-        if delim:
-            fix = f"the file seems to use {delim!r} as delimiter: export it with commas"
-        problems.append(
-            QuarantineRecord(
-                site,
-                batch,
-                file,
-                1,
-                name,
-                "missing_column",
-                f"required column {name!r} is missing{hint} (expected columns: {list(required)}, "
-                f"present: {present})",
-                fix,
-                "error",
-            )
-        )
-    if problems:
-        raise BatchStructureError(problems)
-
-
-def _parse_age(text: str) -> tuple[float | None, str]:
-    m = _AGE_RE.match(text)
-    if m is None:
-        return None, f"age {text!r} is not a number of years (or the NIH form '058Y')"
-    value = float(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]
-    if not math.isfinite(value) or not 0.0 <= value <= 120.0:
-        return None, f"age {text!r} = {value:.4g} years is outside [0, 120]"
-    return value, ""
-
-
-def _parse_common(
-    acc: _Rows,
-    line: int,
-    *,
-    age_text: str,
-    age_col: str,
-    sex_text: str,
-    sex_col: str,
-) -> tuple[float | None, str | None, bool]:
-    ok = True
-    age, why = _parse_age(age_text)
-    if age is None:
-        ok = False
-        acc.record(
-            line, age_col, "age_range", why, "write the age in years as a number in [0, 120]"
-        )
-    sex = _SEX.get(sex_text.strip().upper())
-    if sex is None:
-        ok = False
-        acc.record(
-            line,
-            sex_col,
-            "sex_domain",
-            f"sex {sex_text!r} is not one of M, F, U (Male, Female, Unknown are accepted)",
-            "map the value to M, F or U (U for unknown)",
-        )
-    return age, sex, ok
-
-
-def _parse_view(acc: _Rows, line: int, text: str, column: str) -> tuple[str | None, bool]:
-    view = re.sub(r"[\s-]+", "_", text.strip().upper())
-    if not view:
-        acc.record(
-            line,
-            column,
-            "view_missing",
-            "view position is blank; recorded as 'UNKNOWN'",
-            "fill in the view position (PA, AP, LL, LATERAL, ...)",
-            "warning",
-        )
-        return "UNKNOWN", True
-    if not _VIEW_RE.match(view):
-        acc.record(
-            line,
-            column,
-            "view_domain",
-            f"view position {text!r} is not a short code such as PA, AP, LL or LATERAL",
-            "write the view position as a code of letters, digits and '_' (max 16 characters)",
-        )
-        return None, False
-    return view, True
-
-
-def _mark_duplicates(acc: _Rows) -> list[dict[str, object]]:
-    lines: dict[str, list[int]] = {}
-    for row in acc.rows:
-        lines.setdefault(str(row["image_id"]), []).append(int(row["source_row"]))
-    dup = {k: v for k, v in lines.items() if len(v) > 1}
-    for image_id, where in dup.items():
-        for line in where:
-            others = [w for w in where if w != line]
-            acc.record(
-                line,
-                None,
-                "duplicate_image_id",
-                f"image id {image_id!r} also appears on line(s) {others}; every copy is "
-                "quarantined because the labels cannot be told apart",
-                "keep exactly one row per image in the label table",
-            )
-    return [r for r in acc.rows if str(r["image_id"]) not in dup]
-
-
-def _nih_rows(header: list[str], records: list[tuple[int, list[str]]], acc: _Rows) -> None:
-    idx = {name: header.index(name) for name in NIH_REQUIRED}
-    width = len(header)
-    for line, raw in records:
-        if len(raw) > width and any(f.strip() for f in raw[width:]):
-            acc.record(
-                line,
-                None,
-                "field_count",
-                f"row has {len(raw)} fields but the header has {width}",
-                "quote fields that contain commas, or remove the extra fields",
-            )
-            continue
-        fields = [*raw, *[""] * (width - len(raw))]
-
-        def get(name: str, fields: list[str] = fields) -> str:
-            return fields[idx[name]].strip()
-
-        ok = True
-        image_index = get("Image Index")
-        if (
-            not image_index
-            or "/" in image_index
-            or "\\" in image_index
-            or image_index
-            in (
-                ".",
-                "..",
-            )
-        ):
-            acc.record(
-                line,
-                "Image Index",
-                "image_id",
-                f"image index {image_index!r} is not a plain file name",
-                "write the image file name (e.g. 00000001_000.png) without directories",
-            )
-            ok = False
-        else:
-            acc.referenced.add(f"images/{image_index}")
-        patient = get("Patient ID")
-        if not patient:
-            acc.record(
-                line, "Patient ID", "patient_id", "patient id is blank", "fill in the patient id"
-            )
-            ok = False
-        follow_text = get("Follow-up #")
-        try:
-            follow_f = float(follow_text)
-            follow = int(follow_f) if follow_f.is_integer() and follow_f >= 0 else None
-        except ValueError:
-            follow = None
-        if follow is None:
-            acc.record(
-                line,
-                "Follow-up #",
-                "follow_up",
-                f"follow-up {follow_text!r} is not a whole number >= 0",
-                "write the follow-up index as 0, 1, 2, ...",
-            )
-            ok = False
-        age, sex, ok_common = _parse_common(
-            acc,
-            line,
-            age_text=get("Patient Age"),
-            age_col="Patient Age",
-            sex_text=get("Patient Gender"),
-            sex_col="Patient Gender",
-        )
-        view, ok_view = _parse_view(acc, line, get("View Position"), "View Position")
-        labels = dict.fromkeys(FINDINGS, 0.0)
-        names = [n.strip() for n in get("Finding Labels").split("|")]
-        unknown = [n for n in names if n not in _KNOWN_LABELS]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], _KNOWN_LABELS, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            acc.record(
-                line,
-                "Finding Labels",
-                "unknown_finding",
-                f"unknown finding name(s) {unknown}{hint}; known names: {list(_KNOWN_LABELS)}",
-                "use the ChestX-ray14 names exactly (case and '_' matter), separated by '|'",
-            )
-            ok = False
-        elif NO_FINDING in names and len(names) > 1:
-            acc.record(
-                line,
-                "Finding Labels",
-                "unknown_finding",
-                f"{NO_FINDING!r} is combined with findings {[n for n in names if n != NO_FINDING]}",
-                f"use {NO_FINDING!r} alone, or list only the findings",
-            )
-            ok = False
-        else:
-            for name in names:
-                if name != NO_FINDING:
-                    labels[name] = 1.0
-        if ok and ok_common and ok_view:
-            acc.rows.append(
-                {
-                    "image_id": image_index,
-                    "file": f"images/{image_index}",
-                    "patient_id": patient,
-                    "follow_up": follow,
-                    "age": age,
-                    "sex": sex,
-                    "view_position": view,
-                    "source_row": line,
-                    **labels,
-                }
-            )
-
-
-def _resolve_path(text: str, batch_dir: Path, known_files: Collection[str] | None) -> str | None:
-    norm = text.strip().replace("\\", "/")
-    parts = PurePosixPath(norm).parts
-    if not parts or norm.startswith("/") or ".." in parts or re.match(r"^[A-Za-z]:", norm):
-        return None
-    rel = PurePosixPath(*parts).as_posix()
-    candidates = [rel]
-    if len(parts) > 1:
-        candidates.append(PurePosixPath(*parts[1:]).as_posix())
-    for cand in candidates:
-        exists = cand in known_files if known_files is not None else (batch_dir / cand).is_file()
-        if exists:
-            return cand
-    return rel
-
-
-def _chexpert_rows(
-    header: list[str],
-    records: list[tuple[int, list[str]]],
-    acc: _Rows,
-    *,
-    used: dict[str, int],
-    uncertainty: Uncertainty,
-    batch_dir: Path,
-    known_files: Collection[str] | None,
-) -> None:
-    idx = {name: header.index(name) for name in CHEXPERT_REQUIRED}
-    width = len(header)
-    uncertain_value = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertainty]
-    for line, raw in records:
-        if len(raw) > width and any(f.strip() for f in raw[width:]):
-            acc.record(
-                line,
-                None,
-                "field_count",
-                f"row has {len(raw)} fields but the header has {width}",
-                "quote fields that contain commas, or remove the extra fields",
-            )
-            continue
-        fields = [*raw, *[""] * (width - len(raw))]
-        ok = True
-        path_text = fields[idx["Path"]]
-        rel = _resolve_path(path_text, batch_dir, known_files)
-        patient = None
-        follow = None
-        if rel is None:
-            acc.record(
-                line,
-                "Path",
-                "path",
-                f"path {path_text!r} is empty, absolute or contains '..'",
-                "write the image path relative to the batch directory",
-            )
-            ok = False
-        else:
-            acc.referenced.add(rel)
-            parts = PurePosixPath(rel).parts
-            patient = next((p for p in parts if _PATIENT_RE.match(p)), None)
-            study = next((m for p in parts if (m := _STUDY_RE.match(p))), None)
-            if patient is None or study is None or int(study.group(1)) < 1:
-                acc.record(
-                    line,
-                    "Path",
-                    "path_layout",
-                    f"path {path_text!r} lacks a 'patientNNNNN' and a 'studyN' (N >= 1) component",
-                    "lay images out as <split>/patientNNNNN/studyN/viewM_<frontal|lateral>.<ext>",
-                )
-                ok = False
-            else:
-                follow = int(study.group(1)) - 1
-        age, sex, ok_common = _parse_common(
-            acc,
-            line,
-            age_text=fields[idx["Age"]],
-            age_col="Age",
-            sex_text=fields[idx["Sex"]],
-            sex_col="Sex",
-        )
-        fl = fields[idx["Frontal/Lateral"]].strip().lower()
-        if fl == "lateral":
-            view, ok_view = "LATERAL", True
-        elif fl == "frontal":
-            view, ok_view = _parse_view(acc, line, fields[idx["AP/PA"]], "AP/PA")
-        else:
-            acc.record(
-                line,
-                "Frontal/Lateral",
-                "view_domain",
-                f"Frontal/Lateral value {fields[idx['Frontal/Lateral']]!r} is not Frontal or "
-                "Lateral",
-                "write Frontal or Lateral",
-            )
-            view, ok_view = None, False
-        labels = dict.fromkeys(FINDINGS, np.nan)
-        for finding, col in used.items():
-            text = fields[col].strip()
-            value = _CHEXPERT_VALUES.get(text)
-            if value is None:
-                try:
-                    num = float(text)
-                except ValueError:
-                    num = math.nan
-                value = num if num in (1.0, 0.0, -1.0) else None
-            if value is None:
-                acc.record(
-                    line,
-                    header[col],
-                    "label_domain",
-                    f"label value {text!r} is not one of 1, 0, -1 or blank",
-                    "use 1 (positive), 0 or blank (negative), -1 (uncertain)",
-                )
-                ok = False
-                continue
-            labels[finding] = uncertain_value if value == -1.0 else value
-        if ok and ok_common and ok_view and rel is not None:
-            acc.rows.append(
-                {
-                    "image_id": rel,
-                    "file": rel,
-                    "patient_id": patient,
-                    "follow_up": follow,
-                    "age": age,
-                    "sex": sex,
-                    "view_position": view,
-                    "source_row": line,
-                    **labels,
-                }
-            )
-
-
-def _chexpert_observations(
-    header: list[str], *, site: str, batch: str, file: str
-) -> tuple[dict[str, int], list[str]]:
-    used: dict[str, int] = {}
-    ignored: list[str] = []
-    for col, name in enumerate(header):
-        if not name or name in CHEXPERT_REQUIRED:
-            continue
-        finding = name if name in FINDINGS else CHEXPERT_ALIASES.get(name)
-        if finding is None:
-            ignored.append(name)
-            continue
-        if finding in used:
-            raise _structure_error(
-                site,
-                batch,
-                file,
-                "duplicate_column",
-                f"columns {header[used[finding]]!r} and {name!r} both label {finding!r}",
-                "keep one column per finding",
-                column=name,
-            )
-        used[finding] = col
-    if not used:
-        raise _structure_error(
-            site,
-            batch,
-            file,
-            "missing_column",
-            f"no observation column names a ChestX-ray14 finding (known: {list(FINDINGS)}, "
-            f"aliases: {CHEXPERT_ALIASES}); present: {ignored}",
-            "name the observation columns as in CheXpert (e.g. 'Cardiomegaly', 'Pleural Effusion')",
-        )
-    return used, ignored
-
-
-def _canonical_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(CANONICAL_COLUMNS))
-    frame = frame.astype(
-        {
-            "image_id": str,
-            "file": str,
-            "patient_id": str,
-            "follow_up": "int64",
-            "age": "float64",
-            "sex": str,
-            "view_position": str,
-            "source_row": "int64",
-            **dict.fromkeys(FINDINGS, "float64"),
-        }
-    )
-    return frame.reset_index(drop=True)
 
 
 def read_label_table(
@@ -725,7 +177,7 @@ def read_label_table(
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError as err:
-            raise _structure_error(
+            raise structure_error(
                 site,
                 batch,
                 name,
@@ -733,23 +185,23 @@ def read_label_table(
                 f"label table cannot be read ({err.strerror or err})",
                 "upload the label table named in manifest.json",
             ) from err
-    header, records = _read_records(data, site=site, batch=batch, file=name)
-    acc = _Rows(site, batch, name)
+    header, records = read_records(data, site=site, batch=batch, file=name)
+    acc = RowCollector(site, batch, name)
     if layout == "nih":
-        _check_columns(header, NIH_REQUIRED, site=site, batch=batch, file=name)
+        check_columns(header, NIH_REQUIRED, site=site, batch=batch, file=name)
         known = set(NIH_REQUIRED) | set(NIH_OPTIONAL)
         ignored = [h for h in header if h and h not in known]
-        _nih_rows(header, records, acc)
+        nih_rows(header, records, acc)
         labelled = FINDINGS
     else:
-        _check_columns(header, CHEXPERT_REQUIRED, site=site, batch=batch, file=name)
-        used, ignored = _chexpert_observations(header, site=site, batch=batch, file=name)
-        _chexpert_rows(
+        check_columns(header, CHEXPERT_REQUIRED, site=site, batch=batch, file=name)
+        used, ignored = chexpert_observations(header, site=site, batch=batch, file=name)
+        chexpert_rows(
             header,
             records,
             acc,
             used=used,
-            uncertainty=uncertainty,
+            uncertain_value={"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertainty],
             batch_dir=base,
             known_files=known_files,
         )
@@ -764,8 +216,8 @@ def read_label_table(
             "add the observation columns if the site labels these findings",
             "warning",
         )
-    good = _mark_duplicates(acc)
-    table = _canonical_frame(good)
+    good = mark_duplicates(acc)
+    table = canonical_frame(good)
     # The schema is the contract of the canonical table: rows it refuses are quarantined too.
     table, schema_records = validate_frame(
         CanonicalLabels, table, site=site, batch=batch, file=name
@@ -814,7 +266,7 @@ def read_split_lists(batch_dir: str | os.PathLike[str]) -> dict[str, str] | None
     if not all(present.values()):
         missing = [n for n, p in present.items() if not p]
         there = [n for n, p in present.items() if p]
-        raise _structure_error(
+        raise structure_error(
             site,
             batch,
             missing[0],
@@ -830,7 +282,7 @@ def read_split_lists(batch_dir: str | os.PathLike[str]) -> dict[str, str] | None
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as err:
-            raise _structure_error(
+            raise structure_error(
                 site,
                 batch,
                 name,
@@ -846,7 +298,7 @@ def read_split_lists(batch_dir: str | os.PathLike[str]) -> dict[str, str] | None
                 both.append(image_id)
             out[image_id] = split
     if both:
-        raise _structure_error(
+        raise structure_error(
             site,
             batch,
             "test_list.txt",

@@ -21,23 +21,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.landing import write_manifest
+from clinaudit.sources.nih_labels import NIH_COLUMNS
 
 PATIENT_NAME = "DOE^JANE"
 CREATED = "2024-01-01T00:00:00Z"
-NIH_HEADER = [
-    "Image Index",
-    "Finding Labels",
-    "Follow-up #",
-    "Patient ID",
-    "Patient Age",
-    "Patient Gender",
-    "View Position",
-    "OriginalImage[Width",
-    "Height]",
-    "OriginalImagePixelSpacing[x",
-    "y]",
-    "",
-]
+#: The real file's header: its 11 columns and the empty name of its trailing comma.
+NIH_HEADER = [*NIH_COLUMNS, ""]
 
 
 def phantom(rng: np.random.Generator, rows: int, cols: int, noise: float = 0.02) -> np.ndarray:

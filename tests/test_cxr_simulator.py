@@ -15,30 +15,15 @@ from PIL import Image
 from scipy import ndimage
 
 from clinaudit.sources.cxr_labels import FINDINGS, NO_FINDING
-from clinaudit.sources.cxr_simulator import (
-    NIH_HEADER,
-    _population,
-    main,
-    simulate_cohort,
-    simulate_site_batch,
-)
+from clinaudit.sources.cxr_population import sample_population as _population
+from clinaudit.sources.cxr_simulator import main, simulate_cohort, simulate_site_batch
 from clinaudit.sources.cxr_sites import DEFAULT_SITES, REFERENCE_SITE, SCALES, CohortScale
 from clinaudit.sources.dicom_io import CxrDicomMeta, read_dicom_pixels, write_cxr_dicom
 from clinaudit.sources.landing import LandingError, read_manifest, verify_batch
+from clinaudit.sources.nih_labels import NIH_COLUMNS as NIH_SOURCE_COLUMNS
+from clinaudit.sources.nih_labels import NIH_HEADER
 
-NIH_COLUMNS = [
-    "Image Index",
-    "Finding Labels",
-    "Follow-up #",
-    "Patient ID",
-    "Patient Age",
-    "Patient Gender",
-    "View Position",
-    "OriginalImage[Width",
-    "Height]",
-    "OriginalImagePixelSpacing[x",
-    "y]",
-]
+NIH_COLUMNS = list(NIH_SOURCE_COLUMNS)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from cxr_fixtures import (
 )
 from pandera.errors import SchemaErrors
 
+from clinaudit.sources.chexpert_labels import CHEXPERT_REQUIRED
 from clinaudit.sources.landing import LandingError, read_manifest
 from clinaudit.validation.errors import BatchStructureError
 from clinaudit.validation.ingest import IngestConfig, ingest_batch, pseudonymise
@@ -236,17 +237,7 @@ def test_chexpert_png_batch(tmp_path: Path) -> None:
         )
     write_csv(
         d / "labels.csv",
-        [
-            "Path",
-            "Sex",
-            "Age",
-            "Frontal/Lateral",
-            "AP/PA",
-            "No Finding",
-            "Cardiomegaly",
-            "Pleural Effusion",
-            "Edema",
-        ],
+        [*CHEXPERT_REQUIRED, "No Finding", "Cardiomegaly", "Pleural Effusion", "Edema"],
         rows,
     )
     make_manifest(d, layout="chexpert")

@@ -10,6 +10,7 @@ import pytest
 from cxr_fixtures import NIH_HEADER, nih_row, write_csv
 from pandera.errors import SchemaErrors
 
+from clinaudit.sources.chexpert_labels import CHEXPERT_REQUIRED
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.label_tables import read_label_table, read_split_lists
 from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
@@ -20,11 +21,7 @@ from clinaudit.validation.schemas import (
 )
 
 CHEX_HEADER = [
-    "Path",
-    "Sex",
-    "Age",
-    "Frontal/Lateral",
-    "AP/PA",
+    *CHEXPERT_REQUIRED,
     "No Finding",
     "Cardiomegaly",
     "Pleural Effusion",

@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from clinaudit.models.model_card import ModelCard, summarize_training_data
 from clinaudit.models.package import (
-    ModelCard,
     ModelPackageError,
     load_package,
     package_sha256,
     save_package,
-    summarize_training_data,
 )
 from clinaudit.models.registry import create_adapter
 from clinaudit.sources.cxr_labels import FINDINGS
