@@ -183,9 +183,9 @@ def render_cxr(
     img = 0.04 + body * (0.50 - 0.14 * (ax / body_w) ** 2)
     img += 0.03 * body * _smooth_noise(rng, size, 4)
 
-    markings = _smooth_noise(rng, size, 24) * (1.0 - 0.6 * s_emph)
+    markings = _smooth_noise(rng, size, 24) * (1.0 - 0.8 * s_emph)
     lung_total = np.zeros_like(img)
-    lung_depth = 0.30 * (1.0 + 0.35 * s_emph)
+    lung_depth = 0.30 * (1.0 + 0.5 * s_emph)
     side_geom: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
     diaphragm: list[float] = []
     for side in (-1, 1):  # -1: image left = patient right lung
@@ -335,12 +335,12 @@ def render_cxr(
         for side in (-1, 1):
             m, d_lat, _, _ = side_geom[side]
             periph = np.clip(1.0 - d_lat / 0.15, 0.0, 1.0) * np.clip((y + 0.2) / 0.6, 0.0, 1.0)
-            img += (0.08 + 0.14 * s) * m * periph * net
+            img += (0.12 + 0.18 * s) * m * periph * net
     s = sev.get("Pleural_Thickening", 0.0)
     if s:
         side = int(rng.integers(0, 2)) * 2 - 1
         _, d_lat, d_bot, _ = side_geom[side]
-        t = 0.015 + 0.03 * s
+        t = 0.03 + 0.045 * s
         if rng.random() < 0.6:  # lateral pleura, mid and lower zones
             band = _ramp(t - d_lat, 0.008) * _ramp(d_lat + 0.01, 0.008)
             band = band * _ramp(d_bot, 0.02) * _ramp(y + 0.45, 0.05)
@@ -350,13 +350,13 @@ def render_cxr(
         img = _blend(img, 0.55, band * (0.6 + 0.3 * s))
     s = sev.get("Hernia", 0.0)
     if s:
-        r = 0.06 + 0.05 * s
+        r = 0.07 + 0.05 * s
         hcx = hx + float(rng.uniform(-0.06, 0.06))
         hcy = hy + float(rng.uniform(0.0, 0.08))
         disc = _disc(x, y, hcx, hcy, r, 0.01)
         level = hcy + float(rng.uniform(-0.2, 0.3)) * r
         air = disc * (y < level)
-        img = img - (0.12 + 0.12 * s) * air + 0.05 * disc * np.exp(-(((y - level) / 0.006) ** 2))
+        img = img - (0.18 + 0.14 * s) * air + 0.05 * disc * np.exp(-(((y - level) / 0.006) ** 2))
         img += 0.05 * _ramp(0.008 - np.abs(np.hypot(x - hcx, y - hcy) - r), 0.006)
 
     out = np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
