@@ -1,9 +1,13 @@
 """The ``clinaudit`` command.
 
 ``clinaudit demo``      simulate the embedded cohort (once) and run the pipeline on it
-``clinaudit ingest``    validate + de-identify every landed site batch (your own data)
+``clinaudit audit``     run the pipeline on your own landed data with a model package or scores
+``clinaudit ingest``    only validate + de-identify every landed site batch
 ``clinaudit simulate``  write a simulated cohort into a landing directory
 ``clinaudit init-home`` create the run-time tree and the Dagster instance config
+
+Every command materializes the same Dagster assets in-process on a persistent instance, so the
+runs appear in the Dagster UI (``make ui``) afterwards.
 """
 
 from __future__ import annotations
@@ -13,72 +17,68 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clinaudit.orchestration.resources import ClinauditHome
 
+if TYPE_CHECKING:
+    from clinaudit.assets.multisite_cxr_model import AuditedModel
+    from clinaudit.orchestration.runner import StepRun
+
+#: Model settings per demo scale (the tiny scale is for tests: small input, two epochs).
+SCALE_MODEL: dict[str, dict[str, int]] = {"tiny": {"input_size": 64, "epochs": 2}}
+
 
 def _home(args: argparse.Namespace) -> ClinauditHome:
-    root = Path(args.home).resolve() if args.home else None
+    home = getattr(args, "home", None) or getattr(args, "out", None)
+    root = str(Path(home).resolve()) if home else None
     landing = str(Path(args.landing).resolve()) if getattr(args, "landing", None) else None
-    return ClinauditHome(root=str(root) if root else None, landing_dir=landing)
+    return ClinauditHome(root=root, landing_dir=landing)
 
 
-def _print_runs(runs, home: ClinauditHome) -> int:
-    bad = 0
+def _audited_model(args: argparse.Namespace) -> AuditedModel:
+    from clinaudit.assets.multisite_cxr_model import AuditedModel
+
+    settings = dict(SCALE_MODEL.get(getattr(args, "scale", ""), {}))
+    settings.update(
+        {k: getattr(args, k) for k in ("arch", "input_size", "epochs") if getattr(args, k)}
+    )
+    model = getattr(args, "model", None)
+    scores = getattr(args, "predictions", None)
+    return AuditedModel(
+        package_dir=str(Path(model).resolve()) if model else None,
+        scores_dir=str(Path(scores).resolve()) if scores else None,
+        num_workers=args.workers,
+        device=args.device,
+        **settings,
+    )
+
+
+def _print_runs(runs: Sequence[StepRun], home: ClinauditHome) -> int:
+    """Print one line per stage run; return the number of runs with a blocking failure."""
     for r in runs:
-        state = (
-            "ok"
-            if r.success and not r.failed_checks
-            else "CHECKS FAILED"
-            if r.success
-            else "FAILED"
-        )
-        extra = f" failed checks: {', '.join(r.failed_checks)}" if r.failed_checks else ""
-        print(f"  {r.site:<12} {state:<14} run {r.run_id[:8]}{extra}")
-        bad += (not r.success) or any("ERROR" in c for c in r.failed_checks)
-    print(f"validated tables : {home.artifacts / 'tables' / 'cxr_validated_images'}")
+        if r.skipped_because:
+            state, detail = "SKIPPED", r.skipped_because
+        else:
+            state = "FAILED" if not r.success else "checks failed" if r.failed_checks else "ok"
+            detail = f"run {r.run_id[:8]}"
+            if r.failed_checks:
+                detail += f"  failed checks: {', '.join(r.failed_checks)}"
+        print(f"  {r.stage:<15} {r.site or '(all sites)':<12} {state:<14} {detail}")
+    tables = home.artifacts / "tables"
+    print(f"validated tables : {tables / 'cxr_validated_images'}")
+    print(f"predictions      : {tables / 'cxr_predictions'}")
+    print(f"model packages   : {home.artifacts / 'models'}")
     print(f"quarantine       : {home.quarantine / 'cxr'}")
-    return bad
+    return sum(r.blocking_failure for r in runs)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from clinaudit.orchestration.runner import get_instance, ingest_sites, register_sites
-    from clinaudit.sources.cxr_simulator import simulate_cohort
-    from clinaudit.sources.landing import scan_landing
+def _run_pipeline(args: argparse.Namespace, home: ClinauditHome, t0: float) -> int:
+    from clinaudit.orchestration.runner import PipelineRunner, get_instance, register_sites
 
-    home = _home(args)
-    instance = get_instance(home)
-    truth = home.root_dir / "simulator_truth"
-    t0 = time.perf_counter()
-    if scan_landing(home.landing, "cxr").ready():
-        print(f"landing already holds batches, not re-simulating: {home.landing / 'cxr'}")
-    else:
-        print(
-            f"simulating the '{args.scale}' cohort (seed {args.seed}) into {home.landing / 'cxr'}"
-        )
-        summary = simulate_cohort(
-            home.landing, truth_root=truth, scale=args.scale, seed=args.seed, workers=args.workers
-        )
-        for s in summary.sites:
-            print(f"  {s.site:<12} {s.n_images:>6} images {s.n_patients:>6} patients")
-        print(f"  simulated in {time.perf_counter() - t0:.1f} s")
-    sites = register_sites(instance, home)
-    print(f"ingesting {len(sites)} sites: {', '.join(sites)}")
-    runs = ingest_sites(instance, home, sites, workers=args.workers)
-    bad = _print_runs(runs, home)
-    print(f"simulator truth (tests only): {truth}")
-    print(f"Dagster home     : {instance.root_directory}  (inspect with `make ui`)")
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s")
-    return 1 if bad else 0
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from clinaudit.orchestration.runner import get_instance, ingest_sites, register_sites
-
-    home = _home(args)
     instance = get_instance(home)
     sites = register_sites(instance, home)
-    if args.sites:
+    if getattr(args, "sites", None):
         wanted = set(args.sites.split(","))
         sites = [s for s in sites if s in wanted]
     if not sites:
@@ -87,20 +87,53 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             "(a batch is ready once its manifest.json exists)"
         )
         return 2
-    runs = ingest_sites(instance, home, sites, workers=args.workers)
-    return 1 if _print_runs(runs, home) else 0
+    print(f"auditing {len(sites)} sites: {', '.join(sites)}")
+    runner = PipelineRunner(instance, home, _audited_model(args), workers=args.workers)
+    stages = runner.ingest(sites) if args.command == "ingest" else runner.run_all(sites)
+    bad = _print_runs(stages, home)
+    print(f"Dagster home     : {instance.root_directory}  (browse it with `make ui`)")
+    print(f"finished in {time.perf_counter() - t0:.1f} s")
+    return 1 if bad else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from clinaudit.sources.cxr_simulator import simulate_cohort
+    from clinaudit.sources.landing import scan_landing
+
+    home = _home(args)
+    truth = home.root_dir / "simulator_truth"
+    t0 = time.perf_counter()
+    if scan_landing(home.landing, "cxr").ready():
+        print(f"landing already holds batches, not re-simulating: {home.landing / 'cxr'}")
+    else:
+        print(f"simulating the '{args.scale}' cohort (seed {args.seed}) into {home.landing}")
+        summary = simulate_cohort(
+            home.landing, truth_root=truth, scale=args.scale, seed=args.seed, workers=args.workers
+        )
+        for s in summary.sites:
+            print(f"  {s.site:<12} {s.n_images:>6} images {s.n_patients:>6} patients")
+        print(f"  simulated in {time.perf_counter() - t0:.1f} s (SIMULATED data)")
+    status = _run_pipeline(args, home, t0)
+    print(f"simulator truth  : {truth}  (read by tests only, never by the audit)")
+    return status
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None) and getattr(args, "predictions", None):
+        print("give either --model PACKAGE_DIR or --predictions DIR, not both", file=sys.stderr)
+        return 2
+    return _run_pipeline(args, _home(args), time.perf_counter())
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from clinaudit.sources.cxr_simulator import simulate_cohort
 
-    sites = args.sites.split(",") if args.sites else None
     summary = simulate_cohort(
         Path(args.landing),
         truth_root=Path(args.truth),
         scale=args.scale,
         seed=args.seed,
-        sites=sites,
+        sites=args.sites.split(",") if args.sites else None,
         workers=args.workers,
     )
     for s in summary.sites:
@@ -111,8 +144,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_init_home(args: argparse.Namespace) -> int:
     from clinaudit.orchestration.runner import init_home
 
-    home = _home(args)
-    print(init_home(home))
+    print(init_home(_home(args)))
     return 0
 
 
@@ -120,21 +152,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinaudit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--home", help="run-time directory (default $CLINAUDIT_HOME or ./var)")
+    def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+        p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+        p.add_argument("--arch", help="timm architecture of the embedded model (resnet18)")
+        p.add_argument("--input-size", type=int, help="model input side in pixels (160)")
+        p.add_argument("--epochs", type=int, help="training epochs of the embedded model (8)")
 
-    p = sub.add_parser("demo", help="simulate the embedded cohort and run the pipeline")
-    common(p)
+    home_help = "run-time directory (default $CLINAUDIT_HOME or ./var)"
+    p = sub.add_parser("demo", help="simulate the embedded cohort and run the pipeline on it")
+    p.add_argument("--home", help=home_help)
     p.add_argument("--scale", default="demo", help="tiny | demo | full (default demo)")
     p.add_argument("--seed", type=int, default=0)
+    run_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("ingest", help="validate every landed site batch")
-    common(p)
+    p = sub.add_parser("audit", help="audit a model on landed site data (your own data)")
+    p.add_argument("--landing", required=True, help="landing directory (<landing>/cxr/<site>/..)")
+    p.add_argument("--out", required=True, help="run-time directory for everything produced")
+    p.add_argument("--model", help="vendor model package directory (docs/model_package.md)")
+    p.add_argument(
+        "--predictions",
+        help="vendor scores: a directory with one <site>.csv per site, or one CSV for one site",
+    )
+    p.add_argument("--sites", help="comma-separated subset of sites")
+    run_options(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("ingest", help="only validate + de-identify the landed site batches")
+    p.add_argument("--home", help=home_help)
     p.add_argument("--landing", help="landing directory (default <home>/landing)")
     p.add_argument("--sites", help="comma-separated subset of sites")
-    p.set_defaults(func=cmd_ingest)
+    run_options(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("simulate", help="write a simulated cohort into a landing directory")
     p.add_argument("--landing", required=True)
@@ -146,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("init-home", help="create the run-time tree and dagster.yaml")
-    p.add_argument("--home")
+    p.add_argument("--home", help=home_help)
     p.set_defaults(func=cmd_init_home)
     return parser
 

@@ -99,6 +99,11 @@ class ClinauditHome(dg.ConfigurableResource):
         return ensure_secret_file(self.key_dir / "pseudonym.key")
 
 
+def table_path(home: ClinauditHome, key: dg.AssetKey, partition: str | None) -> Path:
+    """Where ``ParquetIOManager`` keeps an asset's table (one file per partition)."""
+    return home.artifacts.joinpath("tables", *key.path) / f"{partition or '__all__'}.parquet"
+
+
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores DataFrame asset outputs as Parquet under
     ``<home artifacts>/tables/<asset key>/<partition>.parquet``.
@@ -109,8 +114,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     home: ClinauditHome
 
     def _path(self, key: dg.AssetKey, partition: str | None) -> Path:
-        base = self.home.artifacts / "tables"
-        return base.joinpath(*key.path) / f"{partition or '__all__'}.parquet"
+        return table_path(self.home, key, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         if not isinstance(obj, pd.DataFrame):

@@ -13,24 +13,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from clinaudit.assets import multisite_cxr
-from clinaudit.orchestration.definitions import build_resources
+from clinaudit.assets import multisite_cxr, multisite_cxr_audit, multisite_cxr_model
+from clinaudit.assets.multisite_cxr_model import AuditedModel
+from clinaudit.orchestration.definitions import ALL_ASSETS, build_resources
 from clinaudit.orchestration.resources import ClinauditHome
 from clinaudit.sources.landing import scan_landing
 
 DAGSTER_YAML = """\
 # Dagster instance for clinaudit, written once by `clinaudit init-home` (edit freely).
 # Embedded default: SQLite storage under this directory, runs launched in-process by the daemon.
-# For Postgres storage and multiprocess / Kubernetes executors, see docs/operations.md.
+# For Postgres storage and other executors, see docs/operations.md in the clinaudit repository.
 telemetry:
   enabled: false
 run_queue:
   max_concurrent_runs: 2
 """
-
-
-class RunFailed(RuntimeError):
-    """A Dagster run of the project did not succeed."""
 
 
 def init_home(home: ClinauditHome) -> Path:
@@ -58,13 +55,27 @@ def get_instance(home: ClinauditHome) -> dg.DagsterInstance:
 
 
 @dataclass(frozen=True)
-class SiteRun:
-    """Outcome of one site's ingest run."""
+class StepRun:
+    """Outcome of one run of one stage (for one site partition, or cross-site when ``site`` is
+    ``None``)."""
 
-    site: str
-    run_id: str
+    stage: str
+    site: str | None
+    run_id: str | None
     success: bool
-    failed_checks: tuple[str, ...]
+    failed_checks: tuple[str, ...] = ()
+    skipped_because: str | None = None
+
+    @property
+    def blocking_failure(self) -> bool:
+        """The run failed, or a blocking (ERROR) check failed: later stages must not use it.
+
+        A skipped stage is not itself a failure: its cause is the upstream run that failed (and
+        counted), or an input that this audit does not have (e.g. no reference site selected).
+        """
+        if self.skipped_because is not None:
+            return False
+        return not self.success or any(c.endswith("(ERROR)") for c in self.failed_checks)
 
 
 def register_sites(instance: dg.DagsterInstance, home: ClinauditHome) -> list[str]:
@@ -88,37 +99,87 @@ def _failed_checks(result: dg.ExecuteInProcessResult) -> tuple[str, ...]:
     return tuple(sorted(failed))
 
 
-def ingest_sites(
-    instance: dg.DagsterInstance,
-    home: ClinauditHome,
-    sites: Sequence[str],
-    *,
-    workers: int = 2,
-) -> list[SiteRun]:
-    """Materialize ``cxr_ingest`` for each site (one run per partition), then the cohort summary."""
-    resources = build_resources(home)
-    runs = []
-    run_config = {"ops": {"cxr_ingest": {"config": {"workers": workers}}}}
-    for site in sites:
+class PipelineRunner:
+    """Materializes the study's stages in dependency order on one instance.
+
+    Each site partition is its own run, so one bad site never stops the others; a site whose
+    ingest failed a blocking check gets no predictions (the same rule Dagster applies inside a
+    run, enforced here across runs).
+    """
+
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        home: ClinauditHome,
+        audited_model: AuditedModel | None = None,
+        *,
+        workers: int = 2,
+    ) -> None:
+        self.instance = instance
+        self.resources = build_resources(home, audited_model)
+        self.workers = workers
+
+    def _run(self, stage: str, asset: object, site: str | None, **kw: object) -> StepRun:
         result = dg.materialize(
-            multisite_cxr.ASSETS,
-            selection=[multisite_cxr.cxr_ingest],
+            ALL_ASSETS,
+            selection=[asset],
             partition_key=site,
-            instance=instance,
-            resources=resources,
-            run_config=run_config,
+            instance=self.instance,
+            resources=self.resources,
             raise_on_error=False,
-            tags={"clinaudit/site": site},
+            tags={"clinaudit/stage": stage, **({"clinaudit/site": site} if site else {})},
+            **kw,
         )
-        runs.append(SiteRun(site, result.run_id, result.success, _failed_checks(result)))
-    if any(r.success for r in runs):
-        summary = dg.materialize(
-            multisite_cxr.ASSETS,
-            selection=[multisite_cxr.cxr_cohort_summary],
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-        )
-        if not summary.success:
-            raise RunFailed(f"cxr_cohort_summary run {summary.run_id} failed; see `make ui`")
-    return runs
+        return StepRun(stage, site, result.run_id, result.success, _failed_checks(result))
+
+    def ingest(self, sites: Sequence[str]) -> list[StepRun]:
+        """``cxr_ingest`` per site, then the cross-site cohort summary."""
+        config = {"ops": {"cxr_ingest": {"config": {"workers": self.workers}}}}
+        runs = [self._run("ingest", multisite_cxr.cxr_ingest, s, run_config=config) for s in sites]
+        if any(r.success for r in runs):
+            runs.append(self._run("cohort_summary", multisite_cxr.cxr_cohort_summary, None))
+        return runs
+
+    def model(self) -> StepRun:
+        """The audited model (trained, loaded and verified, or vendor scores)."""
+        return self._run("vendor_model", multisite_cxr_model.vendor_model, None)
+
+    def predictions(self, sites: Sequence[str], ingest: Sequence[StepRun]) -> list[StepRun]:
+        """``cxr_predictions`` for every site whose ingest passed its blocking checks."""
+        by_site = {r.site: r for r in ingest}
+        out = []
+        for site in sites:
+            prior = by_site.get(site)
+            if prior is not None and prior.blocking_failure:
+                why = "ingest failed" if not prior.success else ", ".join(prior.failed_checks)
+                out.append(StepRun("predictions", site, None, False, (), f"blocked: {why}"))
+                continue
+            out.append(self._run("predictions", multisite_cxr_model.cxr_predictions, site))
+        return out
+
+    def audit(self, predicted: Sequence[str]) -> list[StepRun]:
+        """Per-site metrics, then the cross-site statistics and drift (need the reference)."""
+        runs = [
+            self._run("site_metrics", multisite_cxr_audit.cxr_site_metrics, s) for s in predicted
+        ]
+        if multisite_cxr_audit.REFERENCE_SITE in predicted:
+            runs.append(self._run("audit_metrics", multisite_cxr_audit.cxr_audit_metrics, None))
+            runs.append(self._run("drift", multisite_cxr_audit.cxr_drift, None))
+        else:
+            reason = f"blocked: reference site {multisite_cxr_audit.REFERENCE_SITE} not scored"
+            runs += [
+                StepRun(stage, None, None, False, (), reason)
+                for stage in ("audit_metrics", "drift")
+            ]
+        return runs
+
+    def run_all(self, sites: Sequence[str]) -> list[StepRun]:
+        """Every stage built so far, in dependency order."""
+        runs = self.ingest(sites)
+        model = self.model()
+        runs.append(model)
+        if model.success:
+            predictions = self.predictions(sites, runs)
+            runs += predictions
+            runs += self.audit([r.site for r in predictions if r.success and r.site])
+        return runs

@@ -20,7 +20,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "clinaudit.landing/v1"
@@ -401,3 +404,30 @@ def scan_landing(landing_root: str | os.PathLike[str], study: str) -> LandingSca
             ready = (batch_dir / MANIFEST_NAME).is_file()
             batches.append(BatchRef(study, site_dir.name, batch_dir.name, batch_dir, ready))
     return LandingScan(tuple(batches), tuple(refused))
+
+
+def image_paths(
+    table: pd.DataFrame, landing_root: str | os.PathLike[str], study: str
+) -> list[Path]:
+    """Landed file of every row of a validated table (columns ``site``, ``batch``, ``file``)."""
+    root = Path(landing_root) / study
+    out = []
+    for site, batch, rel in zip(table["site"], table["batch"], table["file"], strict=True):
+        validate_name("site", site)
+        validate_name("batch", batch)
+        out.append(root / site / batch / rel)
+    return out
+
+
+def tables_simulated(
+    tables: dict[str, pd.DataFrame], landing_root: str | os.PathLike[str], study: str
+) -> bool:
+    """True when any batch behind the tables was landed with ``"simulated": true``.
+
+    Every report and figure built from such data must say SIMULATED.
+    """
+    for site, table in tables.items():
+        for batch in sorted(set(table["batch"])) if "batch" in table.columns else ():
+            if read_manifest(Path(landing_root) / study / site / batch).simulated:
+                return True
+    return False

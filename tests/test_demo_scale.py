@@ -1,0 +1,88 @@
+"""Acceptance on the embedded demo cohort (slow: simulates, trains and audits; `make test-slow`).
+
+Set CLINAUDIT_DEMO_HOME to the run-time directory of a finished `make demo` to check that run
+instead of running a new one here.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from clinaudit.orchestration.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    existing = os.environ.get("CLINAUDIT_DEMO_HOME")
+    if existing:
+        return Path(existing)
+    root = tmp_path_factory.mktemp("demo_scale")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
+    try:
+        assert main(["demo", "--scale", "demo", "--home", str(root)]) == 0
+    finally:
+        mp.undo()
+    return root
+
+
+def _shifted_sites(home: Path) -> dict[str, dict[str, str]]:
+    out = {}
+    for sidecar in sorted((home / "simulator_truth" / "cxr").glob("site_*/b0001.json")):
+        out[sidecar.parent.name] = json.loads(sidecar.read_text())["pushed"]
+    return out
+
+
+def test_vendor_model_reaches_published_range_and_degrades_at_shifted_sites(home: Path) -> None:
+    tables = home / "artifacts" / "tables"
+    metrics = pd.read_parquet(tables / "cxr_metrics" / "__all__.parquet")
+    ok = metrics[metrics["status"] == "ok"]
+    mean_auroc = ok.groupby("group")["auroc"].mean()
+    assert mean_auroc["vendor_dev:test"] >= 0.80, mean_auroc
+    shifted = [s for s, pushed in _shifted_sites(home).items() if pushed]
+    drops = {s: mean_auroc["vendor_dev:test"] - mean_auroc[s] for s in shifted}
+    assert sum(d > 0.03 for d in drops.values()) >= 2, drops
+
+
+def test_worst_cells_are_at_sites_the_simulator_shifted(home: Path) -> None:
+    worst = pd.read_parquet(home / "artifacts" / "tables" / "cxr_worst_cells" / "__all__.parquet")
+    shifted = {s for s, pushed in _shifted_sites(home).items() if pushed}
+    assert len(worst) > 0
+    assert set(worst["group"]) <= shifted, worst[["group", "target", "criteria"]]
+
+
+def test_drifted_sites_match_the_injected_effects(home: Path) -> None:
+    """Shifted sites: multivariate drift and a major PSI on every pushed feature. The control
+    site: no quality feature reaches a major PSI."""
+    drift = pd.read_parquet(home / "artifacts" / "tables" / "cxr_drift" / "__all__.parquet")
+    mmd = drift[drift["feature"] == "__mmd__"].set_index("group")
+    numeric = drift[drift["kind"] == "numeric"].set_index(["group", "feature"])
+    feature = {
+        "brightness": "mean_intensity",
+        "contrast": "contrast",
+        "sharpness": "sharpness",
+        "noise": "noise_sigma",
+        "pixel_spacing": "pixel_spacing_mm",
+    }
+    for site, pushed in _shifted_sites(home).items():
+        if pushed:
+            assert bool(mmd.loc[site, "significant"]), site
+            for name in pushed:
+                assert numeric.loc[(site, feature[name]), "psi_level"] == "major", (site, name)
+        else:
+            levels = {numeric.loc[(site, f), "psi_level"] for f in feature.values()}
+            assert "major" not in levels, (site, levels)
+
+
+def test_vendor_model_metadata_reports_heldout_auroc(home: Path) -> None:
+    dagster_home = home / "dagster_home"
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("vendor_model"))
+    meta = event.asset_materialization.metadata
+    assert meta["heldout_mean_auroc"].value >= 0.80
