@@ -36,10 +36,11 @@ class AuditedModel(dg.ConfigurableResource):
 
     package_dir: str | None = None
     scores_dir: str | None = None
-    arch: str = "resnet18"
-    input_size: int = 160
-    epochs: int = 8
-    seed: int = 0
+    # Training defaults have one home, ``TrainConfig``; these fields only expose them.
+    arch: str = TrainConfig.arch
+    input_size: int = TrainConfig.input_size
+    epochs: int = TrainConfig.epochs
+    seed: int = TrainConfig.seed
     device: str = "auto"
     batch_size: int = 64
     num_workers: int = 2

@@ -120,6 +120,12 @@ def population_stability_index(
 ) -> float:
     """PSI of a numeric sample against a reference, bins from reference quantiles.
 
+    Bins are ``(-inf, q_1], (q_1, q_2], ..., (q_last, inf)``. When the reference's minimum is
+    itself a bin edge (a point mass at the minimum, e.g. a site's fixed pixel spacing), sample
+    values below that minimum get a bin of their own (the reference has none there: ``epsilon``);
+    otherwise a sample entirely below a constant reference would share its bin and score PSI 0.
+    Values above a point mass at the maximum already fall in the empty top bin.
+
     Parameters
     ----------
     reference, sample : array-like of shape (n_ref,), (n,)
@@ -142,9 +148,16 @@ def population_stability_index(
     ref = np.asarray(reference, float)
     smp = np.asarray(sample, float)
     inner = np.unique(np.quantile(ref, np.arange(1, n_bins) / n_bins))
-    k = inner.size + 1
-    e = np.bincount(np.searchsorted(inner, ref, side="left"), minlength=k) / ref.size
-    a = np.bincount(np.searchsorted(inner, smp, side="left"), minlength=k) / smp.size
+    lo = ref.min()
+    split_below = inner.size > 0 and inner[0] == lo
+    k = inner.size + 1 + int(split_below)
+
+    def bins(x: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(inner, x, side="left")
+        return np.where(x < lo, inner.size + 1, idx) if split_below else idx
+
+    e = np.bincount(bins(ref), minlength=k) / ref.size
+    a = np.bincount(bins(smp), minlength=k) / smp.size
     return _psi_from_props(e, a, epsilon)
 
 

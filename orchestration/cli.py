@@ -155,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
         p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
-        p.add_argument("--arch", help="timm architecture of the embedded model (resnet18)")
+        p.add_argument("--arch", help="timm architecture of the embedded model (resnet10t)")
         p.add_argument("--input-size", type=int, help="model input side in pixels (160)")
-        p.add_argument("--epochs", type=int, help="training epochs of the embedded model (8)")
+        p.add_argument("--epochs", type=int, help="training epochs of the embedded model (10)")
 
     home_help = "run-time directory (default $CLINAUDIT_HOME or ./var)"
     p = sub.add_parser("demo", help="simulate the embedded cohort and run the pipeline on it")

@@ -114,12 +114,19 @@ class PipelineRunner:
         audited_model: AuditedModel | None = None,
         *,
         workers: int = 2,
+        console_level: str = "INFO",
     ) -> None:
+        self.console_level = console_level
         self.instance = instance
         self.resources = build_resources(home, audited_model)
         self.workers = workers
 
-    def _run(self, stage: str, asset: object, site: str | None, **kw: object) -> StepRun:
+    def _run(
+        self, stage: str, asset: object, site: str | None, run_config: dict | None = None
+    ) -> StepRun:
+        # The console shows INFO and above; the run's full event log (DEBUG included) stays in
+        # the instance and in the UI.
+        config = {"loggers": {"console": {"config": {"log_level": self.console_level}}}}
         result = dg.materialize(
             ALL_ASSETS,
             selection=[asset],
@@ -128,7 +135,7 @@ class PipelineRunner:
             resources=self.resources,
             raise_on_error=False,
             tags={"clinaudit/stage": stage, **({"clinaudit/site": site} if site else {})},
-            **kw,
+            run_config={**config, **(run_config or {})},
         )
         return StepRun(stage, site, result.run_id, result.success, _failed_checks(result))
 

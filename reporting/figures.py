@@ -101,6 +101,11 @@ def reliability_diagrams(
                 part["observed_ci_high"] - part["observed_rate"],
             ]
         )
+        # The Wilson interval contains the observed rate; at rates of 0 or 1 its bound can land a
+        # rounding error on the wrong side, which matplotlib rejects as a negative error bar.
+        if (err < -1e-9).any():
+            raise ValueError(f"{group}/{target}: observed rate outside its Wilson interval")
+        err = np.clip(err, 0.0, None)
         ax.errorbar(part["mean_predicted"], part["observed_rate"], yerr=err, fmt="o-", ms=3)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

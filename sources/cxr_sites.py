@@ -191,7 +191,7 @@ DEFAULT_SITES: dict[str, SiteProfile] = {
         frac_ap=0.3,
         resolution=0.6,
         brightness=0.01,
-        noise_sd=0.013,
+        noise_sd=0.012,
         notes="control: same vendor and protocol as the development site",
     ),
     "site_b": SiteProfile(

@@ -49,10 +49,15 @@ def _frames(seed: int = 0):
 def _slow_psi(ref, smp, n_bins, eps):
     inner = sorted(set(np.quantile(ref, [i / n_bins for i in range(1, n_bins)]).tolist()))
 
+    split_below = min(ref) == inner[0]  # point mass at the minimum: own bin below it
+
     def counts(values):
-        c = [0] * (len(inner) + 1)
+        c = [0] * (len(inner) + 1 + split_below)
         for v in values:
-            c[sum(1 for e in inner if v > e)] += 1
+            if split_below and v < min(ref):
+                c[-1] += 1
+            else:
+                c[sum(1 for e in inner if v > e)] += 1
         return c
 
     e, a = counts(ref), counts(smp)
@@ -163,3 +168,18 @@ def test_bad_inputs_raise() -> None:
         DriftConfig(psi_moderate=0.3, psi_major=0.2)
     with pytest.raises(AuditInputError, match=r"2-D arrays with the same columns"):
         mmd_permutation_test(np.ones((5, 2)), np.ones((5, 3)), rng=np.random.default_rng(0))
+
+
+def test_psi_sees_a_shift_out_of_a_constant_reference() -> None:
+    """A site-constant feature (pixel spacing) that moves below the reference's value is a major
+    shift, not PSI 0 (the edge bin must not absorb it)."""
+    ref = np.full(500, 1.28)
+    assert population_stability_index(ref, np.full(300, 1.12)) > 0.25
+    assert population_stability_index(ref, np.full(300, 1.41)) > 0.25
+    assert population_stability_index(ref, np.full(300, 1.28)) == 0.0
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2000)
+    assert abs(population_stability_index(x, x[:1000]) - _slow_psi(x, x[:1000], 10, 1e-4)) < 1e-12
+    tied = np.round(rng.gamma(1.0, 1.0, 500), 0)  # point mass at the minimum (0)
+    low = tied - 1.0
+    assert abs(population_stability_index(tied, low) - _slow_psi(tied, low, 10, 1e-4)) < 1e-12
