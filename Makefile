@@ -28,15 +28,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Tests never touch the demo's instance or run-time tree: they make temporary ones.
+TEST_ENV := env -u DAGSTER_HOME -u CLINAUDIT_HOME -u CLINAUDIT_PSEUDONYM_KEY
+
 test: lint
-	$(BIN)/dagster definitions validate -w workspace.yaml
-	$(BIN)/pytest -m "not slow"
+	$(TEST_ENV) $(BIN)/dagster definitions validate -w workspace.yaml
+	$(TEST_ENV) $(BIN)/pytest -m "not slow"
 
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow
+	$(TEST_ENV) $(BIN)/pytest -m slow
 
 ui: $(STAMP)
-	$(BIN)/clinaudit init-home
+	$(BIN)/clinaudit init-home --home $(CLINAUDIT_HOME)
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
 
 bench: $(STAMP)
