@@ -42,7 +42,8 @@ class AuditedModel(dg.ConfigurableResource):
     epochs: int = TrainConfig.epochs
     seed: int = TrainConfig.seed
     device: str = "auto"
-    batch_size: int = 64
+    # 32 measured faster than 64 for resnet10t at 160 px on 2 CPU cores (226 vs 152 images/s).
+    batch_size: int = 32
     num_workers: int = 2
 
     def mode(self) -> Literal["package", "scores", "embedded"]:

@@ -1,12 +1,13 @@
 """Benchmark: batched ``predict`` vs a naive per-image loop, same model and images, one run.
 
-Images: ``--n`` (default 512) 8-bit grey PNG files of ``--source-px`` (default 512) pixels with
-smooth random content, written to a temporary directory; both paths decode them with the default
-loader (``clinaudit.sources.images.decode_image`` + ``resize_for_model``).
+Images (``--images``): ``simulated`` (default) lands ``--n`` (default 512) simulated DICOMs of one
+demo-scale deployment site (what the predictions asset scores), or ``png``: 8-bit grey PNG files of
+``--source-px`` (default 512) pixels with smooth random content. Both paths decode them with the
+default loader (``clinaudit.sources.images.decode_image`` + ``resize_for_model``).
 
 Compared:
 
-* ``clinaudit.models.inference.predict``: DataLoader (batch 64, 2 workers), ``inference_mode``,
+* ``clinaudit.models.inference.predict``: DataLoader (batch 32, 2 workers), ``inference_mode``,
   channels_last, pinned memory and bf16 autocast on CUDA;
 * a naive loop: for each file, decode, normalise, one ``model(x)`` under ``torch.no_grad`` on a
   ``(1, 1, S, S)`` tensor, sigmoid; no batching, no workers, default memory format, float32.
@@ -16,7 +17,7 @@ float32 kernel differences and, on CUDA, bf16 rounding) and prints images/s and 
 (target >= 3x on CPU). With ``--device cuda`` it also prints the model-only bf16 throughput
 (random tensors already on the GPU, no decoding), e.g. ``--arch densenet121 --input-size 224``.
 
-Run: ``.venv/bin/python bench/bench_inference.py [--device cpu|cuda|auto] [--arch resnet18]``.
+Run: ``.venv/bin/python bench/bench_inference.py [--device cpu|cuda|auto] [--arch resnet10t]``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from PIL import Image
 from clinaudit.models.devices import select_device
 from clinaudit.models.inference import ImageFileLoader, predict
 from clinaudit.models.registry import create_adapter, normalise_images
+from clinaudit.models.training import TrainConfig
+from clinaudit.sources.cxr_simulator import simulate_site_batch
 
 
 def write_pngs(directory: Path, n: int, px: int, seed: int) -> list[Path]:
@@ -48,6 +51,15 @@ def write_pngs(directory: Path, n: int, px: int, seed: int) -> list[Path]:
         Image.fromarray(arr).save(path)
         files.append(path)
     return files
+
+
+def simulated_dicoms(directory: Path, n: int, seed: int) -> list[Path]:
+    """``n`` simulated DICOMs of the demo-scale site_b, as the landing area holds them."""
+    summary = simulate_site_batch(
+        directory, truth_root=directory / "truth", site="site_b", n_images=n, scale="demo",
+        seed=seed, workers=2,
+    )  # fmt: skip
+    return sorted((summary.batch_dir / "images").glob("*.dcm"))
 
 
 def naive_loop(model, cfg, files, loader, device) -> np.ndarray:
@@ -83,9 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--source-px", type=int, default=512)
-    parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--input-size", type=int, default=160)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", choices=["simulated", "png"], default="simulated")
+    parser.add_argument("--arch", default=TrainConfig.arch)
+    parser.add_argument("--input-size", type=int, default=TrainConfig.input_size)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -95,14 +108,18 @@ def main() -> None:
     adapter = create_adapter("timm_cxr", architecture=args.arch, input_size=args.input_size)
     cfg = adapter.config
     print(f"device: {choice.describe()}; torch threads: {torch.get_num_threads()}")
-    print(
-        f"model: timm_cxr {args.arch} @ {args.input_size} px; {args.n} PNGs of {args.source_px} px"
-    )
+    source = "simulated DICOMs (demo scale)" if args.images == "simulated" else (
+        f"PNGs of {args.source_px} px"
+    )  # fmt: skip
+    print(f"model: timm_cxr {args.arch} @ {args.input_size} px; {args.n} {source}")
     loader = ImageFileLoader(cfg.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        files = write_pngs(Path(tmp), args.n, args.source_px, args.seed)
-        print(f"wrote {len(files)} PNGs in {time.perf_counter() - t0:.1f} s")
+        if args.images == "simulated":
+            files = simulated_dicoms(Path(tmp), args.n, args.seed)
+        else:
+            files = write_pngs(Path(tmp), args.n, args.source_px, args.seed)
+        print(f"wrote {len(files)} images in {time.perf_counter() - t0:.1f} s")
 
         batched_model = adapter.create_model(seed=args.seed)
         naive_model = adapter.create_model(seed=args.seed).to(choice.device).eval()

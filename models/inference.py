@@ -213,12 +213,20 @@ def _forward_probabilities(
     x = x.to(choice.device, non_blocking=choice.pin_memory)
     if choice.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(
+    autocast = torch.autocast(
         choice.device.type,
         dtype=choice.autocast_dtype or torch.float32,
         enabled=choice.autocast_dtype is not None,
-    ):
-        logits = model(x)
+    )
+    if choice.autocast_dtype is not None and hasattr(model, "forward_head"):
+        # timm networks: the backbone in reduced precision, the head in float32, so the logits
+        # (the scores every metric ranks) keep float32 resolution instead of bf16's ~3 digits.
+        with autocast:
+            features = model.forward_features(x)
+        logits = model.forward_head(features.float())
+    else:
+        with autocast:
+            logits = model(x)
     if logits.ndim != 2 or logits.shape != (x.shape[0], n_labels):
         raise ValueError(
             f"model returned outputs of shape {tuple(logits.shape)} for a batch of {x.shape[0]}, "
@@ -243,7 +251,7 @@ def predict(
     adapter_cfg: AdapterConfig,
     files: Sequence[str | os.PathLike[str]],
     *,
-    batch_size: int = 64,
+    batch_size: int = 32,
     num_workers: int | None = None,
     device: DevicePreference = "auto",
     loader: ImageLoader | None = None,
@@ -327,7 +335,7 @@ def predict_images(
     adapter_cfg: AdapterConfig,
     images: np.ndarray,
     *,
-    batch_size: int = 64,
+    batch_size: int = 32,
     device: DevicePreference | DeviceChoice = "auto",
 ) -> np.ndarray:
     """Probabilities for images already decoded to ``(N, S, S)`` float32 in ``[0, 1]``.
