@@ -26,7 +26,7 @@ from pandera.typing import Series
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from clinaudit.models.devices import DeviceChoice, DevicePreference, select_device
+from clinaudit.models.devices import DeviceChoice, DevicePreference, Precision, select_device
 from clinaudit.models.registry import AdapterConfig, normalise_images
 from clinaudit.sources.cxr_labels import FINDINGS
 
@@ -195,8 +195,16 @@ def check_loaded_image(pixels: np.ndarray, path: str, size: int) -> np.ndarray:
     return pixels
 
 
-def default_num_workers() -> int:
-    """DataLoader workers: the CPUs this process may use, at most 4."""
+def default_num_workers(device_type: str = "cuda") -> int:
+    """DataLoader workers for a device type.
+
+    On a GPU the workers decode while the device computes: the CPUs this process may use, at
+    most 4. On the CPU the network's threads already use every core, and decode workers only
+    compete with them (2 cores, resnet10t at 160 px, bf16: 381 images/s with 0 workers, 258
+    with 2), so images are decoded in the calling process.
+    """
+    if device_type == "cpu":
+        return 0
     return max(0, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
@@ -254,6 +262,7 @@ def predict(
     batch_size: int = 32,
     num_workers: int | None = None,
     device: DevicePreference = "auto",
+    precision: Precision = "auto",
     loader: ImageLoader | None = None,
     progress: ProgressCallback | None = None,
 ) -> np.ndarray:
@@ -277,6 +286,8 @@ def predict(
         calling process.
     device : {"auto", "cuda", "mps", "cpu"}
         See :func:`clinaudit.models.devices.select_device`.
+    precision : {"auto", "fp32", "bf16"}
+        See :func:`clinaudit.models.devices.select_device` (float32 on CPU unless ``"bf16"``).
     loader : callable, optional
         ``path -> float32 (S, S) array in [0, 1]``; default :class:`ImageFileLoader`.
     progress : callable, optional
@@ -301,7 +312,8 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    workers = default_num_workers() if num_workers is None else int(num_workers)
+    choice = select_device(device, precision)
+    workers = default_num_workers(choice.device.type) if num_workers is None else int(num_workers)
     if workers < 0:
         raise ValueError(f"num_workers={num_workers} must be >= 0")
     names = [str(f) for f in files]
@@ -309,7 +321,6 @@ def predict(
     out = np.empty((len(names), n_labels), dtype=np.float32)
     if not names:
         return out
-    choice = select_device(device)
     dataset = ImageDataset(names, adapter_cfg, loader or ImageFileLoader(adapter_cfg.input_size))
     batches = DataLoader(
         dataset,

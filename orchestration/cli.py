@@ -48,8 +48,8 @@ def _audited_model(args: argparse.Namespace) -> AuditedModel:
     return AuditedModel(
         package_dir=str(Path(model).resolve()) if model else None,
         scores_dir=str(Path(scores).resolve()) if scores else None,
-        num_workers=args.workers,
         device=args.device,
+        precision=args.precision,
         **settings,
     )
 
@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
         p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+        p.add_argument(
+            "--precision",
+            default="auto",
+            help="auto (bf16 on CUDA, float32 elsewhere) | fp32 | bf16 (also on a bf16 CPU)",
+        )
         p.add_argument("--arch", help="timm architecture of the embedded model (resnet10t)")
         p.add_argument("--input-size", type=int, help="model input side in pixels (160)")
         p.add_argument("--epochs", type=int, help="training epochs of the embedded model (10)")
