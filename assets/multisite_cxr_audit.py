@@ -11,11 +11,13 @@ import dagster as dg
 import pandas as pd
 
 from clinaudit.assets.multisite_cxr import GROUP, OWNERS, STUDY_DIR, cxr_sites
+from clinaudit.assets.multisite_cxr_model import scores_file
 from clinaudit.audit.drift import DriftConfig
 from clinaudit.audit.serialize import metrics_to_json
 from clinaudit.audit.site_audit import (
     SCORE_PREFIX,
     SiteAuditConfig,
+    drift_features,
     drifted_sites,
     mean_auroc_by_group,
     reference_label,
@@ -34,7 +36,7 @@ from clinaudit.reporting.figures import (
 )
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.cxr_sites import REFERENCE_SITE
-from clinaudit.sources.landing import tables_simulated
+from clinaudit.sources.landing import sha256_file, tables_simulated
 from clinaudit.validation.quality import QUALITY_FEATURES
 
 #: Categorical acquisition metadata compared with the reference site.
@@ -91,6 +93,14 @@ def _thresholds(vendor_model: pd.DataFrame) -> tuple[dict[str, float], str]:
     return {f: float(card.operating_thresholds[f]) for f in FINDINGS}, "the model card"
 
 
+def _audited_identity(vendor_model: pd.DataFrame, sites: list[str]) -> str | dict[str, str]:
+    """What every prediction must carry: the package sha256, or each site's scores-file sha256."""
+    row = vendor_model.iloc[0]
+    if row["mode"] == "scores":
+        return {s: sha256_file(scores_file(row["scores_dir"], s)) for s in sites}
+    return str(row["package_sha256"])
+
+
 def _md(frame: pd.DataFrame, cols: list[str], limit: int = 40) -> str:
     shown = frame[cols].head(limit)
     return shown.to_markdown(index=False, floatfmt=".3f") if len(shown) else "(none)"
@@ -124,6 +134,7 @@ def cxr_site_metrics(
         {site: cxr_predictions},
         targets=FINDINGS,
         reference_site=site if site == REFERENCE_SITE else None,
+        model_sha256=_audited_identity(vendor_model, [site]),
     )
     audit = run_site_audit(frame, targets=FINDINGS, thresholds=thresholds, config=config.core())
     calibration = audit.calibration.table[
@@ -188,13 +199,18 @@ def cxr_audit_metrics(
     vendor_model: pd.DataFrame,
 ):
     """All sites against the vendor's held-out set in one pass (about a second of statistics)."""
-    sites = sorted(set(cxr_validated_images) & set(cxr_predictions))
+    # Sites with no validated rows or no predictions yet are left out, and listed.
+    sites = sorted(
+        s for s in set(cxr_validated_images) & set(cxr_predictions) if len(cxr_validated_images[s])
+    )
+    left_out = sorted(set(cxr_validated_images) - set(sites))
     thresholds, source = _thresholds(vendor_model)
     frame = scored_frame(
         {s: cxr_validated_images[s] for s in sites},
         {s: cxr_predictions[s] for s in sites},
         targets=FINDINGS,
         reference_site=REFERENCE_SITE,
+        model_sha256=_audited_identity(vendor_model, sites),
     )
     audit = run_site_audit(
         frame,
@@ -218,6 +234,7 @@ def cxr_audit_metrics(
         "cxr_metrics",
         metadata={
             "sites": sites,
+            "sites_left_out": left_out,
             "simulated": simulated,
             "reference_group": REFERENCE_GROUP,
             "thresholds_from": source,
@@ -285,14 +302,13 @@ def cxr_drift(
     cxr_validated_images: dict[str, pd.DataFrame],
     cxr_predictions: dict[str, pd.DataFrame],
 ) -> dg.Output[pd.DataFrame]:
-    features = {}
-    for site, table in cxr_validated_images.items():
-        frame = table[["image_id", *QUALITY_FEATURES, *CATEGORICAL_DRIFT]]
-        if site in cxr_predictions:
-            scores = cxr_predictions[site][["image_id", *FINDINGS]]
-            frame = frame.merge(scores.add_prefix(SCORE_PREFIX), left_on="image_id",
-                                right_on=SCORE_PREFIX + "image_id")  # fmt: skip
-        features[site] = frame
+    features = drift_features(
+        cxr_validated_images,
+        cxr_predictions,
+        features=[*QUALITY_FEATURES, *CATEGORICAL_DRIFT],
+        targets=FINDINGS,
+        reference_site=REFERENCE_SITE,
+    )
     score_cols = [SCORE_PREFIX + f for f in FINDINGS]
     have_scores = all(c in f.columns for f in features.values() for c in score_cols)
     numeric = [*QUALITY_FEATURES, *(score_cols if have_scores else [])]

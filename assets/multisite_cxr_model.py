@@ -146,8 +146,11 @@ def vendor_model(
                 "heldout_auroc": dg.MetadataValue.md(
                     _auroc_md(result.heldout_auroc, result.heldout_positives)
                 ),
-                "n_train": result.n_train,
-                "n_val": result.n_val,
+                **(
+                    {"n_train": result.n_train, "n_val": result.n_val}
+                    if not result.reused
+                    else {"training_summary": "reused package: see its model_card.json"}
+                ),
                 "n_test": result.n_test,
                 "reused": result.reused,
                 "seconds": round(result.seconds, 1),
@@ -158,7 +161,7 @@ def vendor_model(
     return dg.Output(pd.DataFrame([row]), metadata=meta, data_version=dg.DataVersion(version))
 
 
-def _scores_file(scores: str, site: str) -> Path:
+def scores_file(scores: str, site: str) -> Path:
     """``<scores>/<site>.csv``, or ``scores`` itself when it is one CSV (a one-site audit)."""
     if Path(scores).is_file():
         return Path(scores)
@@ -193,7 +196,7 @@ def cxr_predictions(
     source = vendor_model.iloc[0]
     t0 = time.perf_counter()
     if source["mode"] == "scores":
-        path = _scores_file(source["scores_dir"], site)
+        path = scores_file(source["scores_dir"], site)
         try:
             preds, warnings = read_vendor_scores(
                 path, label_table=table, site=site, batch=",".join(sorted(table["batch"].unique()))

@@ -68,6 +68,7 @@ def scored_frame(
     targets: Sequence[str],
     reference_site: str | None = None,
     reference_split: str = "test",
+    model_sha256: str | Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per scored image: ``group``, ``cluster``, the labels and ``score_<target>``.
 
@@ -84,11 +85,15 @@ def scored_frame(
         they trained the model). ``None``: every site is just a group.
     reference_split : str
         Split of the reference site used as reference (default ``"test"``).
+    model_sha256 : str or mapping, optional
+        The audited model's identity (or one per site, e.g. each site's scores file): every
+        prediction must carry it, so a stale table or a second model cannot slip into the audit.
 
     Raises
     ------
     AuditInputError
-        If a site has predictions but no labels (or the reverse), or the ids do not match.
+        If a site has predictions but no labels (or the reverse), the image ids differ, or a
+        prediction comes from another model.
     """
     if set(labels) != set(predictions):
         raise AuditInputError(
@@ -102,12 +107,23 @@ def scored_frame(
         lab = labels[site]
         pred = predictions[site].set_index("image_id")
         missing = sorted(set(lab["image_id"]) - set(pred.index))
-        if missing:
+        extra = sorted(set(pred.index) - set(lab["image_id"]))
+        if missing or extra:
+            first = (missing or extra)[0]
             raise AuditInputError(
                 f"predictions[{site}]",
-                f"{len(missing)} labelled images without a prediction (first {missing[0]!r})",
-                "one prediction per validated image",
-                "re-materialize the site's predictions",
+                f"{len(missing)} labelled images without a prediction and {len(extra)} "
+                f"predictions for images not in the validated table (first {first!r})",
+                "exactly one prediction per validated image",
+                "re-materialize the site's predictions after its ingest",
+            )
+        expected = model_sha256.get(site) if isinstance(model_sha256, Mapping) else model_sha256
+        if expected is not None and len(pred) and set(pred["model_sha256"]) != {expected}:
+            raise AuditInputError(
+                f"predictions[{site}]",
+                f"model_sha256 {sorted(set(pred['model_sha256']))}",
+                f"only the audited model {expected}",
+                "re-materialize the site's predictions with the audited model",
             )
         frame = pd.DataFrame(
             {
@@ -192,6 +208,36 @@ def run_site_audit(
     return SiteAudit(disc, cal, worst, reference_group, {t: float(thresholds[t]) for t in targets})
 
 
+def drift_features(
+    labels: Mapping[str, pd.DataFrame],
+    predictions: Mapping[str, pd.DataFrame],
+    *,
+    features: Sequence[str],
+    targets: Sequence[str],
+    reference_site: str,
+    reference_split: str = "test",
+) -> dict[str, pd.DataFrame]:
+    """Per site: the feature columns plus ``score_<target>`` when the site has predictions.
+
+    The reference site contributes only its ``reference_split`` rows: scores on the images the
+    model was trained on are sharper than on any new image and would make every site "drift".
+    Sites without rows are left out.
+    """
+    out = {}
+    for site, table in labels.items():
+        if site == reference_site:
+            table = table[table["split"] == reference_split]
+        if table.empty:
+            continue
+        frame = table[["image_id", *features]]
+        if site in predictions:
+            scores = predictions[site].set_index("image_id")[list(targets)]
+            scores = scores.add_prefix(SCORE_PREFIX).loc[frame["image_id"]].reset_index(drop=True)
+            frame = pd.concat([frame.reset_index(drop=True), scores], axis=1)
+        out[site] = frame
+    return out
+
+
 def site_drift(
     features: Mapping[str, pd.DataFrame],
     *,
@@ -207,7 +253,7 @@ def site_drift(
     features : mapping
         Site -> table holding the ``numeric`` and ``categorical`` columns.
     reference_site : str
-        The reference site (its whole development sample is the reference distribution).
+        The reference site (its held-out sample, from :func:`drift_features`, is the reference).
     numeric, categorical : sequence of str
         Feature columns (model scores are numeric features like any other).
     config : DriftConfig, optional

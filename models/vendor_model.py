@@ -70,8 +70,8 @@ class VendorModelResult:
     reused: bool
     heldout_auroc: dict[str, float]
     heldout_positives: dict[str, int]
-    n_train: int
-    n_val: int
+    n_train: int | None
+    n_val: int | None
     n_test: int
     seconds: float
 
@@ -153,8 +153,11 @@ def _reusable_package(
     try:
         loaded = load_package(package_dir, expected_labels=tuple(labels))
     except ModelPackageError as err:
-        log(f"existing package {package_dir} does not verify ({err}); training a new one")
-        shutil.rmtree(package_dir)
+        # Kept, not deleted: a package that stopped verifying is evidence (corruption, tampering).
+        rejected = package_dir.parent / "rejected" / f"{package_dir.name}-{time.time_ns()}"
+        rejected.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(package_dir, rejected)
+        log(f"package {package_dir} does not verify ({err}); moved to {rejected}; retraining")
         return None
     log(f"reusing vendor model package {package_dir} (same spec and training data)")
     return loaded
@@ -201,8 +204,11 @@ def train_vendor_model(
     t0 = time.perf_counter()
     train_rows = (reference["split"] == "train").to_numpy()
     test_rows = (reference["split"] == "test").to_numpy()
+    # Everything that shapes the fit: image bytes, labels, patients (they set the validation
+    # split) and the split itself; a change in any of them trains a new package.
+    key_cols = ["sha256", "patient_pseudonym", "split", *labels]
     data_hash = hashlib.sha256(
-        "\n".join(sorted(reference.loc[train_rows, "sha256"].astype(str))).encode()
+        reference[key_cols].sort_values("sha256").to_csv(index=False).encode()
     ).hexdigest()
     package_dir = packages_root / spec.key(data_hash)
     files = [Path(f) for f in files]
@@ -213,7 +219,7 @@ def train_vendor_model(
     x_test = load_images([files[i] for i in test_idx], size, workers=spec.load_workers)
 
     loaded = _reusable_package(package_dir, labels, log)
-    n_train = n_val = 0
+    n_train = n_val = None  # a reused package's split sizes are in its card's training summary
     if loaded is None:
         train_table = reference[train_rows]
         rest, held = patient_disjoint_split(
@@ -267,7 +273,6 @@ def train_vendor_model(
                 "is measured on the held-out test split."
                 + (f" Threshold sources other than validation: {fallback}." if fallback else "")
             ),
-            created_utc="1970-01-01T00:00:00Z",
         )
         tmp = package_dir.with_name(package_dir.name + ".tmp")
         if tmp.exists():
@@ -281,7 +286,7 @@ def train_vendor_model(
     return VendorModelResult(
         package_dir=package_dir,
         package_sha256=loaded.sha256,
-        reused=n_train == 0,
+        reused=n_train is None,
         heldout_auroc=auroc,
         heldout_positives=positives,
         n_train=n_train,

@@ -1,1 +1,1 @@
-"""Dagster ``Definitions``, resources, sensors, jobs and the ``clinaudit`` command line."""
+"""Dagster ``Definitions``, resources, jobs, the in-process runner and the ``clinaudit`` CLI."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-#: Environment variables the project reads (through ``dg.EnvVar``).
+#: Environment variables the project reads, when a run uses them (never at import).
 HOME_ENV = "CLINAUDIT_HOME"
 PSEUDONYM_KEY_ENV = "CLINAUDIT_PSEUDONYM_KEY"
 

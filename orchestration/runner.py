@@ -1,7 +1,7 @@
 """Run the project's assets in-process on a persistent Dagster instance.
 
 ``make demo`` and the ``clinaudit`` command use this, so everything they materialize shows up in the
-Dagster UI (``make ui``) afterwards, with the same lineage and metadata as a sensor-triggered run.
+Dagster UI (``make ui``) afterwards, with the same lineage and metadata as a run started there.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MANIFEST_NAME = "manifest.json"
+_MANIFEST_TMP = ".manifest.json.tmp"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_FORMAT = "clinaudit.landing/v1"
 LabelLayout = Literal["nih", "chexpert"]
 LABEL_LAYOUTS: tuple[str, ...] = ("nih", "chexpert")
@@ -139,7 +141,7 @@ def _relative_files(batch_dir: Path) -> list[str]:
         dirs.sort()
         for name in files:
             rel = (Path(root) / name).relative_to(batch_dir).as_posix()
-            if rel != MANIFEST_NAME and not name.startswith(".manifest"):
+            if rel not in (MANIFEST_NAME, _MANIFEST_TMP):
                 out.append(rel)
     return sorted(out)
 
@@ -207,7 +209,7 @@ def write_manifest(
         "created_utc": created_utc,
         "files": entries,
     }
-    tmp = batch_dir / ".manifest.json.tmp"
+    tmp = batch_dir / _MANIFEST_TMP
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     final = batch_dir / MANIFEST_NAME
     os.replace(tmp, final)
@@ -255,6 +257,21 @@ def read_manifest(batch_dir: str | os.PathLike[str]) -> Manifest:
         )
     validate_name("site", doc["site"])
     validate_name("batch", doc["batch"])
+    if not isinstance(doc.get("simulated", False), bool):
+        raise LandingError(
+            path,
+            f"'simulated' must be JSON true or false, got {doc['simulated']!r}",
+            "write the flag as a boolean",
+        )
+    if not isinstance(doc["files"], list):
+        raise LandingError(path, "'files' must be a JSON list", "re-export the manifest")
+    if doc["study"] != batch_dir.parent.parent.name:
+        raise LandingError(
+            path,
+            f"manifest names study {doc['study']!r} but lies under "
+            f"{batch_dir.parent.parent.name!r}",
+            "land the batch under <landing>/<study>/ of its manifest",
+        )
     if doc["site"] != batch_dir.parent.name or doc["batch"] != batch_dir.name:
         raise LandingError(
             path,
@@ -270,6 +287,10 @@ def read_manifest(batch_dir: str | os.PathLike[str]) -> Manifest:
             raise LandingError(
                 path, f"files[{i}] needs 'path', 'bytes' and 'sha256' ({err})", "re-export"
             ) from err
+        if not _SHA256_RE.fullmatch(digest.lower()):
+            raise LandingError(
+                path, f"files[{i}].sha256 {digest!r} is not 64 hex characters", "re-export"
+            )
         parts = Path(rel).parts
         if Path(rel).is_absolute() or ".." in parts or not parts:
             raise LandingError(
@@ -282,7 +303,7 @@ def read_manifest(batch_dir: str | os.PathLike[str]) -> Manifest:
         batch=doc["batch"],
         label_file=str(doc["label_file"]),
         label_layout=doc["label_layout"],
-        simulated=bool(doc.get("simulated", False)),
+        simulated=doc.get("simulated", False),
         created_utc=str(doc.get("created_utc", "")),
         files=tuple(entries),
     )

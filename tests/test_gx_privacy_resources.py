@@ -87,3 +87,21 @@ def test_home_paths_and_key_precedence(tmp_path: Path, monkeypatch: pytest.Monke
         ClinauditHome(root=str(tmp_path), pseudonym_key="text-key").pseudonym_secret()
         == b"text-key"
     )
+
+
+def test_label_suite_on_a_chexpert_style_table() -> None:
+    """Findings a CheXpert export does not label are listed, not failed; no-finding share counts
+    only images with at least one label."""
+    df = _table()
+    for f in ("Infiltration", "Mass", "Nodule", "Emphysema", "Fibrosis", "Pleural_Thickening"):
+        df[f] = np.nan
+    outcome = run_label_suite(df)
+    assert outcome.success, outcome.to_markdown()
+    assert set(outcome.unlabelled) == {
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Emphysema",
+        "Fibrosis",
+        "Pleural_Thickening",
+    }

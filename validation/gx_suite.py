@@ -2,15 +2,18 @@
 
 ``dagster-ge`` only supports GX < 1.0, so the suite is built and run here with GX's own API, in an
 ephemeral context (nothing is written to disk), and the result is returned as plain frozen
-dataclasses. ``clinaudit.validation.checks`` turns it into a Dagster asset check.
+dataclasses. The ingest asset (``clinaudit.assets.multisite_cxr``) reports it as the blocking
+``label_expectations`` asset check.
 
 Expectations (all thresholds in :class:`LabelSuiteConfig`):
 
 * table row count between ``min_rows`` and ``max_rows``;
 * no nulls in the identifying / demographic columns;
-* per-finding null rate (unlabelled share) at most ``max_unlabelled_rate``;
-* per-finding prevalence within ``[0, max_prevalence]`` and the "no finding" share within
-  ``no_finding_bounds`` (a site where 90% of images carry a finding is almost always a label-export
+* per-finding null rate (unlabelled share) at most ``max_unlabelled_rate``, and prevalence within
+  ``[0, max_prevalence]``, for every finding the batch labels (a finding with no label at all, e.g.
+  a ChestX-ray14 finding that a CheXpert export does not have, is listed in ``unlabelled`` instead);
+* the "no finding" share among images with at least one label within ``no_finding_bounds``
+  (a site where 90% of images carry a finding is almost always a label-export
   error, not a population);
 * patient age within ``[0, 120]`` years and sex in ``{M, F, U}``.
 """
@@ -58,6 +61,7 @@ class SuiteOutcome:
     suite: str
     success: bool
     results: tuple[ExpectationOutcome, ...]
+    unlabelled: tuple[str, ...] = ()
 
     @property
     def failures(self) -> tuple[ExpectationOutcome, ...]:
@@ -89,6 +93,8 @@ def _suite(table: pd.DataFrame, cfg: LabelSuiteConfig) -> Any:
         if finding not in table.columns:
             suite.add_expectation(e.ExpectColumnToExist(column=finding))
             continue
+        if table[finding].isna().all():
+            continue  # not labelled by this export: reported, not tested
         suite.add_expectation(
             e.ExpectColumnValuesToNotBeNull(column=finding, mostly=1.0 - cfg.max_unlabelled_rate)
         )
@@ -142,7 +148,10 @@ def run_label_suite(table: pd.DataFrame, cfg: LabelSuiteConfig | None = None) ->
     present = [f for f in cfg.findings if f in table.columns]
     frame = table.copy()
     labels = frame[present].to_numpy(dtype=float) if present else np.zeros((len(frame), 0))
-    frame["_no_finding"] = (np.nansum(labels, axis=1) == 0).astype(float)
+    any_label = (~np.isnan(labels)).any(axis=1)
+    no_finding = (np.nansum(labels, axis=1) == 0).astype(float)
+    frame["_no_finding"] = np.where(any_label, no_finding, np.nan)
+    unlabelled = tuple(f for f in present if frame[f].isna().all())
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -165,5 +174,8 @@ def run_label_suite(table: pd.DataFrame, cfg: LabelSuiteConfig | None = None) ->
             )
         )
     return SuiteOutcome(
-        suite="cxr_validated_images", success=bool(result.success), results=tuple(outcomes)
+        suite="cxr_validated_images",
+        success=bool(result.success),
+        results=tuple(outcomes),
+        unlabelled=unlabelled,
     )

@@ -27,6 +27,19 @@ _PSEUDONYM_RE = re.compile(r"^[0-9a-f]{16}$")
 _PERSON_NAME_RE = re.compile(r"[A-Za-z]\^[A-Za-z]")
 
 
+class PhiLeakError(ValueError):
+    """A table about to leave ingest still carries PHI; nothing is written."""
+
+    def __init__(self, site: str, problems: list[str]) -> None:
+        self.site = site
+        self.problems = tuple(problems)
+        super().__init__(
+            f"site {site!r}: de-identification failed, the validated table is not written: "
+            + "; ".join(problems)
+            + ". Fix the export (or the reader) so that no identifier reaches these columns."
+        )
+
+
 def phi_leaks(table: pd.DataFrame) -> list[str]:
     """List de-identification problems in a table produced by ingest (empty list = clean).
 

@@ -19,6 +19,8 @@ import pandas as pd
 from clinaudit.sources.landing import LandingError, scan_landing, validate_name
 from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
 from clinaudit.validation.ingest import IngestConfig, ingest_batch
+from clinaudit.validation.privacy import PhiLeakError, phi_leaks
+from clinaudit.validation.schemas import VALIDATED_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -149,13 +151,18 @@ def ingest_site(
     table = (
         pd.concat(tables, ignore_index=True).sort_values(["batch", "image_id"], kind="stable")
         if tables
-        else pd.DataFrame()
+        else pd.DataFrame({c: pd.Series(dtype=object) for c in VALIDATED_COLUMNS})
     )
     quarantine = (
         pd.concat([r for r in records if len(r)], ignore_index=True)
         if any(len(r) for r in records)
         else records_to_frame([])
     )
+    # Checked here, before anything is returned or stored: a blocking asset check would only
+    # stop later steps, after the IO manager had already written the table.
+    leaks = phi_leaks(table) if len(table) else []
+    if leaks:
+        raise PhiLeakError(site, leaks)
     return SiteIngest(site, table.reset_index(drop=True), quarantine, tuple(outcomes))
 
 
