@@ -409,30 +409,20 @@ def audit_calibration(
     rel_rows: list[dict[str, Any]] = []
     replicates: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for g in data.group_labels():
-        in_group = np.flatnonzero(data.groups == g)
-        codes, _ = pd.factorize(data.clusters[in_group], sort=False)
-        n_clusters = int(codes.max()) + 1
+        cells = data.group_cells(g)
+        n_clusters = cells.n_clusters
         plans: dict[int, tuple[Any, int, int]] = {}
-        for t, name in enumerate(data.targets):
-            y_all = data.y_true[in_group, t]
-            lab = ~np.isnan(y_all)
-            y, p = y_all[lab], data.y_score[in_group, t][lab]
-            n_pos, n_neg = int((y == 1.0).sum()), int((y == 0.0).sum())
+        for cell in cells.cells:
+            t, name, y, p = cell.index, cell.target, cell.y, cell.score
             row: dict[str, Any] = {c: np.nan for c in _COLUMNS}
             row.update(
-                group=g,
-                target=name,
-                n=int(lab.sum()),
-                n_pos=n_pos,
-                n_neg=n_neg,
-                n_clusters=int(np.unique(codes[lab]).size),
-                prevalence=n_pos / lab.sum() if lab.any() else np.nan,
+                cell.counts,
                 n_bins=n_bins,
                 n_boot=n_boot,
                 ci_level=ci_level,
                 recal_converged=False,
             )
-            if n_pos < min_pos or n_neg < min_neg:
+            if not cell.sufficient(min_pos, min_neg):
                 row["status"] = STATUS_INSUFFICIENT
                 rows.append(row)
                 continue
@@ -488,7 +478,7 @@ def audit_calibration(
             rows.append(row)
             segs += [np.full(p.size, offset), np.full(p.size, offset + 1)]
             vals += [(p - y) ** 2, np.ones_like(p)]
-            cl = codes[lab]
+            cl = cell.codes
             mat = segment_matrix(
                 np.concatenate(segs),
                 np.tile(cl, len(segs)),

@@ -384,36 +384,27 @@ def audit_discrimination(
     replicates: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     delong: dict[tuple[str, str], DeLongResult] = {}
     for g in group_labels:
-        in_group = np.flatnonzero(data.groups == g)
-        codes, _ = pd.factorize(data.clusters[in_group], sort=False)
-        n_clusters = int(codes.max()) + 1
+        cells = data.group_cells(g)
+        n_clusters = cells.n_clusters
         plans: dict[int, _CellPlan] = {}
-        for t, name in enumerate(data.targets):
-            y_all = data.y_true[in_group, t]
-            lab = ~np.isnan(y_all)
-            y, s = y_all[lab], data.y_score[in_group, t][lab]
-            n_pos, n_neg = int((y == 1.0).sum()), int((y == 0.0).sum())
+        for cell in cells.cells:
+            t, name, y, s = cell.index, cell.target, cell.y, cell.score
+            n_pos, n_neg = cell.counts["n_pos"], cell.counts["n_neg"]
             row: dict[str, Any] = {c: np.nan for c in _COLUMNS}
             row.update(
-                group=g,
-                target=name,
+                cell.counts,
                 is_reference=g == ref,
-                n=int(lab.sum()),
-                n_pos=n_pos,
-                n_neg=n_neg,
-                n_clusters=int(np.unique(codes[lab]).size),
-                prevalence=n_pos / lab.sum() if lab.any() else np.nan,
                 threshold=float(thr[t]),
                 n_boot=n_boot,
                 n_boot_valid=0,
                 ci_level=ci_level,
             )
-            if n_pos < min_pos or n_neg < min_neg:
+            if not cell.sufficient(min_pos, min_neg):
                 row["status"] = STATUS_INSUFFICIENT
                 rows.append(row)
                 continue
             row["status"] = STATUS_OK
-            plan = _cell_plan(y, s, codes[lab], n_clusters, float(thr[t]))
+            plan = _cell_plan(y, s, cell.codes, n_clusters, float(thr[t]))
             plans[t] = plan
             point = _plan_metrics(plan, np.ones((n_clusters, 1)))
             row.update({k: float(v[0]) for k, v in point.items()})

@@ -131,6 +131,53 @@ class LabelledScores:
         """Distinct group labels in deterministic (sorted) order."""
         return sorted(set(self.groups.tolist()))
 
+    def group_cells(self, group: str) -> GroupCells:
+        """The labelled rows of every target within ``group``, with cluster codes and counts."""
+        in_group = np.flatnonzero(self.groups == group)
+        codes, _ = pd.factorize(self.clusters[in_group], sort=False)
+        cells = []
+        for t, name in enumerate(self.targets):
+            y_all = self.y_true[in_group, t]
+            lab = ~np.isnan(y_all)
+            y = y_all[lab]
+            n_pos, n_neg = int((y == 1.0).sum()), int((y == 0.0).sum())
+            counts = {
+                "group": group,
+                "target": name,
+                "n": int(lab.sum()),
+                "n_pos": n_pos,
+                "n_neg": n_neg,
+                "n_clusters": int(np.unique(codes[lab]).size),
+                "prevalence": n_pos / lab.sum() if lab.any() else np.nan,
+            }
+            cells.append(Cell(t, name, y, self.y_score[in_group, t][lab], codes[lab], counts))
+        return GroupCells(group, int(codes.max()) + 1, tuple(cells))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (group, target) cell: its labelled rows, their cluster codes and the count columns."""
+
+    index: int
+    target: str
+    y: np.ndarray
+    score: np.ndarray
+    codes: np.ndarray
+    counts: dict[str, Any]
+
+    def sufficient(self, min_pos: int, min_neg: int) -> bool:
+        """Enough positives and negatives for metrics (else "insufficient data")."""
+        return self.counts["n_pos"] >= min_pos and self.counts["n_neg"] >= min_neg
+
+
+@dataclass(frozen=True)
+class GroupCells:
+    """The cells of one group and the number of clusters (patients) in the group."""
+
+    group: str
+    n_clusters: int
+    cells: tuple[Cell, ...]
+
 
 def _as_2d(name: str, values: Any) -> tuple[np.ndarray, tuple[str, ...] | None]:
     columns: tuple[str, ...] | None = None
