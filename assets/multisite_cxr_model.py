@@ -15,7 +15,7 @@ import pandas as pd
 
 from clinaudit.assets.multisite_cxr import GROUP, OWNERS, STUDY_DIR, cxr_sites
 from clinaudit.models.devices import select_device
-from clinaudit.models.inference import predict, predictions_frame
+from clinaudit.models.inference import ImageFileLoader, predict, predictions_frame
 from clinaudit.models.package import load_package
 from clinaudit.models.scores_csv import ScoresError, read_vendor_scores
 from clinaudit.models.training import TrainConfig, per_label_auroc
@@ -215,6 +215,11 @@ def cxr_predictions(
                 f"{source['package_sha256']}; re-materialize vendor_model"
             )
         files = image_paths(table, home.landing, STUDY_DIR)
+        # Each file is re-hashed as it is read: what is scored is what was validated.
+        loader = ImageFileLoader(
+            pkg.config.input_size,
+            expected_sha256=dict(zip(map(str, files), table["sha256"], strict=True)),
+        )
         step = max(1, len(files) // 10)
 
         def progress(done: int, total: int) -> None:
@@ -229,6 +234,7 @@ def cxr_predictions(
             num_workers=audited_model.num_workers,
             device=audited_model.device,  # type: ignore[arg-type]
             precision=audited_model.precision,  # type: ignore[arg-type]
+            loader=loader,
             progress=progress,
         )
         preds = predictions_frame(table, probs, FINDINGS, pkg.sha256)

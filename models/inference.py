@@ -14,8 +14,9 @@ raise. On CUDA, bf16 autocast gives results within about 1e-2 of float32, not bi
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,16 +102,34 @@ class ImageFileLoader:
         Side of the square output.
     max_pixels : int
         Images with more pixels are refused by the decoder (decompression-bomb guard).
+    expected_sha256 : mapping, optional
+        ``str(path) -> sha256`` recorded when the file was validated; a file whose bytes no
+        longer match is refused (it changed after validation), never scored.
     """
 
-    def __init__(self, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        expected_sha256: Mapping[str, str] | None = None,
+    ) -> None:
         self.size = int(size)
         self.max_pixels = int(max_pixels)
+        self.expected_sha256 = dict(expected_sha256 or {})
 
     def __call__(self, path: str) -> np.ndarray:
         from clinaudit.sources.images import decode_image, resize_for_model
 
-        decoded = decode_image(Path(path).read_bytes(), name=str(path), max_pixels=self.max_pixels)
+        data = Path(path).read_bytes()
+        expected = self.expected_sha256.get(str(path))
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError(
+                f"{path}: sha256 differs from the one recorded at validation ({expected[:16]}...): "
+                "the landed file changed after ingest; landed data must not change; re-land the "
+                "batch and re-run ingest"
+            )
+        decoded = decode_image(data, name=str(path), max_pixels=self.max_pixels)
         return resize_for_model(decoded.pixels, self.size)
 
 

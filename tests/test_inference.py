@@ -156,3 +156,22 @@ def test_default_loader_decodes_png_files(tmp_path, model_and_cfg):
     probs = predict(model, cfg, files, num_workers=0, device="cpu")
     expected = predict_images(model, cfg, np.stack(arrays), device="cpu")
     np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_loader_refuses_a_file_changed_after_validation(tmp_path) -> None:
+    """What is scored must be what ingest validated: a changed file is refused, not scored."""
+    import hashlib
+
+    import pytest
+    from PIL import Image
+
+    from clinaudit.models.inference import ImageFileLoader
+
+    path = tmp_path / "a.png"
+    Image.fromarray((np.arange(64 * 64) % 255).astype(np.uint8).reshape(64, 64)).save(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    loader = ImageFileLoader(32, expected_sha256={str(path): sha})
+    assert loader(str(path)).shape == (32, 32)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    with pytest.raises(ValueError, match="changed after ingest"):
+        loader(str(path))
