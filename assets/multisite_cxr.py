@@ -156,6 +156,7 @@ def cxr_ingest(context: dg.AssetExecutionContext, config: CxrIngestConfig, home:
         metadata={
             "site": site,
             "simulated": result.simulated,
+            "pseudonym_key": home.pseudonym_key_source(),
             "n_images": len(table),
             "n_patients": int(table["patient_pseudonym"].nunique()) if len(table) else 0,
             "batches": dg.MetadataValue.md(batches_md),

@@ -52,7 +52,6 @@ class ClinauditHome(dg.ConfigurableResource):
     quarantine_dir: str | None = None
     reports_dir: str | None = None
     keys_dir: str | None = None
-    pseudonym_key: str | None = None
 
     @property
     def root_dir(self) -> Path:
@@ -86,17 +85,23 @@ class ClinauditHome(dg.ConfigurableResource):
     def pseudonym_secret(self) -> bytes:
         """The keyed-hash secret for patient pseudonyms.
 
-        From the ``pseudonym_key`` field or the ``CLINAUDIT_PSEUDONYM_KEY`` environment variable
-        (hex or text, read when used) when configured, else a development key created once under
+        From the ``CLINAUDIT_PSEUDONYM_KEY`` environment variable (hex or text, read when used;
+        never resource config, which the UI displays), else a development key created once under
         ``keys/pseudonym.key`` (0600). Keep it: a new key makes new pseudonyms.
         """
-        configured = self.pseudonym_key or os.environ.get(PSEUDONYM_KEY_ENV)
+        configured = os.environ.get(PSEUDONYM_KEY_ENV)
         if configured:
             try:
                 return bytes.fromhex(configured)
             except ValueError:
                 return configured.encode("utf-8")
         return ensure_secret_file(self.key_dir / "pseudonym.key")
+
+    def pseudonym_key_source(self) -> str:
+        """Where the pseudonymisation key comes from (for metadata; never the key itself)."""
+        if os.environ.get(PSEUDONYM_KEY_ENV):
+            return PSEUDONYM_KEY_ENV
+        return f"development key file {self.key_dir / 'pseudonym.key'} (set {PSEUDONYM_KEY_ENV})"
 
 
 def table_path(home: ClinauditHome, key: dg.AssetKey, partition: str | None) -> Path:

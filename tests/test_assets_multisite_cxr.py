@@ -27,7 +27,7 @@ def test_definitions_load() -> None:
 def landed(tmp_path_factory: pytest.TempPathFactory) -> ClinauditHome:
     """site_a (clean), site_d (shifted) and site_x (one image corrupted after landing)."""
     root = tmp_path_factory.mktemp("home")
-    home = ClinauditHome(root=str(root), pseudonym_key="00112233445566778899aabbccddeeff")
+    home = ClinauditHome(root=str(root))
     for site in ("site_a", "site_d", "site_x"):
         profile = "site_a" if site == "site_x" else site
         summary = simulate_site_batch(

@@ -83,10 +83,11 @@ def test_home_paths_and_key_precedence(tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "keys" / "pseudonym.key").read_bytes() == dev_key
     monkeypatch.setenv("CLINAUDIT_PSEUDONYM_KEY", "00ff")
     assert home.pseudonym_secret() == b"\x00\xff"
-    assert (
-        ClinauditHome(root=str(tmp_path), pseudonym_key="text-key").pseudonym_secret()
-        == b"text-key"
-    )
+    assert home.pseudonym_key_source() == "CLINAUDIT_PSEUDONYM_KEY"
+    monkeypatch.setenv("CLINAUDIT_PSEUDONYM_KEY", "text-key")
+    assert home.pseudonym_secret() == b"text-key"
+    monkeypatch.delenv("CLINAUDIT_PSEUDONYM_KEY")
+    assert home.pseudonym_key_source().startswith("development key file")
 
 
 def test_label_suite_on_a_chexpert_style_table() -> None:

@@ -41,7 +41,7 @@ def _run(home: ClinauditHome, model: AuditedModel, instance: dg.DagsterInstance,
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClinauditHome, dg.DagsterInstance]:
     root = tmp_path_factory.mktemp("models")
-    home = ClinauditHome(root=str(root), pseudonym_key="00112233445566778899aabbccddeeff")
+    home = ClinauditHome(root=str(root))
     for site in SITES:
         simulate_site_batch(
             home.landing, truth_root=root / "truth", site=site, scale="tiny", seed=5, workers=1
