@@ -58,11 +58,16 @@ class CxrIngestConfig(dg.Config):
         )
 
 
+def _of_checks(records: pd.DataFrame, checks: frozenset[str] | set[str]) -> pd.DataFrame:
+    """The quarantine records produced by the given checks."""
+    return records[records["check"].isin(checks)] if len(records) else records
+
+
 def _records_md(frame: pd.DataFrame, limit: int = 25) -> str:
     if frame.empty:
         return "No quarantine records."
     cols = ["batch", "file", "row", "column", "check", "message", "fix"]
-    shown = frame[cols].head(limit).fillna("")
+    shown = frame[cols].head(limit).astype(object).fillna("")  # Int64 rows may be <NA>
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in shown.itertuples(index=False):
         cells = [str(v).replace("|", "/").replace("\n", " ") for v in row]
@@ -98,6 +103,13 @@ _CHECKS = [
         blocking=True,
         description="Great Expectations 1.x suite: row count, null rates, age/sex domains, "
         "prevalence bounds per finding.",
+    ),
+    dg.AssetCheckSpec(
+        "image_ids_opaque",
+        asset="cxr_validated_images",
+        blocking=False,
+        description="No image id or file name contains the row's Patient ID (image ids leave "
+        "ingest as given, so vendor scores can be matched on them).",
     ),
     dg.AssetCheckSpec(
         "image_quarantine_rate",
@@ -173,9 +185,7 @@ def cxr_ingest(context: dg.AssetExecutionContext, config: CxrIngestConfig, home:
             "reports": [str(p) for p in reports],
         },
     )
-    integrity = (
-        quarantine[quarantine["check"].isin(INTEGRITY_CHECKS)] if len(quarantine) else quarantine
-    )
+    integrity = _of_checks(quarantine, INTEGRITY_CHECKS)
     yield dg.AssetCheckResult(
         check_name="batch_structure",
         asset_key="cxr_validated_images",
@@ -219,6 +229,14 @@ def cxr_ingest(context: dg.AssetExecutionContext, config: CxrIngestConfig, home:
             "n_failed": len(suite.failures) if suite else 1,
             "findings_not_labelled": list(suite.unlabelled) if suite else [],
         },
+    )
+    embedded = _of_checks(quarantine, {"identifier_in_image_id"})
+    yield dg.AssetCheckResult(
+        check_name="image_ids_opaque",
+        asset_key="cxr_validated_images",
+        passed=embedded.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"findings": dg.MetadataValue.md(_records_md(embedded))},
     )
     n_in = sum(b.n_rows_in for b in result.batches)
     n_refused = sum(b.n_rows_in - b.n_images_ok for b in result.batches)

@@ -60,7 +60,15 @@ def _print_runs(runs: Sequence[StepRun], home: ClinauditHome) -> int:
         if r.skipped_because:
             state, detail = "SKIPPED", r.skipped_because
         else:
-            state = "FAILED" if not r.success else "checks failed" if r.failed_checks else "ok"
+            state = (
+                "FAILED"
+                if not r.success
+                else "BLOCKED"
+                if r.blocking_failure
+                else "ok, warnings"
+                if r.failed_checks
+                else "ok"
+            )
             detail = f"run {r.run_id[:8]}"
             if r.failed_checks:
                 detail += f"  failed checks: {', '.join(r.failed_checks)}"

@@ -252,4 +252,5 @@ def test_chexpert_png_batch(tmp_path: Path) -> None:
     assert t["Effusion"].eq(1.0).all() and t["Edema"].eq(0.0).all() and t["Mass"].isna().all()
     assert t["patient_pseudonym"].nunique() == 2
     assert res.labelled_findings == ("Cardiomegaly", "Effusion", "Edema")
-    assert set(res.quarantine["check"]) == {"unlabelled_findings"}
+    # CheXpert paths carry the patient id (patientNNNNN/...): reported, as for any export.
+    assert set(res.quarantine["check"]) == {"unlabelled_findings", "identifier_in_image_id"}

@@ -492,6 +492,24 @@ def ingest_batch(
         payloads.append(payload)
 
     out = table.iloc[keep].reset_index(drop=True)
+    embedded = _identifier_in_names(out)
+    if embedded:
+        records.append(
+            QuarantineRecord(
+                site,
+                batch,
+                manifest.label_file,
+                None,
+                "image_id",
+                "identifier_in_image_id",
+                f"{embedded} of {len(out)} image ids or file names contain the row's Patient ID "
+                f"(at least {_MIN_EMBEDDED_ID} characters), and image ids leave ingest as given "
+                "(vendor scores are matched on them)",
+                "if these Patient IDs identify people (e.g. MRNs), re-export the images with "
+                "opaque names; pseudonymous study numbers (as in ChestX-ray14) are fine",
+                "warning",
+            )
+        )
     cache: dict[str, str] = {}
     pseudonyms = []
     for pid in out["patient_id"].tolist():
@@ -523,6 +541,22 @@ def ingest_batch(
         labelled_findings=labels.labelled_findings,
         ignored_columns=labels.ignored_columns,
     )
+
+
+_MIN_EMBEDDED_ID = 6
+
+
+def _identifier_in_names(table: pd.DataFrame) -> int:
+    """Rows whose image id or file name contains their raw Patient ID (ids of >= 6 characters:
+    shorter ones, like ChestX-ray14's unpadded numbers, match names by chance)."""
+    hits = 0
+    for pid, image_id, file in zip(
+        table["patient_id"], table["image_id"], table["file"], strict=True
+    ):
+        pid = str(pid)
+        if len(pid) >= _MIN_EMBEDDED_ID and (pid in str(image_id) or pid in str(file)):
+            hits += 1
+    return hits
 
 
 def _record_order(r: QuarantineRecord) -> tuple[bool, int, str, str, Literal[0, 1]]:
