@@ -330,7 +330,15 @@ def cxr_drift(
             "scores_included": have_scores,
             "drifted": dg.MetadataValue.json({k: v for k, v in flagged.items()}),
             "psi": dg.MetadataValue.md(
-                markdown_image(drift_bars(drift, simulated=simulated), "PSI per feature")
+                markdown_image(
+                    drift_bars(
+                        drift,
+                        simulated=simulated,
+                        psi_moderate=config.psi_moderate,
+                        psi_major=config.psi_major,
+                    ),
+                    "PSI per feature",
+                )
                 if len(drift)
                 else "no site besides the reference"
             ),

@@ -117,17 +117,20 @@ def reliability_diagrams(
     return _png(fig)
 
 
-def drift_bars(drift: pd.DataFrame, *, simulated: bool, psi_major: float = 0.25) -> bytes:
+def drift_bars(
+    drift: pd.DataFrame, *, simulated: bool, psi_moderate: float, psi_major: float
+) -> bytes:
     """PSI per (site, numeric feature) as grouped bars with the moderate/major thresholds."""
     numeric = drift[drift["kind"] == "numeric"]
     features = list(dict.fromkeys(numeric["feature"]))
     groups = sorted(numeric["group"].unique())
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(features) * max(1, len(groups)) / 2), 3.2))
+    width = min(14.0, max(6.0, 0.25 * len(features) * max(1, len(groups))))
+    fig, ax = plt.subplots(figsize=(width, 3.6))
     width = 0.8 / max(1, len(groups))
     for k, g in enumerate(groups):
         part = numeric[numeric["group"] == g].set_index("feature").reindex(features)
         ax.bar(np.arange(len(features)) + k * width, part["psi"].clip(upper=2.0), width, label=g)
-    ax.axhline(0.1, color="orange", lw=0.8, ls="--", label="PSI 0.1")
+    ax.axhline(psi_moderate, color="orange", lw=0.8, ls="--", label=f"PSI {psi_moderate}")
     ax.axhline(psi_major, color="red", lw=0.8, ls="--", label=f"PSI {psi_major}")
     ax.set_xticks(
         np.arange(len(features)) + 0.4 - width / 2,
