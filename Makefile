@@ -10,7 +10,7 @@ PORT ?= 3000
 export CLINAUDIT_HOME ?= $(CURDIR)/var/$(SCALE)
 export DAGSTER_HOME ?= $(CLINAUDIT_HOME)/dagster_home
 
-.PHONY: install demo test lint test-slow ui bench clean-var
+.PHONY: install demo test lint test-slow ui bench clean-var system-deps
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $@
 
 install: $(STAMP)
+
+# System tools used by the report checks and the browser test (Debian packages; no downloads
+# beyond the package registry). Skipped when present; needs root or sudo otherwise.
+SYSTEM_TOOLS := pdfsig pdftotext pdftoppm chromium chromedriver
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "system tools present:$(SYSTEM_TOOLS)"; exit 0; fi; \
+	echo "installing poppler-utils chromium chromium-driver (missing:$$missing)"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver >/dev/null \
+	  || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/clinaudit demo --scale $(SCALE)
