@@ -24,6 +24,7 @@ from clinaudit.audit.site_audit import (
     run_site_audit,
     scored_frame,
     site_drift,
+    usable_sites,
 )
 from clinaudit.audit.worst_cells import WorstCellsConfig
 from clinaudit.models.package import load_package
@@ -199,18 +200,20 @@ def cxr_audit_metrics(
     vendor_model: pd.DataFrame,
 ):
     """All sites against the vendor's held-out set in one pass (about a second of statistics)."""
-    # Sites with no validated rows or no predictions yet are left out, and listed.
-    sites = sorted(
-        s for s in set(cxr_validated_images) & set(cxr_predictions) if len(cxr_validated_images[s])
-    )
-    left_out = sorted(set(cxr_validated_images) - set(sites))
+    # Sites without validated rows, without predictions, or with stale predictions are left out
+    # and listed (one stale site must not stop the audit of the others).
+    scored = sorted(s for s in cxr_predictions if len(cxr_predictions[s]))
+    identity = _audited_identity(vendor_model, scored)
+    sites, left_out = usable_sites(cxr_validated_images, cxr_predictions, model_sha256=identity)
+    for site, why in left_out.items():
+        context.log.warning(f"{site} left out of the cross-site audit: {why}")
     thresholds, source = _thresholds(vendor_model)
     frame = scored_frame(
         {s: cxr_validated_images[s] for s in sites},
         {s: cxr_predictions[s] for s in sites},
         targets=FINDINGS,
         reference_site=REFERENCE_SITE,
-        model_sha256=_audited_identity(vendor_model, sites),
+        model_sha256=identity,
     )
     audit = run_site_audit(
         frame,
@@ -234,7 +237,7 @@ def cxr_audit_metrics(
         "cxr_metrics",
         metadata={
             "sites": sites,
-            "sites_left_out": left_out,
+            "sites_left_out": dg.MetadataValue.json(left_out),
             "simulated": simulated,
             "reference_group": REFERENCE_GROUP,
             "thresholds_from": source,
@@ -302,9 +305,13 @@ def cxr_drift(
     cxr_validated_images: dict[str, pd.DataFrame],
     cxr_predictions: dict[str, pd.DataFrame],
 ) -> dg.Output[pd.DataFrame]:
+    # Input drift needs no model; score drift only from predictions that match their images.
+    consistent, stale = usable_sites(cxr_validated_images, cxr_predictions)
+    for site, why in stale.items():
+        context.log.warning(f"{site}: scores left out of drift: {why}")
     features = drift_features(
         cxr_validated_images,
-        cxr_predictions,
+        {s: cxr_predictions[s] for s in consistent},
         features=[*QUALITY_FEATURES, *CATEGORICAL_DRIFT],
         targets=FINDINGS,
         reference_site=REFERENCE_SITE,

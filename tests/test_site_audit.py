@@ -10,6 +10,7 @@ from clinaudit.audit.site_audit import (
     reference_label,
     run_site_audit,
     scored_frame,
+    usable_sites,
 )
 from clinaudit.audit.types import AuditInputError
 
@@ -69,3 +70,22 @@ def test_drift_reference_is_the_held_out_split() -> None:
     assert len(feats["ref"]) == 40 and set(feats["ref"].columns) >= {"quality", SCORE_PREFIX + "A"}
     held_out = ref_l[ref_l["split"] == "test"]["image_id"].tolist()
     assert feats["ref"]["image_id"].tolist() == held_out
+
+
+def test_usable_sites_lists_stale_foreign_and_missing_sites_with_reasons() -> None:
+    a_l, a_p = _site("a", 40, 1)
+    b_l, b_p = _site("b", 40, 2)
+    c_l, c_p = _site("c", 40, 3)
+    d_l, _ = _site("d", 40, 4)
+    b_l = pd.concat([b_l, _site("b2", 5, 5)[0]])  # new images landed, not yet scored
+    c_p = c_p.assign(model_sha256="m2")
+    sites, left_out = usable_sites(
+        {"a": a_l, "b": b_l, "c": c_l, "d": d_l, "e": a_l.iloc[:0]},
+        {"a": a_p, "b": b_p, "c": c_p},
+        model_sha256="m1",
+    )
+    assert sites == ["a"]
+    assert set(left_out) == {"b", "c", "d", "e"}
+    assert "stale" in left_out["b"] and "5 validated images without a prediction" in left_out["b"]
+    assert "not the audited" in left_out["c"]
+    assert left_out["d"] == "no predictions yet" and left_out["e"] == "no validated images"
