@@ -452,3 +452,19 @@ def tables_simulated(
             if read_manifest(Path(landing_root) / study / site / batch).simulated:
                 return True
     return False
+
+
+def batch_hashes(
+    tables: dict[str, pd.DataFrame], landing_root: str | os.PathLike[str], study: str
+) -> dict[str, str]:
+    """``"<study>/<site>/<batch>"`` -> manifest content hash of every batch behind the tables.
+
+    The provenance of an audit package: which landed data (byte-for-byte, through the manifest's
+    per-file sha256) produced its numbers.
+    """
+    out = {}
+    for site, table in sorted(tables.items()):
+        for batch in sorted(set(table["batch"])) if "batch" in table.columns else ():
+            manifest = read_manifest(Path(landing_root) / study / site / batch)
+            out[f"{study}/{site}/{batch}"] = manifest.content_hash
+    return out

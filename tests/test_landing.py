@@ -9,9 +9,11 @@ import pytest
 
 from clinaudit.sources.landing import (
     LandingError,
+    batch_hashes,
     read_manifest,
     scan_landing,
     sha256_file,
+    tables_simulated,
     validate_name,
     verify_batch,
     write_manifest,
@@ -103,3 +105,18 @@ def test_scan_ready_only_with_manifest_and_refuses_bad_names(tmp_path: Path) -> 
     assert {b.batch for b in scan.batches} == {"b1", "b2"}
     assert len(scan.refused) == 1 and "bad name" in str(scan.refused[0])
     assert scan_landing(tmp_path, "absent").batches == ()
+
+
+def test_batch_hashes_and_simulated_flag_come_from_the_manifests(tmp_path: Path) -> None:
+    import pandas as pd
+
+    m1 = read_manifest(_manifest(_batch(tmp_path, "site_a", "b1")).parent)
+    m2 = read_manifest(_manifest(_batch(tmp_path, "site_b", "b7")).parent)
+    tables = {
+        "site_b": pd.DataFrame({"batch": ["b7", "b7"]}),
+        "site_a": pd.DataFrame({"batch": ["b1"]}),
+    }
+    hashes = batch_hashes(tables, tmp_path, "cxr")
+    assert hashes == {"cxr/site_a/b1": m1.content_hash, "cxr/site_b/b7": m2.content_hash}
+    assert list(hashes) == sorted(hashes)
+    assert tables_simulated(tables, tmp_path, "cxr") is True
