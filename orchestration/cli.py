@@ -5,6 +5,7 @@
 ``clinaudit ingest``    only validate + de-identify every landed site batch
 ``clinaudit simulate``  write a simulated cohort into a landing directory
 ``clinaudit init-home`` create the run-time tree and the Dagster instance config
+``clinaudit verify``    check a signed audit package (signature, coverage, signer, manifest hashes)
 
 Every command materializes the same Dagster assets in-process on a persistent instance, so the
 runs appear in the Dagster UI (``make ui``) afterwards.
@@ -156,6 +157,12 @@ def cmd_init_home(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from clinaudit.reporting.verify import main as verify_main
+
+    return verify_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinaudit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser(
+        "verify",
+        help="verify a signed audit package PDF (exit 1 on any failure)",
+        add_help=False,
+    )
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("init-home", help="create the run-time tree and dagster.yaml")
     p.add_argument("--home", help=home_help)
     p.set_defaults(func=cmd_init_home)
@@ -215,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["verify"]:
+        # `clinaudit verify` is the verifier's own command line (its --help lists the options).
+        return cmd_verify(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
