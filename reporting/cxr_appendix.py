@@ -1,0 +1,260 @@
+"""Appendix of the multisite_cxr report: methods, reporting checklist and provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pandas as pd
+
+from clinaudit.reporting.cxr_view import Cell, MethodNote, PolicyInfo, Table, finite, table
+
+#: Section names used by the checklist (they match the template's headings).
+SECTIONS = {
+    "1": "1 Executive summary",
+    "2": "2 Cohorts and data quality",
+    "3": "3 Discrimination",
+    "4": "4 Calibration",
+    "5": "5 Input drift",
+    "6": "6 Worst cells and mitigations",
+    "7": "7 Deployment plan",
+    "A": "A Methods",
+    "B": "B Decision policy",
+    "D": "D Provenance",
+}
+
+
+@dataclass(frozen=True)
+class ChecklistItem:
+    """One reporting-guideline item and where (and how far) this report covers it."""
+
+    guideline: str
+    item: str
+    topic: str
+    sections: str
+    filled: str
+    note: str
+
+
+def checklist_items(*, recalibrated: bool, retrained: bool) -> tuple[ChecklistItem, ...]:
+    """TRIPOD+AI (2024) and CLAIM (2024) items, with an honest yes / partly / no per item."""
+    t, c = "TRIPOD+AI", "CLAIM"
+    updating = "yes" if recalibrated else "no"
+    update_note = (
+        "site recalibration (cross-fitted)" + (" and focused re-training" if retrained else "")
+        if recalibrated
+        else "no model updating was run"
+    )
+    return (
+        ChecklistItem(t, "1", "Title", "title page", "partly", "names the study, not the design"),
+        ChecklistItem(t, "2", "Abstract", "1", "partly", "executive summary, not structured"),
+        ChecklistItem(t, "5", "Data sources", "2", "partly", "sites named; collection dates not"),
+        ChecklistItem(t, "6", "Participants, eligibility", "2", "partly", "as exported by sites"),
+        ChecklistItem(t, "7", "Data preparation, quality checks", "2, A", "yes", "validation"),
+        ChecklistItem(t, "8", "Outcome definition", "2", "partly", "site labels, not adjudicated"),
+        ChecklistItem(t, "10", "Sample size", "2", "partly", "counts; no power calculation"),
+        ChecklistItem(
+            t, "11", "Missing data", "2, A", "yes", "unlabelled rows excluded per finding"
+        ),
+        ChecklistItem(t, "12", "Analytical methods, CIs", "3-6, A", "yes", "clustered bootstrap"),
+        ChecklistItem(t, "13", "Class imbalance", "3", "partly", "AUPRC shown; no resampling"),
+        ChecklistItem(t, "14", "Fairness", "3, 4", "partly", "by site only; no sex/age subgroups"),
+        ChecklistItem(t, "16", "Development vs evaluation data", "2, A", "yes", "sites external"),
+        ChecklistItem(t, "17", "Ethics approval", "", "no", "outside this report"),
+        ChecklistItem(t, "18", "Funding, conflicts of interest", "", "no", "outside this report"),
+        ChecklistItem(t, "19", "Protocol, pre-specified analysis", "B", "partly", "hashed policy"),
+        ChecklistItem(t, "20", "Data and code availability", "D", "partly", "hashes, code version"),
+        ChecklistItem(t, "21", "Patient and public involvement", "", "no", "not reported"),
+        ChecklistItem(t, "23", "Participant flow and characteristics", "2", "partly", "no diagram"),
+        ChecklistItem(t, "24", "Performance with CIs, heterogeneity", "3-5", "yes", "per site"),
+        ChecklistItem(t, "25", "Model updating", "4, 6", updating, update_note),
+        ChecklistItem(t, "26", "Interpretation, limitations", "1, A", "partly", "short note"),
+        ChecklistItem(t, "27", "Implications for use", "7", "yes", "per-site plan"),
+        ChecklistItem(c, "9", "De-identification", "2, A", "yes", "PHI removed at ingest"),
+        ChecklistItem(c, "15", "Image acquisition", "5", "partly", "metadata drift, no protocol"),
+        ChecklistItem(c, "17", "Reference standard", "2", "partly", "site labels, no readers"),
+        ChecklistItem(c, "21", "Data partitions, patient-level", "A", "yes", "patient-disjoint"),
+        ChecklistItem(c, "22", "Model description", "D", "partly", "model card summary"),
+        ChecklistItem(c, "28", "Performance metrics with CIs", "3, 4", "yes", ""),
+        ChecklistItem(c, "29", "Statistical tests, multiplicity", "3, A", "yes", "DeLong, Holm"),
+        ChecklistItem(c, "30", "Robustness analysis", "A", "partly", "bootstrap only"),
+        ChecklistItem(c, "31", "Explainability", "", "no", "not assessed"),
+        ChecklistItem(c, "32", "External testing", "3-5", "yes", "every site external"),
+        ChecklistItem(c, "37", "Failure analysis", "6", "yes", "worst cells"),
+    )
+
+
+def checklist_table(items: tuple[ChecklistItem, ...]) -> Table:
+    """The checklist as a table, yes / partly / no coloured."""
+    css = {"yes": "pass", "partly": "warn", "no": "fail"}
+    rows: list[list[str | Cell]] = [
+        [
+            i.guideline,
+            i.item,
+            i.topic,
+            i.sections or "not covered",
+            Cell(i.filled, css[i.filled]),
+            i.note,
+        ]
+        for i in items
+    ]
+    n = {k: sum(i.filled == k for i in items) for k in css}
+    return table(
+        ("Guideline", "Item", "Topic", "Report section", "Filled", "Note"),
+        rows,
+        (13, 6, 31, 14, 9, 27),
+        caption="Table C.1 Reporting checklist (item numbers of TRIPOD+AI 2024 and CLAIM 2024).",
+        note=f"{n['yes']} items filled, {n['partly']} partly, {n['no']} not filled.",
+        css="compact",
+    )
+
+
+def methods_notes(
+    metrics: pd.DataFrame,
+    calibration: pd.DataFrame,
+    recalibration: pd.DataFrame | None,
+    *,
+    psi_moderate: float,
+    psi_major: float,
+    simulated: bool,
+) -> tuple[MethodNote, ...]:
+    """Methods paragraphs, with the settings read from the tables they describe."""
+    n_boot = int(metrics["n_boot"].max())
+    level = f"{100 * float(metrics['ci_level'].iloc[0]):.0f}%"
+    n_bins = int(calibration["n_bins"].max())
+    notes = [
+        MethodNote(
+            "Reference and cohorts",
+            "Every candidate site is an external test set: the audited model was developed on the "
+            "vendor's site only, and that site's patient-disjoint held-out test split is the "
+            "reference for every comparison. Unlabelled findings are excluded per finding.",
+        ),
+        MethodNote(
+            "Confidence intervals",
+            f"{level} percentile intervals from {n_boot:,} bootstrap resamples of patients "
+            "(clustered bootstrap: all images of a resampled patient enter together, so repeat "
+            "images do not narrow the interval). A cell with too few positives or negatives for "
+            "a stable estimate is reported as insufficient data with its count.",
+        ),
+        MethodNote(
+            "DeLong test and multiplicity",
+            "The AUROC difference between a site and the reference uses DeLong's variance for "
+            "two independent samples; p-values over all (site, finding) cells are adjusted with "
+            "Holm's step-down method (family-wise error 5%). Drift tests are adjusted the same "
+            "way.",
+        ),
+        MethodNote(
+            "Calibration",
+            f"ECE: weighted mean gap between mean predicted probability and observed rate in "
+            f"{n_bins} equal-width bins (equal-mass ECE is in the package); Brier score; "
+            "calibration slope from logistic recalibration; reliability bins with Wilson "
+            "intervals.",
+        ),
+        MethodNote(
+            "Drift",
+            f"PSI over reference-quantile bins (moderate above {psi_moderate}, major above "
+            f"{psi_major}); two-sample KS test for numeric and chi-square for categorical "
+            "features; kernel MMD (Gaussian kernel, median-distance bandwidth, standardised "
+            "features) with a permutation p-value.",
+        ),
+        MethodNote(
+            "Worst cells",
+            "A criterion (AUROC drop, sensitivity drop at the vendor threshold, ECE above "
+            "tolerance) fires only when its CI excludes no harm; cells are ranked by the number "
+            "of fired criteria, then by the harm the lower bounds support beyond tolerance.",
+        ),
+    ]
+    if recalibration is not None:
+        methods = ", ".join(sorted(set(recalibration["method"].dropna().astype(str))))
+        notes.append(
+            MethodNote(
+                "Cross-fitted recalibration",
+                f"Per site and finding, a map ({methods}) is fitted on "
+                f"{int(recalibration['n_folds'].max())}-1 patient-disjoint folds and applied to "
+                "the held-out fold, so every 'after' number is out-of-fold; the site threshold "
+                "restoring the vendor's intended sensitivity is chosen inside the training "
+                "folds. The deployed maps are refitted on all rows.",
+            )
+        )
+    notes.append(
+        MethodNote(
+            "Limitations",
+            (
+                "All data are simulated: the numbers show how the audit behaves, not how the model "
+                "performs on real patients. "
+                if simulated
+                else ""
+            )
+            + "Labels are those exported by each site (no reader study); decisions are per "
+            "site, without sex or age subgroup analysis; thresholds are the vendor's.",
+        )
+    )
+    return tuple(notes)
+
+
+def provenance_tables(
+    *,
+    audit_id: str,
+    generated_at: str,
+    code_version: str,
+    model_sha256: str,
+    policy: PolicyInfo,
+    signer: str,
+    development_signature: bool,
+    input_batches: Mapping[str, str],
+    model_card: Mapping[str, object],
+) -> tuple[Table, Table, Table, str]:
+    """Provenance, input-batch and model-card tables, and the signature note."""
+    kind = "development signature (self-signed)" if development_signature else "PAdES signature"
+    prov = table(
+        ("Item", "Value"),
+        [
+            ["Audit id", audit_id],
+            ["Generated at", generated_at],
+            ["Code version", code_version],
+            ["Audited model sha256", Cell(model_sha256, "hash")],
+            ["Decision policy", f"{policy.policy_id} version {policy.version}"],
+            ["Policy sha256", Cell(policy.sha256, "hash")],
+            ["Signer", signer],
+            ["Signature", kind],
+        ],
+        (25, 75),
+        caption="Table D.1 Provenance of this report.",
+    )
+    inputs = table(
+        ("Input batch", "sha256"),
+        [[name, Cell(h, "hash")] for name, h in sorted(input_batches.items())],
+        (30, 70),
+        caption="Table D.2 Input batches (sha256 of each landed batch's manifest content).",
+        css="compact",
+    )
+    card = table(
+        ("Model card field", "Value"),
+        [[str(k), _card_value(v)] for k, v in model_card.items()],
+        (30, 70),
+        caption="Table D.3 Summary of the audited model's card.",
+        css="compact",
+    )
+    if development_signature:
+        note = (
+            f"Development signature: this file is signed with a key and self-signed certificate "
+            f"({signer}) created on the audit machine. The signature proves the file was not "
+            "altered after signing; it does not identify an approver. Sign with the institution's "
+            "certificate before the committee relies on it."
+        )
+    else:
+        note = (
+            f"Signed by {signer} (PAdES baseline). Check with `clinaudit verify` or any PDF "
+            "signature validator; the embedded manifest lists the sha256 of every attachment."
+        )
+    return prov, inputs, card, note
+
+
+def _card_value(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if finite(v) else "not stated"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}: {_card_value(x)}" for k, x in v.items()) or "not stated"
+    if isinstance(v, list | tuple):
+        return ", ".join(_card_value(x) for x in v) or "not stated"
+    return str(v) if v is not None and str(v) else "not stated"

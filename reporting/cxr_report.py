@@ -1,0 +1,390 @@
+"""The multisite_cxr deployment-plan report: pipeline tables -> view model -> HTML.
+
+>>> view = build_cxr_view(inputs)                       # doctest: +SKIP
+>>> html = render_cxr_html(view, report_environment())  # doctest: +SKIP
+>>> write_figures(view.figures, out_dir)                # doctest: +SKIP
+
+The HTML refers to its figures by relative path (``figures/<name>.svg``): render it to PDF with
+``base_url=out_dir`` after :func:`~clinaudit.reporting.report_figures.write_figures`. The view
+holds only aggregate numbers: no table that reaches it carries patient or image identifiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from clinaudit.audit.types import AuditInputError
+from clinaudit.reporting.cxr_appendix import (
+    checklist_items,
+    checklist_table,
+    methods_notes,
+    provenance_tables,
+)
+from clinaudit.reporting.cxr_plan import (
+    critical_findings,
+    executive_summary,
+    mitigation_section,
+    site_plans,
+)
+from clinaudit.reporting.cxr_sections import (
+    calibration_section,
+    cohort_section,
+    discrimination_section,
+    drift_section,
+    ordered_groups,
+)
+from clinaudit.reporting.cxr_view import SIMULATED_BAND, Appendix, CxrReportView, PolicyInfo
+from clinaudit.reporting.report_figures import write_figures
+from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.validation.quality import QUALITY_FEATURES
+
+__all__ = [
+    "CxrProvenance",
+    "CxrReportInputs",
+    "PolicyInfo",
+    "build_cxr_view",
+    "render_cxr_html",
+    "report_environment",
+    "write_figures",
+]
+
+TEMPLATE = "multisite_cxr/report.html.j2"
+
+#: Columns each input table must have (extra columns are fine).
+REQUIRED: Mapping[str, tuple[str, ...]] = {
+    "cohort": ("site", "n_images", "n_patients", "age_median", "female_share", "ap_share"),
+    "quarantine": ("site", "row", "column", "check", "severity"),
+    "metrics": (
+        "group", "target", "is_reference", "status", "n", "n_pos", "n_neg", "threshold",
+        "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high",
+        "sensitivity", "sensitivity_ci_low", "sensitivity_ci_high", "specificity",
+        "specificity_ci_low", "specificity_ci_high", "auroc_diff_vs_reference",
+        "delong_diff_ci_low", "delong_diff_ci_high", "delong_p_adj", "n_boot", "ci_level",
+    ),
+    "calibration": (
+        "group", "target", "status", "n", "n_pos", "n_neg", "n_bins", "ece_width",
+        "ece_width_ci_low", "ece_width_ci_high", "brier", "brier_ci_low", "brier_ci_high",
+        "cal_slope",
+    ),
+    "reliability": (
+        "group", "target", "binning", "count", "mean_predicted", "observed_rate",
+        "observed_ci_low", "observed_ci_high",
+    ),
+    "drift": (
+        "group", "feature", "kind", "status", "psi", "psi_level", "statistic", "p_adj", "drifted",
+    ),
+    "worst_cells": (
+        "rank", "group", "target", "criteria", "auroc", "auroc_reference", "auroc_drop",
+        "auroc_drop_ci_low", "auroc_drop_ci_high", "auroc_drop_fired", "sensitivity",
+        "sensitivity_reference", "sensitivity_drop", "sensitivity_drop_ci_low",
+        "sensitivity_drop_ci_high", "sensitivity_drop_fired", "ece", "ece_ci_low",
+        "ece_ci_high", "calibration_fired",
+    ),
+    "recalibration": (
+        "group", "target", "status", "method", "n", "n_pos", "n_folds", "threshold",
+        "intended_sensitivity", "site_threshold_raw",
+        *(f"{m}{s}" for m in ("ece_before", "ece_after", "brier_before", "brier_after",
+                              "sensitivity_before", "sensitivity_after",
+                              "sensitivity_site_threshold", "specificity_site_threshold")
+          for s in ("", "_ci_low", "_ci_high")),
+    ),
+    "retraining": (
+        "group", "target", "split", "n", "n_pos", "auroc_before", "auroc_before_ci_low",
+        "auroc_before_ci_high", "auroc_after", "auroc_after_ci_low", "auroc_after_ci_high",
+        "auroc_change", "tolerance", "regressed", "improved",
+    ),
+    "decisions": (
+        "site", "decision", "reasons", "conditions", "n_criteria", "n_failed_before",
+        "n_failed_after", "policy_id", "policy_version", "policy_sha256",
+    ),
+    "criteria": (
+        "site", "criterion", "finding", "value", "ci_low", "ci_high", "limit", "comparator",
+        "passed_before", "value_after", "passed_after", "mitigation", "evidence",
+    ),
+    "monitoring": (
+        "site", "item", "kind", "metric", "baseline", "warn_threshold", "action_threshold",
+        "cadence", "escalation", "action",
+    ),
+}  # fmt: skip
+RETRAINING_SUMMARY_KEYS = (
+    "retrained_site", "cells_targeted", "accepted", "regressions", "epochs", "train_seconds",
+    "device",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CxrProvenance:
+    """Where the report's evidence comes from (printed in appendix D).
+
+    Attributes
+    ----------
+    audit_id, generated_at : str
+        Identifier of this audit run and its timestamp (fixed text, so renders are repeatable).
+    input_batches : mapping of str to str
+        Input batch name (``"site_a/b0001"``) -> sha256.
+    model_sha256 : str
+        sha256 of the audited model package (or scores).
+    model_card : mapping
+        Model-card summary, field -> value (numbers, text, lists or mappings).
+    code_version : str
+        clinaudit version / commit.
+    policy_sha256 : str
+        Must equal the policy's sha256 (checked).
+    signer : str
+        Subject of the signing certificate.
+    development_signature : bool
+        True when signed with the locally generated development key.
+    """
+
+    audit_id: str
+    generated_at: str
+    input_batches: Mapping[str, str]
+    model_sha256: str
+    model_card: Mapping[str, Any]
+    code_version: str
+    policy_sha256: str
+    signer: str
+    development_signature: bool
+
+
+@dataclass(frozen=True)
+class CxrReportInputs:
+    """The pipeline tables the report is built from (columns: :data:`REQUIRED`).
+
+    ``quarantine`` is every site's quarantine table concatenated (or a site -> table mapping);
+    ``recalibration`` / ``retraining`` (+ ``retraining_summary``) are ``None`` when that stage
+    did not run, and the report says so. ``drift_features`` are the features drawn in the PSI
+    figure; ``psi_moderate`` / ``psi_major`` are the levels the drift audit used.
+    """
+
+    study_title: str
+    simulated: bool
+    cohort: pd.DataFrame
+    quarantine: pd.DataFrame | Mapping[str, pd.DataFrame]
+    metrics: pd.DataFrame
+    calibration: pd.DataFrame
+    reliability: pd.DataFrame
+    drift: pd.DataFrame
+    worst_cells: pd.DataFrame
+    decisions: pd.DataFrame
+    criteria: pd.DataFrame
+    monitoring: pd.DataFrame
+    policy: PolicyInfo
+    provenance: CxrProvenance
+    psi_moderate: float
+    psi_major: float
+    recalibration: pd.DataFrame | None = None
+    retraining: pd.DataFrame | None = None
+    retraining_summary: Mapping[str, Any] | None = None
+    targets: tuple[str, ...] = FINDINGS
+    drift_features: tuple[str, ...] = field(default=QUALITY_FEATURES)
+
+
+def _check(inputs: CxrReportInputs) -> pd.DataFrame:
+    """Validate the inputs; return the quarantine as one table."""
+    quarantine = inputs.quarantine
+    if isinstance(quarantine, Mapping):
+        frames = [quarantine[k] for k in sorted(quarantine)]
+        quarantine = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=list(REQUIRED["quarantine"]))
+        )
+    for name, cols in REQUIRED.items():
+        frame = quarantine if name == "quarantine" else getattr(inputs, name)
+        if frame is None:
+            continue
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise AuditInputError(
+                name,
+                f"a table without columns {missing}",
+                f"columns {list(cols)}",
+                f"pass the {name} table produced by the pipeline (see reporting/cxr_report.py)",
+            )
+    if (inputs.retraining is None) != (inputs.retraining_summary is None):
+        raise AuditInputError(
+            "retraining_summary",
+            "only one of retraining / retraining_summary",
+            "both or neither",
+            "pass the retraining table together with its summary dict",
+        )
+    if inputs.retraining_summary is not None:
+        absent = [k for k in RETRAINING_SUMMARY_KEYS if k not in inputs.retraining_summary]
+        if absent:
+            raise AuditInputError(
+                "retraining_summary",
+                f"no keys {absent}",
+                f"keys {list(RETRAINING_SUMMARY_KEYS)}",
+                "pass the summary dict returned by models.finetune",
+            )
+    hashes = {
+        inputs.policy.sha256,
+        inputs.provenance.policy_sha256,
+        *inputs.decisions["policy_sha256"].astype(str),
+    }
+    if len(hashes) != 1:
+        raise AuditInputError(
+            "policy",
+            f"policy sha256 values {sorted(hashes)}",
+            "one policy hash shared by the policy text, the provenance and every decision",
+            "re-run the decisions with the policy file this report prints",
+        )
+    if inputs.decisions.empty:
+        raise AuditInputError(
+            "decisions",
+            "an empty table",
+            "one row per audited site",
+            "materialize cxr_decisions before the report",
+        )
+    return quarantine
+
+
+def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
+    """Build the report's view model (text, tables and figure files) from the pipeline tables.
+
+    Parameters
+    ----------
+    inputs : CxrReportInputs
+        The audit tables, decisions, policy and provenance.
+
+    Returns
+    -------
+    CxrReportView
+        Deterministic for the same inputs (figure bytes included).
+
+    Raises
+    ------
+    AuditInputError
+        A table lacks a required column, the policy hashes disagree, or a decision is unknown.
+    """
+    quarantine = _check(inputs)
+    critical = critical_findings(inputs.criteria, inputs.worst_cells["target"].head(3).tolist())
+    sites = [g for g in ordered_groups(inputs.metrics) if g in set(inputs.decisions["site"])]
+    calibration = calibration_section(
+        inputs.calibration,
+        inputs.reliability,
+        inputs.worst_cells,
+        inputs.recalibration,
+        cells=[(s, f) for f in critical for s in sites],
+        simulated=inputs.simulated,
+    )
+    discrimination = discrimination_section(
+        inputs.metrics, targets=inputs.targets, critical=critical, simulated=inputs.simulated
+    )
+    drift = drift_section(
+        inputs.drift,
+        features=inputs.drift_features,
+        psi_moderate=inputs.psi_moderate,
+        psi_major=inputs.psi_major,
+        simulated=inputs.simulated,
+    )
+    p = inputs.provenance
+    figures = [discrimination.heatmap, drift.figure]
+    if calibration.reliability is not None:
+        figures.insert(1, calibration.reliability)
+    return CxrReportView(
+        study_title=inputs.study_title,
+        audit_id=p.audit_id,
+        generated_at=p.generated_at,
+        simulated=inputs.simulated,
+        band_text=SIMULATED_BAND,
+        executive=executive_summary(
+            inputs.decisions,
+            inputs.criteria,
+            inputs.worst_cells,
+            inputs.metrics,
+            inputs.drift,
+            inputs.retraining_summary,
+        ),
+        cohort=cohort_section(inputs.cohort, quarantine, _reference_site(inputs.metrics)),
+        discrimination=discrimination,
+        calibration=calibration,
+        drift=drift,
+        mitigation=mitigation_section(
+            inputs.worst_cells, inputs.recalibration, inputs.retraining, inputs.retraining_summary
+        ),
+        plans=site_plans(inputs.decisions, inputs.criteria, inputs.monitoring),
+        appendix=_appendix(inputs),
+        figures=tuple(figures),
+    )
+
+
+def _reference_site(metrics: pd.DataFrame) -> str:
+    """Site of the reference group (``"vendor_dev:test"`` -> ``"vendor_dev"``), or ``""``."""
+    ref = metrics.loc[metrics["is_reference"].astype(bool), "group"]
+    return str(ref.iloc[0]).split(":")[0] if len(ref) else ""
+
+
+def _appendix(inputs: CxrReportInputs) -> Appendix:
+    p = inputs.provenance
+    prov, batches, card, note = provenance_tables(
+        audit_id=p.audit_id,
+        generated_at=p.generated_at,
+        code_version=p.code_version,
+        model_sha256=p.model_sha256,
+        policy=inputs.policy,
+        signer=p.signer,
+        development_signature=p.development_signature,
+        input_batches=p.input_batches,
+        model_card=p.model_card,
+    )
+    return Appendix(
+        methods=methods_notes(
+            inputs.metrics,
+            inputs.calibration,
+            inputs.recalibration,
+            psi_moderate=inputs.psi_moderate,
+            psi_major=inputs.psi_major,
+            simulated=inputs.simulated,
+        ),
+        policy=inputs.policy,
+        policy_lines=tuple(inputs.policy.text.splitlines()),
+        checklist=checklist_table(
+            checklist_items(
+                recalibrated=inputs.recalibration is not None,
+                retrained=inputs.retraining is not None,
+            )
+        ),
+        provenance=prov,
+        inputs=batches,
+        model_card=card,
+        signature_note=note,
+    )
+
+
+def report_environment() -> jinja2.Environment:
+    """The report templates' Jinja environment: autoescaped, strict about undefined names."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("clinaudit.templates", ""),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_cxr_html(view: CxrReportView, env: jinja2.Environment) -> str:
+    """Render the report HTML (UTF-8 declared; figures referenced as ``figures/<name>``).
+
+    Parameters
+    ----------
+    view : CxrReportView
+        From :func:`build_cxr_view`.
+    env : jinja2.Environment
+        Usually :func:`report_environment`; must use ``StrictUndefined``.
+    """
+    if env.undefined is not jinja2.StrictUndefined:
+        raise AuditInputError(
+            "env",
+            f"undefined={env.undefined.__name__}",
+            "undefined=jinja2.StrictUndefined",
+            "use clinaudit.reporting.cxr_report.report_environment()",
+        )
+    return env.get_template(TEMPLATE).render(view=view)

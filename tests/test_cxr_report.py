@@ -1,0 +1,227 @@
+"""The multisite_cxr deployment-plan report: view model, HTML sections, figures and page layout.
+
+Inputs: see ``cxr_report_fixtures`` (real audit core on simulated data, or the last demo run;
+synthetic contract A/B/C tables).
+"""
+
+from __future__ import annotations
+
+import shutil
+import types
+from dataclasses import fields, replace
+
+import jinja2
+import pandas as pd
+import pytest
+from cxr_report_fixtures import (
+    DEMO,
+    FAKE_MRN,
+    MISSING_WORDS,
+    REF_GROUP,
+    demo_base,
+    pages_text,
+    render_pdf,
+    report_inputs,
+    synthetic_base_tables,
+)
+
+from clinaudit.audit.types import AuditInputError
+from clinaudit.reporting import figures as figs
+from clinaudit.reporting.cxr_report import (
+    CxrReportInputs,
+    build_cxr_view,
+    render_cxr_html,
+    report_environment,
+)
+from clinaudit.reporting.cxr_view import (
+    SIMULATED_BAND,
+    fmt_ci,
+    fmt_num,
+    fmt_p,
+    fmt_pct,
+    insufficient,
+)
+from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.validation.quality import QUALITY_FEATURES
+
+
+@pytest.fixture(scope="module")
+def synthetic_base() -> dict[str, pd.DataFrame]:
+    return synthetic_base_tables()
+
+
+@pytest.fixture(scope="module")
+def synthetic_inputs(synthetic_base: dict[str, pd.DataFrame]) -> CxrReportInputs:
+    return report_inputs(synthetic_base)
+
+
+@pytest.fixture(scope="module")
+def synthetic_view(synthetic_inputs: CxrReportInputs):
+    return build_cxr_view(synthetic_inputs)
+
+
+@pytest.fixture(scope="module")
+def synthetic_html(synthetic_view) -> str:
+    return render_cxr_html(synthetic_view, report_environment())
+
+
+# ---------------------------------------------------------------- tests
+def test_every_section_shows_numbers_from_the_tables(synthetic_inputs, synthetic_html) -> None:
+    html, i = synthetic_html, synthetic_inputs
+    for heading in (
+        "1 Executive summary",
+        "2 Cohorts and data quality",
+        "3 Discrimination",
+        "4 Calibration",
+        "5 Input drift",
+        "6 Worst cells and mitigations",
+        "7 Deployment plan per site",
+        "A Methods",
+        "B Decision policy",
+        "C Reporting checklist",
+        "D Provenance",
+    ):
+        assert f">{heading}</h2>" in html
+    cohort = i.cohort.set_index("site")
+    assert f"<td>{int(cohort.loc['site_b', 'n_patients']):,}</td>" in html
+    assert fmt_pct(cohort.loc["site_c", "ap_share"]) in html
+    m = i.metrics.set_index(["group", "target"])
+    eff = m.loc[("site_b", "Effusion")]
+    assert fmt_ci(eff["sensitivity"], eff["sensitivity_ci_low"], eff["sensitivity_ci_high"]) in html
+    assert fmt_ci(eff["auprc"], eff["auprc_ci_low"], eff["auprc_ci_high"]) in html
+    assert "insufficient data (n_pos=3)" in html  # site_b / Hernia
+    r = i.recalibration.set_index(["group", "target"]).loc[("site_b", "Effusion")]
+    assert fmt_ci(r["ece_after"], r["ece_after_ci_low"], r["ece_after_ci_high"], 3) in html
+    mmd = i.drift[(i.drift["feature"] == "__mmd__") & (i.drift["group"] == "site_b")].iloc[0]
+    assert f"{fmt_num(mmd['statistic'], 3)} (" in html
+    w = i.worst_cells.iloc[0]
+    assert fmt_ci(w["auroc_drop"], w["auroc_drop_ci_low"], w["auroc_drop_ci_high"]) in html
+    assert "Regression guard: REFUSED" in html and f"{REF_GROUP}/Effusion" in html
+    css = {"NO-GO": "nogo", "GO": "go", "CONDITIONAL GO": "conditional"}
+    for decision in i.decisions["decision"]:
+        assert f'<span class="decision {css[decision]}">{decision}</span>' in html
+    assert "weekly" in html and "re-audit after remediation" in html
+    assert (
+        i.policy.sha256 in html
+        and "critical_findings: [Effusion, Pneumothorax, Atelectasis]" in html
+    )
+    assert "TRIPOD+AI" in html and "CLAIM" in html
+    assert i.provenance.input_batches["site_c/b0001"] in html and "Development signature" in html
+
+
+def test_no_missing_value_words_and_no_identifiers(synthetic_html) -> None:
+    assert not MISSING_WORDS.findall(synthetic_html)
+    assert FAKE_MRN not in synthetic_html  # quarantine messages stay in the package
+    assert "img1_" not in synthetic_html  # no image ids either
+    assert '<meta charset="utf-8">' in synthetic_html
+
+
+def test_strict_undefined_and_environment(synthetic_view) -> None:
+    partial = types.SimpleNamespace(
+        **{
+            f.name: getattr(synthetic_view, f.name)
+            for f in fields(synthetic_view)
+            if f.name != "drift"
+        }
+    )
+    with pytest.raises(jinja2.UndefinedError, match="drift"):
+        render_cxr_html(partial, report_environment())  # type: ignore[arg-type]
+    with pytest.raises(AuditInputError, match="StrictUndefined"):
+        render_cxr_html(synthetic_view, jinja2.Environment(loader=report_environment().loader))
+
+
+def test_same_inputs_same_html_and_figure_bytes(synthetic_inputs, synthetic_html) -> None:
+    again = build_cxr_view(synthetic_inputs)
+    assert render_cxr_html(again, report_environment()) == synthetic_html
+    first = build_cxr_view(synthetic_inputs)
+    assert [f.data for f in again.figures] == [f.data for f in first.figures]
+    assert all(f.data.startswith(b"<?xml") and b"<dc:date>" not in f.data for f in first.figures)
+    for f in first.figures:
+        assert f'src="{f.path}"' in synthetic_html and "base64" not in synthetic_html
+
+
+def test_simulated_band_only_for_simulated_data(synthetic_base, synthetic_html) -> None:
+    assert f'<div class="sim-band">{SIMULATED_BAND}</div>' in synthetic_html
+    real = render_cxr_html(
+        build_cxr_view(report_inputs(synthetic_base, simulated=False)), report_environment()
+    )
+    assert "sim-band" not in real.split("<body>")[1] and SIMULATED_BAND not in real
+    assert "All data are simulated" not in real
+
+
+def test_figures_are_marked_simulated(synthetic_inputs) -> None:
+    i = synthetic_inputs
+    heat = figs.auroc_heatmap_figure(i.metrics, targets=FINDINGS, simulated=True, show_n_pos=True)
+    assert "SIMULATED DATA" in heat.axes[0].get_title()
+    assert "insufficient\n(n_pos=3)" in [t.get_text() for t in heat.axes[0].texts]
+    rel = figs.reliability_diagrams_figure(i.reliability, [("site_b", "Effusion")], simulated=True)
+    assert rel._suptitle.get_text() == "SIMULATED DATA"
+    drift = figs.drift_bars_figure(
+        i.drift, simulated=True, psi_moderate=0.1, psi_major=0.25, features=QUALITY_FEATURES[:3]
+    )
+    assert "SIMULATED DATA" in drift.axes[0].get_title()
+    assert [t.get_text() for t in drift.axes[0].get_xticklabels()] == list(QUALITY_FEATURES[:3])
+    for f in (heat, rel, drift):
+        figs.plt.close(f)
+
+
+def test_bad_inputs_name_the_table_and_the_fix(synthetic_inputs) -> None:
+    i = synthetic_inputs
+    with pytest.raises(AuditInputError, match=r"metrics.*\['auprc'\]"):
+        build_cxr_view(replace(i, metrics=i.metrics.drop(columns="auprc")))
+    with pytest.raises(AuditInputError, match="policy sha256"):
+        build_cxr_view(replace(i, policy=replace(i.policy, sha256="0" * 64)))
+    bad = i.decisions.assign(decision=["MAYBE", *i.decisions["decision"].iloc[1:]])
+    with pytest.raises(AuditInputError, match="'MAYBE'"):
+        build_cxr_view(replace(i, decisions=bad))
+    with pytest.raises(AuditInputError, match="both or neither"):
+        build_cxr_view(replace(i, retraining_summary=None))
+
+
+def test_optional_stages_say_they_did_not_run(synthetic_inputs) -> None:
+    view = build_cxr_view(
+        replace(synthetic_inputs, recalibration=None, retraining=None, retraining_summary=None)
+    )
+    html = render_cxr_html(view, report_environment())
+    assert "Site recalibration was not run in this audit." in html
+    assert "Focused re-training was not run in this audit." in html
+    assert not MISSING_WORDS.findall(html)
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler pdftotext not installed")
+def test_synthetic_pdf_pages_band_and_page_numbers(synthetic_view, tmp_path) -> None:
+    pdf, n_pages, _ = render_pdf(synthetic_view, tmp_path)
+    pages = pages_text(pdf)
+    assert len(pages) == n_pages and 5 <= n_pages <= 9
+    for k, text in enumerate(pages, start=1):
+        assert "SIMULATED DATA — not real patients" in text
+        assert f"Page {k} of {len(pages)}" in text
+        assert synthetic_view.audit_id in text
+
+
+@pytest.mark.skipif(
+    not (DEMO / "cxr_metrics" / "__all__.parquet").exists(), reason="no demo run under var/demo"
+)
+def test_demo_tables_render_to_five_to_nine_pages(tmp_path) -> None:
+    base = demo_base()
+    inputs = report_inputs(base)
+    view = build_cxr_view(inputs)
+    html = render_cxr_html(view, report_environment())
+    assert not MISSING_WORDS.findall(html)
+    cohort = base["cohort"].set_index("site")
+    assert f"<td>{int(cohort.loc['site_b', 'n_patients']):,}</td>" in html
+    w = base["worst_cells"].iloc[0]
+    assert f"{w['group']} / {w['target']}" in html
+    _, n_pages, seconds = render_pdf(view, tmp_path)
+    assert 5 <= n_pages <= 9, f"{n_pages} pages in {seconds:.1f} s"
+
+
+def test_number_formats_never_print_missing_values() -> None:
+    assert fmt_ci(0.5412, 0.4471, 0.6333) == "0.54 (0.45–0.63)"
+    assert fmt_ci(-0.24, -0.31, -0.17) == "-0.24 (-0.31 to -0.17)"
+    assert fmt_num(-0.0004) == "0.00" and fmt_pct(0.108) == "10.8%"
+    assert fmt_ci(0.5, float("nan"), 0.7) == "0.50 (CI not estimable)"
+    assert fmt_ci(None, 0.1, 0.2) == fmt_num(pd.NA) == "not estimable"
+    assert fmt_p(0.0004) == "<0.001" and fmt_p(0.0123) == "0.012"
+    assert insufficient(3, 497) == "insufficient data (n_pos=3)"
+    assert insufficient(495, 5) == "insufficient data (n_neg=5)"
