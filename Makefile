@@ -26,11 +26,12 @@ install: $(STAMP)
 SYSTEM_TOOLS := pdfsig pdftotext pdftoppm chromium chromedriver
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf ] || missing="$$missing dejavu-fonts"; \
 	if [ -z "$$missing" ]; then echo "system tools present:$(SYSTEM_TOOLS)"; exit 0; fi; \
-	echo "installing poppler-utils chromium chromium-driver (missing:$$missing)"; \
+	echo "installing poppler-utils chromium chromium-driver fonts-dejavu-core fonts-dejavu-extra (missing:$$missing)"; \
 	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	$$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver >/dev/null \
-	  || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver >/dev/null; }
+	$$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver fonts-dejavu-core fonts-dejavu-extra >/dev/null \
+	  || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver fonts-dejavu-core fonts-dejavu-extra >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/clinaudit demo --scale $(SCALE)
