@@ -73,6 +73,17 @@ class TinyCnn(nn.Module):
         """Logits of shape ``(N, num_labels)``."""
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """Parameter groups in timm's convention: the first block is the stem, then two stages."""
+        return {
+            "stem": r"^features\.[0-2]\.",
+            "blocks": [(r"^features\.[3-5]\.", (1,)), (r"^features\.[6-8]\.", (2,))],
+        }
+
+    def get_classifier(self) -> nn.Module:
+        """The classification head (timm's name for it)."""
+        return self.head
+
 
 @register_adapter("tiny_cnn")
 class TinyCnnAdapter(ModelAdapter):

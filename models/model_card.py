@@ -75,6 +75,9 @@ class ModelCard:
         Free text.
     created_utc : str
         ISO-8601 timestamp; empty means "now" when the package is saved.
+    lineage : mapping, optional
+        For a model derived from another package (e.g. focused re-training): the parent's
+        ``package_sha256``, the method and the data used. ``None`` for an original model.
     """
 
     vendor: str
@@ -84,6 +87,7 @@ class ModelCard:
     validation_auroc: Mapping[str, float] = field(default_factory=dict)
     description: str = ""
     created_utc: str = ""
+    lineage: Mapping[str, Any] | None = None
 
 
 def json_safe(value: Any) -> Any:

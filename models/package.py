@@ -54,6 +54,10 @@ A model package is a directory holding exactly these files::
         ISO-8601 time the package was written.
     ``weights_file`` and ``weights_sha256``
         ``"model.safetensors"`` and the lowercase hex sha256 of that file's bytes.
+    ``lineage`` (optional)
+        Only in a package derived from another one (e.g. focused re-training,
+        :mod:`clinaudit.models.finetune`): an object with at least ``parent_package_sha256`` and
+        ``method``. Absent in original packages.
 
 Loading (:func:`load_package`) refuses pickle files, checks the format, recomputes the sha256 of
 the weights and compares it with ``weights_sha256``, checks that ``config.labels`` equals the
@@ -276,7 +280,9 @@ def save_package(
     state = _state_dict_for_saving(model)
     _load_state(directory / WEIGHTS_FILE, adapter, state)  # what we write must load back
     tmp_weights = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp_weights), metadata={"format": "pt", "labels": json.dumps(labels)})
+    # One metadata entry: safetensors writes its metadata map in hash order, so two entries made
+    # the bytes (and weights_sha256) of identical weights differ from one save to the next.
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
     os.replace(tmp_weights, directory / WEIGHTS_FILE)
     created = card.created_utc or dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     doc = {
@@ -293,6 +299,8 @@ def save_package(
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
     }
+    if card.lineage is not None:  # absent (not null) in original packages: their hash is unchanged
+        doc["lineage"] = json_safe(dict(card.lineage))
     tmp_card = directory / f".{CARD_FILE}.tmp"
     tmp_card.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp_card, directory / CARD_FILE)
@@ -455,6 +463,7 @@ def load_package(
         validation_auroc=floats_or_nan(doc.get("validation_auroc") or {}),
         description=str(doc.get("description", "")),
         created_utc=str(doc.get("created_utc", "")),
+        lineage=doc.get("lineage"),
     )
     return LoadedPackage(
         model=model,

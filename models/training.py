@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from clinaudit.models.devices import DevicePreference, select_device
+from clinaudit.models.devices import DeviceChoice, DevicePreference, select_device
 from clinaudit.models.inference import ImageDataset, ImageFileLoader, ImageLoader, predict_images
 from clinaudit.models.registry import (
     AdapterConfig,
@@ -166,7 +166,10 @@ def _check_arrays(
 
 
 def masked_bce_loss(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    label_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean binary cross-entropy over the labelled entries only (``mask`` True).
 
@@ -176,6 +179,8 @@ def masked_bce_loss(
         ``(N, L)`` logits and 0/1 targets (any value where ``mask`` is False).
     mask : torch.Tensor
         ``(N, L)`` bool, True where the label is known.
+    label_weights : torch.Tensor, optional
+        ``(L,)`` non-negative weight per label: a weighted mean over the labelled entries.
 
     Returns
     -------
@@ -184,10 +189,13 @@ def masked_bce_loss(
     """
     per_entry = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     weight = mask.to(per_entry.dtype)
+    if label_weights is not None:
+        weight = weight * label_weights.to(per_entry.dtype).view(1, -1)
     return (per_entry * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def _masked_bce_from_probabilities(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+def masked_bce_from_probabilities(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities over the labelled (non-NaN) entries."""
     known = ~np.isnan(y_true)
     if not known.any():
         return math.nan
@@ -311,6 +319,100 @@ def train_multilabel(
         torch.set_num_threads(previous_threads)
 
 
+def labelled_tensors(
+    images: np.ndarray, labels: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(N, 1, S, S)`` images, 0/1 targets (NaN -> 0) and the known-label mask, on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
+    y = torch.from_numpy(np.nan_to_num(labels, nan=0.0))
+    mask = torch.from_numpy(~np.isnan(labels))
+    return x.to(device), y.to(device), mask.to(device)
+
+
+def make_optimizer(
+    parameters: Iterable[nn.Parameter], config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over ``parameters`` and the configured per-step OneCycle or cosine schedule."""
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.2
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return optimizer, scheduler
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps in one pass (a last batch of a single image is skipped)."""
+    return sum(1 for s in range(0, n, batch_size) if n - s >= 2)
+
+
+def train_epoch(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    adapter_config: AdapterConfig,
+    choice: DeviceChoice,
+    generator: torch.Generator,
+    label_weights: torch.Tensor | None = None,
+) -> float:
+    """One shuffled pass of masked-BCE steps; returns the mean training loss.
+
+    The model is used in the mode the caller set (``train()``, or partly frozen); batch order
+    and augmentation draw from ``generator``; the scheduler is stepped per batch.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Network on ``choice.device``.
+    data : tuple of torch.Tensor
+        Images, targets and mask from :func:`labelled_tensors`.
+    optimizer, scheduler
+        From :func:`make_optimizer`.
+    config, adapter_config, choice
+        Batch size and augmentation; input normalisation; device, autocast and memory format.
+    generator : torch.Generator
+        CPU generator.
+    label_weights : torch.Tensor, optional
+        ``(L,)`` loss weight per label (see :func:`masked_bce_loss`).
+    """
+    x_all, y_all, m_all = data
+    losses, seen = 0.0, 0
+    order = torch.randperm(len(x_all), generator=generator)
+    weights = None if label_weights is None else label_weights.to(choice.device)
+    for idx in order.split(config.batch_size):
+        if len(idx) < 2:  # BatchNorm cannot train on a single image
+            continue
+        idx = idx.to(x_all.device)
+        x = x_all[idx].to(choice.device)
+        if config.augment:
+            x = augment_batch(x, config, generator)
+        x = normalise_images(x, adapter_config)
+        if choice.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y_all[idx].to(choice.device)
+        mask = m_all[idx].to(choice.device)
+        with torch.autocast(
+            choice.device.type,
+            dtype=choice.autocast_dtype or torch.float32,
+            enabled=choice.autocast_dtype is not None,
+        ):
+            logits = model(x)
+        loss = masked_bce_loss(logits.float(), y, mask, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return losses / max(seen, 1)
+
+
 def _train(
     adapter: ModelAdapter,
     train_images: np.ndarray,
@@ -327,64 +429,33 @@ def _train(
         model = model.to(memory_format=torch.channels_last)
     # On CUDA the (already decoded, input-size) training set is moved to the GPU once.
     data_device = choice.device if choice.device.type == "cuda" else torch.device("cpu")
-    x_all = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32)).unsqueeze(1)
-    x_all = x_all.to(data_device)
-    y_all = torch.from_numpy(np.nan_to_num(train_labels, nan=0.0)).to(data_device)
-    m_all = torch.from_numpy(~np.isnan(train_labels)).to(data_device)
-    n = len(x_all)
-    steps_per_epoch = sum(1 for s in range(0, n, config.batch_size) if n - s >= 2)
-    total_steps = max(1, steps_per_epoch * config.epochs)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.2
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    data = labelled_tensors(train_images, train_labels, data_device)
+    total_steps = max(1, steps_per_epoch(len(train_images), config.batch_size) * config.epochs)
+    optimizer, scheduler = make_optimizer(model.parameters(), config, total_steps)
     history: list[EpochRecord] = []
     val_probs = np.empty((0, adapter.config.num_labels), dtype=np.float32)
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
-        losses, seen = 0.0, 0
-        order = torch.randperm(n, generator=generator)
-        for idx in order.split(config.batch_size):
-            if len(idx) < 2:  # BatchNorm cannot train on a single image
-                continue
-            idx = idx.to(data_device)
-            x = x_all[idx].to(choice.device)
-            if config.augment:
-                x = augment_batch(x, config, generator)
-            x = normalise_images(x, adapter.config)
-            if choice.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y_all[idx].to(choice.device)
-            mask = m_all[idx].to(choice.device)
-            with torch.autocast(
-                choice.device.type,
-                dtype=choice.autocast_dtype or torch.float32,
-                enabled=choice.autocast_dtype is not None,
-            ):
-                logits = model(x)
-            loss = masked_bce_loss(logits.float(), y, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses += float(loss.detach()) * len(idx)
-            seen += len(idx)
+        train_loss = train_epoch(
+            model,
+            data,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=config,
+            adapter_config=adapter.config,
+            choice=choice,
+            generator=generator,
+        )
         val_probs = predict_images(
             model, adapter.config, val_images, batch_size=max(64, config.batch_size), device=choice
         )
-        val_loss = _masked_bce_from_probabilities(val_labels, val_probs)
+        val_loss = masked_bce_from_probabilities(val_labels, val_probs)
         aurocs = per_label_auroc(val_labels, val_probs, adapter.config.labels)
         defined = [v for v in aurocs.values() if math.isfinite(v)]
         record = EpochRecord(
             epoch=epoch,
-            train_loss=losses / max(seen, 1),
+            train_loss=train_loss,
             val_loss=val_loss,
             val_mean_auroc=float(np.mean(defined)) if defined else math.nan,
             lr=float(optimizer.param_groups[0]["lr"]),
