@@ -29,8 +29,8 @@ MANIFEST_NAME = "manifest.json"
 _MANIFEST_TMP = ".manifest.json.tmp"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_FORMAT = "clinaudit.landing/v1"
-LabelLayout = Literal["nih", "chexpert"]
-LABEL_LAYOUTS: tuple[str, ...] = ("nih", "chexpert")
+LabelLayout = Literal["nih", "chexpert", "sepsis_stays"]
+LABEL_LAYOUTS: tuple[str, ...] = ("nih", "chexpert", "sepsis_stays")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HASH_CHUNK = 1 << 20
