@@ -41,7 +41,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Tests never touch the demo's instance or run-time tree: they make temporary ones.
-TEST_ENV := env -u DAGSTER_HOME -u CLINAUDIT_HOME -u CLINAUDIT_PSEUDONYM_KEY
+TEST_ENV := env -u DAGSTER_HOME -u CLINAUDIT_HOME -u CLINAUDIT_PSEUDONYM_KEY -u CLINAUDIT_POLICY \
+  -u CLINAUDIT_MODEL_PACKAGE -u CLINAUDIT_VENDOR_SCORES
 
 test: lint
 	$(TEST_ENV) $(BIN)/dagster definitions validate -w workspace.yaml

@@ -90,7 +90,8 @@ def _auroc_md(auroc: dict[str, float], positives: dict[str, int]) -> str:
         dg.AssetDep(
             "cxr_validated_images",
             partition_mapping=dg.SpecificPartitionsPartitionMapping([REFERENCE_SITE]),
-        )
+        ),
+        "vendor_model_package_file",
     ],
     description="The model under audit: a verified vendor model package, vendor scores, or the "
     "embedded vendor model trained on the reference site's train split (patient-disjoint from "

@@ -82,6 +82,32 @@ def _print_runs(runs: Sequence[StepRun], home: ClinauditHome) -> int:
     return sum(r.blocking_failure for r in runs)
 
 
+def _print_decisions(home: ClinauditHome) -> None:
+    """The per-site decisions table of the latest decision run, if there is one."""
+    from clinaudit.assets.multisite_cxr_mitigation import read_decisions
+
+    table = read_decisions(home)
+    if table is None:
+        return
+    first = table.iloc[0]
+    print(f"decisions under policy {first['policy_id']} v{first['policy_version']}:")
+    for r in table.itertuples():
+        print(f"  {r.site:<12} {r.decision:<15} {r.reasons}")
+
+
+def _print_package(instance, run: StepRun) -> None:
+    """Where the signed package of this run is, and its verification verdict."""
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey("cxr_audit_package"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    if event is None or event.run_id != run.run_id or "pdf" not in meta:
+        return
+    verdict = "VERIFIED" if meta["verified"].value else "VERIFICATION FAILED"
+    print(f"signed audit PDF : {meta['pdf'].value}  ({verdict}; check: clinaudit verify PDF)")
+    print(f"audit package    : {meta['package_dir'].value}")
+
+
 def _run_pipeline(args: argparse.Namespace, home: ClinauditHome, t0: float) -> int:
     from clinaudit.orchestration.runner import PipelineRunner, get_instance, register_sites
 
@@ -97,9 +123,21 @@ def _run_pipeline(args: argparse.Namespace, home: ClinauditHome, t0: float) -> i
         )
         return 2
     print(f"auditing {len(sites)} sites: {', '.join(sites)}")
-    runner = PipelineRunner(instance, home, _audited_model(args), workers=args.workers)
+    policy = getattr(args, "policy", None)
+    runner = PipelineRunner(
+        instance,
+        home,
+        _audited_model(args),
+        workers=args.workers,
+        policy_path=str(Path(policy).resolve()) if policy else None,
+    )
     stages = runner.ingest(sites) if args.command == "ingest" else runner.run_all(sites)
     bad = _print_runs(stages, home)
+    if any(r.stage == "decisions" and r.success for r in stages):
+        _print_decisions(home)
+    package = next((r for r in stages if r.stage == "audit_package" and r.success), None)
+    if package is not None:
+        _print_package(instance, package)
     print(f"Dagster home     : {instance.root_directory}  (browse it with `make ui`)")
     print(f"finished in {time.perf_counter() - t0:.1f} s")
     return 1 if bad else 0
@@ -196,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="vendor scores: a directory with one <site>.csv per site, or one CSV for one site",
     )
     p.add_argument("--sites", help="comma-separated subset of sites")
+    p.add_argument(
+        "--policy", help="decision policy YAML (default: the policy shipped with clinaudit)"
+    )
     run_options(p)
     p.set_defaults(func=cmd_audit)
 

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from clinaudit.assets import multisite_cxr, multisite_cxr_audit, multisite_cxr_model
+from clinaudit.assets import (
+    multisite_cxr,
+    multisite_cxr_audit,
+    multisite_cxr_mitigation,
+    multisite_cxr_model,
+    multisite_cxr_report,
+)
 from clinaudit.assets.multisite_cxr_model import AuditedModel
+from clinaudit.orchestration.automation import observe_sources
 from clinaudit.orchestration.definitions import ALL_ASSETS, build_resources
 from clinaudit.orchestration.resources import ClinauditHome
 from clinaudit.sources.landing import scan_landing
@@ -115,10 +122,13 @@ class PipelineRunner:
         *,
         workers: int = 2,
         console_level: str = "INFO",
+        policy_path: str | None = None,
     ) -> None:
         self.console_level = console_level
         self.instance = instance
         self.resources = build_resources(home, audited_model)
+        if policy_path:
+            self.resources["policy"] = multisite_cxr_mitigation.DecisionPolicy(path=policy_path)
         self.workers = workers
 
     def _run(
@@ -180,13 +190,42 @@ class PipelineRunner:
             ]
         return runs
 
+    def decide(self, audit: Sequence[StepRun]) -> list[StepRun]:
+        """Mitigations (recalibration, focused re-training), then the decisions under policy."""
+        done = {r.stage for r in audit if r.success and r.site is None}
+        if not {"audit_metrics", "drift"} <= done:
+            reason = "blocked: cross-site audit metrics or drift did not run"
+            return [
+                StepRun(stage, None, None, False, (), reason)
+                for stage in ("recalibration", "retraining", "decisions")
+            ]
+        m = multisite_cxr_mitigation
+        runs = [
+            self._run("recalibration", m.cxr_recalibration, None),
+            self._run("retraining", m.cxr_retraining, None),
+        ]
+        if all(r.success for r in runs):
+            runs.append(self._run("decisions", m.cxr_decisions, None))
+        else:
+            runs.append(StepRun("decisions", None, None, False, (), "blocked: a mitigation failed"))
+        if runs[-1].success:
+            runs.append(self._run("audit_package", multisite_cxr_report.cxr_audit_package, None))
+        else:
+            runs.append(StepRun("audit_package", None, None, False, (), "blocked: no decisions"))
+        return runs
+
     def run_all(self, sites: Sequence[str]) -> list[StepRun]:
-        """Every stage built so far, in dependency order."""
+        """Every stage, in dependency order."""
         runs = self.ingest(sites)
         model = self.model()
         runs.append(model)
         if model.success:
             predictions = self.predictions(sites, runs)
             runs += predictions
-            runs += self.audit([r.site for r in predictions if r.success and r.site])
+            audit = self.audit([r.site for r in predictions if r.success and r.site])
+            runs += audit
+            runs += self.decide(audit)
+        # Record the model and policy versions this audit used, so the automation (make ui)
+        # does not mistake its first observation of them for a change and re-audit once more.
+        observe_sources(dg.Definitions(assets=ALL_ASSETS, resources=self.resources), self.instance)
         return runs

@@ -304,6 +304,12 @@ def _retraining(
         f"{', '.join(summary['regressions']) or 'none'}. {others} other cells stayed within "
         "tolerance. The re-trained package is evidence only: it would need its own approval."
     )
+    pending = list(summary.get("not_evaluated_sites") or ())
+    if pending:
+        text += (
+            " Re-training runs nightly, not on every re-audit: its guard has not yet evaluated "
+            f"{', '.join(pending)} (audited after it ran)."
+        )
     return text, table(
         ("Site", "Finding", "Split", "Pos / n", "AUROC before", "AUROC after", "Change", "Guard"),
         rows,

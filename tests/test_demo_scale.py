@@ -86,3 +86,35 @@ def test_vendor_model_metadata_reports_heldout_auroc(home: Path) -> None:
         event = instance.get_latest_materialization_event(dg.AssetKey("vendor_model"))
     meta = event.asset_materialization.metadata
     assert meta["heldout_mean_auroc"].value >= 0.80
+
+
+def test_decisions_spread_follows_the_injected_site_effects(home: Path) -> None:
+    """GO at the control site, CONDITIONAL GO and NO-GO at shifted sites, criteria named."""
+    tables = home / "artifacts" / "tables"
+    decisions = pd.read_parquet(tables / "cxr_decisions" / "__all__.parquet").set_index("site")
+    shifted = {s for s, pushed in _shifted_sites(home).items() if pushed}
+    assert {"GO", "CONDITIONAL GO", "NO-GO"} <= set(decisions["decision"]), decisions["decision"]
+    # Only sites without injected acquisition effects may be GO.
+    assert set(decisions.index[decisions["decision"] == "GO"]).isdisjoint(shifted)
+    for site, row in decisions.iterrows():
+        if row["decision"] == "NO-GO":
+            assert "AUROC lower CI" in row["reasons"] or "insufficient" in row["reasons"], site
+        if row["decision"] == "CONDITIONAL GO":
+            assert "after site recalibration" in row["reasons"] or "drift" in row["reasons"]
+
+
+def test_demo_package_is_signed_verified_and_within_page_budget(home: Path) -> None:
+    import shutil
+    import subprocess
+
+    from clinaudit.reporting.verify import verify_pdf
+
+    packages = sorted((home / "reports" / "multisite_cxr").iterdir())
+    pdf = packages[-1] / "report.pdf"
+    assert verify_pdf(pdf, package_dir=packages[-1]).ok
+    if shutil.which("pdfinfo"):
+        info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
+        pages = int(
+            next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages"))
+        )
+        assert 5 <= pages <= 9, pages

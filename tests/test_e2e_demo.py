@@ -149,3 +149,148 @@ def test_drift_matches_the_injected_site_effects(demo_home: Path) -> None:
             for col in FEATURE.values():
                 row = numeric.loc[(site, col)]
                 assert abs(row["mean"] / row["reference_mean"] - 1) < 0.15, (site, col)
+
+
+def _packages(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "reports" / "multisite_cxr").iterdir() if p.is_dir())
+
+
+def test_demo_decides_every_site_under_the_shipped_policy(demo_home: Path) -> None:
+    from clinaudit.audit.policy import load_policy
+
+    tables = demo_home / "artifacts" / "tables"
+    decisions = pd.read_parquet(tables / "cxr_decisions" / "__all__.parquet")
+    assert sorted(decisions["site"]) == ["site_a", "site_b", "site_c", "site_d", "site_e"]
+    assert set(decisions["decision"]) <= {"GO", "CONDITIONAL GO", "NO-GO"}
+    assert (decisions["policy_sha256"] == load_policy().sha256).all()
+    assert decisions["reasons"].str.len().gt(10).all()
+    criteria = pd.read_parquet(tables / "cxr_decision_criteria" / "__all__.parquet")
+    assert set(criteria["site"]) == set(decisions["site"])
+    maps = json.loads(
+        (demo_home / "artifacts" / "mitigation" / "cxr_recalibration_maps.json").read_text()
+    )
+    assert maps["version"] == 1
+
+
+def test_each_demo_run_writes_a_new_verified_signed_package(demo_home: Path) -> None:
+    import shutil
+    import subprocess
+
+    from clinaudit.reporting.verify import pdfsig_report, verify_pdf
+
+    packages = _packages(demo_home)
+    assert len(packages) == 2, "two demo runs -> two packages, the first one kept"
+    for pkg in packages:
+        verdict = verify_pdf(pkg / "report.pdf", package_dir=pkg)
+        assert verdict.ok, [c for c in verdict.checks if not c.ok]
+        assert verdict.is_development
+    if shutil.which("pdfsig"):
+        valid, text = pdfsig_report(packages[-1] / "report.pdf")
+        assert valid and "Signature is Valid" in text
+    if shutil.which("pdftotext"):
+        text = subprocess.run(
+            ["pdftotext", str(packages[-1] / "report.pdf"), "-"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert text.count("SIMULATED DATA") >= 5  # the band on every page
+        assert "GO" in text and "Executive summary" in text
+
+
+def test_no_dicom_patient_identifier_reaches_the_report(demo_home: Path) -> None:
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    if not shutil.which("pdftotext"):
+        pytest.skip("pdftotext (poppler-utils) not installed: run `make system-deps`")
+    pdf = _packages(demo_home)[-1] / "report.pdf"
+    text = subprocess.run(
+        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    identifiers = set()
+    for dcm in sorted((demo_home / "landing" / "cxr").rglob("*.dcm"))[::7]:
+        ds = pydicom.dcmread(dcm, stop_before_pixels=True)
+        identifiers |= {str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))}
+    identifiers = {i for i in identifiers if len(i) >= 4}
+    assert len(identifiers) > 20
+    leaked = sorted(i for i in identifiers if i in text)
+    assert not leaked, leaked[:5]
+
+
+def test_verify_fails_when_one_signed_byte_changes(demo_home: Path, tmp_path: Path) -> None:
+    from clinaudit.reporting.verify import verify_pdf
+
+    original = (_packages(demo_home)[-1] / "report.pdf").read_bytes()
+    tampered = bytearray(original)
+    at = original.index(b"/Title")  # inside the signed byte range (the info dictionary)
+    tampered[at + 1] ^= 0x01
+    path = tmp_path / "tampered.pdf"
+    path.write_bytes(bytes(tampered))
+    assert not verify_pdf(path).ok
+    assert main(["verify", str(path), "--no-pdfsig"]) == 1
+
+
+def test_audit_command_prints_decisions_under_a_user_policy(
+    demo_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`clinaudit audit --policy FILE`: the user's policy decides, and its hash is recorded."""
+    import yaml
+
+    from clinaudit.audit.policy import load_policy, shipped_policies
+
+    raw = yaml.safe_load(Path(shipped_policies()["multisite_cxr"]).read_text())
+    raw["version"] = "1.0.1-strict"
+    raw["criteria"]["auroc"]["floor"] = 0.99  # nothing passes: every site NO-GO
+    policy = tmp_path / "strict.yaml"
+    policy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    tables = demo_home / "artifacts" / "tables"
+    package = pd.read_parquet(tables / "vendor_model" / "__all__.parquet").iloc[0]["package_dir"]
+    out = tmp_path / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    try:
+        args = ["audit", "--landing", str(demo_home / "landing"), "--out", str(out)]
+        args += ["--model", package, "--policy", str(policy), "--workers", "1"]
+        assert main(args) == 0
+    finally:
+        mp.undo()
+    printed = capsys.readouterr().out
+    assert "decisions under policy clinaudit.multisite_cxr.site_deployment v1.0.1-strict" in printed
+    decisions = pd.read_parquet(out / "artifacts" / "tables" / "cxr_decisions" / "__all__.parquet")
+    assert (decisions["decision"] == "NO-GO").all()
+    assert (decisions["policy_sha256"] == load_policy(policy).sha256).all()
+    for site in decisions["site"]:
+        assert f"  {site:<12} NO-GO" in printed
+    assert "signed audit PDF" in printed and "VERIFIED" in printed
+
+
+def test_scores_only_audit_decides_and_signs(demo_home: Path, tmp_path: Path) -> None:
+    """Vendor scores instead of a model: same stages, no re-training, a verified package."""
+    from clinaudit.reporting.verify import verify_pdf
+    from clinaudit.sources.cxr_labels import FINDINGS
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    for table in sorted((demo_home / "artifacts" / "tables" / "cxr_predictions").glob("*.parquet")):
+        pred = pd.read_parquet(table)
+        pred.rename(columns={"image_id": "Image Index"})[["Image Index", *FINDINGS]].to_csv(
+            scores / f"{table.stem}.csv", index=False
+        )
+    out = tmp_path / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    try:
+        args = ["audit", "--landing", str(demo_home / "landing"), "--out", str(out)]
+        assert main([*args, "--predictions", str(scores), "--workers", "1"]) == 0
+    finally:
+        mp.undo()
+    tables = out / "artifacts" / "tables"
+    retrained = pd.read_parquet(tables / "cxr_retrained_model" / "__all__.parquet").iloc[0]
+    assert retrained["status"] == "not run" and "scores only" in retrained["reason"]
+    assert len(pd.read_parquet(tables / "cxr_decisions" / "__all__.parquet")) == 5
+    (package,) = sorted((out / "reports" / "multisite_cxr").iterdir())
+    verdict = verify_pdf(package / "report.pdf", package_dir=package)
+    assert verdict.ok, [c for c in verdict.checks if not c.ok]
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert len(manifest["inputs"]["model_package"]) == 64  # hash of the scores files

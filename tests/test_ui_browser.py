@@ -149,10 +149,12 @@ def test_graphql_asset_lineage(lineage: dict[str, set[str]], webserver: str) -> 
     assert {"cxr_validated_images", "vendor_model"} <= lineage["cxr_predictions"]
     assert lineage["cxr_validated_images"] == set()  # the first stage reads landed files only
     assert all(up in lineage[down] for up, down in EXPECTED_EDGES)
-    [sensor] = graphql(webserver, SENSORS_QUERY)["sensorsOrError"]["results"]
-    assert sensor["name"] == "cxr_landing_sensor"
-    assert sensor["sensorState"]["status"] == "RUNNING"  # on by default
-    assert sensor["targets"] == [{"pipelineName": "cxr_site_job"}]
+    results = graphql(webserver, SENSORS_QUERY)["sensorsOrError"]["results"]
+    sensors = {s["name"]: s for s in results}
+    assert set(sensors) == {"cxr_landing_sensor", "cxr_automation_sensor"}
+    for sensor in sensors.values():
+        assert sensor["sensorState"]["status"] == "RUNNING", sensor["name"]  # on by default
+    assert sensors["cxr_landing_sensor"]["targets"] == [{"pipelineName": "cxr_site_job"}]
 
 
 # Each asset node is an SVG <foreignObject> whose text starts with the asset name; each edge is
@@ -211,7 +213,7 @@ def test_lineage_page_shows_assets_and_edges(webserver: str, lineage: dict[str, 
         "--no-sandbox",
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=3200,2800",
+        "--window-size=6400,4800",  # the whole study graph, unscrolled
     ):  # large enough that every node is rendered
         options.add_argument(arg)
     driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
