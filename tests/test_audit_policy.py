@@ -43,7 +43,7 @@ def test_shipped_policy_loads_with_hash_of_file_bytes() -> None:
     assert policy.critical_findings == ("Effusion", "Pneumothorax", "Atelectasis")
     assert (policy.criteria.auroc.threshold, policy.criteria.auroc.statistic) == (0.6, "ci_low")
     assert (policy.criteria.ece.threshold, policy.criteria.ece.statistic) == (0.1, "estimate")
-    assert policy.drift.max_decision == "CONDITIONAL GO" and policy.drift.mmd
+    assert policy.drift.max_decision == "CONDITIONAL GO" and not policy.drift.mmd  # PSI decides
     assert policy.allowed_mitigations == ("site_recalibration",)
     assert policy.retrained_model_counts is False
     assert policy.monitoring.cadence("GO") == "monthly"
