@@ -73,7 +73,9 @@ def _print_runs(runs: Sequence[StepRun], home: ClinauditHome) -> int:
             detail = f"run {r.run_id[:8]}"
             if r.failed_checks:
                 detail += f"  failed checks: {', '.join(r.failed_checks)}"
-        print(f"  {r.stage:<15} {r.site or '(all sites)':<12} {state:<14} {detail}")
+        print(f"  {r.stage:<18} {r.site or '(all sites)':<12} {state:<14} {detail}")
+    if any(r.stage.startswith("sepsis") for r in runs):
+        return sum(r.blocking_failure for r in runs)
     tables = home.artifacts / "tables"
     print(f"validated tables : {tables / 'cxr_validated_images'}")
     print(f"predictions      : {tables / 'cxr_predictions'}")
@@ -95,11 +97,11 @@ def _print_decisions(home: ClinauditHome) -> None:
         print(f"  {r.site:<12} {r.decision:<15} {r.reasons}")
 
 
-def _print_package(instance, run: StepRun) -> None:
+def _print_package(instance, run: StepRun, asset: str = "cxr_audit_package") -> None:
     """Where the signed package of this run is, and its verification verdict."""
     import dagster as dg
 
-    event = instance.get_latest_materialization_event(dg.AssetKey("cxr_audit_package"))
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
     meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
     if event is None or event.run_id != run.run_id or "pdf" not in meta:
         return
@@ -143,6 +145,46 @@ def _run_pipeline(args: argparse.Namespace, home: ClinauditHome, t0: float) -> i
     return 1 if bad else 0
 
 
+def _run_sepsis(args: argparse.Namespace, home: ClinauditHome, t0: float) -> int:
+    """Study ``sepsis_ews`` on the stays landed under ``<landing>/sepsis_ews/``."""
+    import pandas as pd
+
+    from clinaudit.assets.sepsis_ews import SepsisModel
+    from clinaudit.orchestration.runner import PipelineRunner, get_instance
+    from clinaudit.sources.landing import scan_landing
+
+    if not scan_landing(home.landing, "sepsis_ews").ready():
+        print(f"no ready batch under {home.landing / 'sepsis_ews'} (docs/sepsis_formats.md)")
+        return 2
+    model = getattr(args, "model", None)
+    scores = getattr(args, "predictions", None)
+    policy = getattr(args, "policy", None)
+    instance = get_instance(home)
+    runner = PipelineRunner(
+        instance,
+        home,
+        sepsis_model=SepsisModel(
+            package_dir=str(Path(model).resolve()) if model else None,
+            scores_csv=str(Path(scores).resolve()) if scores else None,
+            threshold=getattr(args, "threshold", None),
+            vendor_scale=getattr(args, "scale", None) or "demo",
+        ),
+        sepsis_policy_path=str(Path(policy).resolve()) if policy else None,
+    )
+    print("auditing study sepsis_ews")
+    runs = runner.sepsis()
+    bad = _print_runs(runs, home)
+    decision = home.artifacts / "tables" / "sepsis_decision" / "__all__.parquet"
+    if runs[-1].success and decision.exists():
+        table = pd.read_parquet(decision)
+        for row in table.to_dict("records"):
+            shown = {k: v for k, v in row.items() if isinstance(v, str) and len(v) < 200}
+            print("  " + "; ".join(f"{k}: {v}" for k, v in shown.items()))
+        _print_package(instance, runs[-1], "sepsis_audit_package")
+    print(f"finished in {time.perf_counter() - t0:.1f} s")
+    return 1 if bad else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from clinaudit.sources.cxr_simulator import simulate_cohort
     from clinaudit.sources.landing import scan_landing
@@ -150,17 +192,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = _home(args)
     truth = home.root_dir / "simulator_truth"
     t0 = time.perf_counter()
-    if scan_landing(home.landing, "cxr").ready():
-        print(f"landing already holds batches, not re-simulating: {home.landing / 'cxr'}")
-    else:
-        print(f"simulating the '{args.scale}' cohort (seed {args.seed}) into {home.landing}")
-        summary = simulate_cohort(
-            home.landing, truth_root=truth, scale=args.scale, seed=args.seed, workers=args.workers
-        )
-        for s in summary.sites:
-            print(f"  {s.site:<12} {s.n_images:>6} images {s.n_patients:>6} patients")
-        print(f"  simulated in {time.perf_counter() - t0:.1f} s (SIMULATED data)")
-    status = _run_pipeline(args, home, t0)
+    status = 0
+    if args.study in ("all", "multisite_cxr"):
+        if scan_landing(home.landing, "cxr").ready():
+            print(f"landing already holds batches, not re-simulating: {home.landing / 'cxr'}")
+        else:
+            print(f"simulating the '{args.scale}' cohort (seed {args.seed}) into {home.landing}")
+            summary = simulate_cohort(
+                home.landing,
+                truth_root=truth,
+                scale=args.scale,
+                seed=args.seed,
+                workers=args.workers,
+            )
+            for s in summary.sites:
+                print(f"  {s.site:<12} {s.n_images:>6} images {s.n_patients:>6} patients")
+            print(f"  simulated in {time.perf_counter() - t0:.1f} s (SIMULATED data)")
+        status = _run_pipeline(args, home, t0)
+    if args.study in ("all", "sepsis_ews"):
+        from clinaudit.assets.sepsis_ews import land_simulated_network
+
+        t1 = time.perf_counter()
+        cohort = land_simulated_network(home.landing, truth, scale=args.scale, seed=args.seed)
+        print(f"sepsis_ews: {len(cohort.stays)} simulated ICU stays landed in {home.landing}")
+        status = max(status, _run_sepsis(args, home, t1))
     print(f"simulator truth  : {truth}  (read by tests only, never by the audit)")
     return status
 
@@ -169,6 +224,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if getattr(args, "model", None) and getattr(args, "predictions", None):
         print("give either --model PACKAGE_DIR or --predictions DIR, not both", file=sys.stderr)
         return 2
+    if getattr(args, "study", "multisite_cxr") == "sepsis_ews":
+        if args.predictions and args.threshold is None:
+            print("--predictions for sepsis_ews needs --threshold (alert when score >= it)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        return _run_sepsis(args, _home(args), time.perf_counter())
     return _run_pipeline(args, _home(args), time.perf_counter())
 
 
@@ -222,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help=home_help)
     p.add_argument("--scale", default="demo", help="tiny | demo | full (default demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--study",
+        choices=["all", "multisite_cxr", "sepsis_ews"],
+        default="all",
+        help="which studies the demo runs (default all)",
+    )
     run_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -237,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy", help="decision policy YAML (default: the policy shipped with clinaudit)"
     )
+    p.add_argument(
+        "--study",
+        choices=["multisite_cxr", "sepsis_ews"],
+        default="multisite_cxr",
+        help="multisite_cxr (default; <landing>/cxr/<site>/<batch>/) or sepsis_ews "
+        "(<landing>/sepsis_ews/<hospital>/<batch>/ with a stays CSV or Parquet; --model is a "
+        "tabular package, --predictions a stay_id,score CSV with --threshold)",
+    )
+    p.add_argument("--threshold", type=float, help="sepsis_ews scores CSV: operating threshold")
     run_options(p)
     p.set_defaults(func=cmd_audit)
 

@@ -13,10 +13,12 @@ from clinaudit.assets import (
     multisite_cxr_model,
     multisite_cxr_report,
     multisite_cxr_sources,
+    sepsis_ews,
 )
 from clinaudit.assets.multisite_cxr_mitigation import DecisionPolicy
 from clinaudit.assets.multisite_cxr_model import AuditedModel
 from clinaudit.assets.multisite_cxr_report import ReportSigner
+from clinaudit.assets.sepsis_ews import SepsisModel, SepsisPolicyFile
 from clinaudit.orchestration.automation import automation_sensor, with_automation
 from clinaudit.orchestration.resources import ClinauditHome, ParquetIOManager
 from clinaudit.orchestration.sensors import LandingWatch, cxr_landing_sensor, cxr_site_job
@@ -28,11 +30,14 @@ ALL_ASSETS = [
     *multisite_cxr_mitigation.ASSETS,
     *multisite_cxr_report.ASSETS,
     *multisite_cxr_sources.ASSETS,
+    *sepsis_ews.ASSETS,
 ]
 
 
 def build_resources(
-    home: ClinauditHome, audited_model: AuditedModel | None = None
+    home: ClinauditHome,
+    audited_model: AuditedModel | None = None,
+    sepsis_model: SepsisModel | None = None,
 ) -> dict[str, object]:
     """The resources every asset of the project uses, around one ``ClinauditHome``.
 
@@ -52,6 +57,11 @@ def build_resources(
         "audited_model": model,
         "policy": DecisionPolicy(path=env.get("CLINAUDIT_POLICY") or None),
         "signer": ReportSigner(),
+        # Study sepsis_ews: $CLINAUDIT_SEPSIS_MODEL (a tabular vendor package), else the
+        # embedded vendor model; $CLINAUDIT_SEPSIS_POLICY, else the shipped sepsis policy.
+        "sepsis_model": sepsis_model
+        or SepsisModel(package_dir=env.get("CLINAUDIT_SEPSIS_MODEL") or None),
+        "sepsis_policy": SepsisPolicyFile(path=env.get("CLINAUDIT_SEPSIS_POLICY") or None),
     }
 
 

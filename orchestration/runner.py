@@ -19,6 +19,7 @@ from clinaudit.assets import (
     multisite_cxr_mitigation,
     multisite_cxr_model,
     multisite_cxr_report,
+    sepsis_ews,
 )
 from clinaudit.assets.multisite_cxr_model import AuditedModel
 from clinaudit.orchestration.automation import observe_sources
@@ -120,13 +121,17 @@ class PipelineRunner:
         home: ClinauditHome,
         audited_model: AuditedModel | None = None,
         *,
+        sepsis_model: sepsis_ews.SepsisModel | None = None,
+        sepsis_policy_path: str | None = None,
         workers: int = 2,
         console_level: str = "INFO",
         policy_path: str | None = None,
     ) -> None:
         self.console_level = console_level
         self.instance = instance
-        self.resources = build_resources(home, audited_model)
+        self.resources = build_resources(home, audited_model, sepsis_model)
+        if sepsis_policy_path:
+            self.resources["sepsis_policy"] = sepsis_ews.SepsisPolicyFile(path=sepsis_policy_path)
         if policy_path:
             self.resources["policy"] = multisite_cxr_mitigation.DecisionPolicy(path=policy_path)
         self.workers = workers
@@ -212,6 +217,23 @@ class PipelineRunner:
             runs.append(self._run("audit_package", multisite_cxr_report.cxr_audit_package, None))
         else:
             runs.append(StepRun("audit_package", None, None, False, (), "blocked: no decisions"))
+        return runs
+
+    def sepsis(self) -> list[StepRun]:
+        """Study ``sepsis_ews``: ingest -> vendor model -> predictions -> audit -> package."""
+        stages = [
+            ("sepsis_ingest", sepsis_ews.sepsis_ingest),
+            ("sepsis_model", sepsis_ews.sepsis_vendor_model),
+            ("sepsis_predictions", sepsis_ews.sepsis_predictions),
+            ("sepsis_audit", sepsis_ews.sepsis_audit),
+            ("sepsis_package", sepsis_ews.sepsis_audit_package),
+        ]
+        runs: list[StepRun] = []
+        for stage, asset in stages:
+            if runs and (not runs[-1].success or runs[-1].blocking_failure):
+                runs.append(StepRun(stage, None, None, False, (), f"blocked: {runs[-1].stage}"))
+                continue
+            runs.append(self._run(stage, asset, None))
         return runs
 
     def run_all(self, sites: Sequence[str]) -> list[StepRun]:
