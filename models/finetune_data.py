@@ -14,6 +14,7 @@ import pandas as pd
 from clinaudit.audit.bootstrap import derive_rng
 from clinaudit.models.inference import ImageFileLoader
 from clinaudit.models.training import load_images
+from clinaudit.models.vendor_model import stable_patient_order
 from clinaudit.sources.landing import image_paths
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
@@ -76,7 +77,10 @@ def split_site_patients(
         raise ValueError(
             f"column {patient_col!r} has empty patient ids; every image needs its patient id"
         )
-    unique = np.array(sorted(patients.astype(str).unique()))
+    # Ordered by each patient's first image id, not by pseudonym: the split must depend neither
+    # on the secret pseudonymisation key nor on the table's row order.
+    keys = images["image_id"] if "image_id" in images.columns else None
+    unique = stable_patient_order(patients.astype(str).to_numpy(), keys)
     if len(unique) < 3:
         raise ValueError(
             f"{len(unique)} patient(s) in {patient_col!r}; a train/val/test split needs >= 3"

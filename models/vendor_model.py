@@ -81,10 +81,28 @@ class VendorModelResult:
         return float(np.mean(values)) if values else float("nan")
 
 
+def stable_patient_order(patients: Sequence[str], keys: Sequence[str] | None = None) -> np.ndarray:
+    """Distinct patients in an order that does not depend on the pseudonymisation key.
+
+    Pseudonyms are keyed hashes, so sorting them would make every seeded split depend on the
+    site's secret key. Patients are ordered by their smallest ``keys`` value (e.g. the image ids
+    the site assigned); without keys, by pseudonym (then the split depends on the key).
+    """
+    frame = pd.DataFrame({"p": np.asarray(patients, dtype=str)})
+    if keys is None:
+        return np.unique(frame["p"].to_numpy())
+    frame["k"] = np.asarray(keys, dtype=str)
+    first = frame.groupby("p", sort=False)["k"].min()
+    return first.sort_values(kind="stable").index.to_numpy(dtype=str)
+
+
 def patient_disjoint_split(
-    patients: Sequence[str], fraction: float, *, seed: int
+    patients: Sequence[str], fraction: float, *, seed: int, keys: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks (rest, held) with about ``fraction`` of the *patients* held out.
+
+    ``keys`` (e.g. image ids) fix the patients' order independently of their pseudonyms (see
+    :func:`stable_patient_order`).
 
     Examples
     --------
@@ -95,7 +113,7 @@ def patient_disjoint_split(
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction={fraction} must lie strictly between 0 and 1")
     patients = np.asarray(patients, dtype=str)
-    unique = np.unique(patients)
+    unique = stable_patient_order(patients, keys)
     rng = np.random.default_rng(seed)
     n_held = max(1, int(round(fraction * len(unique))))
     held_patients = rng.choice(unique, size=n_held, replace=False)
@@ -223,7 +241,10 @@ def train_vendor_model(
     if loaded is None:
         train_table = reference[train_rows]
         rest, held = patient_disjoint_split(
-            train_table["patient_pseudonym"].to_numpy(), spec.val_fraction, seed=spec.train.seed
+            train_table["patient_pseudonym"].to_numpy(),
+            spec.val_fraction,
+            seed=spec.train.seed,
+            keys=train_table["image_id"].to_numpy(),
         )
         train_idx = np.flatnonzero(train_rows)
         log(f"decoding {len(train_idx)} training images at {size} px")

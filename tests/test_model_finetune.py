@@ -301,3 +301,38 @@ def test_retrain_worst_site_end_to_end(parent, site_b, tmp_path):
     assert 0 < t.loc[t["group"] == "site_b", "n"].max() <= n_test
     assert t.loc[t["group"] == "vendor_dev:test", "n"].max() <= 12  # its 12 "test" rows only
     assert t["regressed"].sum() == len(s["regressions"])
+
+
+def test_split_does_not_depend_on_the_pseudonymisation_key() -> None:
+    """Same images, pseudonyms from another key: the same images land in the same split."""
+    import hashlib
+
+    import pandas as pd
+
+    from clinaudit.models.finetune_data import split_site_patients
+
+    raw = [f"{i // 3:05d}" for i in range(300)]
+    ids = [f"{r}_{i % 3:03d}.dcm" for i, r in enumerate(raw)]
+
+    def pseudonyms(key: bytes) -> list[str]:
+        return [hashlib.sha256(key + r.encode()).hexdigest()[:16] for r in raw]
+
+    a = pd.DataFrame({"image_id": ids, "patient_pseudonym": pseudonyms(b"key-1")})
+    b = pd.DataFrame({"image_id": ids, "patient_pseudonym": pseudonyms(b"key-2")})
+    assert split_site_patients(a, seed=3).tolist() == split_site_patients(b, seed=3).tolist()
+
+
+def test_vendor_validation_slice_does_not_depend_on_the_pseudonymisation_key() -> None:
+    import hashlib
+
+    from clinaudit.models.vendor_model import patient_disjoint_split
+
+    raw = [f"{i // 2:05d}" for i in range(200)]
+    ids = [f"{r}_{i % 2:03d}.dcm" for i, r in enumerate(raw)]
+    masks = [
+        patient_disjoint_split(
+            [hashlib.sha256(key + r.encode()).hexdigest() for r in raw], 0.2, seed=0, keys=ids
+        )[1]
+        for key in (b"k1", b"k2")
+    ]
+    assert (masks[0] == masks[1]).all() and 0.1 < masks[0].mean() < 0.3
