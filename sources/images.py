@@ -24,16 +24,19 @@ errors too). Every failure raises :class:`ImageDecodeError` with a machine-reada
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import pydicom
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UncompressedTransferSyntaxes
 
@@ -417,16 +420,37 @@ def _gray_from_channels(arr: np.ndarray, name: str, tol: int, mode: str) -> np.n
     return color[..., 0] if tol == 0 else np.rint(color.mean(axis=-1))
 
 
+_TRUNCATION_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _strict_truncation() -> Iterator[None]:
+    """Refuse truncated files while decoding, whatever another library set process-wide.
+
+    WeasyPrint sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` when it is imported (the report
+    stage imports it), which would make PIL pad a truncated radiograph with grey instead of
+    failing; the landed image must be refused instead.
+    """
+    with _TRUNCATION_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def _decode_pil(data: bytes, name: str, max_pixels: int, fmt: ImageFormat) -> DecodedImage:
     pil_format = "PNG" if fmt == "png" else "JPEG"
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im = Image.open(io.BytesIO(data), formats=[pil_format])
-            cols, rows = im.size
-            too_big = rows * cols > max_pixels
-            if not too_big:
-                im.load()
+            with _strict_truncation():
+                im = Image.open(io.BytesIO(data), formats=[pil_format])
+                cols, rows = im.size
+                too_big = rows * cols > max_pixels
+                if not too_big:
+                    im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageDecodeError(
                 name,

@@ -175,3 +175,25 @@ def test_phi_value_not_in_decoded_image() -> None:
     img = decode_image(dicom_bytes(RAMP, patient_name=PATIENT_NAME), name="a.dcm")
     text = repr(img.meta) + repr(img)
     assert "DOE" not in text and "JANE" not in text
+
+
+def test_truncated_png_is_refused_even_after_weasyprint_is_imported(tmp_path) -> None:
+    """WeasyPrint sets PIL's LOAD_TRUNCATED_IMAGES process-wide; decoding must not follow it."""
+    import io
+
+    import numpy as np
+    import weasyprint  # noqa: F401  (the import flips the PIL flag)
+    from PIL import Image, ImageFile
+
+    from clinaudit.sources.images import ImageDecodeError, decode_image
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(256 * 256) % 251).astype(np.uint8).reshape(256, 256)).save(
+        buf, format="PNG"
+    )
+    path = tmp_path / "trunc.png"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageDecodeError):
+        decode_image(path.read_bytes(), name=path.name)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for WeasyPrint
