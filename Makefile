@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Cohort scale of the demo: tiny | demo (default, ~7.5 min on 2 cores) | full (seed scale, benchmarks).
+# Cohort scale of the demo: tiny | demo (default, ~10 min on 2 cores) | full (seed scale, benchmarks).
 SCALE ?= demo
 PORT ?= 3000
 export CLINAUDIT_HOME ?= $(CURDIR)/var/$(SCALE)
