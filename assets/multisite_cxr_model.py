@@ -15,7 +15,12 @@ import pandas as pd
 
 from clinaudit.assets.multisite_cxr import GROUP, OWNERS, STUDY_DIR, cxr_sites
 from clinaudit.models.devices import select_device
-from clinaudit.models.inference import ImageFileLoader, predict, predictions_frame
+from clinaudit.models.inference import (
+    ImageFileLoader,
+    default_batch_size,
+    predict,
+    predictions_frame,
+)
 from clinaudit.models.package import load_package
 from clinaudit.models.scores_csv import ScoresError, read_vendor_scores
 from clinaudit.models.training import TrainConfig, per_label_auroc
@@ -45,8 +50,9 @@ class AuditedModel(dg.ConfigurableResource):
     device: str = "auto"
     # float32 on CPU unless "bf16" (CPUs with native bf16: ~2x faster, scores differ by ~1e-3).
     precision: str = "auto"
-    # 32 measured faster than 64 for resnet10t at 160 px on 2 CPU cores (226 vs 152 images/s).
-    batch_size: int = 32
+    # None: models.inference.default_batch_size (16 on the CPU, where a batch's activations
+    # should stay in cache; 32 on a GPU).
+    batch_size: int | None = None
     # None: decode workers only on a GPU (see models.inference.default_num_workers).
     num_workers: int | None = None
 
@@ -222,16 +228,18 @@ def cxr_predictions(
             expected_sha256=dict(zip(map(str, files), table["sha256"], strict=True)),
         )
         step = max(1, len(files) // 10)
+        choice = select_device(audited_model.device, audited_model.precision)  # type: ignore[arg-type]
+        batch = audited_model.batch_size or default_batch_size(choice)
 
         def progress(done: int, total: int) -> None:
-            if done == total or done % step < audited_model.batch_size:
+            if done == total or done % step < batch:
                 context.log.info(f"{site}: {done}/{total} images scored")
 
         probs = predict(
             pkg.model,
             pkg.config,
             files,
-            batch_size=audited_model.batch_size,
+            batch_size=batch,
             num_workers=audited_model.num_workers,
             device=audited_model.device,  # type: ignore[arg-type]
             precision=audited_model.precision,  # type: ignore[arg-type]
@@ -239,7 +247,7 @@ def cxr_predictions(
             progress=progress,
         )
         preds = predictions_frame(table, probs, FINDINGS, pkg.sha256)
-        device = select_device(audited_model.device, audited_model.precision).describe()
+        device = f"{choice.describe()}, batch {batch}"
     seconds = time.perf_counter() - t0
     y = table.set_index("image_id").loc[preds["image_id"], list(FINDINGS)].to_numpy(float)
     auroc = per_label_auroc(y, preds[list(FINDINGS)].to_numpy(float), FINDINGS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pandera.errors
@@ -175,3 +177,113 @@ def test_loader_refuses_a_file_changed_after_validation(tmp_path) -> None:
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
     with pytest.raises(ValueError, match="changed after ingest"):
         loader(str(path))
+
+
+class _BatchNormRelu(torch.nn.BatchNorm2d):
+    """A BatchNorm subclass that also applies an activation (like timm's BatchNormAct2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(super().forward(x))
+
+
+class _PreBnResidual(torch.nn.Module):
+    """The convolution's output is used twice: by the BatchNorm and by a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class _DataDependent(torch.nn.Module):
+    """Control flow on tensor values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) if x.mean() > 0 else x
+
+
+def _with_running_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, so folding is really exercised."""
+    gen = torch.Generator().manual_seed(5)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=gen))
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.randn(n, generator=gen))
+            module.bias.data.copy_(torch.randn(n, generator=gen))
+    return model.eval()
+
+
+def test_fold_batchnorm_folds_conv_bn_pairs_into_a_copy(model_and_cfg):
+    from clinaudit.models.devices import fold_batchnorm
+
+    model, _ = model_and_cfg
+    model = _with_running_stats(copy.deepcopy(model))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, n = fold_batchnorm(model)
+    assert n == 3 and folded is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.rand(6, 1, SIZE, SIZE)
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(copy.deepcopy(model).train())
+
+
+@pytest.mark.parametrize("net", [_PreBnResidual, _DataDependent])
+def test_fold_batchnorm_leaves_unsafe_or_untraceable_networks_alone(net):
+    from clinaudit.models.devices import fold_batchnorm
+
+    model = _with_running_stats(net())
+    folded, n = fold_batchnorm(model)
+    assert n == 0 and folded is model
+
+
+def test_fold_batchnorm_skips_batchnorm_subclasses():
+    from clinaudit.models.devices import fold_batchnorm
+
+    model = _with_running_stats(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), _BatchNormRelu(4)))
+    folded, n = fold_batchnorm(model)
+    assert n == 0 and folded is model
+
+
+def test_predict_on_a_timm_network_matches_the_unfolded_eager_forward(tmp_path):
+    adapter = create_adapter("timm_cxr", architecture="resnet10t", input_size=SIZE)
+    model = _with_running_stats(adapter.create_model(seed=1))
+    arrays = np.random.default_rng(2).random((5, SIZE, SIZE), dtype=np.float32)
+    files = []
+    for i, arr in enumerate(arrays):
+        files.append(tmp_path / f"t{i}.npy")
+        np.save(files[-1], arr)
+    with torch.inference_mode():
+        x = (torch.from_numpy(arrays).unsqueeze(1) - 0.5) / 0.25
+        eager = torch.sigmoid(copy.deepcopy(model)(x)).numpy()
+    kw = dict(num_workers=0, device="cpu", loader=npy_loader)
+    probs = predict(model, adapter.config, files, **kw)
+    np.testing.assert_allclose(probs, eager, rtol=0, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # caller's model
+    assert np.array_equal(predict(model, adapter.config, files, batch_size=16, **kw), probs)
+
+
+def test_default_batch_size_depends_on_the_device():
+    from clinaudit.models.inference import default_batch_size
+
+    choice = select_device("cpu", "fp32")
+    assert choice.fold_batchnorm and default_batch_size(choice) == 16
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert default_batch_size(select_device("cpu", "bf16")) == 16
+    if torch.cuda.is_available():  # pragma: no cover - only on GPU machines
+        gpu = select_device("cuda")
+        assert default_batch_size(gpu) == 32 and not gpu.fold_batchnorm
