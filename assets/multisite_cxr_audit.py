@@ -6,6 +6,7 @@ held-out set, drift of inputs and scores, and the worst (site, finding) cells. B
 """
 
 import hashlib
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -85,7 +86,7 @@ class CxrAuditConfig(dg.Config):
         )
 
 
-def _thresholds(vendor_model: pd.DataFrame) -> tuple[dict[str, float], str]:
+def operating_thresholds(vendor_model: pd.DataFrame) -> tuple[dict[str, float], str]:
     """Operating thresholds from the audited package's card; 0.5 when only scores were given."""
     row = vendor_model.iloc[0]
     if row["mode"] == "scores":
@@ -94,7 +95,7 @@ def _thresholds(vendor_model: pd.DataFrame) -> tuple[dict[str, float], str]:
     return {f: float(card.operating_thresholds[f]) for f in FINDINGS}, "the model card"
 
 
-def _audited_identity(vendor_model: pd.DataFrame, sites: list[str]) -> str | dict[str, str]:
+def audited_identity(vendor_model: pd.DataFrame, sites: list[str]) -> str | dict[str, str]:
     """What every prediction must carry: the package sha256, or each site's scores-file sha256."""
     row = vendor_model.iloc[0]
     if row["mode"] == "scores":
@@ -102,7 +103,23 @@ def _audited_identity(vendor_model: pd.DataFrame, sites: list[str]) -> str | dic
     return str(row["package_sha256"])
 
 
-def _md(frame: pd.DataFrame, cols: list[str], limit: int = 40) -> str:
+def audited_sites(
+    log: Any,
+    vendor_model: pd.DataFrame,
+    validated: dict[str, pd.DataFrame],
+    predictions: dict[str, pd.DataFrame],
+) -> tuple[list[str], dict[str, str]]:
+    """Sites whose predictions match their validated table and the audited model, and why the
+    others are left out (each logged as a warning): one stale site must not stop the others."""
+    scored = sorted(s for s in predictions if len(predictions[s]))
+    identity = audited_identity(vendor_model, scored)
+    sites, left_out = usable_sites(validated, predictions, model_sha256=identity)
+    for site, why in left_out.items():
+        log.warning(f"{site} left out of the cross-site audit: {why}")
+    return sites, left_out
+
+
+def md_table(frame: pd.DataFrame, cols: list[str], limit: int = 40) -> str:
     shown = frame[cols].head(limit)
     return shown.to_markdown(index=False, floatfmt=".3f") if len(shown) else "(none)"
 
@@ -129,13 +146,13 @@ def cxr_site_metrics(
     vendor_model: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     site = context.partition_key
-    thresholds, source = _thresholds(vendor_model)
+    thresholds, source = operating_thresholds(vendor_model)
     frame = scored_frame(
         {site: cxr_validated_images},
         {site: cxr_predictions},
         targets=FINDINGS,
         reference_site=site if site == REFERENCE_SITE else None,
-        model_sha256=_audited_identity(vendor_model, [site]),
+        model_sha256=audited_identity(vendor_model, [site]),
     )
     audit = run_site_audit(frame, targets=FINDINGS, thresholds=thresholds, config=config.core())
     calibration = audit.calibration.table[
@@ -150,7 +167,7 @@ def cxr_site_metrics(
             "mean_auroc": float(mean_auroc_by_group(table).iloc[0]),
             "cells_insufficient_data": int((table["status"] != "ok").sum()),
             "metrics": dg.MetadataValue.md(
-                _md(table, [*METRIC_COLUMNS[1:], "sensitivity", "specificity", "ece_width"])
+                md_table(table, [*METRIC_COLUMNS[1:], "sensitivity", "specificity", "ece_width"])
             ),
         },
     )
@@ -200,20 +217,16 @@ def cxr_audit_metrics(
     vendor_model: pd.DataFrame,
 ):
     """All sites against the vendor's held-out set in one pass (about a second of statistics)."""
-    # Sites without validated rows, without predictions, or with stale predictions are left out
-    # and listed (one stale site must not stop the audit of the others).
-    scored = sorted(s for s in cxr_predictions if len(cxr_predictions[s]))
-    identity = _audited_identity(vendor_model, scored)
-    sites, left_out = usable_sites(cxr_validated_images, cxr_predictions, model_sha256=identity)
-    for site, why in left_out.items():
-        context.log.warning(f"{site} left out of the cross-site audit: {why}")
-    thresholds, source = _thresholds(vendor_model)
+    sites, left_out = audited_sites(
+        context.log, vendor_model, cxr_validated_images, cxr_predictions
+    )
+    thresholds, source = operating_thresholds(vendor_model)
     frame = scored_frame(
         {s: cxr_validated_images[s] for s in sites},
         {s: cxr_predictions[s] for s in sites},
         targets=FINDINGS,
         reference_site=REFERENCE_SITE,
-        model_sha256=identity,
+        model_sha256=audited_identity(vendor_model, sites),
     )
     audit = run_site_audit(
         frame,
@@ -243,7 +256,7 @@ def cxr_audit_metrics(
             "thresholds_from": source,
             "metrics_json": dg.MetadataValue.path(str(out_dir / "cxr_metrics.json")),
             "metrics_json_sha256": hashlib.sha256(metrics_json.encode()).hexdigest(),
-            "mean_auroc_by_site": dg.MetadataValue.md(_md(by_site, ["group", "mean_auroc"])),
+            "mean_auroc_by_site": dg.MetadataValue.md(md_table(by_site, ["group", "mean_auroc"])),
             "auroc_heatmap": dg.MetadataValue.md(markdown_image(heatmap, "AUROC heatmap")),
         },
     )
@@ -252,7 +265,7 @@ def cxr_audit_metrics(
         "cxr_calibration",
         metadata={
             "ece_by_cell": dg.MetadataValue.md(
-                _md(
+                md_table(
                     cal.sort_values("ece_width", ascending=False),
                     ["group", "target", "status", "ece_width", "ece_width_ci_low", "brier"],
                 )
@@ -280,7 +293,7 @@ def cxr_audit_metrics(
         metadata={
             "n_flagged": len(worst),
             "worst_cells": dg.MetadataValue.md(
-                _md(worst, ["rank", "group", "target", "criteria", "harm_score", "auroc_drop"])
+                md_table(worst, ["rank", "group", "target", "criteria", "harm_score", "auroc_drop"])
             ),
         },
     )

@@ -14,15 +14,15 @@ import pandas as pd
 from clinaudit.assets.multisite_cxr import GROUP, OWNERS, STUDY_DIR
 from clinaudit.assets.multisite_cxr_audit import (
     REFERENCE_GROUP,
-    _audited_identity,
-    _md,
-    _thresholds,
+    audited_sites,
+    md_table,
+    operating_thresholds,
 )
 from clinaudit.audit.decisions import decide_sites
 from clinaudit.audit.monitoring import monitoring_plan
 from clinaudit.audit.policy import load_policy
 from clinaudit.audit.recalibration import RecalibrationConfig, recalibrate_sites
-from clinaudit.audit.site_audit import scored_frame, usable_sites
+from clinaudit.audit.site_audit import scored_frame
 from clinaudit.models.finetune import FinetuneConfig
 from clinaudit.models.retrain import retrain_worst_site
 from clinaudit.orchestration.resources import ClinauditHome, table_path
@@ -62,15 +62,6 @@ class RetrainRunConfig(dg.Config):
     max_focus: int = 3
 
 
-def _audited_sites(context, vendor_model, validated, predictions) -> list[str]:
-    scored = sorted(p for p in predictions if len(predictions[p]))
-    identity = _audited_identity(vendor_model, scored)
-    sites, left_out = usable_sites(validated, predictions, model_sha256=identity)
-    for site, why in left_out.items():
-        context.log.warning(f"{site} left out: {why}")
-    return sites
-
-
 @dg.asset(
     group_name=GROUP,
     io_manager_key="table_io",
@@ -96,14 +87,14 @@ def cxr_recalibration(
     vendor_model: pd.DataFrame,
     cxr_metrics: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    sites = _audited_sites(context, vendor_model, cxr_validated_images, cxr_predictions)
+    sites, _ = audited_sites(context.log, vendor_model, cxr_validated_images, cxr_predictions)
     frame = scored_frame(
         {s: cxr_validated_images[s] for s in sites},
         {s: cxr_predictions[s] for s in sites},
         targets=FINDINGS,
         reference_site=REFERENCE_SITE if REFERENCE_SITE in sites else None,
     )
-    thresholds, source = _thresholds(vendor_model)
+    thresholds, source = operating_thresholds(vendor_model)
     # The vendor's intended sensitivity: its sensitivity at the threshold on its held-out set.
     ref = cxr_metrics[cxr_metrics["group"] == REFERENCE_GROUP].set_index("target")
     # A finding the vendor never detects at its threshold (sensitivity 0) has no sensitivity to
@@ -134,7 +125,7 @@ def cxr_recalibration(
             "mean_ece_before": float(ok["ece_before"].mean()) if len(ok) else float("nan"),
             "mean_ece_after": float(ok["ece_after"].mean()) if len(ok) else float("nan"),
             "largest_ece_changes": dg.MetadataValue.md(
-                _md(
+                md_table(
                     ok.assign(drop=ok["ece_before"] - ok["ece_after"]).sort_values(
                         "drop", ascending=False
                     ),
@@ -224,7 +215,7 @@ def cxr_retraining(
             "accepted": summary["accepted"],
             "regressions": dg.MetadataValue.json(summary["regressions"]),
             "guard": dg.MetadataValue.md(
-                _md(
+                md_table(
                     table.sort_values("auroc_change"),
                     ["group", "target", "auroc_before", "auroc_after", "auroc_change", "regressed"],
                     limit=20,
@@ -322,7 +313,7 @@ def cxr_decisions(
         metadata={
             **provenance,
             "decisions": dg.MetadataValue.md(
-                _md(decisions.table, ["site", "decision", "reasons"], limit=50)
+                md_table(decisions.table, ["site", "decision", "reasons"], limit=50)
             ),
         },
     )
