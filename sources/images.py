@@ -20,380 +20,47 @@ Columns x NumberOfFrames, PNG/JPEG by the header size (PIL's own DecompressionBo
 errors too). Every failure raises :class:`ImageDecodeError` with a machine-readable ``check``.
 ``meta`` holds only categorical acquisition metadata (:data:`META_KEYS`); no tag of
 :data:`PHI_TAGS` is ever read into the result.
+
+DICOM decoding lives in :mod:`clinaudit.sources.dicom_decode`, the shared result and error types
+in :mod:`clinaudit.sources.image_types`; import them from here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
-import re
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageFile, UnidentifiedImageError
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UncompressedTransferSyntaxes
 
-ImageFormat = Literal["dicom", "png", "jpeg"]
-
-#: DICOM keywords that identify a person (subset of the DICOM PS3.15 basic de-identification
-#: profile relevant to chest radiographs). None of them is copied into :class:`DecodedImage`.
-PHI_TAGS: tuple[str, ...] = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientBirthTime",
-    "OtherPatientIDs",
-    "OtherPatientIDsSequence",
-    "OtherPatientNames",
-    "PatientBirthName",
-    "PatientMotherBirthName",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "MedicalRecordLocator",
-    "IssuerOfPatientID",
-    "AccessionNumber",
-    "StudyID",
-    "InstitutionName",
-    "InstitutionAddress",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "PhysiciansOfRecord",
-    "NameOfPhysiciansReadingStudy",
-    "RequestingPhysician",
-    "StationName",
-    "DeviceSerialNumber",
-    "StudyDate",
-    "SeriesDate",
-    "AcquisitionDate",
-    "ContentDate",
-    "StudyTime",
-    "SeriesTime",
-    "AcquisitionTime",
-    "ContentTime",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
+from clinaudit.sources.dicom_decode import decode_dicom
+from clinaudit.sources.image_types import (
+    META_KEYS,
+    PHI_TAGS,
+    DecodedImage,
+    ImageDecodeError,
+    ImageFormat,
+    bomb_error,
+    err_text,
 )
 
-#: Categorical metadata kept from DICOM headers (``""`` when absent or for PNG/JPEG).
-META_KEYS: tuple[str, ...] = (
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ViewPosition",
-    "KVP",
-    "PhotometricInterpretation",
-    "BitsStored",
-)
-assert not set(META_KEYS) & set(PHI_TAGS)
+__all__ = [
+    "META_KEYS",
+    "PHI_TAGS",
+    "DecodedImage",
+    "ImageDecodeError",
+    "ImageFormat",
+    "decode_image",
+    "detect_format",
+    "resize_for_model",
+]
 
-_DICOM_CORRUPT = (
-    InvalidDicomError,
-    EOFError,
-    ValueError,
-    KeyError,
-    TypeError,
-    AttributeError,
-    OverflowError,
-    IndexError,
-)
 _PIL_CORRUPT = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-class ImageDecodeError(ValueError):
-    """An image that cannot be used, with the file, the failed check and the fix.
-
-    Attributes
-    ----------
-    file : str
-        The image's name (relative path in the batch).
-    check : str
-        Machine name of the failed check: ``image_format``, ``corrupt_dicom``, ``corrupt_image``,
-        ``decompression_bomb``, ``dicom_transfer_syntax``, ``dicom_header``, ``image_dimensions``,
-        ``photometric``, ``bit_depth`` or ``pixel_range``.
-    message, fix : str
-        What is wrong, and how to fix it at the source.
-    """
-
-    def __init__(self, file: str, check: str, message: str, fix: str) -> None:
-        self.file = file
-        self.check = check
-        self.message = message
-        self.fix = fix
-        super().__init__(f"{file}: {message}. Fix: {fix}")
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """A decoded grayscale image.
-
-    Attributes
-    ----------
-    pixels : ndarray
-        float32, shape (rows, cols), values in [0, 1], MONOCHROME2 polarity.
-    rows, cols : int
-        Image size in pixels.
-    bits_stored : int
-        Bits per pixel of the stored values (DICOM BitsStored; 8/16/1 for PNG/JPEG).
-    photometric : str
-        Photometric interpretation of the *source* (``MONOCHROME1``/``MONOCHROME2``; PNG/JPEG
-        report ``MONOCHROME2``).
-    pixel_spacing_mm : float or None
-        Mean of PixelSpacing (else ImagerPixelSpacing) row/column spacing in mm; PNG/JPEG: from
-        the file's dpi when present; ``None`` when unknown.
-    format : {"dicom", "png", "jpeg"}
-        Container format, detected from the bytes (not the file name).
-    meta : dict of str to str
-        The :data:`META_KEYS` (``""`` when absent). Never holds a :data:`PHI_TAGS` value.
-    """
-
-    pixels: np.ndarray
-    rows: int
-    cols: int
-    bits_stored: int
-    photometric: str
-    pixel_spacing_mm: float | None
-    format: ImageFormat
-    meta: dict[str, str] = field(default_factory=dict)
-
-
-def _err_text(err: BaseException) -> str:
-    """``Type: message`` of an exception, without memory addresses (messages must be stable)."""
-    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(err))
-    text = re.sub(r"<_io\.BytesIO object>", "the file's bytes", text)
-    return f"{type(err).__name__}: {text}"
-
-
-def _meta_text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = "\\".join(str(v) for v in value)
-    # A caret is the DICOM person-name separator; keep categorical text free of that shape.
-    return " ".join(str(value).replace("^", " ").split())[:64]
-
-
-def _bomb(name: str, rows: int, cols: int, frames: int, max_pixels: int) -> ImageDecodeError:
-    return ImageDecodeError(
-        name,
-        "decompression_bomb",
-        f"declared size {rows} x {cols} x {frames} frame(s) = {rows * cols * frames} pixels "
-        f"exceeds max_pixels={max_pixels}; the pixel data was not decoded",
-        "send the image at its native radiograph resolution, or raise max_pixels if such sizes "
-        "are expected",
-    )
-
-
-def _spacing(ds: pydicom.Dataset, name: str) -> float | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
-        if value is None or value == "":
-            continue
-        items = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
-        try:
-            nums = [float(v) for v in items]
-        except (TypeError, ValueError) as err:
-            raise ImageDecodeError(
-                name,
-                "dicom_header",
-                f"{keyword} {value!r} is not numeric ({err})",
-                f"write {keyword} as two decimal strings in mm, e.g. 0.143\\0.143",
-            ) from err
-        if not nums or not all(math.isfinite(v) and v > 0 for v in nums):
-            raise ImageDecodeError(
-                name,
-                "dicom_header",
-                f"{keyword} {value!r} is not a pair of positive numbers",
-                f"write {keyword} as two positive spacings in mm, e.g. 0.143\\0.143",
-            )
-        return float(np.mean(nums))
-    return None
-
-
-def _int_tag(ds: pydicom.Dataset, keyword: str, name: str, default: int | None = None) -> int:
-    value = ds.get(keyword, default)
-    if value is None or value == "":
-        raise ImageDecodeError(
-            name,
-            "dicom_header",
-            f"required DICOM attribute {keyword} is missing",
-            f"export the image with {keyword} set (DICOM image pixel module)",
-        )
-    try:
-        return int(value)
-    except (TypeError, ValueError) as err:
-        raise ImageDecodeError(
-            name,
-            "dicom_header",
-            f"DICOM attribute {keyword}={value!r} is not an integer",
-            f"export the image with a valid {keyword}",
-        ) from err
-
-
-def _stored_values(
-    ds: pydicom.Dataset, name: str, rows: int, cols: int, bits_alloc: int, signed: bool
-) -> np.ndarray:
-    """Stored pixel values as a (rows, cols) integer array, without changing any bit."""
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is None or syntax in UncompressedTransferSyntaxes:
-        if bits_alloc not in (8, 16):
-            raise ImageDecodeError(
-                name,
-                "bit_depth",
-                f"BitsAllocated={bits_alloc} is not supported (8 or 16)",
-                "export grayscale radiographs with 8 or 16 bits allocated",
-            )
-        raw = ds.get("PixelData")
-        if raw is None:
-            raise ImageDecodeError(
-                name,
-                "corrupt_dicom",
-                "the file has no PixelData element",
-                "export the image with its pixel data",
-            )
-        nbytes = rows * cols * bits_alloc // 8
-        if len(raw) < nbytes:
-            raise ImageDecodeError(
-                name,
-                "corrupt_dicom",
-                f"pixel data is truncated: {len(raw)} bytes, expected {nbytes} for {rows} x {cols}"
-                f" x {bits_alloc} bits",
-                "re-export or re-transfer the DICOM file (it was cut short)",
-            )
-        big = syntax == pydicom.uid.ExplicitVRBigEndian
-        dtype = np.dtype(f"{'>' if big else '<'}{'i' if signed else 'u'}{bits_alloc // 8}")
-        return np.frombuffer(raw, dtype=dtype, count=rows * cols).reshape(rows, cols)
-    try:
-        arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError, ImportError) as err:
-        raise ImageDecodeError(
-            name,
-            "dicom_transfer_syntax",
-            f"pixel data in transfer syntax {syntax} ({getattr(syntax, 'name', '')}) cannot be "
-            f"decoded here ({_err_text(err)})",
-            "export uncompressed (Explicit VR Little Endian) or install a pydicom decoder plugin "
-            "such as pylibjpeg",
-        ) from err
-    except _DICOM_CORRUPT as err:
-        raise ImageDecodeError(
-            name,
-            "corrupt_dicom",
-            f"compressed pixel data cannot be decoded ({_err_text(err)})",
-            "re-export or re-transfer the DICOM file",
-        ) from err
-    return np.asarray(arr)
-
-
-def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        # Touch the header elements we use so a malformed element fails here, not later.
-        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    except _DICOM_CORRUPT as err:
-        raise ImageDecodeError(
-            name,
-            "corrupt_dicom",
-            f"the DICOM file cannot be parsed ({_err_text(err)})",
-            "re-export or re-transfer the DICOM file (it is truncated or not DICOM)",
-        ) from err
-    if "PixelData" not in ds:
-        raise ImageDecodeError(
-            name,
-            "corrupt_dicom",
-            "the file has no PixelData element (truncated or not an image)",
-            "re-export or re-transfer the DICOM file with its pixel data",
-        )
-    rows = _int_tag(ds, "Rows", name)
-    cols = _int_tag(ds, "Columns", name)
-    frames = _int_tag(ds, "NumberOfFrames", name, default=1)
-    if rows <= 0 or cols <= 0:
-        raise ImageDecodeError(
-            name,
-            "image_dimensions",
-            f"declared size {rows} x {cols} is empty",
-            "export the image with its real Rows and Columns",
-        )
-    if rows * cols * max(frames, 1) > max_pixels:
-        raise _bomb(name, rows, cols, frames, max_pixels)
-    if frames != 1:
-        raise ImageDecodeError(
-            name,
-            "image_dimensions",
-            f"NumberOfFrames={frames}: expected one 2-D frame",
-            "send each radiograph as its own single-frame DICOM file",
-        )
-    samples = _int_tag(ds, "SamplesPerPixel", name, default=1)
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageDecodeError(
-            name,
-            "photometric",
-            f"PhotometricInterpretation={photometric or '<missing>'!r} with SamplesPerPixel="
-            f"{samples}: expected grayscale MONOCHROME1 or MONOCHROME2 with 1 sample per pixel",
-            "export the radiograph as grayscale (MONOCHROME2), not colour or palette",
-        )
-    bits_alloc = _int_tag(ds, "BitsAllocated", name)
-    bits = _int_tag(ds, "BitsStored", name, default=bits_alloc)
-    if not 1 <= bits <= bits_alloc:
-        raise ImageDecodeError(
-            name,
-            "bit_depth",
-            f"BitsStored={bits} is not within 1..BitsAllocated={bits_alloc}",
-            "export the image with consistent BitsStored/BitsAllocated",
-        )
-    signed = _int_tag(ds, "PixelRepresentation", name, default=0) == 1
-    stored = _stored_values(ds, name, rows, cols, bits_alloc, signed)
-    if stored.ndim != 2 or stored.shape != (rows, cols):
-        raise ImageDecodeError(
-            name,
-            "image_dimensions",
-            f"decoded pixel array has shape {stored.shape}, expected ({rows}, {cols})",
-            "export a single-frame grayscale image",
-        )
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    vmin, vmax = int(stored.min()), int(stored.max())
-    if vmin < lo or vmax > hi:
-        raise ImageDecodeError(
-            name,
-            "pixel_range",
-            f"stored values span [{vmin}, {vmax}] but BitsStored={bits} allows [{lo}, {hi}]",
-            "export with BitsStored matching the data (or clear the unused high bits)",
-        )
-    try:
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    except (TypeError, ValueError) as err:
-        raise ImageDecodeError(
-            name,
-            "dicom_header",
-            f"RescaleSlope={ds.get('RescaleSlope')!r} is not numeric",
-            "write RescaleSlope as a decimal number",
-        ) from err
-    pixels = (stored.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    # A negative rescale slope and MONOCHROME1 each flip the polarity.
-    if (slope < 0) != (photometric == "MONOCHROME1"):
-        pixels = np.float32(1.0) - pixels
-    meta = {key: _meta_text(ds.get(key)) for key in META_KEYS}
-    meta["PhotometricInterpretation"] = photometric
-    meta["BitsStored"] = str(bits)
-    return DecodedImage(
-        pixels=pixels,
-        rows=rows,
-        cols=cols,
-        bits_stored=bits,
-        photometric=photometric,
-        pixel_spacing_mm=_spacing(ds, name),
-        format="dicom",
-        meta=meta,
-    )
 
 
 def _gray_from_channels(arr: np.ndarray, name: str, tol: int, mode: str) -> np.ndarray:
@@ -455,18 +122,18 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, fmt: ImageFormat) -> De
             raise ImageDecodeError(
                 name,
                 "decompression_bomb",
-                f"PIL refused the image as a decompression bomb ({_err_text(err)})",
+                f"PIL refused the image as a decompression bomb ({err_text(err)})",
                 "send the image at its native radiograph resolution",
             ) from err
         except _PIL_CORRUPT as err:
             raise ImageDecodeError(
                 name,
                 "corrupt_image",
-                f"the {pil_format} file cannot be decoded ({_err_text(err)})",
+                f"the {pil_format} file cannot be decoded ({err_text(err)})",
                 f"re-export or re-transfer the {pil_format} file (it is truncated or corrupt)",
             ) from err
     if too_big:
-        raise _bomb(name, rows, cols, 1, max_pixels)
+        raise bomb_error(name, rows, cols, 1, max_pixels)
     mode = im.mode
     if getattr(im, "n_frames", 1) != 1:
         raise ImageDecodeError(
@@ -571,7 +238,7 @@ def decode_image(data: bytes, *, name: str, max_pixels: int = 50_000_000) -> Dec
         raise ValueError(f"max_pixels={max_pixels} must be a positive number of pixels")
     fmt = detect_format(data)
     if fmt == "dicom":
-        return _decode_dicom(data, name, max_pixels)
+        return decode_dicom(data, name, max_pixels)
     if fmt in ("png", "jpeg"):
         return _decode_pil(data, name, max_pixels, fmt)
     kind = "DICOM (no 'DICM' marker at byte 128)" if name.lower().endswith(".dcm") else "image"
