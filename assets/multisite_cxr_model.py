@@ -15,6 +15,7 @@ import pandas as pd
 
 from clinaudit.assets.multisite_cxr import GROUP, OWNERS, STUDY_DIR, cxr_sites
 from clinaudit.models.devices import select_device
+from clinaudit.models.evaluation import per_label_auroc
 from clinaudit.models.inference import (
     ImageFileLoader,
     default_batch_size,
@@ -23,7 +24,7 @@ from clinaudit.models.inference import (
 )
 from clinaudit.models.package import load_package
 from clinaudit.models.scores_csv import ScoresError, read_vendor_scores
-from clinaudit.models.training import TrainConfig, per_label_auroc
+from clinaudit.models.training import TrainConfig
 from clinaudit.models.vendor_model import VendorTrainingSpec, train_vendor_model
 from clinaudit.orchestration.resources import ClinauditHome, table_path
 from clinaudit.sources.cxr_labels import FINDINGS

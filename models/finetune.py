@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from clinaudit.models.devices import DevicePreference, Precision, select_device
+from clinaudit.models.evaluation import masked_bce_from_probabilities, per_label_auroc
 from clinaudit.models.finetune_data import (
     check_site_frames,
     decode_table,
@@ -54,8 +55,6 @@ from clinaudit.models.training import (
     TrainConfig,
     labelled_tensors,
     make_optimizer,
-    masked_bce_from_probabilities,
-    per_label_auroc,
     steps_per_epoch,
     train_epoch,
 )

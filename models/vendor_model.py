@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clinaudit.models.evaluation import fit_operating_thresholds, per_label_auroc
 from clinaudit.models.inference import predict_images
 from clinaudit.models.model_card import ModelCard, summarize_training_data
 from clinaudit.models.package import (
@@ -29,14 +30,7 @@ from clinaudit.models.package import (
     load_package,
     save_package,
 )
-from clinaudit.models.training import (
-    EpochRecord,
-    TrainConfig,
-    fit_operating_thresholds,
-    load_images,
-    per_label_auroc,
-    train_multilabel,
-)
+from clinaudit.models.training import EpochRecord, TrainConfig, load_images, train_multilabel
 from clinaudit.validation.quality import QUALITY_FEATURES
 
 VENDOR_NAME = "clinaudit embedded vendor (SIMULATED)"

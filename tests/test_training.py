@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from clinaudit.models.evaluation import fit_operating_thresholds
 from clinaudit.models.training import (
     TrainConfig,
-    fit_operating_thresholds,
     load_images,
     masked_bce_loss,
     train_multilabel,
