@@ -52,6 +52,7 @@ __all__ = [
     "decision_rates",
     "paired_change_row",
     "rule_rates",
+    "threshold_rule_rates",
     "spread",
     "validate_binary",
 ]
@@ -354,6 +355,18 @@ def rule_rates(
     return rates, sums[0]  # type: ignore[return-value]
 
 
+def threshold_rule_rates(
+    data: BinaryData, cells: Sequence[GroupCell], **options: Any
+) -> tuple[Rates, Rates, dict[str, np.ndarray]]:
+    """:func:`rule_rates` (same keyword options) of the one rule ``score >= data.threshold``.
+
+    Returns ``(point, replicates, counts)``; the rule's alert count is ``counts["pred:rule"]``.
+    """
+    rates, sums = rule_rates(data, cells, {"rule": data.score >= data.threshold}, **options)
+    point, reps = rates["rule"]
+    return point, reps, sums
+
+
 def paired_change_row(
     names: Mapping[str, Any],
     before: tuple[Any, np.ndarray] | None,
@@ -465,17 +478,9 @@ def alert_burden(
     n_boot = check_positive_int("n_boot", n_boot, minimum=0)
     ci_level = check_ci_level(ci_level)
     cells = build_cells(data.attributes, data.y.size)
-    pred = data.score >= data.threshold
-    rates, sums = rule_rates(
-        data,
-        cells,
-        {"rule": pred},
-        exposure=exposure,
-        n_boot=n_boot,
-        seed=seed,
-        chunk_size=chunk_size,
+    point, reps, sums = threshold_rule_rates(
+        data, cells, exposure=exposure, n_boot=n_boot, seed=seed, chunk_size=chunk_size
     )
-    point, reps = rates["rule"]
     rows = []
     for c, cell in enumerate(cells):
         row: dict[str, Any] = {

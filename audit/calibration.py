@@ -35,32 +35,40 @@ from .bootstrap import (
     percentile_ci,
     segment_matrix,
 )
+from .calibration_fit import (
+    CLIP_EPS,
+    RecalibrationFit,
+    check_binary_probs,
+    logistic_recalibration,
+)
 from .types import (
     STATUS_INSUFFICIENT,
     STATUS_OK,
-    AuditInputError,
     check_ci_level,
     check_option,
     check_positive_int,
     validate_labelled_scores,
 )
 
+__all__ = [
+    "BINNINGS",
+    "CALIBRATION_BOOTSTRAP_METRICS",
+    "CLIP_EPS",
+    "Binning",
+    "CalibrationResult",
+    "RecalibrationFit",
+    "assign_bins",
+    "audit_calibration",
+    "bin_edges",
+    "calibration_table",
+    "expected_calibration_error",
+    "logistic_recalibration",
+    "wilson_interval",
+]
+
 Binning = Literal["width", "mass"]
 BINNINGS: tuple[str, ...] = ("width", "mass")
-CLIP_EPS = 1e-6
 CALIBRATION_BOOTSTRAP_METRICS: tuple[str, ...] = ("ece_width", "ece_mass", "brier")
-
-
-def _check_probs(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
-    data = validate_labelled_scores(y_true, y_prob, score_name="y_prob", require_probabilities=True)
-    if data.y_true.shape[1] != 1 or np.isnan(data.y_true).any():
-        raise AuditInputError(
-            "y_true",
-            "NaN labels or several columns",
-            "one fully labelled target",
-            "drop unlabelled rows and pass one target at a time",
-        )
-    return data.y_true[:, 0], data.y_score[:, 0]
 
 
 def bin_edges(y_prob: np.ndarray, *, n_bins: int = 10, binning: Binning = "width") -> np.ndarray:
@@ -125,110 +133,12 @@ def expected_calibration_error(
     >>> round(expected_calibration_error([0, 1, 1, 0], [0.2, 0.8, 0.6, 0.4], n_bins=2), 12)
     0.3
     """
-    y, p = _check_probs(y_true, y_prob)
+    y, p = check_binary_probs(y_true, y_prob)
     edges = bin_edges(p, n_bins=n_bins, binning=binning)
     idx = assign_bins(p, edges)
     k = edges.size - 1
     diff = np.bincount(idx, weights=y - p, minlength=k)
     return float(np.abs(diff).sum() / y.size)
-
-
-@dataclass(frozen=True)
-class RecalibrationFit:
-    """Logistic recalibration ``logit P(y=1) = intercept + slope * logit(p)``.
-
-    Attributes
-    ----------
-    intercept, slope : float
-        Maximum-likelihood fit (``NaN`` when it did not converge).
-    citl_intercept : float
-        Calibration-in-the-large: intercept with the slope fixed at 1 (``NaN`` if not converged).
-    converged : bool
-        Whether both Newton fits converged.
-    """
-
-    intercept: float
-    slope: float
-    citl_intercept: float
-    converged: bool
-
-
-def _log_lik(y: np.ndarray, eta: np.ndarray) -> float:
-    return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
-
-
-def _newton(
-    y: np.ndarray, x: np.ndarray, *, fit_slope: bool, max_iter: int, tol: float
-) -> tuple[np.ndarray, bool]:
-    beta = np.array([0.0, 1.0])
-    design = np.column_stack([np.ones_like(x), x])
-    ll = _log_lik(y, design @ beta)
-    for _ in range(max_iter):
-        mu = 1.0 / (1.0 + np.exp(-(design @ beta)))
-        grad = design.T @ (y - mu)
-        w = mu * (1.0 - mu)
-        if fit_slope:
-            hess = (design * w[:, None]).T @ design
-            try:
-                step = np.linalg.solve(hess, grad)
-            except np.linalg.LinAlgError:
-                return beta, False
-        else:
-            h = float(w.sum())
-            if h <= 0.0:
-                return beta, False
-            step = np.array([grad[0] / h, 0.0])
-        scale = 1.0
-        while scale > 1e-8:
-            cand = beta + scale * step
-            ll_new = _log_lik(y, design @ cand)
-            if ll_new >= ll - 1e-12 * abs(ll):
-                break
-            scale /= 2.0
-        beta, ll = cand, ll_new
-        if np.max(np.abs(step)) < tol:
-            return beta, bool(np.all(np.abs(beta) < 1e3))
-    return beta, False
-
-
-def logistic_recalibration(
-    y_true: Any, y_prob: Any, *, max_iter: int = 100, tol: float = 1e-10
-) -> RecalibrationFit:
-    """Fit calibration intercept and slope (and calibration-in-the-large) by Newton/IRLS.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n,)
-        Labels in ``{0, 1}``.
-    y_prob : array-like of shape (n,)
-        Probabilities in ``[0, 1]`` (clipped to ``[1e-6, 1 - 1e-6]`` before the logit).
-    max_iter : int, keyword-only
-        Newton iterations before giving up (``converged=False``).
-    tol : float, keyword-only
-        Convergence tolerance on the parameter step.
-
-    Returns
-    -------
-    RecalibrationFit
-
-    Examples
-    --------
-    >>> p = np.array([0.1, 0.3, 0.5, 0.7, 0.9, 0.2, 0.6, 0.8])
-    >>> fit = logistic_recalibration([0, 0, 1, 1, 1, 1, 0, 1], p)
-    >>> fit.converged
-    True
-    """
-    y, p = _check_probs(y_true, y_prob)
-    x = np.log(np.clip(p, CLIP_EPS, 1.0 - CLIP_EPS)) - np.log1p(-np.clip(p, CLIP_EPS, 1 - CLIP_EPS))
-    full, ok_full = _newton(y, x, fit_slope=True, max_iter=max_iter, tol=tol)
-    citl, ok_citl = _newton(y, x, fit_slope=False, max_iter=max_iter, tol=tol)
-    nan = float("nan")
-    return RecalibrationFit(
-        intercept=float(full[0]) if ok_full else nan,
-        slope=float(full[1]) if ok_full else nan,
-        citl_intercept=float(citl[0]) if ok_citl else nan,
-        converged=ok_full and ok_citl,
-    )
 
 
 def wilson_interval(

@@ -27,8 +27,9 @@ family, and the MMD p-values of all groups another; each is Holm/BH-adjusted
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ import pandas as pd
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
 from .bootstrap import derive_rng
+from .mmd import MMDResult, gaussian_kernel_median, mmd_permutation_test, permutation_indicators
 from .multiplicity import P_ADJUST_METHODS, PAdjust, adjust_pvalues
 from .types import (
     ALL_GROUP,
@@ -46,6 +48,17 @@ from .types import (
     check_option,
     check_positive_int,
 )
+
+__all__ = [
+    "MISSING_CATEGORY",
+    "DriftConfig",
+    "MMDResult",
+    "drift_table",
+    "gaussian_kernel_median",
+    "mmd_permutation_test",
+    "permutation_indicators",
+    "population_stability_index",
+]
 
 MISSING_CATEGORY = "<missing>"
 
@@ -161,117 +174,6 @@ def population_stability_index(
     return _psi_from_props(e, a, epsilon)
 
 
-@dataclass(frozen=True)
-class MMDResult:
-    """Result of :func:`mmd_permutation_test`."""
-
-    mmd2: float
-    p_value: float
-    bandwidth: float
-    n_x: int
-    n_y: int
-    n_perm: int
-
-
-def permutation_indicators(n_x: int, n_y: int, n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """0/1 matrix ``(n_perm, n_x + n_y)``: row ``r`` marks the "x" rows of permutation ``r``.
-
-    Examples
-    --------
-    >>> p = permutation_indicators(2, 3, 4, np.random.default_rng(0))
-    >>> p.shape, p.sum(axis=1).tolist()
-    ((4, 5), [2.0, 2.0, 2.0, 2.0])
-    """
-    base = np.concatenate([np.ones(n_x), np.zeros(n_y)])
-    return rng.permuted(np.tile(base, (n_perm, 1)), axis=1)
-
-
-def _mmd2_many(
-    kernel: np.ndarray, row_sums: np.ndarray, total: float, ind: np.ndarray, n_x: int
-) -> np.ndarray:
-    """Unbiased MMD^2 for each indicator row of ``ind`` (Gaussian kernel: diagonal of ones)."""
-    n_y = kernel.shape[0] - n_x
-    k_a = kernel @ ind.T  # (N, n_perm): the only O(N^2 n_perm) step
-    a_k_a = np.einsum("ij,ji->i", ind, k_a)
-    a_r = ind @ row_sums
-    a_k_b = a_r - a_k_a
-    b_k_b = total - 2.0 * a_r + a_k_a
-    return (
-        (a_k_a - n_x) / (n_x * (n_x - 1))
-        + (b_k_b - n_y) / (n_y * (n_y - 1))
-        - 2.0 * a_k_b / (n_x * n_y)
-    )
-
-
-def gaussian_kernel_median(pooled: np.ndarray) -> tuple[np.ndarray, float]:
-    """Gaussian kernel matrix ``exp(-d^2 / (2 s^2))`` with ``s`` = median pairwise distance.
-
-    Zero distances are left out of the median; when every distance is zero, ``s = 1``.
-    """
-    sq = np.sum(pooled * pooled, axis=1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (pooled @ pooled.T), 0.0)
-    np.fill_diagonal(d2, 0.0)
-    upper = d2[np.triu_indices(d2.shape[0], k=1)]
-    upper = upper[upper > 0]
-    bandwidth = float(np.sqrt(np.median(upper))) if upper.size else 1.0
-    return np.exp(-d2 / (2.0 * bandwidth * bandwidth)), bandwidth
-
-
-def mmd_permutation_test(
-    x: np.ndarray, y: np.ndarray, *, n_perm: int = 1000, rng: np.random.Generator
-) -> MMDResult:
-    """Permutation test of equal distributions with the unbiased MMD^2 (Gaussian kernel).
-
-    Parameters
-    ----------
-    x : ndarray of shape (n_x, d)
-        Sample (e.g. a site), already standardized.
-    y : ndarray of shape (n_y, d)
-        Reference sample, same columns.
-    n_perm : int, keyword-only
-        Permutations.
-    rng : numpy.random.Generator, keyword-only
-        Source of the permutations (:func:`permutation_indicators`).
-
-    Returns
-    -------
-    MMDResult
-        ``p_value = (1 + #{perm >= observed}) / (1 + n_perm)``.
-
-    Examples
-    --------
-    >>> g = np.random.default_rng(0)
-    >>> r = mmd_permutation_test(g.normal(size=(30, 2)), g.normal(2, 1, size=(30, 2)), n_perm=99,
-    ...                          rng=np.random.default_rng(1))
-    >>> r.p_value
-    0.01
-    """
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise AuditInputError(
-            "x, y",
-            f"shapes {x.shape} and {y.shape}",
-            "2-D arrays with the same columns",
-            "pass (rows, features) arrays",
-        )
-    if x.shape[0] < 2 or y.shape[0] < 2:
-        raise AuditInputError(
-            "x, y", f"{x.shape[0]} and {y.shape[0]} rows", "at least 2 rows each", "add rows"
-        )
-    n_perm = check_positive_int("n_perm", n_perm)
-    n_x = x.shape[0]
-    kernel, bandwidth = gaussian_kernel_median(np.vstack([x, y]))
-    row_sums = kernel.sum(axis=1)
-    total = float(row_sums.sum())
-    observed_ind = np.concatenate([np.ones(n_x), np.zeros(y.shape[0])])[None, :]
-    observed = float(_mmd2_many(kernel, row_sums, total, observed_ind, n_x)[0])
-    perms = permutation_indicators(n_x, y.shape[0], n_perm, rng)
-    stats = _mmd2_many(kernel, row_sums, total, perms, n_x)
-    p = (1.0 + float(np.sum(stats >= observed))) / (1.0 + n_perm)
-    return MMDResult(observed, p, bandwidth, n_x, int(y.shape[0]), n_perm)
-
-
 _COLUMNS: tuple[str, ...] = (
     "group",
     "feature",
@@ -295,6 +197,24 @@ _COLUMNS: tuple[str, ...] = (
     "mmd_bandwidth",
     "drifted",
 )
+
+
+def _feature_row(
+    identity: tuple[str, str, str, str],
+    sizes: tuple[int, int, int],
+    config: DriftConfig,
+    compute: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """One table row: ``identity`` (group, feature, kind, test), ``sizes`` (n, n_reference,
+    n_missing), then ``compute()`` when both sides have ``config.min_rows``."""
+    row: dict[str, Any] = {c: np.nan for c in _COLUMNS}
+    row.update(zip(("group", "feature", "kind", "test"), identity, strict=True))
+    row.update(zip(("n", "n_reference", "n_missing"), sizes, strict=True))
+    if min(sizes[0], sizes[1]) >= config.min_rows:
+        row.update(compute(), status=STATUS_OK)
+    else:
+        row["status"] = STATUS_INSUFFICIENT
+    return row
 
 
 def _psi_level(psi: float, config: DriftConfig) -> str:
@@ -454,38 +374,26 @@ def drift_table(
         for col in numeric:
             site = part[col].to_numpy(float)
             ok_site, ok_ref = site[~np.isnan(site)], ref_num[col][~np.isnan(ref_num[col])]
-            row: dict[str, Any] = {c: np.nan for c in _COLUMNS}
-            row.update(
-                group=g,
-                feature=col,
-                kind="numeric",
-                test="ks",
-                n=ok_site.size,
-                n_reference=ok_ref.size,
-                n_missing=int(site.size - ok_site.size),
+            sizes = (ok_site.size, ok_ref.size, int(site.size - ok_site.size))
+            rows.append(
+                _feature_row(
+                    (g, col, "numeric", "ks"),
+                    sizes,
+                    config,
+                    partial(_numeric_row, ok_site, ok_ref, config),
+                )
             )
-            if min(ok_site.size, ok_ref.size) >= config.min_rows:
-                row.update(_numeric_row(ok_site, ok_ref, config), status=STATUS_OK)
-            else:
-                row["status"] = STATUS_INSUFFICIENT
-            rows.append(row)
         for col in categorical:
             site = _as_categorical(part[col])
-            row = {c: np.nan for c in _COLUMNS}
-            row.update(
-                group=g,
-                feature=col,
-                kind="categorical",
-                test="chi2",
-                n=site.size,
-                n_reference=ref_cat[col].size,
-                n_missing=int(np.sum(site == MISSING_CATEGORY)),
+            sizes = (site.size, ref_cat[col].size, int(np.sum(site == MISSING_CATEGORY)))
+            rows.append(
+                _feature_row(
+                    (g, col, "categorical", "chi2"),
+                    sizes,
+                    config,
+                    partial(_categorical_row, site, ref_cat[col], config),
+                )
             )
-            if min(site.size, ref_cat[col].size) >= config.min_rows:
-                row.update(_categorical_row(site, ref_cat[col], config), status=STATUS_OK)
-            else:
-                row["status"] = STATUS_INSUFFICIENT
-            rows.append(row)
         if numeric:
             rows.append(_mmd_row(g, part, reference, numeric, config))
     table = pd.DataFrame(rows, columns=list(_COLUMNS))
@@ -514,19 +422,15 @@ def _mmd_row(
     ref = reference[numeric].to_numpy(float)
     site = site[~np.isnan(site).any(axis=1)]
     ref = ref[~np.isnan(ref).any(axis=1)]
-    row: dict[str, Any] = {c: np.nan for c in _COLUMNS}
-    row.update(
-        group=group,
-        feature="__mmd__",
-        kind="multivariate",
-        test="mmd",
-        n=site.shape[0],
-        n_reference=ref.shape[0],
-        n_missing=int(len(part) - site.shape[0]),
-    )
-    if min(site.shape[0], ref.shape[0]) < config.min_rows:
-        row["status"] = STATUS_INSUFFICIENT
-        return row
+    sizes = (site.shape[0], ref.shape[0], int(len(part) - site.shape[0]))
+    identity = (group, "__mmd__", "multivariate", "mmd")
+    return _feature_row(identity, sizes, config, partial(_mmd_values, group, site, ref, config))
+
+
+def _mmd_values(
+    group: str, site: np.ndarray, ref: np.ndarray, config: DriftConfig
+) -> dict[str, Any]:
+    """MMD test of complete rows, standardized by the reference, subsampled to mmd_max_rows."""
     mean = ref.mean(axis=0)
     sd = ref.std(axis=0, ddof=1)
     sd = np.where(sd > 0, sd, 1.0)
@@ -536,7 +440,4 @@ def _mmd_row(
     if ref.shape[0] > config.mmd_max_rows:
         ref = ref[np.sort(rng.choice(ref.shape[0], config.mmd_max_rows, replace=False))]
     res = mmd_permutation_test((site - mean) / sd, (ref - mean) / sd, n_perm=config.n_perm, rng=rng)
-    row.update(
-        status=STATUS_OK, statistic=res.mmd2, p_value=res.p_value, mmd_bandwidth=res.bandwidth
-    )
-    return row
+    return dict(statistic=res.mmd2, p_value=res.p_value, mmd_bandwidth=res.bandwidth)

@@ -35,8 +35,8 @@ from .burden import (
     BinaryData,
     GroupCell,
     build_cells,
-    rule_rates,
     spread,
+    threshold_rule_rates,
     validate_binary,
 )
 from .discrimination import weighted_binary_metrics
@@ -212,17 +212,9 @@ def _point_and_replicates(
             ranking["auprc"][c, start:stop] = m["auprc"]
 
     rank_metrics(np.ones((data.n_clusters, 1)), n_boot, n_boot + 1)  # point estimate: last column
-    pred = data.score >= data.threshold
-    rates, _ = rule_rates(
-        data,
-        cells,
-        {"rule": pred},
-        n_boot=n_boot,
-        seed=seed,
-        chunk_size=chunk,
-        on_chunk=rank_metrics,
+    point, reps, _ = threshold_rule_rates(
+        data, cells, n_boot=n_boot, seed=seed, chunk_size=chunk, on_chunk=rank_metrics
     )
-    point, reps = rates["rule"]
     for m, values in ranking.items():
         point[m], reps[m] = values[:, n_boot], values[:, :n_boot]
     return point, reps

@@ -37,8 +37,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from fairlearn.postprocessing import ThresholdOptimizer
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .bootstrap import DEFAULT_CHUNK_SIZE, derive_rng
 from .burden import (
@@ -50,8 +48,8 @@ from .burden import (
     spread,
     validate_binary,
 )
-from .calibration import CLIP_EPS, logistic_recalibration
 from .fairness import group_rates
+from .group_rules import fit_group_rule
 from .types import AuditInputError, check_ci_level, check_option, check_positive_int
 
 __all__ = ["CAVEATS", "METHODS", "MitigationResult", "cluster_folds", "mitigate_largest_gap"]
@@ -89,25 +87,6 @@ CAVEATS: tuple[str, ...] = (
     "The targeted gap was chosen as the largest on this data (its 'before' value is biased "
     "upward); the 'after' values are out-of-fold but come from the same population.",
 )
-
-
-class ScoreAsPrediction(ClassifierMixin, BaseEstimator):
-    """A 'prefit' estimator whose prediction is the first column of ``X`` (a precomputed score).
-
-    Lets fairlearn's ``ThresholdOptimizer(prefit=True, predict_method="predict")`` post-process
-    scores produced elsewhere (a vendor model, a scores CSV) without refitting anything.
-    """
-
-    def fit(self, X: Any, y: Any = None) -> ScoreAsPrediction:
-        """Nothing to fit (the scores are given)."""
-        return self
-
-    def predict(self, X: Any) -> np.ndarray:
-        """The score column."""
-        return np.asarray(X, dtype=float)[:, 0]
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True)
@@ -185,124 +164,6 @@ def cluster_folds(
     return fold_of_cluster[clusters]
 
 
-# --------------------------------------------------------------------------- rules
-Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _threshold_row(group: str, **values: Any) -> dict[str, Any]:
-    keys = ("threshold", "threshold_alt", "p_threshold", "threshold_recalibrated")
-    row = dict.fromkeys((*keys, "intercept", "slope"), np.nan)
-    row.update(group=group, fallback=False, operator=">=", n_fit=0, n_pos_fit=0)
-    row.update(values)
-    return row
-
-
-def _group_threshold(y: np.ndarray, s: np.ndarray, metric: str, target: float) -> float:
-    """Highest threshold reaching ``target`` TPR, or lowest keeping FPR at most ``target``."""
-    if metric == "tpr":
-        pos = np.sort(s[y == 1.0])[::-1]
-        k = max(int(np.ceil(target * pos.size - 1e-9)), 1)
-        return float(pos[k - 1])
-    neg = np.sort(s[y == 0.0])[::-1]
-    k = int(np.floor(target * neg.size + 1e-9))
-    return 0.0 if k >= neg.size else float(np.nextafter(neg[k], np.inf))
-
-
-def _expit(z: np.ndarray | float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
-
-
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    q = np.clip(p, CLIP_EPS, 1.0 - CLIP_EPS)
-    return np.log(q) - np.log1p(-q)
-
-
-def _recalibrated_cuts(
-    y: np.ndarray, s: np.ndarray, g: np.ndarray, fitted: list[str], metric: str, target: float
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Platt per group, one common threshold on the recalibrated probability, as raw cuts."""
-    maps, rows = {}, []
-    for grp in fitted:
-        fit = logistic_recalibration(y[g == grp], s[g == grp])
-        ok = fit.converged and fit.slope > 0
-        maps.update({grp: (fit.intercept, fit.slope)} if ok else {})
-        rows.append(_threshold_row(grp, fallback=not ok, intercept=fit.intercept, slope=fit.slope))
-    m = np.isin(g, list(maps))
-    a, b = (np.array([maps[v][i] for v in g[m]]) for i in (0, 1))
-    common = _group_threshold(y[m], _expit(a + b * _logit(s[m])), metric, target) if m.any() else 1
-    cuts = {grp: float(_expit((_logit(common) - a_) / b_)) for grp, (a_, b_) in maps.items()}
-    for row in rows:
-        row.update(threshold=cuts.get(row["group"], np.nan), threshold_recalibrated=common)
-    return cuts, rows
-
-
-def _threshold_optimizer(
-    y: np.ndarray, s: np.ndarray, g: np.ndarray, opts: dict[str, Any]
-) -> tuple[Rule, list[dict[str, Any]]]:
-    opt = ThresholdOptimizer(
-        estimator=ScoreAsPrediction(),
-        constraints=opts["constraints"],
-        objective=opts["objective"],
-        prefit=True,
-        predict_method="predict",
-    ).fit(s[:, None], y.astype(int), sensitive_features=g)
-    rows = []
-    for grp, ip in sorted(opt.interpolated_thresholder_.interpolation_dict.items()):
-        op0, op1 = ip.operation0, ip.operation1
-        rows.append(
-            _threshold_row(
-                str(grp),
-                operator=op0.operator,
-                threshold=float(op0.threshold),
-                threshold_alt=float(op1.threshold),
-                p_threshold=float(ip.p0),
-            )
-        )
-
-    def apply(s_new: np.ndarray, g_new: np.ndarray) -> np.ndarray:
-        out = s_new >= opts["threshold"]
-        m = np.isin(g_new, list(opt.interpolated_thresholder_.interpolation_dict))
-        if m.any():
-            rs = opts["random_state"]
-            out[m] = opt.predict(s_new[m, None], sensitive_features=g_new[m], random_state=rs) == 1
-        return out
-
-    return apply, rows
-
-
-def _fit_rule(
-    method: str,
-    y: np.ndarray,
-    s: np.ndarray,
-    g: np.ndarray,
-    fitted: list[str],
-    opts: dict[str, Any],
-) -> tuple[Rule, list[dict[str, Any]]]:
-    """Fit ``method`` on the fitted groups' rows; return ``apply(s, g)`` and threshold rows."""
-    thr, metric = opts["threshold"], opts["metric"]
-    keep = np.isin(g, fitted)
-    y, s, g = y[keep], s[keep], g[keep]
-    if method == "threshold_optimizer":
-        apply, rows = _threshold_optimizer(y, s, g, opts)
-    else:
-        # target: the pooled TPR (or FPR) of the fitting rows at the original threshold
-        target = float((s >= thr)[y == (1.0 if metric == "tpr" else 0.0)].mean())
-        if method == "group_thresholds":
-            cuts = {
-                grp: _group_threshold(y[g == grp], s[g == grp], metric, target) for grp in fitted
-            }
-            rows = [_threshold_row(grp, threshold=cut) for grp, cut in cuts.items()]
-        else:
-            cuts, rows = _recalibrated_cuts(y, s, g, fitted, metric, target)
-
-        def apply(s_new: np.ndarray, g_new: np.ndarray) -> np.ndarray:
-            return s_new >= np.array([cuts.get(v, thr) for v in g_new])
-
-    for row in rows:
-        row.update(n_fit=int((g == row["group"]).sum()), n_pos_fit=int(y[g == row["group"]].sum()))
-    return apply, rows
-
-
 # --------------------------------------------------------------------------- target and folds
 @dataclass(frozen=True)
 class _Plan:
@@ -376,7 +237,7 @@ def _cross_fit(
                 )
         rs = int(derive_rng(plan.seed, f"threshold_optimizer:{k}").integers(2**31 - 1))
         opts = {**plan.opts, "metric": plan.metric, "random_state": rs}
-        apply, rows = _fit_rule(plan.method, fit_y, fit_s, fit_g, plan.fitted, opts)
+        apply, rows = fit_group_rule(plan.method, fit_y, fit_s, fit_g, plan.fitted, opts)
         threshold_rows += [{"fold": k, "attribute": plan.attribute, **r} for r in rows]
         if k >= 0:
             eval_rows = np.flatnonzero(plan.folds == k)

@@ -1,240 +1,113 @@
 """Versioned deployment decision policy: strict YAML loading into frozen dataclasses.
 
 A policy is a YAML file (the study's default ships in ``audit/policies/<study>.yaml``; a user may
-pass their own path). Parsing is strict: every problem in the file (unknown key, missing required
-threshold, wrong type, value out of range) is collected and raised at once as a
-:class:`PolicyError` naming the key path (``criteria.auroc.floor``), what was found and the fix.
+pass their own path). Parsing is strict (:mod:`clinaudit.audit.policy_yaml`): every problem in the
+file (unknown key, missing required threshold, wrong type, value out of range) is collected and
+raised at once as a :class:`PolicyError` naming the key path (``criteria.auroc.floor``), what was
+found and the fix. This module holds the site-deployment schema of ``multisite_cxr``; a study
+with its own schema has its own loader (see ``OTHER_LOADERS``).
 ``Policy.sha256`` is the sha256 of the file bytes, so decisions cite exactly the text they used.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .policy_yaml import (
+    Field,
+    PolicyError,
+    Problem,
+    flatten_section,
+    leaf,
+    order_problems,
+    parse_mapping,
+    parse_policy_bytes,
+    section,
+)
 from .types import AuditInputError
+
+__all__ = [
+    "DECISIONS",
+    "OTHER_LOADERS",
+    "SCHEMA",
+    "SITE_RECALIBRATION",
+    "Criteria",
+    "DriftRule",
+    "MonitoringPolicy",
+    "Policy",
+    "PolicyError",
+    "Problem",
+    "ThresholdCriterion",
+    "criterion_phrase",
+    "describe_policy",
+    "load_policy",
+    "parse_mapping",
+    "policy_from_bytes",
+    "shipped_policies",
+]
 
 DECISIONS: tuple[str, ...] = ("GO", "CONDITIONAL GO", "NO-GO")
 SITE_RECALIBRATION = "site_recalibration"
+#: Studies whose policy has another schema -> the loader to use instead of :func:`load_policy`.
+OTHER_LOADERS: Mapping[str, str] = {
+    "sepsis_ews": "clinaudit.audit.sepsis_policy.load_sepsis_policy",
+}
 
 
-class PolicyError(AuditInputError):
-    """A policy file that cannot be used, with every problem found (machine-readable).
-
-    Attributes
-    ----------
-    source : str
-        The file (or ``"<text>"``) the policy came from.
-    problems : tuple of Problem
-        One entry per problem: ``key`` (dotted path), ``received``, ``expected``, ``fix``.
-    """
-
-    def __init__(self, source: str, problems: list[Problem]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        self.argument, self.expected = "policy", "a valid decision policy"
-        self.received = f"{source} with {len(problems)} problem(s)"
-        self.fix = "edit the policy file as listed"
-        lines = [
-            f"  - {p.key}: received {p.received}; expected {p.expected}. Fix: {p.fix}"
-            for p in problems
-        ]
-        ValueError.__init__(self, f"invalid decision policy {self.received}:\n" + "\n".join(lines))
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem in a policy file: the dotted key path, what was found, expected, and the fix."""
-
-    key: str
-    received: str
-    expected: str
-    fix: str
-
-
-@dataclass(frozen=True)
-class _Field:
-    """Schema of one policy key: ``kind`` in str, number, fraction, int, bool, str_list, option,
-    option_list, map; ``default`` is used when an optional key is absent."""
-
-    kind: str
-    required: bool = True
-    default: Any = None
-    options: tuple[str, ...] = ()
-    children: Mapping[str, _Field] | None = None
-    example: str = ""
-    required_if_enabled: bool = False
-
-
-def _leaf(kind: str, example: str = "", **options: Any) -> _Field:
-    """A required leaf; ``default=...`` makes it optional."""
-    return _Field(kind, required="default" not in options, example=example, **options)
-
-
-def _map(*, required: bool = True, **children: _Field) -> _Field:
-    return _Field("map", required=required, children=children)
-
-
-def _threshold_section(key: str, options: tuple[str, ...], example: str) -> _Field:
-    return _map(
-        enabled=_leaf("bool", default=True),
-        statistic=_leaf("option", default=options[0], options=options),
-        **{key: _Field("fraction", required=False, example=example, required_if_enabled=True)},
+def _threshold_section(key: str, options: tuple[str, ...], example: str) -> Field:
+    return section(
+        enabled=leaf("bool", default=True),
+        statistic=leaf("option", default=options[0], options=options),
+        **{key: Field("fraction", required=False, example=example, required_if_enabled=True)},
     )
 
 
 _NUMBER = "number"
-SCHEMA: Mapping[str, _Field] = {
-    "policy_id": _leaf("str", "clinaudit.multisite_cxr.site_deployment"),
-    "version": _leaf("str", '"1.0.0"'),
-    "study": _leaf("str", "multisite_cxr"),
-    "title": _leaf("str", default=""),
-    "critical_findings": _leaf("str_list", "[Effusion, Pneumothorax]"),
-    "criteria": _map(
+SCHEMA: Mapping[str, Field] = {
+    "policy_id": leaf("str", "clinaudit.multisite_cxr.site_deployment"),
+    "version": leaf("str", '"1.0.0"'),
+    "study": leaf("str", "multisite_cxr"),
+    "title": leaf("str", default=""),
+    "critical_findings": leaf("str_list", "[Effusion, Pneumothorax]"),
+    "criteria": section(
         auroc=_threshold_section("floor", ("ci_low", "estimate"), "0.60"),
         ece=_threshold_section("limit", ("estimate", "ci_high"), "0.10"),
         sensitivity=_threshold_section("floor", ("ci_low", "estimate"), "0.50"),
-        data_sufficiency=_map(required=False, enabled=_leaf("bool", default=True)),
+        data_sufficiency=section(required=False, enabled=leaf("bool", default=True)),
     ),
-    "drift": _map(
-        features=_leaf("str_list", "[mean_intensity, contrast]"),
-        psi_levels=_leaf("option_list", default=["major"], options=("moderate", "major")),
-        mmd=_leaf("bool", default=True),
-        max_decision=_leaf("option", default="CONDITIONAL GO", options=DECISIONS),
+    "drift": section(
+        features=leaf("str_list", "[mean_intensity, contrast]"),
+        psi_levels=leaf("option_list", default=["major"], options=("moderate", "major")),
+        mmd=leaf("bool", default=True),
+        max_decision=leaf("option", default="CONDITIONAL GO", options=DECISIONS),
     ),
-    "allowed_mitigations": _leaf(
+    "allowed_mitigations": leaf(
         "option_list", "[site_recalibration] or []", options=(SITE_RECALIBRATION,)
     ),
-    "retrained_model_counts": _leaf("bool", default=False),
-    "monitoring": _map(
-        cadence=_map(go=_leaf("str", "monthly"), conditional_go=_leaf("str", "weekly")),
-        escalation=_leaf("str_list", "[site AI lead, governance committee chair]"),
-        suspend_after_consecutive_actions=_leaf("int", "2"),
-        drift=_map(
-            psi_warn=_leaf(_NUMBER, "0.10"),
-            psi_action=_leaf(_NUMBER, "0.25"),
-            mmd_p_warn=_leaf("fraction", "0.05"),
-            mmd_p_action=_leaf("fraction", "0.01"),
+    "retrained_model_counts": leaf("bool", default=False),
+    "monitoring": section(
+        cadence=section(go=leaf("str", "monthly"), conditional_go=leaf("str", "weekly")),
+        escalation=leaf("str_list", "[site AI lead, governance committee chair]"),
+        suspend_after_consecutive_actions=leaf("int", "2"),
+        drift=section(
+            psi_warn=leaf(_NUMBER, "0.10"),
+            psi_action=leaf(_NUMBER, "0.25"),
+            mmd_p_warn=leaf("fraction", "0.05"),
+            mmd_p_action=leaf("fraction", "0.01"),
         ),
-        auroc=_map(warn_margin=_leaf("fraction", "0.05")),
-        ece=_map(warn_margin=_leaf("fraction", "0.02")),
-        alert_rate=_map(
-            warn_relative_change=_leaf(_NUMBER, "0.25"),
-            action_relative_change=_leaf(_NUMBER, "0.50"),
+        auroc=section(warn_margin=leaf("fraction", "0.05")),
+        ece=section(warn_margin=leaf("fraction", "0.02")),
+        alert_rate=section(
+            warn_relative_change=leaf(_NUMBER, "0.25"),
+            action_relative_change=leaf(_NUMBER, "0.50"),
         ),
-        not_deployed_action=_leaf("str", "re-audit after remediation"),
+        not_deployed_action=leaf("str", "re-audit after remediation"),
     ),
 }
-
-_EXPECTED = {
-    "str": "a non-empty string",
-    "number": "a number > 0",
-    "fraction": "a number in (0, 1)",
-    "int": "an integer >= 1",
-    "bool": "true or false",
-    "str_list": "a non-empty list of distinct non-empty strings",
-}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _leaf_ok(value: Any, field: _Field) -> bool:
-    kind = field.kind
-    if kind == "str":
-        return isinstance(value, str) and bool(value.strip())
-    if kind == "number":
-        return _is_number(value) and value > 0
-    if kind == "fraction":
-        return _is_number(value) and 0 < value < 1
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "option":
-        return isinstance(value, str) and value in field.options
-    items = value if isinstance(value, list) else None
-    if items is None or len(set(map(str, items))) != len(items):
-        return False
-    if kind == "str_list":
-        return bool(items) and all(isinstance(x, str) and x.strip() for x in items)
-    return all(isinstance(x, str) and x in field.options for x in items)  # option_list
-
-
-def _expected(field: _Field) -> str:
-    if field.children is not None:
-        return f"a section with keys {list(field.children)}"
-    if field.kind == "option":
-        return f"one of {list(field.options)}"
-    if field.kind == "option_list":
-        return f"a list of distinct values from {list(field.options)}"
-    return _EXPECTED[field.kind]
-
-
-def _leaf_problem(key: str, value: Any, field: _Field) -> Problem:
-    expected = _expected(field)
-    received = f"{value!r} ({type(value).__name__})"
-    example = field.example or yaml.safe_dump(field.default, default_flow_style=True).strip()
-    fix = f"write e.g. '{key.rsplit('.', 1)[-1]}: {example.removesuffix(chr(10) + '...')}'"
-    if field.kind == "str" and _is_number(value):
-        fix = f'quote the value so YAML keeps it a string, e.g. {key.rsplit(".", 1)[-1]}: "{value}"'
-    return Problem(key, received, expected, fix)
-
-
-def parse_mapping(
-    raw: Any, schema: Mapping[str, _Field], prefix: str, problems: list[Problem]
-) -> dict[str, Any]:
-    """Validate ``raw`` against ``schema``, appending every problem; return the parsed values."""
-    where = prefix.rstrip(".") or "<top level>"
-    if not isinstance(raw, dict):
-        expected = f"a mapping with keys {list(schema)}"
-        problems.append(Problem(where, repr(raw)[:60], expected, "see the shipped policy"))
-        return {}
-    for key in sorted(set(map(str, raw)) - set(schema)):
-        problems.append(
-            Problem(
-                f"{prefix}{key}",
-                "an unknown key",
-                f"one of the allowed keys under {where}: {list(schema)}",
-                "remove it or correct its spelling",
-            )
-        )
-    out: dict[str, Any] = {}
-    for key, field in schema.items():
-        path = f"{prefix}{key}"
-        if key in raw and field.kind == "map":
-            out[key] = parse_mapping(raw[key], field.children or {}, f"{path}.", problems)
-        elif key in raw:
-            ok = _leaf_ok(raw[key], field)
-            if not ok:
-                problems.append(_leaf_problem(path, raw[key], field))
-            number = ok and field.kind in ("number", "fraction")
-            out[key] = float(raw[key]) if number else raw[key]
-        else:
-            needed = field.required or (
-                field.required_if_enabled and raw.get("enabled") is not False
-            )
-            if needed:
-                problems.append(_missing_problem(path, field))
-            out[key] = field.default
-            if field.kind == "map":
-                sink = problems if not field.required else []
-                out[key] = parse_mapping({}, field.children or {}, f"{path}.", sink)
-    return out
-
-
-def _missing_problem(path: str, field: _Field) -> Problem:
-    key = path.rsplit(".", 1)[-1]
-    return Problem(
-        path, "nothing (missing)", _expected(field), f"add '{key}: {field.example or '...'}'"
-    )
 
 
 @dataclass(frozen=True)
@@ -361,7 +234,8 @@ def load_policy(path: str | Path | None = None, *, study: str = "multisite_cxr")
     path : str or Path, optional
         A user policy file; default the policy shipped for ``study``.
     study : str
-        The study the policy must govern (its ``study`` key must match).
+        The study the policy must govern (its ``study`` key must match). A study in
+        ``OTHER_LOADERS`` (``"sepsis_ews"``) has its own schema and is refused.
 
     Returns
     -------
@@ -372,7 +246,8 @@ def load_policy(path: str | Path | None = None, *, study: str = "multisite_cxr")
     PolicyError
         Listing every unknown key, missing threshold, wrong type or out-of-range value by key path.
     AuditInputError
-        If the file does not exist or no policy ships for ``study``.
+        If the file does not exist, no policy ships for ``study``, or ``study`` has its own
+        loader (``load_policy(study="sepsis_ews")`` names ``load_sepsis_policy``).
 
     Examples
     --------
@@ -380,6 +255,13 @@ def load_policy(path: str | Path | None = None, *, study: str = "multisite_cxr")
     >>> p.criteria.auroc.threshold, p.critical_findings[0]
     (0.6, 'Effusion')
     """
+    if study in OTHER_LOADERS:
+        raise AuditInputError(
+            "study",
+            repr(study),
+            f"a study with the site-deployment policy schema (not one of {sorted(OTHER_LOADERS)})",
+            f"the {study!r} policy has its own schema: load it with {OTHER_LOADERS[study]}(path)",
+        )
     if path is None:
         shipped = shipped_policies()
         if study not in shipped:
@@ -413,32 +295,15 @@ def load_policy(path: str | Path | None = None, *, study: str = "multisite_cxr")
 
 def policy_from_bytes(data: bytes, *, source: str = "<text>") -> Policy:
     """Parse policy YAML bytes (UTF-8); see :func:`load_policy`."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise PolicyError(
-            source, [Problem("<file>", "bytes that are not UTF-8", "UTF-8 text", "save as UTF-8")]
-        ) from err
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise PolicyError(
-            source, [Problem("<file>", f"invalid YAML ({err})", "valid YAML", "fix the syntax")]
-        ) from err
-    problems: list[Problem] = []
-    values = parse_mapping(raw, SCHEMA, "", problems)
-    if not problems:
-        problems.extend(_cross_checks(values))
-    if problems:
-        raise PolicyError(source, problems)
-    return _build(values, text=text, sha256=hashlib.sha256(data).hexdigest(), source=source)
+    parsed = parse_policy_bytes(data, SCHEMA, source=source, cross_checks=_cross_checks)
+    return _build(parsed.values, text=parsed.text, sha256=parsed.sha256, source=source)
 
 
 def _cross_checks(v: dict[str, Any]) -> list[Problem]:
     """Relations between keys: each pair (key, low, high) must satisfy low < high."""
     m, c = v["monitoring"], v["criteria"]
     ece_limit = c["ece"]["limit"] if c["ece"]["enabled"] else 1.0
-    pairs = [
+    return order_problems([
         ("monitoring.drift", "psi_warn", m["drift"]["psi_warn"], "psi_action",
          m["drift"]["psi_action"]),
         ("monitoring.alert_rate", "warn_relative_change", m["alert_rate"]["warn_relative_change"],
@@ -447,27 +312,12 @@ def _cross_checks(v: dict[str, Any]) -> list[Problem]:
          "criteria.ece.limit", ece_limit),
         ("monitoring.drift", "mmd_p_action", m["drift"]["mmd_p_action"], "mmd_p_warn",
          m["drift"]["mmd_p_warn"]),
-    ]  # fmt: skip
-    return [
-        Problem(key, f"{lo_name}={lo}, {hi_name}={hi}", f"{lo_name} < {hi_name}", "adjust them")
-        for key, lo_name, lo, hi_name, hi in pairs
-        if lo >= hi
-    ]
+    ])  # fmt: skip
 
 
-def _threshold(section: dict[str, Any], key: str) -> ThresholdCriterion:
-    value = section[key]  # None only when the criterion is disabled
-    return ThresholdCriterion(section["enabled"], section["statistic"], value or float("nan"))
-
-
-def _flatten(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}_")
-        else:
-            out[prefix + key] = tuple(value) if isinstance(value, list) else value
-    return out
+def _threshold(values: dict[str, Any], key: str) -> ThresholdCriterion:
+    value = values[key]  # None only when the criterion is disabled
+    return ThresholdCriterion(values["enabled"], values["statistic"], value or float("nan"))
 
 
 def _build(v: dict[str, Any], *, text: str, sha256: str, source: str) -> Policy:
@@ -478,7 +328,7 @@ def _build(v: dict[str, Any], *, text: str, sha256: str, source: str) -> Policy:
         sensitivity=_threshold(c["sensitivity"], "floor"),
         data_sufficiency=c["data_sufficiency"]["enabled"],
     )
-    monitoring = MonitoringPolicy(**_flatten(m))
+    monitoring = MonitoringPolicy(**flatten_section(m))
     return Policy(
         policy_id=v["policy_id"],
         version=v["version"],

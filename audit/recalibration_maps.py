@@ -34,7 +34,7 @@ import sklearn
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 
-from .calibration import CLIP_EPS
+from .calibration_fit import logit
 from .site_audit import SCORE_PREFIX
 from .types import AuditInputError
 
@@ -44,12 +44,6 @@ METHODS: tuple[str, ...] = ("temperature", "platt", "isotonic")
 ISOTONIC_EPS = 1e-3
 MAPS_VERSION = 1
 _LOSS_EPS = 1e-12
-
-
-def logit(p: Any) -> np.ndarray:
-    """``log(p / (1 - p))`` after clipping ``p`` to ``[1e-6, 1 - 1e-6]``."""
-    q = np.clip(np.asarray(p, dtype=np.float64), CLIP_EPS, 1.0 - CLIP_EPS)
-    return np.log(q) - np.log1p(-q)
 
 
 def _as_probs(p: Any) -> np.ndarray:

@@ -1,25 +1,29 @@
 """Versioned audit and deployment policy of study ``sepsis_ews``: strict YAML, frozen dataclasses.
 
 The shipped policy is ``audit/policies/sepsis_ews.yaml`` (every key is commented there); a user may
-pass their own file. Parsing reuses the strict machinery of :mod:`clinaudit.audit.policy`: every
-unknown key, missing value, wrong type or out-of-range value is collected and raised at once as a
-:class:`~clinaudit.audit.policy.PolicyError` naming the key path and the fix.
+pass their own file. Parsing uses the strict machinery of :mod:`clinaudit.audit.policy_yaml`
+(shared with the ``multisite_cxr`` policy): every unknown key, missing value, wrong type or
+out-of-range value is collected and raised at once as a
+:class:`~clinaudit.audit.policy_yaml.PolicyError` naming the key path and the fix.
 ``SepsisPolicy.sha256`` is the sha256 of the file bytes: the audit cites exactly the text it used.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-# The schema helpers are shared with the multisite_cxr policy (same strictness, same messages).
 from .fairness_mitigation import METHODS, TARGET_METRICS
-from .policy import PolicyError, Problem, _leaf, _map, parse_mapping
+from .policy_yaml import (
+    Problem,
+    flatten_section,
+    leaf,
+    order_problems,
+    parse_policy_bytes,
+    section,
+)
 from .types import AuditInputError
 
 STUDY = "sepsis_ews"
@@ -32,74 +36,74 @@ _CRITERION = {
     "ece": ("limit", ("estimate", "ci_high"), "0.05"),
 }
 SCHEMA = {
-    "policy_id": _leaf("str", "clinaudit.sepsis_ews.network_deployment"),
-    "version": _leaf("str", '"1.0.0"'),
-    "study": _leaf("str", STUDY),
-    "title": _leaf("str", default=""),
-    "analysis": _map(
-        attributes=_leaf(
+    "policy_id": leaf("str", "clinaudit.sepsis_ews.network_deployment"),
+    "version": leaf("str", '"1.0.0"'),
+    "study": leaf("str", STUDY),
+    "title": leaf("str", default=""),
+    "analysis": section(
+        attributes=leaf(
             "option_list", "[sex, race_ethnicity, age_band]", options=POLICY_ATTRIBUTES
         ),
-        intersections=_leaf("bool", default=True),
-        reference_groups=_map(
-            required=False, **{a: _leaf("str", default=None) for a in POLICY_ATTRIBUTES}
+        intersections=leaf("bool", default=True),
+        reference_groups=section(
+            required=False, **{a: leaf("str", default=None) for a in POLICY_ATTRIBUTES}
         ),
-        min_pos=_leaf("int", "10"),
-        min_neg=_leaf("int", "10"),
-        n_boot=_leaf("int", "1000"),
-        ci_level=_leaf("fraction", "0.95"),
-        n_bins=_leaf("int", "10"),
+        min_pos=leaf("int", "10"),
+        min_neg=leaf("int", "10"),
+        n_boot=leaf("int", "1000"),
+        ci_level=leaf("fraction", "0.95"),
+        n_bins=leaf("int", "10"),
     ),
-    "criteria": _map(
+    "criteria": section(
         **{
-            name: _map(
-                enabled=_leaf("bool", default=True),
-                statistic=_leaf("option", default=stats[0], options=stats),
-                **{key: _leaf("fraction", example)},
+            name: section(
+                enabled=leaf("bool", default=True),
+                statistic=leaf("option", default=stats[0], options=stats),
+                **{key: leaf("fraction", example)},
             )
             for name, (key, stats, example) in _CRITERION.items()
         },
-        alert_rate=_map(enabled=_leaf("bool", default=True), limit=_leaf("fraction", "0.25")),
-        fairness_gap=_map(
-            enabled=_leaf("bool", default=True),
-            metrics=_leaf("option_list", "[tpr]", options=TARGET_METRICS),
-            statistic=_leaf("option", default="estimate", options=("estimate", "ci_low")),
-            limit=_leaf("fraction", "0.10"),
+        alert_rate=section(enabled=leaf("bool", default=True), limit=leaf("fraction", "0.25")),
+        fairness_gap=section(
+            enabled=leaf("bool", default=True),
+            metrics=leaf("option_list", "[tpr]", options=TARGET_METRICS),
+            statistic=leaf("option", default="estimate", options=("estimate", "ci_low")),
+            limit=leaf("fraction", "0.10"),
         ),
     ),
-    "mitigation": _map(
-        method=_leaf("option", "group_thresholds", options=METHODS),
-        alternatives=_leaf("option_list", default=[], options=METHODS),
-        attribute=_leaf("str", default=LARGEST),
-        n_folds=_leaf("int", "5"),
+    "mitigation": section(
+        method=leaf("option", "group_thresholds", options=METHODS),
+        alternatives=leaf("option_list", default=[], options=METHODS),
+        attribute=leaf("str", default=LARGEST),
+        n_folds=leaf("int", "5"),
     ),
-    "drift": _map(
-        psi_moderate=_leaf("number", "0.10"),
-        psi_major=_leaf("number", "0.25"),
-        missing_rate_change=_leaf("fraction", "0.10"),
+    "drift": section(
+        psi_moderate=leaf("number", "0.10"),
+        psi_major=leaf("number", "0.25"),
+        missing_rate_change=leaf("fraction", "0.10"),
     ),
-    "monitoring": _map(
-        cadence=_map(inputs=_leaf("str", "weekly"), outcomes=_leaf("str", "monthly")),
-        min_window_stays=_leaf("int", "200"),
-        escalation=_leaf("str_list", "[sepsis EWS clinical lead, AI governance committee]"),
-        suspend_after_consecutive_actions=_leaf("int", "2"),
-        suspension=_leaf("str", "switch the alerts off and return to the standard protocol"),
-        drift=_map(
-            psi_warn=_leaf("number", "0.10"),
-            psi_action=_leaf("number", "0.25"),
-            missing_rate_warn_change=_leaf("fraction", "0.05"),
-            missing_rate_action_change=_leaf("fraction", "0.10"),
+    "monitoring": section(
+        cadence=section(inputs=leaf("str", "weekly"), outcomes=leaf("str", "monthly")),
+        min_window_stays=leaf("int", "200"),
+        escalation=leaf("str_list", "[sepsis EWS clinical lead, AI governance committee]"),
+        suspend_after_consecutive_actions=leaf("int", "2"),
+        suspension=leaf("str", "switch the alerts off and return to the standard protocol"),
+        drift=section(
+            psi_warn=leaf("number", "0.10"),
+            psi_action=leaf("number", "0.25"),
+            missing_rate_warn_change=leaf("fraction", "0.05"),
+            missing_rate_action_change=leaf("fraction", "0.10"),
         ),
-        auroc=_map(warn_drop=_leaf("fraction", "0.03"), action_drop=_leaf("fraction", "0.05")),
-        sensitivity=_map(
-            warn_drop=_leaf("fraction", "0.05"), action_drop=_leaf("fraction", "0.10")
+        auroc=section(warn_drop=leaf("fraction", "0.03"), action_drop=leaf("fraction", "0.05")),
+        sensitivity=section(
+            warn_drop=leaf("fraction", "0.05"), action_drop=leaf("fraction", "0.10")
         ),
-        ece=_map(warn_margin=_leaf("fraction", "0.02"), action_margin=_leaf("fraction", "0.04")),
-        alert_rate=_map(
-            warn_relative_change=_leaf("number", "0.25"),
-            action_relative_change=_leaf("number", "0.50"),
+        ece=section(warn_margin=leaf("fraction", "0.02"), action_margin=leaf("fraction", "0.04")),
+        alert_rate=section(
+            warn_relative_change=leaf("number", "0.25"),
+            action_relative_change=leaf("number", "0.50"),
         ),
-        tpr_gap=_map(warn=_leaf("fraction", "0.10"), action=_leaf("fraction", "0.15")),
+        tpr_gap=section(warn=leaf("fraction", "0.10"), action=leaf("fraction", "0.15")),
     ),
 }
 
@@ -241,23 +245,13 @@ def load_sepsis_policy(path: str | Path | None = None) -> SepsisPolicy:
 
 def sepsis_policy_from_bytes(data: bytes, *, source: str = "<text>") -> SepsisPolicy:
     """Parse policy YAML bytes (UTF-8); see :func:`load_sepsis_policy`."""
-    try:
-        raw = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        problem = Problem("<file>", f"unreadable YAML ({err})", "UTF-8 YAML", "fix the file")
-        raise PolicyError(source, [problem]) from err
-    problems: list[Problem] = []
-    values = parse_mapping(raw, SCHEMA, "", problems)
-    if not problems:
-        problems.extend(_cross_checks(values))
-    if problems:
-        raise PolicyError(source, problems)
-    return _build(values, data, source)
+    parsed = parse_policy_bytes(data, SCHEMA, source=source, cross_checks=_cross_checks)
+    return _build(parsed.values, text=parsed.text, sha256=parsed.sha256, source=source)
 
 
 def _pair_problems(v: dict[str, Any]) -> list[Problem]:
     m, d = v["monitoring"], v["drift"]
-    pairs = [
+    return order_problems([
         ("drift", "psi_moderate", d["psi_moderate"], "psi_major", d["psi_major"]),
         ("monitoring.drift", "psi_warn", m["drift"]["psi_warn"], "psi_action",
          m["drift"]["psi_action"]),
@@ -273,12 +267,7 @@ def _pair_problems(v: dict[str, Any]) -> list[Problem]:
          m["alert_rate"]["warn_relative_change"], "action_relative_change",
          m["alert_rate"]["action_relative_change"]),
         ("monitoring.tpr_gap", "warn", m["tpr_gap"]["warn"], "action", m["tpr_gap"]["action"]),
-    ]  # fmt: skip
-    return [
-        Problem(key, f"{lo_name}={lo}, {hi_name}={hi}", f"{lo_name} < {hi_name}", "adjust them")
-        for key, lo_name, lo, hi_name, hi in pairs
-        if lo >= hi
-    ]
+    ])  # fmt: skip
 
 
 def _cross_checks(v: dict[str, Any]) -> list[Problem]:
@@ -318,21 +307,11 @@ def _cross_checks(v: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def _criterion(section: dict[str, Any], key: str) -> Criterion:
-    return Criterion(section["enabled"], section.get("statistic", "estimate"), float(section[key]))
+def _criterion(values: dict[str, Any], key: str) -> Criterion:
+    return Criterion(values["enabled"], values.get("statistic", "estimate"), float(values[key]))
 
 
-def _flatten(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}_")
-        else:
-            out[prefix + key] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def _build(v: dict[str, Any], data: bytes, source: str) -> SepsisPolicy:
+def _build(v: dict[str, Any], *, text: str, sha256: str, source: str) -> SepsisPolicy:
     a, c, mit = v["analysis"], v["criteria"], v["mitigation"]
     refs = {k: str(g) for k, g in (a["reference_groups"] or {}).items() if g is not None}
     analysis = AnalysisSettings(
@@ -363,8 +342,8 @@ def _build(v: dict[str, Any], data: bytes, source: str) -> SepsisPolicy:
             mit["method"], tuple(mit["alternatives"]), mit["attribute"], mit["n_folds"]
         ),
         drift=DriftSettings(**v["drift"]),
-        monitoring=SepsisMonitoring(**_flatten(v["monitoring"])),
-        text=data.decode("utf-8"),
-        sha256=hashlib.sha256(data).hexdigest(),
+        monitoring=SepsisMonitoring(**flatten_section(v["monitoring"])),
+        text=text,
+        sha256=sha256,
         source=source,
     )

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from clinaudit.audit import policy_yaml
 from clinaudit.audit.policy import (
+    OTHER_LOADERS,
     PolicyError,
+    Problem,
     describe_policy,
     load_policy,
     policy_from_bytes,
     shipped_policies,
 )
+from clinaudit.audit.sepsis_policy import sepsis_policy_from_bytes
 from clinaudit.audit.types import AuditInputError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "audit" / "policies" / "multisite_cxr.yaml"
@@ -152,8 +157,67 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_policy(study="no_such_study")
     path = tmp_path / "other.yaml"
     path.write_bytes(SHIPPED.read_bytes())
-    with pytest.raises(PolicyError, match=r"study: received 'multisite_cxr'.*'sepsis_ews'"):
+    with pytest.raises(PolicyError, match=r"study: received 'multisite_cxr'.*'cxr_triage'"):
+        load_policy(path, study="cxr_triage")
+
+
+@pytest.mark.parametrize("with_path", [False, True])
+def test_study_with_its_own_schema_is_refused_and_names_its_loader(
+    tmp_path: Path, with_path: bool
+) -> None:
+    # The sepsis_ews policy ships beside multisite_cxr but has another schema: load_policy must not
+    # parse it with the site-deployment schema (a wall of "unknown key" problems); it must say which
+    # loader to use, whether the shipped file or a user file is asked for.
+    path = None
+    if with_path:
+        path = tmp_path / "sepsis.yaml"
+        path.write_bytes(shipped_policies()["sepsis_ews"].read_bytes())
+    with pytest.raises(AuditInputError, match=r"'sepsis_ews'.*load_sepsis_policy") as err:
         load_policy(path, study="sepsis_ews")
+    assert not isinstance(err.value, PolicyError)
+    assert err.value.argument == "study" and err.value.received == "'sepsis_ews'"
+    assert OTHER_LOADERS["sepsis_ews"] == "clinaudit.audit.sepsis_policy.load_sepsis_policy"
+    module, name = OTHER_LOADERS["sepsis_ews"].rsplit(".", 1)
+    loaded = getattr(importlib.import_module(module), name)(path)
+    assert loaded.study == "sepsis_ews"
+
+
+def test_both_policy_loaders_share_one_strict_parser() -> None:
+    # One parser (policy_yaml) serves both studies: same file-level problems, same classes.
+    for parse in (policy_from_bytes, sepsis_policy_from_bytes):
+        with pytest.raises(PolicyError, match="bytes that are not UTF-8") as err:
+            parse(b"\xff\xfe", source="bin.yaml")
+        assert err.value.source == "bin.yaml" and err.value.problems[0].key == "<file>"
+        with pytest.raises(PolicyError, match=r"<file>: received invalid YAML"):
+            parse(b"criteria: [unclosed")
+    assert PolicyError is policy_yaml.PolicyError and Problem is policy_yaml.Problem
+
+
+def test_policy_yaml_schema_helpers() -> None:
+    schema = {
+        "name": policy_yaml.leaf("str", "x"),
+        "limits": policy_yaml.section(
+            warn=policy_yaml.leaf("fraction", "0.1"),
+            on=policy_yaml.leaf("bool", default=True),
+        ),
+    }
+    problems: list[Problem] = []
+    values = policy_yaml.parse_mapping({"name": 3, "limits": {"warn": 2}}, schema, "", problems)
+    assert values == {"name": 3, "limits": {"warn": 2, "on": True}}
+    assert [(p.key, p.expected) for p in problems] == [
+        ("name", "a non-empty string"),
+        ("limits.warn", "a number in (0, 1)"),
+    ]
+    assert 'name: "3"' in problems[0].fix
+    parsed = policy_yaml.parse_policy_bytes(
+        b"name: a\nlimits: {warn: 0.5}\n", schema, source="t", cross_checks=lambda v: []
+    )
+    assert parsed.values == {"name": "a", "limits": {"warn": 0.5, "on": True}}
+    assert parsed.sha256 == hashlib.sha256(b"name: a\nlimits: {warn: 0.5}\n").hexdigest()
+    pairs = [("limits", "warn", 0.5, "action", 0.4), ("limits", "lo", 0.1, "hi", 0.2)]
+    assert [p.received for p in policy_yaml.order_problems(pairs)] == ["warn=0.5, action=0.4"]
+    flat = policy_yaml.flatten_section({"a": {"b": 1, "c": ["x"]}, "d": 2})
+    assert flat == {"a_b": 1, "a_c": ("x",), "d": 2}
 
 
 def test_describe_policy_states_the_rule() -> None:
