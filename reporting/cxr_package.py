@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,16 @@ from clinaudit.reporting.cxr_report import (
     build_cxr_view,
     render_cxr_html,
     report_environment,
-    write_figures,
 )
 from clinaudit.reporting.package import (
     AuditPackage,
-    code_version,
-    inputs_digest,
-    new_audit_id,
-    write_audit_package,
+    AuditStamp,
+    PolicyMismatchError,
+    stamp_audit,
+    write_report_package,
 )
-from clinaudit.reporting.signing import SignerSpec, signer_identity
+from clinaudit.reporting.report_figures import FigureFile
+from clinaudit.reporting.signing import SignerSpec
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.landing import batch_hashes, sha256_file, tables_simulated
 
@@ -72,10 +71,6 @@ EVIDENCE = {
     "decision_criteria": "cxr_decision_criteria",
     "monitoring_plan": "cxr_monitoring_plan",
 }
-
-
-class PolicyMismatchError(ValueError):
-    """The decisions were made under another policy than the one configured now."""
 
 
 @dataclass(frozen=True)
@@ -164,13 +159,11 @@ class PreparedReport:
     """Everything the package needs before rendering: HTML, figures, evidence and provenance."""
 
     html: str
-    figures: Mapping[str, bytes]
+    figures: tuple[FigureFile, ...]
     attachments: dict[str, bytes]
     inputs: dict[str, str]
-    audit_id: str
-    now: datetime
+    stamp: AuditStamp
     simulated: bool
-    signer: str
 
 
 def prepare_cxr_report(
@@ -206,11 +199,7 @@ def prepare_cxr_report(
     live = {s: t for s, t in validated.items() if len(t)}
     batches = batch_hashes(live, landing_root, STUDY_DIR)
     inputs = {**batches, "model_package": model_sha, "decision_policy": policy.sha256}
-    now = (now or datetime.now(UTC)).replace(microsecond=0)
-    audit_id = new_audit_id(STUDY, inputs_digest(inputs), now)
-    identity = signer_identity(signer)
-    version = code_version()
-    commit = f" @ {version['git_commit'][:12]}" if version.get("git_commit") else ""
+    stamp = stamp_audit(STUDY, inputs, signer, now)
     drift = DriftConfig()
     report_inputs = CxrReportInputs(
         study_title=TITLE,
@@ -227,15 +216,15 @@ def prepare_cxr_report(
         monitoring=tables["cxr_monitoring_plan"],
         policy=PolicyInfo(policy.policy_id, policy.version, policy.sha256, policy.text),
         provenance=CxrProvenance(
-            audit_id=audit_id,
-            generated_at=now.isoformat().replace("+00:00", "Z"),
+            audit_id=stamp.audit_id,
+            generated_at=stamp.generated_at,
             input_batches=batches,
             model_sha256=model_sha,
             model_card=card,
-            code_version=f"clinaudit {version['clinaudit']}{commit}",
+            code_version=stamp.code_version,
             policy_sha256=policy.sha256,
-            signer=identity.subject,
-            development_signature=signer.is_development,
+            signer=stamp.signer,
+            development_signature=stamp.development_signature,
         ),
         psi_moderate=drift.psi_moderate,
         psi_major=drift.psi_major,
@@ -251,10 +240,8 @@ def prepare_cxr_report(
         figures=view.figures,
         attachments=_attachments(tables, artifacts_root, policy),
         inputs=inputs,
-        audit_id=audit_id,
-        now=now,
+        stamp=stamp,
         simulated=simulated,
-        signer=identity.subject,
     )
 
 
@@ -306,30 +293,25 @@ def write_cxr_package(
         now=now,
     )
     t1 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        figure_dir = Path(tmp)
-        written = write_figures(prepared.figures, figure_dir)
-        package = write_audit_package(
-            reports_root,
-            study=STUDY,
-            audit_id=prepared.audit_id,
-            html=prepared.html,
-            base_url=figure_dir,
-            attachments=prepared.attachments,
-            inputs=prepared.inputs,
-            signer=signer,
-            title=f"{TITLE} ({prepared.audit_id})",
-            source_date_epoch=int(prepared.now.timestamp()),
-            extra_files={str(p.relative_to(figure_dir)): p for p in written},
-            metadata={"simulated": prepared.simulated, "policy_id": policy.policy_id},
-        )
+    package = write_report_package(
+        reports_root,
+        study=STUDY,
+        stamp=prepared.stamp,
+        study_title=TITLE,
+        html=prepared.html,
+        figures={f.path: f.data for f in prepared.figures},
+        attachments=prepared.attachments,
+        inputs=prepared.inputs,
+        signer=signer,
+        metadata={"simulated": prepared.simulated, "policy_id": policy.policy_id},
+    )
     t2 = time.perf_counter()
     return CxrPackageResult(
         package=package,
-        audit_id=prepared.audit_id,
+        audit_id=prepared.stamp.audit_id,
         simulated=prepared.simulated,
-        signer=prepared.signer,
-        development_signature=signer.is_development,
+        signer=prepared.stamp.signer,
+        development_signature=prepared.stamp.development_signature,
         n_inputs=len(prepared.inputs),
         seconds={"view_and_html": t1 - t0, "render_sign_write_verify": t2 - t1},
     )

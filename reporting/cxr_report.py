@@ -39,6 +39,7 @@ from clinaudit.reporting.cxr_sections import (
     ordered_groups,
 )
 from clinaudit.reporting.cxr_view import SIMULATED_BAND, Appendix, CxrReportView, PolicyInfo
+from clinaudit.reporting.pdf import render_template, report_environment
 from clinaudit.reporting.report_figures import write_figures
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.validation.quality import QUALITY_FEATURES
@@ -358,18 +359,6 @@ def _appendix(inputs: CxrReportInputs) -> Appendix:
     )
 
 
-def report_environment() -> jinja2.Environment:
-    """The report templates' Jinja environment: autoescaped, strict about undefined names."""
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("clinaudit.templates", ""),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
 def render_cxr_html(view: CxrReportView, env: jinja2.Environment) -> str:
     """Render the report HTML (UTF-8 declared; figures referenced as ``figures/<name>``).
 
@@ -387,4 +376,4 @@ def render_cxr_html(view: CxrReportView, env: jinja2.Environment) -> str:
             "undefined=jinja2.StrictUndefined",
             "use clinaudit.reporting.cxr_report.report_environment()",
         )
-    return env.get_template(TEMPLATE).render(view=view)
+    return render_template(env, TEMPLATE, view)

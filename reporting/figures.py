@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -246,34 +246,89 @@ def drift_bars_figure(
     if figsize is None:
         figsize = (min(14.0, max(6.0, 0.25 * len(features) * max(1, len(groups)))), 3.6)
     fig, ax = plt.subplots(figsize=figsize)
-    width = 0.8 / max(1, len(groups))
-    for k, g in enumerate(groups):
-        part = numeric[numeric["group"] == g].set_index("feature").reindex(features)
-        ax.bar(np.arange(len(features)) + k * width, part["psi"].clip(upper=2.0), width, label=g)
-    ax.axhline(psi_moderate, color="orange", lw=0.8, ls="--", label=f"PSI {psi_moderate}")
-    ax.axhline(psi_major, color="red", lw=0.8, ls="--", label=f"PSI {psi_major}")
-    ax.set_xticks(
-        np.arange(len(features)) + 0.4 - width / 2,
-        labels=features,
+    psi_bars(
+        ax,
+        numeric,
+        features,
+        groups,
+        clip=2.0,
+        levels=(
+            (psi_moderate, "orange", f"PSI {psi_moderate}"),
+            (psi_major, "red", f"PSI {psi_major}"),
+        ),
         rotation=45,
-        ha="right",
         fontsize=fontsize,
+        legend_fontsize=fontsize - 1,
     )
-    ax.tick_params(axis="y", labelsize=fontsize)
     ax.set_ylabel("PSI (clipped at 2)", fontsize=fontsize + 1)
-    ax.legend(
-        fontsize=fontsize - 1,
-        ncol=len(groups) + 2,
-        loc="lower left",
-        bbox_to_anchor=(0.0, 1.0),
-        frameon=False,
-    )
     ax.set_title(
         "Input drift vs reference site" + (f" - {_SIMULATED_NOTE}" if simulated else ""),
         fontsize=fontsize + 2,
         pad=fontsize * 2.6,
     )
     return fig
+
+
+def psi_bars(
+    ax: plt.Axes,
+    numeric: pd.DataFrame,
+    features: Sequence[str],
+    groups: Sequence[str],
+    *,
+    clip: float,
+    levels: Sequence[tuple[float, str, str]],
+    rotation: float,
+    fontsize: float,
+    legend_fontsize: float,
+    labels: Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | None = None,
+) -> None:
+    """Draw PSI as grouped bars (one bar per group within each feature) on ``ax``.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+        Where to draw.
+    numeric : DataFrame
+        Drift rows with ``group``, ``feature`` and ``psi``.
+    features, groups : sequence of str
+        Bar groups along the x axis, and the bars within each (in this order).
+    clip : float
+        PSI values above are drawn at ``clip``.
+    levels : sequence of (value, colour, label)
+        Dashed horizontal lines (the drift levels), listed in the legend.
+    rotation, fontsize : float
+        Feature labels' angle and size (the y tick labels share the size).
+    legend_fontsize : float
+        Legend text size; the legend sits in one row above the axes.
+    labels, colors : mapping, optional
+        Legend label / bar colour of some groups (default: the group name / the colour cycle).
+    """
+    labels, colors = labels or {}, colors or {}
+    x = np.arange(len(features))
+    width = 0.8 / max(1, len(groups))
+    for k, g in enumerate(groups):
+        part = numeric[numeric["group"] == g].set_index("feature").reindex(list(features))
+        ax.bar(
+            x + k * width,
+            part["psi"].clip(upper=clip),
+            width,
+            label=labels.get(g, g),
+            color=colors.get(g),
+        )
+    for value, colour, label in levels:
+        ax.axhline(value, color=colour, lw=0.8, ls="--", label=label)
+    ax.set_xticks(
+        x + 0.4 - width / 2, labels=list(features), rotation=rotation, ha="right", fontsize=fontsize
+    )
+    ax.tick_params(axis="y", labelsize=fontsize)
+    ax.legend(
+        fontsize=legend_fontsize,
+        ncol=len(groups) + 2,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0),
+        frameon=False,
+    )
 
 
 def drift_bars(

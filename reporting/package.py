@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,11 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class PackageExistsError(FileExistsError):
     """The package directory exists already; packages are never overwritten."""
+
+
+class PolicyMismatchError(ValueError):
+    """The audit tables were computed under another policy than the one configured now
+    (re-run the decision step under the configured policy, or configure the policy used)."""
 
 
 class PackageVerificationError(RuntimeError):
@@ -105,6 +111,64 @@ def code_version() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
     }
+
+
+@dataclass(frozen=True)
+class AuditStamp:
+    """Who, when and with which code: fixed once per audit, before its report is built.
+
+    Attributes
+    ----------
+    audit_id : str
+        From :func:`new_audit_id`; the package folder name.
+    now : datetime
+        UTC time of the audit, whole seconds; every date in the report and the PDF.
+    generated_at : str
+        ``now`` as ISO 8601 text ending in ``Z`` (printed in the report).
+    code_version : str
+        ``"clinaudit <version> @ <commit[:12]>"`` (the commit only when run from a checkout).
+    signer : str
+        Subject of the signing certificate.
+    development_signature : bool
+        True when signed with the local development key.
+    """
+
+    audit_id: str
+    now: datetime
+    generated_at: str
+    code_version: str
+    signer: str
+    development_signature: bool
+
+
+def stamp_audit(
+    study: str, inputs: Mapping[str, str], signer: SignerSpec, now: datetime | None = None
+) -> AuditStamp:
+    """The audit id, time, code version and signer of a new audit of ``study`` on ``inputs``.
+
+    Parameters
+    ----------
+    study : str
+        Study folder name (``"multisite_cxr"``).
+    inputs : mapping of str to str
+        Name -> sha256 of every input batch, model package and policy (see :func:`inputs_digest`).
+    signer : SignerSpec
+        Who signs the package.
+    now : datetime, optional
+        Aware time of the audit (default: now, UTC); microseconds are dropped.
+    """
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    audit_id = new_audit_id(study, inputs_digest(inputs), now)
+    identity, version = signer_identity(signer), code_version()
+    commit = f" @ {version['git_commit'][:12]}" if version.get("git_commit") else ""
+    return AuditStamp(
+        audit_id=audit_id,
+        now=now,
+        generated_at=now.isoformat().replace("+00:00", "Z"),
+        code_version=f"clinaudit {version['clinaudit']}{commit}",
+        signer=identity.subject,
+        development_signature=signer.is_development,
+    )
 
 
 def build_manifest(
@@ -279,3 +343,59 @@ def write_audit_package(
         raise
     _make_read_only(folder)
     return AuditPackage(folder, folder / REPORT_NAME, manifest, verdict)
+
+
+def write_report_package(
+    reports_root: Path,
+    *,
+    study: str,
+    stamp: AuditStamp,
+    study_title: str,
+    html: str,
+    figures: Mapping[str, bytes],
+    attachments: Mapping[str, bytes],
+    inputs: Mapping[str, str],
+    signer: SignerSpec,
+    metadata: Mapping[str, Any],
+) -> AuditPackage:
+    """A study's report package: its figures go into the package beside the report.
+
+    Writes ``figures`` into a temporary folder the HTML resolves against, then calls
+    :func:`write_audit_package` with the PDF title ``"<study_title> (<audit id>)"`` and the
+    dates of ``stamp.now``.
+
+    Parameters
+    ----------
+    reports_root : Path
+        Root of all packages.
+    study : str
+        Study folder name.
+    stamp : AuditStamp
+        From :func:`stamp_audit` (the audit id the report prints).
+    study_title : str
+        Title of the study's report.
+    html : str
+        The report HTML.
+    figures : mapping of str to bytes
+        Relative path the HTML uses (``"figures/auroc_heatmap.svg"``) -> file bytes.
+    attachments, inputs, signer, metadata
+        As in :func:`write_audit_package`.
+    """
+    check_attachment_names(sorted(figures))  # before writing: no name leaves the folder
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        _write_files(base, figures)
+        return write_audit_package(
+            reports_root,
+            study=study,
+            audit_id=stamp.audit_id,
+            html=html,
+            base_url=base,
+            attachments=attachments,
+            inputs=inputs,
+            signer=signer,
+            title=f"{study_title} ({stamp.audit_id})",
+            source_date_epoch=int(stamp.now.timestamp()),
+            extra_files={name: base / name for name in sorted(figures)},
+            metadata=metadata,
+        )

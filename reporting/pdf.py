@@ -45,8 +45,21 @@ def jinja_environment(template_dir: Path | Sequence[Path]) -> jinja2.Environment
                 f"template_dir={str(folder)!r} is not a directory; pass the folder that holds the "
                 "report templates (e.g. the package's templates/<report type>/)"
             )
+    return _environment(jinja2.FileSystemLoader([str(d) for d in dirs], encoding="utf-8"))
+
+
+def report_environment() -> jinja2.Environment:
+    """The environment of the study reports' templates, shipped in ``clinaudit.templates``.
+
+    Same settings as :func:`jinja_environment` (autoescaped, strict about undefined names); the
+    templates are addressed as ``<study>/report.html.j2``.
+    """
+    return _environment(jinja2.PackageLoader("clinaudit.templates", ""))
+
+
+def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in dirs], encoding="utf-8"),
+        loader=loader,
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

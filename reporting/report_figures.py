@@ -114,8 +114,24 @@ def reliability_svg(
     subtitles: Sequence[str],
     *,
     simulated: bool,
+    panel_height: float = PAGE_WIDTH_IN / 4 + 0.35,
 ) -> bytes:
-    """Reliability diagrams of some cells, four panels per row across the page."""
+    """Reliability diagrams of some cells, four panels per row across the page.
+
+    Parameters
+    ----------
+    reliability : DataFrame
+        Reliability table (``group``, ``target``, ``binning``, ``count``, ``mean_predicted``,
+        ``observed_rate``, ``observed_ci_low``, ``observed_ci_high``).
+    cells : sequence of (group, target)
+        The panels, in order.
+    subtitles : sequence of str
+        Second title line of each panel (e.g. its ECE).
+    simulated : bool
+        Marks the figure SIMULATED DATA.
+    panel_height : float
+        Inches; each panel is a quarter of the page width wide.
+    """
     ncols = min(4, max(1, len(cells)))
     return svg_bytes(
         lambda: reliability_diagrams_figure(
@@ -124,7 +140,7 @@ def reliability_svg(
             simulated=simulated,
             ncols=ncols,
             panel_size=PAGE_WIDTH_IN / 4,
-            panel_height=PAGE_WIDTH_IN / 4 + 0.35,
+            panel_height=panel_height,
             fontsize=6.5,
             subtitles=subtitles,
         )

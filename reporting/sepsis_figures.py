@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from clinaudit.reporting.figures import reliability_diagrams_figure
+from clinaudit.reporting import report_figures
+from clinaudit.reporting.figures import psi_bars
 from clinaudit.reporting.report_figures import PAGE_WIDTH_IN, svg_bytes
 
 _SIM = "SIMULATED DATA"
@@ -97,18 +98,8 @@ def reliability_svg(
     part = reliability.copy()
     part["group"] = [_label(a, g) for a, g in zip(part["attribute"], part["group"], strict=True)]
     keys = [(_label(a, g), "sepsis") for a, g in cells]
-    ncols = min(4, max(1, len(keys)))
-    return svg_bytes(
-        lambda: reliability_diagrams_figure(
-            part,
-            keys,
-            simulated=simulated,
-            ncols=ncols,
-            panel_size=PAGE_WIDTH_IN / 4,
-            panel_height=PAGE_WIDTH_IN / 4 + 0.3,
-            fontsize=6.5,
-            subtitles=subtitles,
-        )
+    return report_figures.reliability_svg(
+        part, keys, subtitles, simulated=simulated, panel_height=PAGE_WIDTH_IN / 4 + 0.3
     )
 
 
@@ -227,35 +218,20 @@ def drift_svg(
 
     def build() -> plt.Figure:
         fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, 1.95))
-        width = 0.8 / max(1, len(groups))
-        for k, g in enumerate(groups):
-            sub = numeric[numeric["group"] == g].set_index("feature").reindex(list(features))
-            label = "network" if g == "all" else g
-            ax.bar(
-                np.arange(len(features)) + k * width,
-                sub["psi"].clip(upper=1.0),
-                width,
-                label=label,
-                color=_BLUE if g == "all" else None,
-            )
-        ax.axhline(moderate, color="orange", lw=0.8, ls="--", label=f"PSI {moderate:g}")
-        ax.axhline(major, color=_RED, lw=0.8, ls="--", label=f"PSI {major:g}")
-        ax.set_xticks(
-            np.arange(len(features)) + 0.4 - width / 2,
-            labels=list(features),
+        psi_bars(
+            ax,
+            numeric,
+            features,
+            groups,
+            clip=1.0,
+            levels=((moderate, "orange", f"PSI {moderate:g}"), (major, _RED, f"PSI {major:g}")),
             rotation=35,
-            ha="right",
             fontsize=_FONT - 1,
+            legend_fontsize=_FONT - 1.5,
+            labels={"all": "network"},
+            colors={"all": _BLUE},
         )
-        ax.tick_params(axis="y", labelsize=_FONT - 1)
         ax.set_ylabel("PSI vs card (clipped at 1)", fontsize=_FONT - 0.5)
-        ax.legend(
-            fontsize=_FONT - 1.5,
-            ncol=len(groups) + 2,
-            loc="lower left",
-            bbox_to_anchor=(0.0, 1.0),
-            frameon=False,
-        )
         ax.set_title(
             "Input drift against the vendor's training data" + (f" - {_SIM}" if simulated else ""),
             fontsize=_FONT + 1,

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pandas as pd
 from pyhanko.pdf_utils.reader import PdfFileReader
 
@@ -32,12 +30,11 @@ from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting.cxr_view import SIMULATED_BAND
 from clinaudit.reporting.package import (
     AuditPackage,
-    code_version,
-    inputs_digest,
-    new_audit_id,
-    write_audit_package,
+    PolicyMismatchError,
+    stamp_audit,
+    write_report_package,
 )
-from clinaudit.reporting.report_figures import write_figures
+from clinaudit.reporting.pdf import render_template, report_environment
 from clinaudit.reporting.sepsis_appendix import SepsisProvenance, appendix
 from clinaudit.reporting.sepsis_plan import mitigation_section, monitoring_section
 from clinaudit.reporting.sepsis_sections import (
@@ -47,7 +44,7 @@ from clinaudit.reporting.sepsis_sections import (
     fairness_section,
 )
 from clinaudit.reporting.sepsis_view import SepsisReportView, summary_section
-from clinaudit.reporting.signing import SignerSpec, signer_identity
+from clinaudit.reporting.signing import SignerSpec
 from clinaudit.sources.landing import batch_hashes, tables_simulated
 
 __all__ = [
@@ -62,10 +59,6 @@ __all__ = [
 STUDY = "sepsis_ews"
 TITLE = "Sepsis early-warning score: subgroup audit, mitigation and monitoring plan"
 TEMPLATE = "sepsis_ews/report.html.j2"
-
-
-class PolicyMismatchError(ValueError):
-    """The audit tables were computed under another policy than the one configured now."""
 
 
 # --------------------------------------------------------------------------- view and HTML
@@ -138,21 +131,9 @@ def build_sepsis_view(
     )
 
 
-def report_environment() -> jinja2.Environment:
-    """The report templates' Jinja environment: autoescaped, strict about undefined names."""
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("clinaudit.templates", ""),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
 def render_sepsis_html(view: SepsisReportView) -> str:
     """Render the report HTML (UTF-8; figures referenced as ``figures/<name>``)."""
-    return report_environment().get_template(TEMPLATE).render(view=view)
+    return render_template(report_environment(), TEMPLATE, view)
 
 
 # --------------------------------------------------------------------------- package
@@ -246,18 +227,15 @@ def write_sepsis_package(
         "model_package": str(model["package_sha256"]),
         "audit_policy": policy.sha256,
     }
-    now = (now or datetime.now(UTC)).replace(microsecond=0)
-    audit_id = new_audit_id(STUDY, inputs_digest(inputs), now)
-    identity, version = signer_identity(signer), code_version()
-    commit = f" @ {version['git_commit'][:12]}" if version.get("git_commit") else ""
+    stamp = stamp_audit(STUDY, inputs, signer, now)
     provenance = SepsisProvenance(
-        audit_id=audit_id,
-        generated_at=now.isoformat().replace("+00:00", "Z"),
+        audit_id=stamp.audit_id,
+        generated_at=stamp.generated_at,
         input_batches=batches,
         model_identity=str(model["package_sha256"]),
-        code_version=f"clinaudit {version['clinaudit']}{commit}",
-        signer=identity.subject,
-        development_signature=signer.is_development,
+        code_version=stamp.code_version,
+        signer=stamp.signer,
+        development_signature=stamp.development_signature,
     )
     view = build_sepsis_view(
         result,
@@ -269,34 +247,30 @@ def write_sepsis_package(
     )
     html = render_sepsis_html(view)
     t1 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        written = write_figures(view.figures, Path(tmp))
-        package = write_audit_package(
-            reports_root,
-            study=STUDY,
-            audit_id=audit_id,
-            html=html,
-            base_url=Path(tmp),
-            attachments=_attachments(result, quarantine, policy, model),
-            inputs=inputs,
-            signer=signer,
-            title=f"{TITLE} ({audit_id})",
-            source_date_epoch=int(now.timestamp()),
-            extra_files={str(p.relative_to(tmp)): p for p in written},
-            metadata={
-                "simulated": simulated,
-                "policy_id": policy.policy_id,
-                "recommendation": result.recommendation,
-            },
-        )
+    package = write_report_package(
+        reports_root,
+        study=STUDY,
+        stamp=stamp,
+        study_title=TITLE,
+        html=html,
+        figures={f.path: f.data for f in view.figures},
+        attachments=_attachments(result, quarantine, policy, model),
+        inputs=inputs,
+        signer=signer,
+        metadata={
+            "simulated": simulated,
+            "policy_id": policy.policy_id,
+            "recommendation": result.recommendation,
+        },
+    )
     reader = PdfFileReader(io.BytesIO(package.pdf_path.read_bytes()))
     pages = int(reader.root["/Pages"]["/Count"])
     return SepsisPackageResult(
         package=package,
-        audit_id=audit_id,
+        audit_id=stamp.audit_id,
         simulated=simulated,
-        signer=identity.subject,
-        development_signature=signer.is_development,
+        signer=stamp.signer,
+        development_signature=stamp.development_signature,
         n_inputs=len(inputs),
         pages=pages,
         seconds={"view_and_html": t1 - t0, "render_sign_write_verify": time.perf_counter() - t1},

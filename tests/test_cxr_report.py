@@ -24,6 +24,7 @@ from cxr_report_fixtures import (
     report_inputs,
     synthetic_base_tables,
 )
+from matplotlib.colors import to_hex
 
 from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting import figures as figs
@@ -225,3 +226,35 @@ def test_number_formats_never_print_missing_values() -> None:
     assert fmt_p(0.0004) == "<0.001" and fmt_p(0.0123) == "0.012"
     assert insufficient(3, 497) == "insufficient data (n_pos=3)"
     assert insufficient(495, 5) == "insufficient data (n_neg=5)"
+
+
+def test_psi_bars_clip_order_levels_and_legend() -> None:
+    drift = pd.DataFrame(
+        {
+            "group": ["all", "all", "site_b", "site_b"],
+            "feature": ["a", "b", "a", "b"],
+            "psi": [0.05, 3.0, 0.3, 0.2],
+        }
+    )
+    fig, ax = figs.plt.subplots()
+    figs.psi_bars(
+        ax,
+        drift,
+        ["b", "a"],
+        ["all", "site_b"],
+        clip=1.0,
+        levels=((0.1, "orange", "PSI 0.1"), (0.25, "red", "PSI 0.25")),
+        rotation=30,
+        fontsize=6.0,
+        legend_fontsize=5.0,
+        labels={"all": "network"},
+        colors={"all": "#1f5fa8"},
+    )
+    # Bars per group in the given feature order, clipped; the mapped group has its colour.
+    assert [round(p.get_height(), 6) for p in ax.patches] == [1.0, 0.05, 0.2, 0.3]
+    assert to_hex(ax.patches[0].get_facecolor()) == "#1f5fa8"
+    assert [line.get_ydata()[0] for line in ax.lines] == [0.1, 0.25]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "a"]
+    legend = sorted(t.get_text() for t in ax.get_legend().get_texts())
+    assert legend == ["PSI 0.1", "PSI 0.25", "network", "site_b"]
+    figs.plt.close(fig)

@@ -24,13 +24,16 @@ from clinaudit.reporting.package import (
     PackageExistsError,
     inputs_digest,
     new_audit_id,
+    stamp_audit,
     write_audit_package,
+    write_report_package,
 )
 from clinaudit.reporting.pdf import (
     ReportRenderError,
     jinja_environment,
     render_pdf,
     render_template,
+    report_environment,
 )
 from clinaudit.reporting.signing import (
     DEV_COMMON_NAME,
@@ -146,6 +149,9 @@ def test_jinja_environment_escapes_and_is_strict(tmp_path: Path) -> None:
         render_template(env, "r.html.j2", {})
     with pytest.raises(ReportRenderError, match="template_dir"):
         jinja_environment(tmp_path / "nope")
+    studies = report_environment()
+    assert studies.autoescape and studies.undefined is jinja2.StrictUndefined
+    assert studies.get_template("sepsis_ews/report.html.j2").name == "sepsis_ews/report.html.j2"
 
 
 # --- signer configuration ---------------------------------------------------------------------
@@ -414,6 +420,45 @@ def test_new_audit_id() -> None:
         new_audit_id("multisite_cxr", "d" * 64, datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="study="):
         new_audit_id("../x", "d" * 64, now)
+
+
+def test_stamp_audit_fixes_id_time_code_and_signer(dev_spec: SignerSpec) -> None:
+    now = datetime.fromtimestamp(EPOCH, UTC) + timedelta(microseconds=250)
+    stamp = stamp_audit("demo_study", INPUTS, dev_spec, now)
+    assert stamp.now == datetime.fromtimestamp(EPOCH, UTC)  # whole seconds
+    assert stamp.audit_id == new_audit_id("demo_study", inputs_digest(INPUTS), stamp.now)
+    assert stamp.generated_at == "2026-11-23T20:15:00Z"
+    assert stamp.code_version.startswith("clinaudit ")
+    assert stamp.signer == f"O=clinaudit,CN={DEV_COMMON_NAME}" and stamp.development_signature
+    with pytest.raises(ValueError, match="naive"):
+        stamp_audit("demo_study", INPUTS, dev_spec, datetime(2026, 1, 1))
+
+
+def test_report_package_writes_figures_from_memory(
+    tmp_path: Path, base: Path, dev_spec: SignerSpec
+) -> None:
+    stamp = stamp_audit("demo_study", INPUTS, dev_spec, datetime.fromtimestamp(EPOCH, UTC))
+    figure = (base / "fig.png").read_bytes()
+    common = dict(
+        study="demo_study",
+        stamp=stamp,
+        study_title="Demo report",
+        html=_html(1).replace('src="fig.png"', 'src="figures/fig.png"'),
+        attachments=ATTACHMENTS,
+        inputs=INPUTS,
+        signer=dev_spec,
+        metadata={"simulated": True},
+    )
+    with pytest.raises(ReportRenderError, match="attachment name"):
+        write_report_package(tmp_path, figures={"../escape.png": figure}, **common)
+    assert not (tmp_path / "demo_study").exists()
+    written = write_report_package(tmp_path, figures={"figures/fig.png": figure}, **common)
+    assert written.dir == tmp_path / "demo_study" / stamp.audit_id and written.verdict.ok
+    assert (written.dir / "figures" / "fig.png").read_bytes() == figure
+    assert written.manifest["title"] == f"Demo report ({stamp.audit_id})"
+    assert written.manifest["created"] == "2026-11-23T20:15:00Z"
+    assert written.manifest["outputs"]["figures/fig.png"] == hashlib.sha256(figure).hexdigest()
+    assert embedded_files(_reader(written.pdf_path.read_bytes()))["figures/fig.png"] == figure
 
 
 def test_visible_signature_on_last_page_with_embedded_font(package) -> None:
