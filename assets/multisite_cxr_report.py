@@ -7,6 +7,7 @@ ones are never overwritten. Bodies wire ``clinaudit.reporting``.
 """
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -79,23 +80,37 @@ def cxr_audit_package(
         )
     except PolicyMismatchError as err:
         raise dg.Failure(str(err)) from err
-    package = result.package
-    context.log.info(f"signed audit package {package.dir} (verified: {package.verdict.ok})")
     counts = tables["cxr_decisions"]["decision"].value_counts().to_dict()
+    decisions = dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()})
+    return package_result(context, result, decisions=decisions)
+
+
+def package_result(
+    context: dg.AssetExecutionContext, written: Any, **extra: Any
+) -> dg.MaterializeResult:
+    """What a signed-package asset records, for either study: where the package is, whether it
+    verified, who signed it, whether its data were simulated, and the study's ``extra`` entries.
+
+    ``written`` is a study's package result (``audit_id``, ``package``, ``signer``,
+    ``development_signature``, ``simulated``, ``n_inputs``, ``seconds``). The data version is the
+    audit id, so every new package is a new version downstream.
+    """
+    package = written.package
+    context.log.info(f"signed audit package {package.dir} (verified: {package.verdict.ok})")
     return dg.MaterializeResult(
         metadata={
-            "audit_id": result.audit_id,
+            "audit_id": written.audit_id,
             "package_dir": dg.MetadataValue.path(str(package.dir)),
             "pdf": dg.MetadataValue.path(str(package.pdf_path)),
             "verified": package.verdict.ok,
-            "signer": result.signer,
-            "development_signature": result.development_signature,
-            "simulated": result.simulated,
-            "decisions": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
-            "inputs": result.n_inputs,
-            "seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in result.seconds.items()}),
+            "signer": written.signer,
+            "development_signature": written.development_signature,
+            "simulated": written.simulated,
+            **extra,
+            "inputs": written.n_inputs,
+            "seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in written.seconds.items()}),
         },
-        data_version=dg.DataVersion(result.audit_id),
+        data_version=dg.DataVersion(written.audit_id),
     )
 
 

@@ -24,7 +24,7 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
-from clinaudit.assets.multisite_cxr_report import ReportSigner
+from clinaudit.assets.multisite_cxr_report import ReportSigner, package_result
 from clinaudit.audit.sepsis_audit import SepsisAuditResult, run_sepsis_audit
 from clinaudit.audit.sepsis_policy import SepsisPolicy, load_sepsis_policy
 from clinaudit.models.scores_csv import ScoresError
@@ -405,23 +405,8 @@ def sepsis_audit_package(
         )
     except PolicyMismatchError as err:
         raise dg.Failure(str(err)) from err
-    package = written.package
-    context.log.info(f"signed audit package {package.dir} (verified: {package.verdict.ok})")
-    return dg.MaterializeResult(
-        metadata={
-            "audit_id": written.audit_id,
-            "package_dir": dg.MetadataValue.path(str(package.dir)),
-            "pdf": dg.MetadataValue.path(str(package.pdf_path)),
-            "verified": package.verdict.ok,
-            "recommendation": result.recommendation,
-            "signer": written.signer,
-            "development_signature": written.development_signature,
-            "simulated": written.simulated,
-            "pages": written.pages,
-            "inputs": written.n_inputs,
-            "seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in written.seconds.items()}),
-        },
-        data_version=dg.DataVersion(written.audit_id),
+    return package_result(
+        context, written, recommendation=result.recommendation, pages=written.pages
     )
 
 
