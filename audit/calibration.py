@@ -28,13 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .bootstrap import (
-    DEFAULT_CHUNK_SIZE,
-    bootstrap_plans,
-    derive_rng,
-    percentile_ci,
-    segment_matrix,
-)
+from .bootstrap import DEFAULT_CHUNK_SIZE, GroupBootstrap, segment_matrix
 from .calibration_fit import (
     CLIP_EPS,
     RecalibrationFit,
@@ -315,6 +309,9 @@ def audit_calibration(
     ci_level = check_ci_level(ci_level)
     min_pos = check_positive_int("min_pos", min_pos)
     min_neg = check_positive_int("min_neg", min_neg)
+    bootstrap = GroupBootstrap(
+        _replicate_calibration, CALIBRATION_BOOTSTRAP_METRICS, n_boot, ci_level, seed, chunk_size
+    )
     rows: list[dict[str, Any]] = []
     rel_rows: list[dict[str, Any]] = []
     replicates: dict[tuple[str, str], dict[str, np.ndarray]] = {}
@@ -322,6 +319,7 @@ def audit_calibration(
         cells = data.group_cells(g)
         n_clusters = cells.n_clusters
         plans: dict[int, tuple[Any, int, int]] = {}
+        ok_rows: dict[int, dict[str, Any]] = {}
         for cell in cells.cells:
             t, name, y, p = cell.index, cell.target, cell.y, cell.score
             row: dict[str, Any] = {c: np.nan for c in _COLUMNS}
@@ -386,6 +384,7 @@ def audit_calibration(
                 recal_converged=fit.converged,
             )
             rows.append(row)
+            ok_rows[t] = row
             segs += [np.full(p.size, offset), np.full(p.size, offset + 1)]
             vals += [(p - y) ** 2, np.ones_like(p)]
             cl = cell.codes
@@ -397,25 +396,9 @@ def audit_calibration(
                 np.concatenate(vals),
             )
             plans[t] = (mat, ks[0], ks[1])
-        if plans and n_boot > 0:
-            reps = bootstrap_plans(
-                plans,
-                _replicate_calibration,
-                CALIBRATION_BOOTSTRAP_METRICS,
-                n_clusters=n_clusters,
-                n_boot=n_boot,
-                rng=derive_rng(seed, g),
-                chunk_size=chunk_size,
-            )
-            for t, per_metric in reps.items():
-                replicates[(g, data.targets[t])] = per_metric
-    for row in rows:
-        key = (row["group"], row["target"])
-        if key in replicates:
-            for m in CALIBRATION_BOOTSTRAP_METRICS:
-                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = percentile_ci(
-                    replicates[key][m], ci_level
-                )
+        for t, cell_boot in bootstrap.run(plans, n_clusters=n_clusters, key=g).items():
+            replicates[(g, data.targets[t])] = cell_boot.replicates
+            ok_rows[t].update(cell_boot.intervals)
     table = pd.DataFrame(rows, columns=list(_COLUMNS))
     table = table.astype({"n": "int64", "n_pos": "int64", "n_neg": "int64", "n_clusters": "int64"})
     reliability = pd.DataFrame(rel_rows, columns=list(_RELIABILITY_COLUMNS))

@@ -37,9 +37,7 @@ import scipy.sparse as sp
 
 from .bootstrap import (
     DEFAULT_CHUNK_SIZE,
-    bootstrap_plans,
-    derive_rng,
-    percentile_ci,
+    GroupBootstrap,
     segment_matrix,
 )
 from .delong import DeLongResult, delong_auroc, delong_unpaired_test
@@ -370,6 +368,7 @@ def audit_discrimination(
     min_pos = check_positive_int("min_pos", min_pos)
     min_neg = check_positive_int("min_neg", min_neg)
     p_adjust = check_option("p_adjust", p_adjust, P_ADJUST_METHODS)  # type: ignore[assignment]
+    bootstrap = GroupBootstrap(_plan_metrics, BOOTSTRAP_METRICS, n_boot, ci_level, seed, chunk_size)
     group_labels = data.group_labels()
     ref = None if reference_group is None else group_key(reference_group)
     if ref is not None and ref not in group_labels:
@@ -387,6 +386,7 @@ def audit_discrimination(
         cells = data.group_cells(g)
         n_clusters = cells.n_clusters
         plans: dict[int, _CellPlan] = {}
+        ok_rows: dict[int, dict[str, Any]] = {}
         for cell in cells.cells:
             t, name, y, s = cell.index, cell.target, cell.y, cell.score
             n_pos, n_neg = cell.counts["n_pos"], cell.counts["n_neg"]
@@ -417,28 +417,13 @@ def audit_discrimination(
                     auroc_delong_ci_high=d.ci_high,
                 )
             rows.append(row)
-        if plans and n_boot > 0:
-            reps = bootstrap_plans(
-                plans,
-                _plan_metrics,
-                BOOTSTRAP_METRICS,
-                n_clusters=n_clusters,
-                n_boot=n_boot,
-                rng=derive_rng(seed, g),
-                chunk_size=chunk_size,
-            )
-            for t, per_metric in reps.items():
-                replicates[(g, data.targets[t])] = per_metric
+            ok_rows[t] = row
+        for t, cell_boot in bootstrap.run(plans, n_clusters=n_clusters, key=g).items():
+            replicates[(g, data.targets[t])] = cell_boot.replicates
+            ok_rows[t].update(cell_boot.intervals, n_boot_valid=cell_boot.n_valid)
 
     for row in rows:
         key = (row["group"], row["target"])
-        if key in replicates:
-            reps_k = replicates[key]
-            for k in BOOTSTRAP_METRICS:
-                row[f"{k}_ci_low"], row[f"{k}_ci_high"] = percentile_ci(reps_k[k], ci_level)
-            row["n_boot_valid"] = int(
-                np.min([np.isfinite(reps_k[k]).sum() for k in BOOTSTRAP_METRICS])
-            )
         if ref is not None and row["group"] != ref and key in delong:
             ref_d = delong.get((ref, row["target"]))
             if ref_d is not None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .bootstrap import bootstrap_plans, derive_rng, percentile_ci, segment_matrix
+from .bootstrap import GroupBootstrap, derive_rng, segment_matrix
 from .calibration import assign_bins, bin_edges, expected_calibration_error
 from .discrimination import weighted_binary_metrics
 from .recalibration_inputs import check_frame, check_groups, check_sensitivity, check_targets
@@ -415,6 +415,9 @@ def recalibrate_sites(
     check_frame(frame, targets, labels)
     thr = thresholds_per_target(thresholds, targets)
     sens = check_sensitivity(intended_sensitivity, targets)
+    bootstrap = GroupBootstrap(
+        _replicate, RECALIBRATION_METRICS, config.n_boot, config.ci_level, config.seed
+    )
     rows, fold_parts = [], []
     fit_rows: dict[tuple[str, str, int], np.ndarray] = {}
     fold_maps: dict[tuple[str, str, int], RecalibrationMap] = {}
@@ -423,6 +426,7 @@ def recalibrate_sites(
     for g in labels:
         cells, n_clusters = _cells(frame, g, targets)
         plans: dict[int, Any] = {}
+        ok_rows: dict[int, dict[str, Any]] = {}
         maps[g] = {}
         for i, cell in enumerate(cells):
             row, fit, entry = _cell_rows(cell, float(thr[i]), float(sens[i]), config)
@@ -430,26 +434,17 @@ def recalibrate_sites(
             if fit is None or entry is None:
                 continue
             maps[g][cell.target] = entry
+            ok_rows[i] = row
             plans[i] = _plan(cell, fit, float(thr[i]), config.n_bins, n_clusters)
             row.update(_point(cell, fit, plans[i], config.n_bins))
             for f in sorted(fit.maps):
                 fit_rows[(g, cell.target, f)] = cell.index[fit.fit_rows[f]]
                 fold_maps[(g, cell.target, f)] = fit.maps[f]
             fold_parts.append(_fold_frame(cell, fit))
-        if plans and config.n_boot > 0:
-            reps = bootstrap_plans(
-                plans,
-                _replicate,
-                RECALIBRATION_METRICS,
-                n_clusters=n_clusters,
-                n_boot=config.n_boot,
-                rng=derive_rng(config.seed, f"recalibration/{g}/bootstrap"),
-            )
-            for i, per_metric in reps.items():
-                replicates[(g, targets[i])] = per_metric
-    for row in rows:
-        for m, values in replicates.get((row["group"], row["target"]), {}).items():
-            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = percentile_ci(values, config.ci_level)
+        boot = bootstrap.run(plans, n_clusters=n_clusters, key=f"recalibration/{g}/bootstrap")
+        for i, cell_boot in boot.items():
+            replicates[(g, targets[i])] = cell_boot.replicates
+            ok_rows[i].update(cell_boot.intervals)
     table = pd.DataFrame(rows, columns=list(_COLUMNS))
     ints = ["n", "n_pos", "n_neg", "n_clusters", "n_folds", "n_bins", "n_boot"]
     table = table.astype({c: "int64" for c in ints})
