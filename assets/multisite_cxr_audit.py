@@ -108,15 +108,17 @@ def audited_sites(
     vendor_model: pd.DataFrame,
     validated: dict[str, pd.DataFrame],
     predictions: dict[str, pd.DataFrame],
-) -> tuple[list[str], dict[str, str]]:
-    """Sites whose predictions match their validated table and the audited model, and why the
-    others are left out (each logged as a warning): one stale site must not stop the others."""
+    what: str = "the cross-site audit",
+) -> tuple[list[str], dict[str, str], str | dict[str, str]]:
+    """Sites whose predictions match their validated table and the audited model, why the others
+    are left out of ``what`` (each logged as a warning; one stale site must not stop the others),
+    and the audited identity the usable sites were checked against."""
     scored = sorted(s for s in predictions if len(predictions[s]))
     identity = audited_identity(vendor_model, scored)
     sites, left_out = usable_sites(validated, predictions, model_sha256=identity)
     for site, why in left_out.items():
-        log.warning(f"{site} left out of the cross-site audit: {why}")
-    return sites, left_out
+        log.warning(f"{site} left out of {what}: {why}")
+    return sites, left_out, identity
 
 
 def md_table(frame: pd.DataFrame, cols: list[str], limit: int = 40) -> str:
@@ -217,7 +219,7 @@ def cxr_audit_metrics(
     vendor_model: pd.DataFrame,
 ):
     """All sites against the vendor's held-out set in one pass (about a second of statistics)."""
-    sites, left_out = audited_sites(
+    sites, left_out, identity = audited_sites(
         context.log, vendor_model, cxr_validated_images, cxr_predictions
     )
     thresholds, source = operating_thresholds(vendor_model)
@@ -226,7 +228,7 @@ def cxr_audit_metrics(
         {s: cxr_predictions[s] for s in sites},
         targets=FINDINGS,
         reference_site=REFERENCE_SITE,
-        model_sha256=audited_identity(vendor_model, sites),
+        model_sha256=identity,
     )
     audit = run_site_audit(
         frame,

@@ -87,7 +87,9 @@ def cxr_recalibration(
     vendor_model: pd.DataFrame,
     cxr_metrics: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    sites, _ = audited_sites(context.log, vendor_model, cxr_validated_images, cxr_predictions)
+    sites, _, _ = audited_sites(
+        context.log, vendor_model, cxr_validated_images, cxr_predictions, "the recalibration"
+    )
     frame = scored_frame(
         {s: cxr_validated_images[s] for s in sites},
         {s: cxr_predictions[s] for s in sites},

@@ -49,7 +49,8 @@ class AuditedModel(dg.ConfigurableResource):
     epochs: int = TrainConfig.epochs
     seed: int = TrainConfig.seed
     device: str = "auto"
-    # float32 on CPU unless "bf16" (CPUs with native bf16: ~2x faster, scores differ by ~1e-3).
+    # float32 on CPU unless "bf16" (CPUs with native bf16: ~1.45x faster end to end; scores move
+    # ~1e-3 on average, up to 0.08 on the demo model: see models.devices.select_device).
     precision: str = "auto"
     # None: models.inference.default_batch_size (16 on the CPU, where a batch's activations
     # should stay in cache; 32 on a GPU).
@@ -230,7 +231,11 @@ def cxr_predictions(
         )
         step = max(1, len(files) // 10)
         choice = select_device(audited_model.device, audited_model.precision)  # type: ignore[arg-type]
-        batch = audited_model.batch_size or default_batch_size(choice)
+        batch = (
+            default_batch_size(choice)
+            if audited_model.batch_size is None
+            else audited_model.batch_size
+        )
 
         def progress(done: int, total: int) -> None:
             if done == total or done % step < batch:

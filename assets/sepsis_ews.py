@@ -24,7 +24,7 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
-from clinaudit.assets.multisite_cxr_report import ReportSigner, package_result
+from clinaudit.assets.packages import ReportSigner, package_result
 from clinaudit.audit.sepsis_audit import SepsisAuditResult, run_sepsis_audit
 from clinaudit.audit.sepsis_policy import SepsisPolicy, load_sepsis_policy
 from clinaudit.models.scores_csv import ScoresError

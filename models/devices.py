@@ -155,7 +155,10 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
             continue
         shared = calls[src.target] > 1 or calls[node.target] > 1
-        conv_attr = any(a == src.target or a.startswith(f"{src.target}.") for a in attrs)
+        # A forward that reads either module's parameters directly needs both kept as they are.
+        conv_attr = any(
+            a == t or a.startswith(f"{t}.") for t in (src.target, node.target) for a in attrs
+        )
         single_use = len(src.users) == 1 and len(node.args) == 1 and not node.kwargs
         if single_use and not shared and not conv_attr and bn.running_mean is not None:
             pairs.append((str(src.target), str(node.target)))
@@ -199,7 +202,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         raise ValueError("fold_batchnorm needs a model in eval mode; call model.eval() first")
     try:
         pairs = _conv_bn_pairs(model)
-    except (fx.proxy.TraceError, TypeError, RuntimeError) as err:
+    except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError) as err:
         # Not an error: the network simply runs unfolded (same outputs, a little slower).
         log.info("BatchNorm folding skipped: torch.fx cannot trace %s (%s)", type(model), err)
         return model, 0

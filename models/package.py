@@ -172,7 +172,10 @@ def _check_thresholds(
             "operating_thresholds do not cover exactly the model's labels",
             expected=f"one threshold for each of {list(labels)}",
             found=f"missing {missing}, unknown {extra}",
-            fix="give one threshold per label (see training.fit_operating_thresholds)",
+            fix=(
+                "give one threshold per label "
+                "(see clinaudit.models.evaluation.fit_operating_thresholds)"
+            ),
         )
     out = {}
     for label in labels:

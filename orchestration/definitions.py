@@ -17,7 +17,7 @@ from clinaudit.assets import (
 )
 from clinaudit.assets.multisite_cxr_mitigation import DecisionPolicy
 from clinaudit.assets.multisite_cxr_model import AuditedModel
-from clinaudit.assets.multisite_cxr_report import ReportSigner
+from clinaudit.assets.packages import ReportSigner
 from clinaudit.assets.sepsis_ews import SepsisModel, SepsisPolicyFile
 from clinaudit.orchestration.automation import automation_sensor, with_automation
 from clinaudit.orchestration.resources import ClinauditHome, ParquetIOManager

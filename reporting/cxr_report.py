@@ -374,6 +374,6 @@ def render_cxr_html(view: CxrReportView, env: jinja2.Environment) -> str:
             "env",
             f"undefined={env.undefined.__name__}",
             "undefined=jinja2.StrictUndefined",
-            "use clinaudit.reporting.cxr_report.report_environment()",
+            "use clinaudit.reporting.pdf.report_environment()",
         )
     return render_template(env, TEMPLATE, view)

@@ -211,6 +211,18 @@ class _DataDependent(torch.nn.Module):
         return self.bn(self.conv(x)) if x.mean() > 0 else x
 
 
+class _ReadsBnWeight(torch.nn.Module):
+    """The forward reads the BatchNorm's own parameter: replacing it with Identity would break."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) * self.bn.weight.view(1, -1, 1, 1)
+
+
 def _with_running_stats(model: torch.nn.Module) -> torch.nn.Module:
     """Non-trivial BatchNorm statistics and affine parameters, so folding is really exercised."""
     gen = torch.Generator().manual_seed(5)
@@ -242,13 +254,16 @@ def test_fold_batchnorm_folds_conv_bn_pairs_into_a_copy(model_and_cfg):
         fold_batchnorm(copy.deepcopy(model).train())
 
 
-@pytest.mark.parametrize("net", [_PreBnResidual, _DataDependent])
+@pytest.mark.parametrize("net", [_PreBnResidual, _DataDependent, _ReadsBnWeight])
 def test_fold_batchnorm_leaves_unsafe_or_untraceable_networks_alone(net):
     from clinaudit.models.devices import fold_batchnorm
 
     model = _with_running_stats(net())
     folded, n = fold_batchnorm(model)
     assert n == 0 and folded is model
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.isfinite(folded(x)).all()
 
 
 def test_fold_batchnorm_skips_batchnorm_subclasses():
