@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from clinaudit.audit.drift import DriftConfig
-from clinaudit.audit.policy import Policy
+from clinaudit.audit.policy import Policy, describe_policy
 from clinaudit.models.package import CARD_FILE, load_package
 from clinaudit.reporting.cxr_report import (
     CxrProvenance,
@@ -214,7 +214,9 @@ def prepare_cxr_report(
         decisions=decisions,
         criteria=tables["cxr_decision_criteria"],
         monitoring=tables["cxr_monitoring_plan"],
-        policy=PolicyInfo(policy.policy_id, policy.version, policy.sha256, policy.text),
+        policy=PolicyInfo(
+            policy.policy_id, policy.version, policy.sha256, policy.text, describe_policy(policy)
+        ),
         provenance=CxrProvenance(
             audit_id=stamp.audit_id,
             generated_at=stamp.generated_at,

@@ -345,7 +345,8 @@ def _appendix(inputs: CxrReportInputs) -> Appendix:
             simulated=inputs.simulated,
         ),
         policy=inputs.policy,
-        policy_lines=tuple(inputs.policy.text.splitlines()),
+        # The rules in plain words; the exact file is embedded in the PDF and hashed (Table D.1).
+        policy_lines=tuple((inputs.policy.rules or inputs.policy.text).splitlines()),
         checklist=checklist_table(
             checklist_items(
                 recalibrated=inputs.recalibration is not None,

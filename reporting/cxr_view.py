@@ -204,12 +204,14 @@ class MethodNote:
 
 @dataclass(frozen=True)
 class PolicyInfo:
-    """The decision policy as shipped: identifier, version, sha256 of its bytes and its text."""
+    """The decision policy as shipped: identifier, version, sha256 of its bytes, its text, and
+    its rules in plain words (``audit.policy.describe_policy``; empty where a study has none)."""
 
     policy_id: str
     version: str
     sha256: str
     text: str
+    rules: str = ""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from cxr_contract_fixtures import (
 )
 
 from clinaudit.audit.drift import DriftConfig, drift_table
+from clinaudit.audit.policy import describe_policy, load_policy
 from clinaudit.audit.site_audit import SiteAuditConfig, run_site_audit
 from clinaudit.reporting.cxr_report import (
     CxrProvenance,
@@ -196,7 +197,13 @@ def report_inputs(base: dict[str, pd.DataFrame], *, simulated: bool = True) -> C
         recalibration=recal,
         retraining=retrain,
         retraining_summary=summary,
-        policy=PolicyInfo("clinaudit.multisite_cxr.site_deployment", "1.0.0", sha, text),
+        policy=PolicyInfo(
+            "clinaudit.multisite_cxr.site_deployment",
+            "1.0.0",
+            sha,
+            text,
+            describe_policy(load_policy(POLICY_FILE)),
+        ),
         provenance=CxrProvenance(
             audit_id="20260101T000000Z-3f2a",
             generated_at="2026-01-01 00:00 UTC",

@@ -102,10 +102,10 @@ def test_every_section_shows_numbers_from_the_tables(synthetic_inputs, synthetic
     for decision in i.decisions["decision"]:
         assert f'<span class="decision {css[decision]}">{decision}</span>' in html
     assert "weekly" in html and "re-audit after remediation" in html
-    assert (
-        i.policy.sha256 in html
-        and "critical_findings: [Effusion, Pneumothorax, Atelectasis]" in html
-    )
+    # Appendix B: the rules in plain words (the exact file is an attachment, hashed).
+    assert i.policy.sha256 in html and "decision_policy.yaml" in html
+    assert "Critical findings: Effusion, Pneumothorax, Atelectasis." in html
+    assert "lower CI bound of AUROC &gt;= 0.60" in html.split("B Decision policy")[1]
     assert "TRIPOD+AI" in html and "CLAIM" in html
     assert i.provenance.input_batches["site_c/b0001"] in html and "Development signature" in html
 
