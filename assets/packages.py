@@ -2,11 +2,11 @@
 a package materialization records (:func:`package_result`). Bodies wire ``clinaudit.reporting``."""
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import dagster as dg
 
-from clinaudit.reporting.package import AuditPackage
+from clinaudit.reporting.package import PackageResult
 from clinaudit.reporting.signing import SignerSpec, ensure_dev_signer
 
 
@@ -36,27 +36,14 @@ class ReportSigner(dg.ConfigurableResource):
         return SignerSpec.from_env() or ensure_dev_signer(key_dir)
 
 
-class WrittenPackage(Protocol):
-    """A study's package result (``CxrPackageResult``, ``SepsisPackageResult``)."""
-
-    package: AuditPackage
-    audit_id: str
-    simulated: bool
-    signer: str
-    development_signature: bool
-    n_inputs: int
-    seconds: dict[str, float]
-
-
 def package_result(
-    context: dg.AssetExecutionContext, written: WrittenPackage, **extra: Any
+    context: dg.AssetExecutionContext, written: PackageResult, **extra: Any
 ) -> dg.MaterializeResult:
     """What a signed-package asset records, for either study: where the package is, whether it
     verified, who signed it, whether its data were simulated, and the study's ``extra`` entries.
 
-    ``written`` is a study's package result (``audit_id``, ``package``, ``signer``,
-    ``development_signature``, ``simulated``, ``n_inputs``, ``seconds``). The data version is the
-    audit id, so every new package is a new version downstream.
+    ``written`` is a study's :class:`clinaudit.reporting.package.PackageResult`. The data version
+    is the audit id, so every new package is a new version downstream.
     """
     package = written.package
     context.log.info(f"signed audit package {package.dir} (verified: {package.verdict.ok})")

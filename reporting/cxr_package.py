@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ from clinaudit.reporting.cxr_report import (
     report_environment,
 )
 from clinaudit.reporting.package import (
-    AuditPackage,
     AuditStamp,
+    PackageResult,
     PolicyMismatchError,
     stamp_audit,
     write_report_package,
@@ -73,17 +73,9 @@ EVIDENCE = {
 }
 
 
-@dataclass(frozen=True)
-class CxrPackageResult:
-    """The written package, the facts the asset metadata shows, and where the time went."""
-
-    package: AuditPackage
-    audit_id: str
-    simulated: bool
-    signer: str
-    development_signature: bool
-    n_inputs: int
-    seconds: dict[str, float] = field(default_factory=dict)
+@dataclass(frozen=True, kw_only=True)
+class CxrPackageResult(PackageResult):
+    """The written multisite_cxr package (nothing beyond :class:`PackageResult` yet)."""
 
 
 def model_card_summary(vendor_model: pd.DataFrame) -> tuple[str, dict[str, Any]]:

@@ -18,7 +18,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,21 @@ class AuditPackage:
     pdf_path: Path
     manifest: dict[str, Any]
     verdict: Verdict
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageResult:
+    """What writing a study's package returns: the package, the facts a package asset records
+    (id, simulated data, signer, number of hashed inputs) and where the time went. Studies
+    subclass it to add their own facts."""
+
+    package: AuditPackage
+    audit_id: str
+    simulated: bool
+    signer: str
+    development_signature: bool
+    n_inputs: int
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def inputs_digest(inputs: Mapping[str, str]) -> str:

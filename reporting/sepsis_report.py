@@ -16,7 +16,7 @@ import io
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from clinaudit.audit.sepsis_policy import SepsisPolicy
 from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting.cxr_view import SIMULATED_BAND
 from clinaudit.reporting.package import (
-    AuditPackage,
+    PackageResult,
     PolicyMismatchError,
     stamp_audit,
     write_report_package,
@@ -137,18 +137,11 @@ def render_sepsis_html(view: SepsisReportView) -> str:
 
 
 # --------------------------------------------------------------------------- package
-@dataclass(frozen=True)
-class SepsisPackageResult:
-    """The written package and the facts the asset metadata shows."""
+@dataclass(frozen=True, kw_only=True)
+class SepsisPackageResult(PackageResult):
+    """The written sepsis_ews package, with its page count."""
 
-    package: AuditPackage
-    audit_id: str
-    simulated: bool
-    signer: str
-    development_signature: bool
-    n_inputs: int
     pages: int
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _attachments(
