@@ -36,6 +36,21 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def _vendor_package(demo_home: Path) -> str:
+    """The demo's embedded vendor model package directory."""
+    table = demo_home / "artifacts" / "tables" / "vendor_model" / "__all__.parquet"
+    return pd.read_parquet(table).iloc[0]["package_dir"]
+
+
+def _audit(demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> Path:
+    """Run `clinaudit audit` on the demo landing area into a fresh run dir; return that dir."""
+    out = tmp_path / "run"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    args = ["audit", "--landing", str(demo_home / "landing"), "--out", str(out)]
+    assert main([*args, *extra, "--workers", "1"]) == 0
+    return out
+
+
 def test_demo_materializes_every_site(demo_home: Path) -> None:
     tables = demo_home / "artifacts" / "tables"
     sites = {"vendor_dev", "site_a", "site_b", "site_c", "site_d", "site_e"}
@@ -75,19 +90,13 @@ def test_sites_differ_in_the_directions_the_simulator_intended(demo_home: Path) 
     assert checked >= 8
 
 
-def test_audit_command_with_a_vendor_package(demo_home: Path, tmp_path: Path) -> None:
+def test_audit_command_with_a_vendor_package(
+    demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`clinaudit audit --model PKG` on landed data: the package is verified, never retrained."""
     tables = demo_home / "artifacts" / "tables"
-    package = pd.read_parquet(tables / "vendor_model" / "__all__.parquet").iloc[0]["package_dir"]
-    out = tmp_path / "run"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    try:
-        args = ["audit", "--landing", str(demo_home / "landing"), "--out", str(out)]
-        args += ["--model", package, "--sites", "site_b,site_c", "--workers", "1"]
-        assert main(args) == 0
-    finally:
-        mp.undo()
+    package = _vendor_package(demo_home)
+    out = _audit(demo_home, tmp_path, monkeypatch, "--model", package, "--sites", "site_b,site_c")
     model = pd.read_parquet(out / "artifacts" / "tables" / "vendor_model" / "__all__.parquet")
     assert model.iloc[0]["mode"] == "package"
     assert not (out / "artifacts" / "models").exists()  # nothing was trained
@@ -232,7 +241,10 @@ def test_verify_fails_when_one_signed_byte_changes(demo_home: Path, tmp_path: Pa
 
 
 def test_audit_command_prints_decisions_under_a_user_policy(
-    demo_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    demo_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`clinaudit audit --policy FILE`: the user's policy decides, and its hash is recorded."""
     import yaml
@@ -244,17 +256,8 @@ def test_audit_command_prints_decisions_under_a_user_policy(
     raw["criteria"]["auroc"]["floor"] = 0.99  # nothing passes: every site NO-GO
     policy = tmp_path / "strict.yaml"
     policy.write_text(yaml.safe_dump(raw, sort_keys=False))
-    tables = demo_home / "artifacts" / "tables"
-    package = pd.read_parquet(tables / "vendor_model" / "__all__.parquet").iloc[0]["package_dir"]
-    out = tmp_path / "run"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    try:
-        args = ["audit", "--landing", str(demo_home / "landing"), "--out", str(out)]
-        args += ["--model", package, "--policy", str(policy), "--workers", "1"]
-        assert main(args) == 0
-    finally:
-        mp.undo()
+    package = _vendor_package(demo_home)
+    out = _audit(demo_home, tmp_path, monkeypatch, "--model", package, "--policy", str(policy))
     printed = capsys.readouterr().out
     assert "decisions under policy clinaudit.multisite_cxr.site_deployment v1.0.1-strict" in printed
     decisions = pd.read_parquet(out / "artifacts" / "tables" / "cxr_decisions" / "__all__.parquet")
@@ -265,7 +268,9 @@ def test_audit_command_prints_decisions_under_a_user_policy(
     assert "signed audit PDF" in printed and "VERIFIED" in printed
 
 
-def test_scores_only_audit_decides_and_signs(demo_home: Path, tmp_path: Path) -> None:
+def test_scores_only_audit_decides_and_signs(
+    demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Vendor scores instead of a model: same stages, no re-training, a verified package."""
     from clinaudit.reporting.verify import verify_pdf
     from clinaudit.sources.cxr_labels import FINDINGS
@@ -277,14 +282,7 @@ def test_scores_only_audit_decides_and_signs(demo_home: Path, tmp_path: Path) ->
         pred.rename(columns={"image_id": "Image Index"})[["Image Index", *FINDINGS]].to_csv(
             scores / f"{table.stem}.csv", index=False
         )
-    out = tmp_path / "run"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    try:
-        args = ["audit", "--landing", str(demo_home / "landing"), "--out", str(out)]
-        assert main([*args, "--predictions", str(scores), "--workers", "1"]) == 0
-    finally:
-        mp.undo()
+    out = _audit(demo_home, tmp_path, monkeypatch, "--predictions", str(scores))
     tables = out / "artifacts" / "tables"
     retrained = pd.read_parquet(tables / "cxr_retrained_model" / "__all__.parquet").iloc[0]
     assert retrained["status"] == "not run" and "scores only" in retrained["reason"]
