@@ -1,17 +1,19 @@
-"""The landing sensor: a site's ready batch starts that site's partition run by itself.
+"""The landing sensor of every study: a partition's ready batch starts that partition's run.
 
-Every tick scans all of ``<landing>/cxr/<site>/<batch>/`` (the cursor only remembers decisions,
-so a lagging sensor drops nothing). No ``manifest.json``: still uploading, ignored. Manifest
-parses and every listed file has its size and sha256: *ready*; content not handled before ->
-one ``RunRequest`` of ``cxr_site_job`` for the site partition with ``run_key
-"<site>:<batch>:<Manifest.content_hash>"`` (several new batches of a site in one tick: one run,
-``"<site>:<b1>:<h1>+<b2>:<h2>"``), plus a ``cxr_sites`` add request for a new site. The same
-content again (same batch re-exported, or re-sent under another batch name of the site, or
-already in the site's latest ``cxr_validated_images``) starts no run. Manifest unreadable or not
-verifying: *pending*; after ``LandingWatch.quarantine_after_s`` quarantined (JSON reason record
-``<quarantine>/landing/cxr/<site>/<batch>.json``, warning in the sensor log), looked at again
-only when the manifest or a file changes. Unsafe directory names are logged once and listed in
-``<quarantine>/landing/cxr/_refused_names.json``. Landed files are never modified.
+One sensor per study (:func:`build_landing_sensor`). Every tick scans all of
+``<landing>/<landing_dir>/<partition>/<batch>/`` (the cursor only remembers decisions, so a
+lagging sensor drops nothing). No ``manifest.json``: still uploading, ignored. Manifest parses
+and every listed file has its size and sha256: *ready*; content not handled before -> one
+``RunRequest`` of the study's partition job with ``run_key "<partition>:<batch>:<content
+hash>"`` (several new batches of a partition in one tick: one run, ``"<p>:<b1>:<h1>+<b2>:<h2>"``),
+plus a partition add request for a new site / hospital. The same content again (same batch
+re-exported, re-sent under another batch name, or already in the partition's latest validated
+table) starts no run. Manifest unreadable or not verifying: *pending*; after
+``LandingWatch.quarantine_after_s`` quarantined (JSON reason record
+``<quarantine>/landing/<landing_dir>/<partition>/<batch>.json``, warning in the sensor log), looked
+at again only when the manifest or a file changes. Unsafe directory names are logged once and
+listed in ``<quarantine>/landing/<landing_dir>/_refused_names.json``. Landed files are never
+modified.
 
 Everything but the Dagster wiring at the end is plain Python, tested without an instance.
 """
@@ -26,14 +28,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 
-from clinaudit.assets.multisite_cxr import STUDY_DIR, cxr_ingest, cxr_sites
-from clinaudit.assets.multisite_cxr_audit import cxr_site_metrics
-from clinaudit.assets.multisite_cxr_model import cxr_predictions
-from clinaudit.orchestration.resources import ClinauditHome
+from clinaudit.assets.factory import partitions_name
 from clinaudit.sources.landing import (
     MANIFEST_NAME,
     BatchRef,
@@ -43,6 +42,7 @@ from clinaudit.sources.landing import (
     scan_landing,
     verify_batch,
 )
+from clinaudit.studies.base import Study
 
 CURSOR_VERSION = 1
 #: Hex characters of a content hash kept in the cursor (64 bits: ample to notice a change).
@@ -133,8 +133,8 @@ class LandingCursor:
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(
                 f"landing sensor cursor {text[:80]!r} is not valid ({err}); reset the sensor "
-                "cursor (Dagster UI > Automation > cxr_landing_sensor); run keys still prevent "
-                "re-running batches already requested"
+                "cursor (Dagster UI > Automation > <study>_landing_sensor); run keys still "
+                "prevent re-running batches already requested"
             ) from err
 
 
@@ -288,7 +288,7 @@ def plan_tick(
     """Decide runs, new partitions and quarantines from this tick's observations.
 
     Pure: no file or instance access. ``now`` is epoch seconds; ``known_sites`` the existing
-    ``cxr_sites`` partitions.
+    partitions of the study.
     """
     requested = {s: dict(b) for s, b in cursor.requested.items()}
     pending, quarantined = {}, {}
@@ -380,16 +380,17 @@ def _write_json(path: Path, doc: object) -> Path:
     return path
 
 
-def write_quarantine_record(quarantine_root: Path, q: Quarantine, *, landing_root: Path) -> Path:
-    """Write ``<quarantine_root>/landing/cxr/<site>/<batch>.json`` (replacing an older record).
-
-    The landed batch is not touched; the record says why it was not ingested and how to fix it.
-    """
+def write_quarantine_record(
+    quarantine_root: Path, q: Quarantine, *, landing_root: Path, landing_dir: str
+) -> Path:
+    """Write ``<quarantine_root>/landing/<landing_dir>/<partition>/<batch>.json`` (replacing an
+    older record). The landed batch is not touched; the record says why it was not ingested and
+    how to fix it."""
     doc = {
-        "study": STUDY_DIR,
+        "study": landing_dir,
         "site": q.site,
         "batch": q.batch,
-        "batch_dir": str(landing_root / STUDY_DIR / q.site / q.batch),
+        "batch_dir": str(landing_root / landing_dir / q.site / q.batch),
         "check": "manifest_unreadable" if q.content_hash is None else "manifest_not_verified",
         "content_hash": q.content_hash,
         "fingerprint": q.fingerprint,
@@ -401,42 +402,29 @@ def write_quarantine_record(quarantine_root: Path, q: Quarantine, *, landing_roo
         "action": "not requested by the landing sensor; landed files untouched. Re-send the "
         "batch (files, then manifest.json last); it is looked at again when any file changes.",
     }
-    return _write_json(quarantine_root / "landing" / STUDY_DIR / q.site / f"{q.batch}.json", doc)
+    return _write_json(quarantine_root / "landing" / landing_dir / q.site / f"{q.batch}.json", doc)
 
 
-def write_refused_names(quarantine_root: Path, refused: Sequence[LandingError]) -> Path:
+def write_refused_names(
+    quarantine_root: Path, refused: Sequence[LandingError], landing_dir: str
+) -> Path:
     """List the landing directories refused for unsafe names (the whole current list)."""
     doc = [{"name": e.path, "problem": e.message, "fix": e.fix} for e in refused]
-    return _write_json(quarantine_root / "landing" / STUDY_DIR / REFUSED_FILE, doc)
+    return _write_json(quarantine_root / "landing" / landing_dir / REFUSED_FILE, doc)
 
 
 # --- Dagster wiring -------------------------------------------------------------------------
 
-cxr_site_job = dg.define_asset_job(
-    "cxr_site_job",
-    selection=dg.AssetSelection.assets(cxr_ingest, cxr_predictions, cxr_site_metrics),
-    description="One site's per-site stages: ingest (with its blocking checks), predictions and "
-    "site metrics. Started by cxr_landing_sensor when a batch of the site is ready.",
-)
-
-
-class LandingWatch(dg.ConfigurableResource):
-    """Landing sensor settings: ``quarantine_after_s``, how long a batch whose manifest exists may
-    stay unreadable or unverified (upload still running) before it is quarantined."""
-
-    quarantine_after_s: float = 1800.0
-
 
 def ingested_batches(
-    instance: dg.DagsterInstance, sites: Iterable[str]
+    instance: dg.DagsterInstance, sites: Iterable[str], key: dg.AssetKey
 ) -> dict[str, dict[str, str]]:
-    """site -> batch -> content-hash prefix in the site's latest ``cxr_validated_images``.
+    """partition -> batch -> content-hash prefix in the partition's latest validated table.
 
     Read from the materialization's data version (``"<batch>:<hash16>,..."``, see
-    ``SiteIngest.data_version``).
+    ``PartitionIngest.data_version``).
     """
     out: dict[str, dict[str, str]] = {}
-    key = dg.AssetKey("cxr_validated_images")
     for site in sites:
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[site]), limit=1
@@ -448,52 +436,75 @@ def ingested_batches(
     return out
 
 
-@dg.sensor(
-    job=cxr_site_job,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Polls <landing>/cxr/<site>/<batch>/: a batch whose manifest.json verifies "
-    "starts its site's partition run (run key = content hash), a new site gets a partition, a "
-    "batch that never verifies is quarantined after LandingWatch.quarantine_after_s.",
-)
-def cxr_landing_sensor(
-    context: dg.SensorEvaluationContext, home: ClinauditHome, landing_watch: LandingWatch
-) -> dg.SensorResult:
-    try:
-        cursor = LandingCursor.from_json(context.cursor)
-    except ValueError as err:
-        context.log.warning(f"{err}; starting from an empty cursor")
-        cursor = LandingCursor()
-    scan = scan_landing(home.landing, STUDY_DIR)
-    ingested = ingested_batches(context.instance, sites_to_look_up(scan, cursor))
-    plan = plan_tick(
-        observe_landing(scan, cursor, ingested),
-        cursor,
-        known_sites=set(context.instance.get_dynamic_partitions(cxr_sites.name)),
-        now=time.time(),
-        quarantine_after_s=landing_watch.quarantine_after_s,
-        refused=scan.refused,
+def build_landing_sensor(study: Study, job: Any) -> dg.SensorDefinition:
+    """The landing sensor of ``study``: ``<study>_landing_sensor``, on by default, every 30 s."""
+    validated = dg.AssetKey([study.name, "validated"])
+    partitions = dg.DynamicPartitionsDefinition(name=partitions_name(study))
+    landing_dir = study.landing_dir
+
+    @dg.sensor(
+        name=f"{study.name}_landing_sensor",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys={"home", "landing_watch"},
+        description=f"Polls <landing>/{landing_dir}/<{study.partition_by}>/<batch>/: a batch "
+        f"whose manifest.json verifies starts its {study.partition_by}'s partition run (run key "
+        f"= content hash), a new {study.partition_by} gets a partition, a batch that never "
+        "verifies is quarantined after LandingWatch.quarantine_after_s.",
     )
+    def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        home, watch = context.resources.home, context.resources.landing_watch
+        try:
+            cursor = LandingCursor.from_json(context.cursor)
+        except ValueError as err:
+            context.log.warning(f"{err}; starting from an empty cursor")
+            cursor = LandingCursor()
+        scan = scan_landing(home.landing, landing_dir)
+        ingested = ingested_batches(context.instance, sites_to_look_up(scan, cursor), validated)
+        plan = plan_tick(
+            observe_landing(scan, cursor, ingested),
+            cursor,
+            known_sites=set(context.instance.get_dynamic_partitions(partitions.name)),
+            now=time.time(),
+            quarantine_after_s=watch.quarantine_after_s,
+            refused=scan.refused,
+        )
+        _report_plan(context, plan, scan, cursor, home, landing_dir)
+        requests = [
+            dg.RunRequest(run_key=run.run_key, partition_key=run.site, tags=run.tags)
+            for run in plan.runs
+        ]
+        adds = [partitions.build_add_request(list(plan.new_sites))] if plan.new_sites else []
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=adds,
+            cursor=plan.cursor.to_json(),
+            skip_reason=None if requests else f"no new ready batch ({plan.cursor.summary()})",
+        )
+
+    return landing_sensor
+
+
+def _report_plan(
+    context: dg.SensorEvaluationContext,
+    plan: TickPlan,
+    scan: LandingScan,
+    cursor: LandingCursor,
+    home: object,
+    landing_dir: str,
+) -> None:
+    """Write the tick's quarantine records and refused-name list, and log what was decided."""
+    quarantine, landing = home.quarantine, home.landing  # type: ignore[attr-defined]
     for q in plan.quarantines:
-        path = write_quarantine_record(home.quarantine, q, landing_root=home.landing)
+        path = write_quarantine_record(quarantine, q, landing_root=landing, landing_dir=landing_dir)
         first = "; ".join(f"{f}: {p}" for f, p, _ in q.problems[:3])
         context.log.warning(
             f"quarantined {q.site}/{q.batch} ({len(q.problems)} problems: {first}); record {path}"
         )
     if set(plan.cursor.refused) != set(cursor.refused):  # the list changed: rewrite it
-        path = write_refused_names(home.quarantine, scan.refused)
+        path = write_refused_names(quarantine, scan.refused, landing_dir)
         for message in plan.refused:
             context.log.warning(f"refused landing directory: {message} (listed in {path})")
     for note in plan.notes:
         context.log.info(note)
-    requests = [
-        dg.RunRequest(run_key=run.run_key, partition_key=run.site, tags=run.tags)
-        for run in plan.runs
-    ]
-    adds = [cxr_sites.build_add_request(list(plan.new_sites))] if plan.new_sites else []
-    return dg.SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=adds,
-        cursor=plan.cursor.to_json(),
-        skip_reason=None if requests else f"no new ready batch ({plan.cursor.summary()})",
-    )

@@ -9,9 +9,9 @@ Dagster asset checks and the audit report show.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -81,12 +81,19 @@ class BatchStructureError(ValueError):
     ----------
     records : sequence of QuarantineRecord
         At least one record, each with ``severity="error"``.
+    batch_facts : mapping, optional
+        What is known of the batch although it failed: ``content_hash`` and ``simulated`` from
+        its manifest, ``n_rows_in`` rows read.
     """
 
-    def __init__(self, records: Sequence[QuarantineRecord]) -> None:
+    def __init__(
+        self, records: Sequence[QuarantineRecord], *, batch_facts: Mapping[str, Any] | None = None
+    ) -> None:
         if not records:
             raise ValueError("BatchStructureError needs at least one QuarantineRecord")
         self.records: list[QuarantineRecord] = list(records)
+        #: What is known of the failed batch (``content_hash``, ``simulated``, ``n_rows_in``).
+        self.batch_facts: dict[str, Any] = dict(batch_facts or {})
         first = self.records[0]
         more = f" (and {len(self.records) - 1} more problems)" if len(self.records) > 1 else ""
         super().__init__(f"batch {first.site}/{first.batch} cannot be ingested: {first}{more}")
@@ -119,3 +126,32 @@ def records_to_frame(records: Iterable[QuarantineRecord]) -> pd.DataFrame:
         if col != "row":
             frame[col] = frame[col].astype(object)
     return frame
+
+
+#: Quarantine checks that mean the landed bytes are not what the sender's manifest promised.
+INTEGRITY_CHECKS: frozenset[str] = frozenset(
+    {
+        "manifest",
+        "integrity",
+        "hash_mismatch",
+        "file_missing",
+        "not_in_manifest",
+        "unlisted_file",
+        "label_file_missing",
+        "label_file_unlisted",
+    }
+)
+
+
+def records_markdown(frame: pd.DataFrame, limit: int = 25) -> str:
+    """Quarantine records as a markdown table (first ``limit`` rows), for the Dagster UI."""
+    if frame.empty:
+        return "No quarantine records."
+    cols = ["batch", "file", "row", "column", "check", "message", "fix"]
+    shown = frame[cols].head(limit).astype(object).fillna("")  # Int64 rows may be <NA>
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in shown.itertuples(index=False):
+        cells = [str(v).replace("|", "/").replace("\n", " ") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    more = len(frame) - limit
+    return "\n".join(lines) + (f"\n\n... and {more} more records." if more > 0 else "")

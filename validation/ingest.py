@@ -420,10 +420,29 @@ def ingest_batch(
     batch_dir = Path(batch_dir)
     manifest = read_manifest(batch_dir)
     site, batch = manifest.site, manifest.batch
+    layout = config.layout or manifest.label_layout
+    if layout not in ("nih", "chexpert"):
+        raise BatchStructureError(
+            [
+                QuarantineRecord(
+                    site,
+                    batch,
+                    "manifest.json",
+                    None,
+                    "label_layout",
+                    "label_layout",
+                    f"label_layout {layout!r} is not a chest X-ray label layout ('nih' or "
+                    "'chexpert')",
+                    "land the batch under the study whose format it is, or re-export the labels "
+                    "in the NIH or CheXpert layout (docs/formats.md)",
+                )
+            ],
+            batch_facts={"content_hash": manifest.content_hash, "simulated": manifest.simulated},
+        )
     label_bytes = _structure(manifest, batch_dir)
     labels = read_label_table(
         batch_dir / manifest.label_file,
-        layout=config.layout or manifest.label_layout,
+        layout=layout,
         uncertainty=config.uncertainty,
         site=site,
         batch=batch,

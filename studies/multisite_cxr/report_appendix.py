@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 
-from clinaudit.reporting.cxr_view import Cell, MethodNote, PolicyInfo, Table, finite, table
+from clinaudit.reporting.kit import Cell, MethodNote, Table, table
 
 #: Section names used by the checklist (they match the template's headings).
 SECTIONS = {
@@ -190,71 +189,3 @@ def methods_notes(
         )
     )
     return tuple(notes)
-
-
-def provenance_tables(
-    *,
-    audit_id: str,
-    generated_at: str,
-    code_version: str,
-    model_sha256: str,
-    policy: PolicyInfo,
-    signer: str,
-    development_signature: bool,
-    input_batches: Mapping[str, str],
-    model_card: Mapping[str, object],
-) -> tuple[Table, Table, Table, str]:
-    """Provenance, input-batch and model-card tables, and the signature note."""
-    kind = "development signature (self-signed)" if development_signature else "PAdES signature"
-    prov = table(
-        ("Item", "Value"),
-        [
-            ["Audit id", audit_id],
-            ["Generated at", generated_at],
-            ["Code version", code_version],
-            ["Audited model sha256", Cell(model_sha256, "hash")],
-            ["Decision policy", f"{policy.policy_id} version {policy.version}"],
-            ["Policy sha256", Cell(policy.sha256, "hash")],
-            ["Signer", signer],
-            ["Signature", kind],
-        ],
-        (25, 75),
-        caption="Table D.1 Provenance of this report.",
-    )
-    inputs = table(
-        ("Input batch", "sha256"),
-        [[name, Cell(h, "hash")] for name, h in sorted(input_batches.items())],
-        (30, 70),
-        caption="Table D.2 Input batches (sha256 of each landed batch's manifest content).",
-        css="compact",
-    )
-    card = table(
-        ("Model card field", "Value"),
-        [[str(k), _card_value(v)] for k, v in model_card.items()],
-        (30, 70),
-        caption="Table D.3 Summary of the audited model's card.",
-        css="compact",
-    )
-    if development_signature:
-        note = (
-            f"Development signature: this file is signed with a key and self-signed certificate "
-            f"({signer}) created on the audit machine. The signature proves the file was not "
-            "altered after signing; it does not identify an approver. Sign with the institution's "
-            "certificate before the committee relies on it."
-        )
-    else:
-        note = (
-            f"Signed by {signer} (PAdES baseline). Check with `clinaudit verify` or any PDF "
-            "signature validator; the embedded manifest lists the sha256 of every attachment."
-        )
-    return prov, inputs, card, note
-
-
-def _card_value(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}" if finite(v) else "not stated"
-    if isinstance(v, Mapping):
-        return ", ".join(f"{k}: {_card_value(x)}" for k, x in v.items()) or "not stated"
-    if isinstance(v, list | tuple):
-        return ", ".join(_card_value(x) for x in v) or "not stated"
-    return str(v) if v is not None and str(v) else "not stated"

@@ -15,10 +15,11 @@ import pandas as pd
 
 from clinaudit.audit.sepsis_audit import SepsisAuditResult
 from clinaudit.audit.sepsis_decision import CRITERION_NAMES
-from clinaudit.reporting.cxr_view import (
+from clinaudit.reporting.kit import (
     DECISIONS,
     Cell,
     MethodNote,
+    Section,
     Table,
     finite,
     fmt_ci,
@@ -26,6 +27,7 @@ from clinaudit.reporting.cxr_view import (
     fmt_p,
     fmt_pct,
     insufficient,
+    pct_ci,
     table,
 )
 from clinaudit.reporting.report_figures import FigureFile
@@ -34,20 +36,6 @@ COMPARATORS = {">=": "≥", "<=": "≤"}
 
 
 # --------------------------------------------------------------------------- view model
-@dataclass(frozen=True)
-class Section:
-    """A numbered report section: paragraphs, figures, tables and bullet lists, in that order."""
-
-    anchor: str
-    title: str
-    paragraphs: tuple[str, ...]
-    figures: tuple[FigureFile, ...] = ()
-    tables: tuple[Table, ...] = ()
-    bullets_title: str = ""
-    bullets: tuple[str, ...] = ()
-    new_page: bool = False
-
-
 @dataclass(frozen=True)
 class Summary:
     """Page 1: the recommendation, why, on which conditions, and the key numbers."""
@@ -92,16 +80,6 @@ class SepsisReportView:
 
 
 # --------------------------------------------------------------------------- helpers
-def pct_ci(value: object, low: object, high: object, digits: int = 1) -> str:
-    """A rate with its CI as percentages: ``"48.9% (44.4–53.6)"``."""
-    if not finite(value):
-        return "not estimable"
-    text = fmt_pct(value, digits)
-    if finite(low) and finite(high):
-        return f"{text} ({100 * float(low):.{digits}f}–{100 * float(high):.{digits}f})"  # type: ignore[arg-type]
-    return f"{text} (CI not estimable)"
-
-
 def ci(row: pd.Series | dict[str, Any], col: str, digits: int = 2) -> str:
     """``col`` of a row with its ``*_ci_low``/``*_ci_high`` (or the insufficient-data text)."""
     if row.get("status", "ok") != "ok":

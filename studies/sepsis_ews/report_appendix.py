@@ -8,7 +8,6 @@ from typing import Any
 
 from clinaudit.audit.sepsis_audit import SepsisAuditResult
 from clinaudit.audit.sepsis_policy import SepsisPolicy
-from clinaudit.reporting.cxr_appendix import provenance_tables
 from clinaudit.reporting.cxr_view import (
     Cell,
     MethodNote,
@@ -17,6 +16,7 @@ from clinaudit.reporting.cxr_view import (
     fmt_pct,
     table,
 )
+from clinaudit.reporting.kit import provenance_tables
 from clinaudit.reporting.sepsis_view import Appendix
 
 STUDY = "sepsis_ews"

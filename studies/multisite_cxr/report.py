@@ -19,12 +19,7 @@ import jinja2
 import pandas as pd
 
 from clinaudit.audit.types import AuditInputError
-from clinaudit.reporting.cxr_appendix import (
-    checklist_items,
-    checklist_table,
-    methods_notes,
-    provenance_tables,
-)
+from clinaudit.reporting.cxr_appendix import checklist_items, checklist_table, methods_notes
 from clinaudit.reporting.cxr_plan import (
     critical_findings,
     executive_summary,
@@ -39,6 +34,7 @@ from clinaudit.reporting.cxr_sections import (
     ordered_groups,
 )
 from clinaudit.reporting.cxr_view import SIMULATED_BAND, Appendix, CxrReportView, PolicyInfo
+from clinaudit.reporting.kit import provenance_tables
 from clinaudit.reporting.pdf import render_template, report_environment
 from clinaudit.reporting.report_figures import write_figures
 from clinaudit.sources.cxr_labels import FINDINGS

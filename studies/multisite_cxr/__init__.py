@@ -1,0 +1,1 @@
+"""Study multisite_cxr (being ported)."""

@@ -1,0 +1,1 @@
+"""Study sepsis_ews (being ported)."""
