@@ -47,7 +47,7 @@ from .recalibration_maps import (
     select_map,
     sensitivity_threshold,
 )
-from .site_audit import SCORE_PREFIX
+from .types import SCORE_PREFIX
 from .types import (
     STATUS_INSUFFICIENT,
     STATUS_OK,
@@ -373,7 +373,7 @@ def recalibrate_sites(
     Parameters
     ----------
     frame : DataFrame
-        :func:`~clinaudit.audit.site_audit.scored_frame` output: ``group``, ``cluster``, one label
+        :func:`~clinaudit.audit.reference_audit.scored_frame` output: ``group``, ``cluster``, one label
         column per target (``NaN`` = unlabelled) and ``score_<target>`` probabilities; unique index.
     targets : sequence of str
         Targets to recalibrate.

@@ -35,7 +35,7 @@ from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 
 from .calibration_fit import logit
-from .site_audit import SCORE_PREFIX
+from .types import SCORE_PREFIX
 from .types import AuditInputError
 
 Method = Literal["temperature", "platt", "isotonic"]

@@ -168,7 +168,8 @@ class Record:
 def record_to_json(record: Record) -> str:
     """``{"type": ..., "fields": ...}`` as canonical JSON."""
     doc = {"type": type(record).TYPE, "fields": record.to_dict()}
-    return json.dumps(doc, sort_keys=True, indent=1, allow_nan=True) + "\n"
+    # Insertion order kept: a record's mappings (a model card) print in the order they were made.
+    return json.dumps(doc, indent=1, allow_nan=True) + "\n"
 
 
 def record_from_json(text: str) -> Record:

@@ -24,10 +24,22 @@ from .calibration import CalibrationResult, audit_calibration
 from .discrimination import DiscriminationResult, audit_discrimination
 from .drift import DriftConfig, drift_table
 from .multiplicity import PAdjust
-from .types import AuditInputError
+from .types import SCORE_PREFIX, AuditInputError
 from .worst_cells import WorstCellsConfig, worst_cells
 
-SCORE_PREFIX = "score_"
+__all__ = [
+    "SCORE_PREFIX",
+    "SiteAudit",
+    "SiteAuditConfig",
+    "drift_features",
+    "drifted_sites",
+    "mean_auroc_by_group",
+    "reference_label",
+    "run_site_audit",
+    "scored_frame",
+    "site_drift",
+    "usable_sites",
+]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Regression guard of a focused re-training: per-cell AUROC before and after, on unseen data.
 
-``before`` and ``after`` are :func:`clinaudit.audit.site_audit.scored_frame` tables of the *same*
+``before`` and ``after`` are :func:`clinaudit.audit.reference_audit.scored_frame` tables of the *same*
 images (other sites entirely, the retrained site's test split, the vendor's held-out set), scored
 by the parent and by the re-trained package. Both go through
 :func:`clinaudit.audit.discrimination.audit_discrimination` with the same seed; because the rows,
@@ -21,7 +21,7 @@ import pandas as pd
 
 from clinaudit.audit.bootstrap import percentile_ci
 from clinaudit.audit.discrimination import DiscriminationResult, audit_discrimination
-from clinaudit.audit.site_audit import SCORE_PREFIX
+from clinaudit.audit.types import SCORE_PREFIX
 from clinaudit.audit.types import STATUS_OK, AuditInputError
 
 GUARD_COLUMNS: tuple[str, ...] = (
@@ -86,7 +86,7 @@ def _check_pair(before: pd.DataFrame, after: pd.DataFrame, targets: Sequence[str
                 name,
                 f"columns {list(frame.columns)}",
                 f"also {missing}",
-                "build both frames with clinaudit.audit.site_audit.scored_frame",
+                "build both frames with clinaudit.audit.reference_audit.scored_frame",
             )
     keys = ["group", "cluster", *targets] + (["image_id"] if "image_id" in before else [])
     same = len(before) == len(after) and all(
@@ -134,7 +134,7 @@ def regression_guard(
     Parameters
     ----------
     before, after : pandas.DataFrame
-        :func:`~clinaudit.audit.site_audit.scored_frame` tables of the same images (same order,
+        :func:`~clinaudit.audit.reference_audit.scored_frame` tables of the same images (same order,
         labels, groups and patients), scored by the parent and by the re-trained model. None of
         these images may have been used for fine-tuning.
     tolerance : float

@@ -262,3 +262,52 @@ def left_out_table(left_out: Mapping[str, str], partition: str = "Site") -> Tabl
         caption=f"{partition}s left out of this audit (landed and validated, but not audited).",
         css="compact",
     )
+
+
+@dataclass(frozen=True)
+class MultiplicityWords:
+    """How a report names the multiplicity adjustment a run used (``p_adjust`` setting)."""
+
+    short: str
+    correction: str
+    method: str
+    adjusted: str
+    error: str
+
+
+_MULTIPLICITY: Mapping[str, MultiplicityWords] = {
+    "holm": MultiplicityWords(
+        "Holm", "Holm's correction", "Holm's step-down method", "Holm-adjusted", "family-wise error"
+    ),
+    "bh": MultiplicityWords(
+        "BH",
+        "the Benjamini–Hochberg correction",
+        "the Benjamini–Hochberg method",
+        "BH-adjusted",
+        "false discovery rate",
+    ),
+    "none": MultiplicityWords(
+        "unadjusted",
+        "no multiplicity correction",
+        "no adjustment",
+        "not adjusted for multiplicity",
+        "per-test error",
+    ),
+}
+
+
+def multiplicity_words(p_adjust: str) -> MultiplicityWords:
+    """The words for ``p_adjust`` (``"holm"``, ``"bh"`` or ``"none"``).
+
+    Examples
+    --------
+    >>> multiplicity_words("holm").adjusted
+    'Holm-adjusted'
+    """
+    try:
+        return _MULTIPLICITY[p_adjust]
+    except KeyError:
+        raise ValueError(
+            f"p_adjust={p_adjust!r} is not one of {sorted(_MULTIPLICITY)}; record the method the "
+            "run used"
+        ) from None

@@ -15,5 +15,5 @@ from .registry import UnknownStudyError, get_study, register_study, registered_s
 __all__ = ["Study", "UnknownStudyError", "get_study", "register_study", "registered_studies"]
 
 # The built-in studies register themselves on import (after the registry exists).
-from . import multisite_cxr as _multisite_cxr  # noqa: E402,F401
-from . import sepsis_ews as _sepsis_ews  # noqa: E402,F401
+from . import multisite_cxr as _multisite_cxr  # noqa: F401
+from . import sepsis_ews as _sepsis_ews  # noqa: F401

@@ -13,9 +13,10 @@ In the criteria table ``value`` / ``value_after`` are the numbers compared with 
 AUROC with ``statistic: ci_low`` the lower CI bound), ``estimate`` is the point estimate and
 ``ci_low`` / ``ci_high`` its interval; drift rows (``blocking`` false) never block by themselves.
 
-Decision rule (see :func:`clinaudit.audit.policy.describe_policy`): NO-GO when a blocking
-criterion fails after the allowed mitigations; CONDITIONAL GO when a mitigation was needed or input
-drift is flagged (drift caps the decision at ``drift.max_decision``); GO otherwise.
+Decision rule (see :meth:`~clinaudit.studies.multisite_cxr.policy.Policy.describe`): NO-GO when
+a blocking criterion fails after the allowed mitigations; CONDITIONAL GO when a mitigation was
+needed or input drift is flagged (drift caps the decision at ``drift.max_decision``); GO
+otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .policy import DECISIONS, SITE_RECALIBRATION, Policy, ThresholdCriterion
-from .types import STATUS_OK, AuditInputError
+from clinaudit.audit.policy_base import Criterion, Decision
+from clinaudit.audit.types import STATUS_OK, AuditInputError
+
+from .policy import SITE_RECALIBRATION, Policy
 
 DECISION_COLUMNS: tuple[str, ...] = (
     "site", "decision", "reasons", "conditions", "n_criteria", "n_failed_before", "n_failed_after",
@@ -173,7 +176,7 @@ def _ci_text(estimate: float, low: float, high: float) -> str:
 
 
 def _threshold_row(
-    site: str, key: str, finding: str, crit: ThresholdCriterion, row: Any, prefix: str
+    site: str, key: str, finding: str, crit: Criterion, row: Any, prefix: str
 ) -> dict[str, Any]:
     estimate, low, high = (float(getattr(row, c)) for c in _metric_columns(prefix))
     value = float(getattr(row, prefix + _STAT_COLUMN[crit.statistic]))
@@ -211,7 +214,7 @@ def _apply_recalibration(rows: list[dict[str, Any]], recal: Any, policy: Policy)
         key = row["criterion"]
         if key not in ("ece", "sensitivity"):
             continue
-        crit: ThresholdCriterion = getattr(policy.criteria, key)
+        crit: Criterion = getattr(policy.criteria, key)
         prefix = "ece_after" if key == "ece" else "sensitivity_site_threshold"
         row["mitigation"] = MITIGATION_RECALIBRATION
         if not usable:
@@ -357,23 +360,26 @@ def _decide(rows: list[dict[str, Any]], policy: Policy) -> tuple[str, str]:
     blocking = [r for r in rows if r["blocking"]]
     failed = [r for r in blocking if not r["passed_after"]]
     if failed:
-        return "NO-GO", "NO-GO: " + "; ".join(_failure_text(r, policy) for r in failed)
+        no_go = Decision.NO_GO
+        return no_go.value, f"{no_go}: " + "; ".join(_failure_text(r, policy) for r in failed)
     rescued = [r for r in blocking if not r["passed_before"]]
     drifted = [r for r in rows if not r["blocking"] and not r["passed_before"]]
-    decision = "CONDITIONAL GO" if rescued else "GO"
+    decision = Decision.CONDITIONAL_GO if rescued else Decision.GO
     if drifted:
-        decision = max(decision, policy.drift.max_decision, key=DECISIONS.index)
+        decision = Decision.worst([decision, policy.drift.max_decision])
     if not rescued and not drifted:
-        return "GO", f"GO: all {len(rows)} criteria pass without mitigation"
+        return Decision.GO.value, f"GO: all {len(rows)} criteria pass without mitigation"
     parts = [_failure_text(r, policy) for r in rescued + drifted]
-    if decision == "GO":  # drift.max_decision: GO -> drift is reported, not limiting
-        return "GO", "GO: all blocking criteria pass; noted, not limiting: " + "; ".join(parts)
-    return decision, f"{decision}: " + "; ".join(parts)
+    if decision is Decision.GO:  # drift.max_decision: GO -> drift is reported, not limiting
+        return decision.value, "GO: all blocking criteria pass; noted, not limiting: " + "; ".join(
+            parts
+        )
+    return decision.value, f"{decision}: " + "; ".join(parts)
 
 
 def _conditions(decision: str, rows: list[dict[str, Any]], policy: Policy) -> str:
     m = policy.monitoring
-    if decision == "NO-GO":
+    if decision == Decision.NO_GO:
         return f"not deployed; {m.not_deployed_action}"
     parts = []
     for mitigation, what in (
@@ -429,7 +435,7 @@ def decide_sites(
     Parameters
     ----------
     policy : Policy
-        From :func:`clinaudit.audit.policy.load_policy`.
+        The study's policy (``MultisiteCxr().load_policy()``).
     metrics : DataFrame
         Discrimination table (``group``, ``target``, ``status``, ``auroc`` + CI,
         ``sensitivity`` + CI, optionally ``n_pos``/``n_neg``).
@@ -461,7 +467,7 @@ def decide_sites(
 
     Examples
     --------
-    >>> from clinaudit.audit.policy import load_policy
+    >>> from .policy import load_policy
     >>> d = decide_sites(load_policy(), metrics=m, calibration=c, recalibration=r,
     ...                  drift=dr, sites=["site_a"])  # doctest: +SKIP
     >>> d.table[["site", "decision"]]  # doctest: +SKIP

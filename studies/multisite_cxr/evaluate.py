@@ -148,6 +148,7 @@ def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOpt
             "sites": sites,
             "left_out": left_out,
             "reference_group": reference_label(reference_site),
+            "simulated": data.simulated,
             "settings": settings(config, data.model),
         },
         files={"metrics.json": metrics_to_json(disc).encode()},

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clinaudit.audit.policy_base import Decision
+from clinaudit.audit.types import AuditInputError
+
 from .decisions import MITIGATION_RECALIBRATION, MMD_FEATURE, Decisions
 from .policy import Policy
-from .types import AuditInputError
 
 PLAN_COLUMNS: tuple[str, ...] = (
     "site", "item", "kind", "metric", "baseline", "warn_threshold", "action_threshold",
@@ -246,7 +248,7 @@ def monitoring_plan(
     policy : Policy
         The policy the decisions were made under (its ``monitoring`` section).
     decisions : Decisions
-        From :func:`clinaudit.audit.decisions.decide_sites`.
+        From :func:`clinaudit.studies.multisite_cxr.decisions.decide_sites`.
     drift, metrics, calibration, recalibration : DataFrame
         The audit tables the decisions were made from (``recalibration`` may be None when no
         site uses a recalibration map).
@@ -276,7 +278,7 @@ def monitoring_plan(
     rows: list[dict[str, Any]] = []
     for d in decisions.table.sort_values("site").itertuples(index=False):
         site = str(d.site)
-        if d.decision == "NO-GO":
+        if d.decision == Decision.NO_GO:
             row = _item(site, "not deployed", "deployment", "", np.nan, (np.nan, np.nan, ""),
                         str(d.reasons))  # fmt: skip
             rows.append(row | {"escalation": chain, "cadence": "",

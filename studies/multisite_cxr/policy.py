@@ -1,38 +1,34 @@
-"""Versioned deployment decision policy: strict YAML loading into frozen dataclasses.
+"""The multisite_cxr deployment policy: its strict YAML schema and rules in plain words.
 
-A policy is a YAML file (the study's default ships in ``audit/policies/<study>.yaml``; a user may
-pass their own path). Parsing is strict (:mod:`clinaudit.audit.policy_yaml`): every problem in the
-file (unknown key, missing required threshold, wrong type, value out of range) is collected and
-raised at once as a :class:`PolicyError` naming the key path (``criteria.auroc.floor``), what was
-found and the fix. This module holds the site-deployment schema of ``multisite_cxr``; a study
-with its own schema has its own loader (see ``OTHER_LOADERS``).
-``Policy.sha256`` is the sha256 of the file bytes, so decisions cite exactly the text they used.
+The shipped policy is ``policy.yaml`` beside this module; a user may pass their own file. Parsing
+is strict (:mod:`clinaudit.audit.policy_yaml`, through :class:`~clinaudit.audit.policy_base.
+PolicyBase`): every problem (unknown key, missing required threshold, wrong type, value out of
+range, a ``study`` other than ``multisite_cxr``) is collected and raised at once as a
+:class:`~clinaudit.audit.policy_yaml.PolicyError` naming the key path (``criteria.auroc.floor``),
+what was found and the fix. ``Policy.sha256`` is the sha256 of the file bytes, so decisions cite
+exactly the text they used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from .policy_yaml import (
+from clinaudit.audit.policy_base import Criterion, Decision, PolicyBase
+from clinaudit.audit.policy_yaml import (
     Field,
     PolicyError,
     Problem,
     flatten_section,
     leaf,
     order_problems,
-    parse_mapping,
-    parse_policy_bytes,
     section,
 )
-from .types import AuditInputError
 
 __all__ = [
     "DECISIONS",
-    "OTHER_LOADERS",
     "SCHEMA",
     "SITE_RECALIBRATION",
     "Criteria",
@@ -41,21 +37,13 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Problem",
-    "ThresholdCriterion",
     "criterion_phrase",
-    "describe_policy",
     "load_policy",
-    "parse_mapping",
-    "policy_from_bytes",
-    "shipped_policies",
+    "shipped_policy",
 ]
 
-DECISIONS: tuple[str, ...] = ("GO", "CONDITIONAL GO", "NO-GO")
+DECISIONS: tuple[str, ...] = tuple(d.value for d in Decision)
 SITE_RECALIBRATION = "site_recalibration"
-#: Studies whose policy has another schema -> the loader to use instead of :func:`load_policy`.
-OTHER_LOADERS: Mapping[str, str] = {
-    "sepsis_ews": "clinaudit.audit.sepsis_policy.load_sepsis_policy",
-}
 
 
 def _threshold_section(key: str, options: tuple[str, ...], example: str) -> Field:
@@ -111,31 +99,12 @@ SCHEMA: Mapping[str, Field] = {
 
 
 @dataclass(frozen=True)
-class ThresholdCriterion:
-    """A per-finding criterion comparing one statistic with a threshold.
-
-    Attributes
-    ----------
-    enabled : bool
-        Whether the criterion is evaluated.
-    statistic : str
-        ``"ci_low"``, ``"ci_high"`` or ``"estimate"``: which number is compared.
-    threshold : float
-        The floor (``>=``) or limit (``<=``).
-    """
-
-    enabled: bool
-    statistic: str
-    threshold: float
-
-
-@dataclass(frozen=True)
 class Criteria:
     """The blocking criteria (see the policy file's comments)."""
 
-    auroc: ThresholdCriterion
-    ece: ThresholdCriterion
-    sensitivity: ThresholdCriterion
+    auroc: Criterion
+    ece: Criterion
+    sensitivity: Criterion
     data_sufficiency: bool
 
 
@@ -169,17 +138,17 @@ class MonitoringPolicy:
 
     def cadence(self, decision: str) -> str:
         """The cadence for a deployed site's decision (``GO`` or ``CONDITIONAL GO``)."""
-        return self.cadence_go if decision == "GO" else self.cadence_conditional_go
+        return self.cadence_go if decision == Decision.GO else self.cadence_conditional_go
 
 
-@dataclass(frozen=True)
-class Policy:
-    """A loaded decision policy.
+@dataclass(frozen=True, kw_only=True)
+class Policy(PolicyBase):
+    """A loaded multisite_cxr decision policy.
 
     Attributes
     ----------
-    policy_id, version, study, title : str
-        Identity of the policy (from the file).
+    policy_id, version, study, title, text, sha256, source : str
+        The envelope (:class:`~clinaudit.audit.policy_base.PolicyBase`).
     critical_findings : tuple of str
         Findings whose criteria drive the decision.
     criteria : Criteria
@@ -189,65 +158,49 @@ class Policy:
     retrained_model_counts : bool
         Whether a re-trained model's AUROC may rescue discrimination (default no).
     monitoring : MonitoringPolicy
-    text : str
-        The file text (for the report appendix).
-    sha256 : str
-        sha256 of the file bytes.
-    source : str
-        Where the policy was read from.
     """
 
-    policy_id: str
-    version: str
-    study: str
-    title: str
+    SCHEMA: ClassVar[Mapping[str, Field]] = SCHEMA
+    STUDY: ClassVar[str] = "multisite_cxr"
+
     critical_findings: tuple[str, ...]
     criteria: Criteria
     drift: DriftRule
     allowed_mitigations: tuple[str, ...]
     retrained_model_counts: bool
     monitoring: MonitoringPolicy
-    text: str
-    sha256: str
-    source: str
 
     def allows(self, mitigation: str) -> bool:
         """Whether ``mitigation`` (e.g. ``"site_recalibration"``) may rescue a criterion."""
         return mitigation in self.allowed_mitigations
 
+    @classmethod
+    def cross_checks(cls, values: dict[str, Any]) -> list[Problem]:
+        return _cross_checks(values)
 
-def shipped_policies() -> dict[str, Path]:
-    """Study name -> path of the policy files shipped with clinaudit."""
-    folder = resources.files("clinaudit.audit") / "policies"
-    return {
-        Path(str(p)).stem: Path(str(p))
-        for p in sorted(folder.iterdir(), key=str)
-        if str(p).endswith(".yaml")
-    }
+    @classmethod
+    def from_values(cls, values: dict[str, Any], *, text: str, sha256: str, source: str) -> Self:
+        return _build(cls, values, text=text, sha256=sha256, source=source)
+
+    def describe(self) -> str:
+        """Plain-text rendering of the decision rule, for the report appendix."""
+        return describe_policy(self)
 
 
-def load_policy(path: str | Path | None = None, *, study: str = "multisite_cxr") -> Policy:
-    """Load and strictly validate a decision policy.
+def shipped_policy() -> Path:
+    """The policy shipped with the study (``policy.yaml`` beside this module)."""
+    return Path(__file__).with_name("policy.yaml")
 
-    Parameters
-    ----------
-    path : str or Path, optional
-        A user policy file; default the policy shipped for ``study``.
-    study : str
-        The study the policy must govern (its ``study`` key must match). A study in
-        ``OTHER_LOADERS`` (``"sepsis_ews"``) has its own schema and is refused.
 
-    Returns
-    -------
-    Policy
+def load_policy(path: str | Path | None = None) -> Policy:
+    """Load and strictly validate a multisite_cxr policy (default: the shipped one).
 
     Raises
     ------
     PolicyError
         Listing every unknown key, missing threshold, wrong type or out-of-range value by key path.
     AuditInputError
-        If the file does not exist, no policy ships for ``study``, or ``study`` has its own
-        loader (``load_policy(study="sepsis_ews")`` names ``load_sepsis_policy``).
+        If the file does not exist.
 
     Examples
     --------
@@ -255,48 +208,7 @@ def load_policy(path: str | Path | None = None, *, study: str = "multisite_cxr")
     >>> p.criteria.auroc.threshold, p.critical_findings[0]
     (0.6, 'Effusion')
     """
-    if study in OTHER_LOADERS:
-        raise AuditInputError(
-            "study",
-            repr(study),
-            f"a study with the site-deployment policy schema (not one of {sorted(OTHER_LOADERS)})",
-            f"the {study!r} policy has its own schema: load it with {OTHER_LOADERS[study]}(path)",
-        )
-    if path is None:
-        shipped = shipped_policies()
-        if study not in shipped:
-            raise AuditInputError(
-                "study",
-                repr(study),
-                f"a study with a shipped policy, one of {sorted(shipped)}",
-                "pass path= your own policy file, or one of the shipped study names",
-            )
-        path = shipped[study]
-    file = Path(path)
-    if not file.is_file():
-        raise AuditInputError(
-            "path", str(file), "an existing policy YAML file", "check the path (or pass path=None)"
-        )
-    policy = policy_from_bytes(file.read_bytes(), source=str(file))
-    if policy.study != study:
-        raise PolicyError(
-            str(file),
-            [
-                Problem(
-                    "study",
-                    repr(policy.study),
-                    f"{study!r} (the study being decided)",
-                    f"use a policy written for {study!r}, or pass study={policy.study!r}",
-                )
-            ],
-        )
-    return policy
-
-
-def policy_from_bytes(data: bytes, *, source: str = "<text>") -> Policy:
-    """Parse policy YAML bytes (UTF-8); see :func:`load_policy`."""
-    parsed = parse_policy_bytes(data, SCHEMA, source=source, cross_checks=_cross_checks)
-    return _build(parsed.values, text=parsed.text, sha256=parsed.sha256, source=source)
+    return Policy.load(path or shipped_policy())
 
 
 def _cross_checks(v: dict[str, Any]) -> list[Problem]:
@@ -315,21 +227,16 @@ def _cross_checks(v: dict[str, Any]) -> list[Problem]:
     ])  # fmt: skip
 
 
-def _threshold(values: dict[str, Any], key: str) -> ThresholdCriterion:
-    value = values[key]  # None only when the criterion is disabled
-    return ThresholdCriterion(values["enabled"], values["statistic"], value or float("nan"))
-
-
-def _build(v: dict[str, Any], *, text: str, sha256: str, source: str) -> Policy:
+def _build(cls: type[Policy], v: dict[str, Any], *, text: str, sha256: str, source: str) -> Policy:
     c, d, m = v["criteria"], v["drift"], v["monitoring"]
     criteria = Criteria(
-        auroc=_threshold(c["auroc"], "floor"),
-        ece=_threshold(c["ece"], "limit"),
-        sensitivity=_threshold(c["sensitivity"], "floor"),
+        auroc=Criterion.from_values(c["auroc"], "floor"),
+        ece=Criterion.from_values(c["ece"], "limit"),
+        sensitivity=Criterion.from_values(c["sensitivity"], "floor"),
         data_sufficiency=c["data_sufficiency"]["enabled"],
     )
     monitoring = MonitoringPolicy(**flatten_section(m))
-    return Policy(
+    return cls(
         policy_id=v["policy_id"],
         version=v["version"],
         study=v["study"],
@@ -346,11 +253,9 @@ def _build(v: dict[str, Any], *, text: str, sha256: str, source: str) -> Policy:
     )
 
 
-def criterion_phrase(name: str, criterion: ThresholdCriterion) -> str:
+def criterion_phrase(name: str, criterion: Criterion) -> str:
     """E.g. ``"lower CI bound of AUROC >= 0.60"`` for the criterion called ``name``."""
-    words = {"ci_low": "lower CI bound of ", "ci_high": "upper CI bound of ", "estimate": ""}
-    comparator = "<=" if name == "ECE" else ">="
-    return f"{words[criterion.statistic]}{name} {comparator} {criterion.threshold:.2f}"
+    return criterion.phrase(name, "<=" if name == "ECE" else ">=")
 
 
 def describe_policy(policy: Policy) -> str:

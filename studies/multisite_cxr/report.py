@@ -19,26 +19,27 @@ import jinja2
 import pandas as pd
 
 from clinaudit.audit.types import AuditInputError
-from clinaudit.reporting.cxr_appendix import checklist_items, checklist_table, methods_notes
-from clinaudit.reporting.cxr_plan import (
+from clinaudit.reporting.kit import left_out_table, provenance_tables
+from clinaudit.reporting.pdf import render_template, report_environment
+from clinaudit.reporting.report_figures import write_figures
+from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.validation.quality import QUALITY_FEATURES
+
+from .report_appendix import checklist_items, checklist_table, methods_notes
+from .report_plan import (
     critical_findings,
     executive_summary,
     mitigation_section,
     site_plans,
 )
-from clinaudit.reporting.cxr_sections import (
+from .report_sections import (
     calibration_section,
     cohort_section,
     discrimination_section,
     drift_section,
     ordered_groups,
 )
-from clinaudit.reporting.cxr_view import SIMULATED_BAND, Appendix, CxrReportView, PolicyInfo
-from clinaudit.reporting.kit import provenance_tables
-from clinaudit.reporting.pdf import render_template, report_environment
-from clinaudit.reporting.report_figures import write_figures
-from clinaudit.sources.cxr_labels import FINDINGS
-from clinaudit.validation.quality import QUALITY_FEATURES
+from .report_view import SIMULATED_BAND, Appendix, CxrReportView, PolicyInfo
 
 __all__ = [
     "CxrProvenance",
@@ -156,7 +157,9 @@ class CxrReportInputs:
     ``quarantine`` is every site's quarantine table concatenated (or a site -> table mapping);
     ``recalibration`` / ``retraining`` (+ ``retraining_summary``) are ``None`` when that stage
     did not run, and the report says so. ``drift_features`` are the features drawn in the PSI
-    figure; ``psi_moderate`` / ``psi_major`` are the levels the drift audit used.
+    figure; ``psi_moderate`` / ``psi_major``, ``drift_p_adjust`` and ``alpha`` are the settings
+    the drift stage ran with, ``p_adjust`` the discrimination stage's multiplicity adjustment;
+    ``left_out`` names the sites landed but not audited, with the reason.
     """
 
     study_title: str
@@ -175,6 +178,10 @@ class CxrReportInputs:
     provenance: CxrProvenance
     psi_moderate: float
     psi_major: float
+    p_adjust: str
+    drift_p_adjust: str
+    alpha: float
+    left_out: Mapping[str, str] = field(default_factory=dict)
     recalibration: pd.DataFrame | None = None
     retraining: pd.DataFrame | None = None
     retraining_summary: Mapping[str, Any] | None = None
@@ -272,7 +279,11 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
         simulated=inputs.simulated,
     )
     discrimination = discrimination_section(
-        inputs.metrics, targets=inputs.targets, critical=critical, simulated=inputs.simulated
+        inputs.metrics,
+        targets=inputs.targets,
+        critical=critical,
+        simulated=inputs.simulated,
+        p_adjust=inputs.p_adjust,
     )
     drift = drift_section(
         inputs.drift,
@@ -280,6 +291,7 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
         psi_moderate=inputs.psi_moderate,
         psi_major=inputs.psi_major,
         simulated=inputs.simulated,
+        p_adjust=inputs.drift_p_adjust,
     )
     p = inputs.provenance
     figures = [discrimination.heatmap, drift.figure]
@@ -339,6 +351,9 @@ def _appendix(inputs: CxrReportInputs) -> Appendix:
             psi_moderate=inputs.psi_moderate,
             psi_major=inputs.psi_major,
             simulated=inputs.simulated,
+            p_adjust=inputs.p_adjust,
+            drift_p_adjust=inputs.drift_p_adjust,
+            alpha=inputs.alpha,
         ),
         policy=inputs.policy,
         # The rules in plain words; the exact file is embedded in the PDF and hashed (Table D.1).
@@ -347,12 +362,14 @@ def _appendix(inputs: CxrReportInputs) -> Appendix:
             checklist_items(
                 recalibrated=inputs.recalibration is not None,
                 retrained=inputs.retraining is not None,
+                p_adjust=inputs.p_adjust,
             )
         ),
         provenance=prov,
         inputs=batches,
         model_card=card,
         signature_note=note,
+        left_out=left_out_table(inputs.left_out),
     )
 
 

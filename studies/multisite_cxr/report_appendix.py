@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from clinaudit.reporting.kit import Cell, MethodNote, Table, table
+from clinaudit.reporting.kit import Cell, MethodNote, Table, multiplicity_words, table
 
 #: Section names used by the checklist (they match the template's headings).
 SECTIONS = {
@@ -35,7 +35,9 @@ class ChecklistItem:
     note: str
 
 
-def checklist_items(*, recalibrated: bool, retrained: bool) -> tuple[ChecklistItem, ...]:
+def checklist_items(
+    *, recalibrated: bool, retrained: bool, p_adjust: str = "holm"
+) -> tuple[ChecklistItem, ...]:
     """TRIPOD+AI (2024) and CLAIM (2024) items, with an honest yes / partly / no per item."""
     t, c = "TRIPOD+AI", "CLAIM"
     updating = "yes" if recalibrated else "no"
@@ -75,7 +77,14 @@ def checklist_items(*, recalibrated: bool, retrained: bool) -> tuple[ChecklistIt
         ChecklistItem(c, "21", "Data partitions, patient-level", "A", "yes", "patient-disjoint"),
         ChecklistItem(c, "22", "Model description", "D", "partly", "model card summary"),
         ChecklistItem(c, "28", "Performance metrics with CIs", "3, 4", "yes", ""),
-        ChecklistItem(c, "29", "Statistical tests, multiplicity", "3, A", "yes", "DeLong, Holm"),
+        ChecklistItem(
+            c,
+            "29",
+            "Statistical tests, multiplicity",
+            "3, A",
+            "yes",
+            f"DeLong, {multiplicity_words(p_adjust).short}",
+        ),
         ChecklistItem(c, "30", "Robustness analysis", "A", "partly", "bootstrap only"),
         ChecklistItem(c, "31", "Explainability", "", "no", "not assessed"),
         ChecklistItem(c, "32", "External testing", "3-5", "yes", "every site external"),
@@ -116,8 +125,17 @@ def methods_notes(
     psi_moderate: float,
     psi_major: float,
     simulated: bool,
+    p_adjust: str,
+    drift_p_adjust: str,
+    alpha: float,
 ) -> tuple[MethodNote, ...]:
-    """Methods paragraphs, with the settings read from the tables they describe."""
+    """Methods paragraphs, with the settings the run used (tables and recorded settings)."""
+    words = multiplicity_words(p_adjust)
+    drift_words = (
+        "Drift tests are adjusted the same way."
+        if drift_p_adjust == p_adjust
+        else f"Drift tests are adjusted with {multiplicity_words(drift_p_adjust).method}."
+    )
     n_boot = int(metrics["n_boot"].max())
     level = f"{100 * float(metrics['ci_level'].iloc[0]):.0f}%"
     n_bins = int(calibration["n_bins"].max())
@@ -139,8 +157,7 @@ def methods_notes(
             "DeLong test and multiplicity",
             "The AUROC difference between a site and the reference uses DeLong's variance for "
             "two independent samples; p-values over all (site, finding) cells are adjusted with "
-            "Holm's step-down method (family-wise error 5%). Drift tests are adjusted the same "
-            "way.",
+            f"{words.method} ({words.error} {100 * alpha:.0f}%). {drift_words}",
         ),
         MethodNote(
             "Calibration",

@@ -7,9 +7,11 @@ from typing import Any
 
 import pandas as pd
 
+from clinaudit.audit.policy_base import Decision
 from clinaudit.audit.types import AuditInputError
-from clinaudit.reporting.cxr_sections import MMD_FEATURE, cell_index, metric_text
-from clinaudit.reporting.cxr_view import (
+
+from .report_sections import MMD_FEATURE, cell_index, metric_text
+from .report_view import (
     DECISIONS,
     Cell,
     DecisionRow,
@@ -40,7 +42,7 @@ def decision_style(decision: str, site: str) -> tuple[str, str]:
             "decisions",
             f"decision {decision!r} for site {site!r}",
             f"one of {list(DECISIONS)}",
-            "regenerate cxr_decisions with clinaudit.audit.decisions",
+            "regenerate cxr_decisions with clinaudit.studies.multisite_cxr.decisions",
         )
     return DECISIONS[decision]
 
@@ -341,7 +343,7 @@ def site_plans(
                 f"no row for site {site!r}",
                 "at least one monitoring-plan row per decided site (a NO-GO site gets its "
                 "re-audit entry)",
-                "regenerate cxr_monitoring_plan with clinaudit.audit.monitoring",
+                "regenerate cxr_monitoring_plan with clinaudit.studies.multisite_cxr.monitoring",
             )
         n_all = int((criteria["site"] == site).sum())
         plans.append(
@@ -364,7 +366,7 @@ def _conditions(decision: str, conditions: str) -> str:
     """The conditions sentence, never empty (what an empty field means for each decision)."""
     if conditions.strip():
         return conditions.strip().rstrip(".") + "."
-    return "not deployed." if decision == "NO-GO" else "none."
+    return "not deployed." if decision == Decision.NO_GO else "none."
 
 
 def _value(x: object) -> str:
@@ -377,7 +379,7 @@ def _value(x: object) -> str:
     return str(int(v)) if v.is_integer() and abs(v) >= 1 else f"{v:.3f}"
 
 
-#: Plain names of the policy's criteria (``clinaudit.audit.decisions.CRITERION_ORDER``).
+#: Plain names of the policy's criteria (``decisions.CRITERION_ORDER``).
 CRITERION_LABELS = {
     "data_sufficiency": "data sufficiency",
     "auroc": "AUROC",

@@ -10,7 +10,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from clinaudit.reporting.cxr_view import (
+from clinaudit.reporting.kit import multiplicity_words
+from clinaudit.reporting.report_figures import FigureFile, drift_svg, heatmap_svg, reliability_svg
+
+from .report_view import (
     CalibrationSection,
     Cell,
     CohortSection,
@@ -24,7 +27,6 @@ from clinaudit.reporting.cxr_view import (
     insufficient,
     table,
 )
-from clinaudit.reporting.report_figures import FigureFile, drift_svg, heatmap_svg, reliability_svg
 
 STATUS_OK = "ok"
 MMD_FEATURE = "__mmd__"
@@ -145,9 +147,16 @@ def _quarantine_table(q: pd.DataFrame, sites: Sequence[str]) -> Table:
 
 
 def discrimination_section(
-    metrics: pd.DataFrame, *, targets: Sequence[str], critical: Sequence[str], simulated: bool
+    metrics: pd.DataFrame,
+    *,
+    targets: Sequence[str],
+    critical: Sequence[str],
+    simulated: bool,
+    p_adjust: str,
 ) -> DiscriminationSection:
-    """AUROC heatmap, AUPRC per cell and the operating point of the critical findings."""
+    """AUROC heatmap, AUPRC per cell and the operating point of the critical findings
+    (``p_adjust``: the multiplicity adjustment the audit ran with)."""
+    words = multiplicity_words(p_adjust)
     groups = ordered_groups(metrics)
     idx = cell_index(metrics)
     heat = FigureFile(
@@ -203,7 +212,7 @@ def discrimination_section(
             "Sensitivity",
             "Specificity",
             "ΔAUROC vs ref. (DeLong CI)",
-            "Holm p",
+            f"{words.short} p",
         ),
         op_rows,
         (12, 13, 8, 10, 15, 15, 19, 8),
@@ -213,7 +222,7 @@ def discrimination_section(
         "AUROC measures how well the score ranks images with the finding above those without "
         "(1 = perfect, 0.5 = chance). Sensitivity and specificity are measured at the vendor's "
         "operating threshold; the AUROC difference to the reference uses DeLong's test with "
-        "Holm's correction across all cells."
+        f"{words.correction} across all cells."
     )
     return DiscriminationSection(text=text, heatmap=heat, auprc=auprc, operating=operating)
 
@@ -329,8 +338,10 @@ def drift_section(
     psi_moderate: float,
     psi_major: float,
     simulated: bool,
+    p_adjust: str,
 ) -> DriftSection:
-    """PSI bars of the image features and, per site, the drifted features and the MMD test."""
+    """PSI bars of the image features and, per site, the drifted features and the MMD test
+    (levels and multiplicity adjustment: the settings the drift stage ran with)."""
     figure = FigureFile(
         name="drift_psi.svg",
         data=drift_svg(
@@ -381,7 +392,8 @@ def drift_section(
         f"Each site's image-quality features, model scores and acquisition metadata are compared "
         f"with the vendor's reference sample. PSI (population stability index) above "
         f"{psi_moderate} is a moderate shift, above {psi_major} a major one; KS and chi-square "
-        f"tests are Holm-adjusted; a kernel MMD permutation test checks all features jointly."
+        f"tests are {multiplicity_words(p_adjust).adjusted}; a kernel MMD permutation test checks "
+        "all features jointly."
     )
     return DriftSection(text=text, figure=figure, summary=summary)
 

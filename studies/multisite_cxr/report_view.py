@@ -142,6 +142,7 @@ class Appendix:
     inputs: Table
     model_card: Table
     signature_note: str
+    left_out: Table | None = None
 
 
 @dataclass(frozen=True)
