@@ -622,7 +622,6 @@ def partition_job(study: Study) -> Any:
     return dg.define_asset_job(
         f"{study.name}_partition_job",
         selection=selection.required_multi_asset_neighbors(),
-        partitions_def=study_partitions(study),
         description=f"One {study.partition_by}'s per-partition stages: ingest (with its blocking "
         f"checks), {', '.join(stages[1:])}. Started by the {study.name} landing sensor when a "
         "batch is ready.",

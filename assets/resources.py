@@ -32,6 +32,34 @@ HOME_ENV = "CLINAUDIT_HOME"
 PSEUDONYM_KEY_ENV = "CLINAUDIT_PSEUDONYM_KEY"
 
 
+#: Variables of earlier releases -> the variable that replaces them. A run refuses to start
+#: while one is set: silently ignoring it would audit another model or policy than intended.
+LEGACY_ENV: dict[str, str] = {
+    "CLINAUDIT_MODEL_PACKAGE": "CLINAUDIT_MULTISITE_CXR_MODEL",
+    "CLINAUDIT_VENDOR_SCORES": "CLINAUDIT_MULTISITE_CXR_SCORES",
+    "CLINAUDIT_POLICY": "CLINAUDIT_MULTISITE_CXR_POLICY",
+    "CLINAUDIT_SEPSIS_MODEL": "CLINAUDIT_SEPSIS_EWS_MODEL",
+    "CLINAUDIT_SEPSIS_POLICY": "CLINAUDIT_SEPSIS_EWS_POLICY",
+}
+
+
+def check_legacy_env() -> None:
+    """Refuse to run while a renamed environment variable is still set.
+
+    Raises
+    ------
+    ValueError
+        Naming each old variable and its replacement.
+    """
+    found = {old: new for old, new in LEGACY_ENV.items() if os.environ.get(old)}
+    if found:
+        renames = ", ".join(f"{old} -> {new}" for old, new in found.items())
+        raise ValueError(
+            f"environment variables {sorted(found)} are no longer read (variables are now named "
+            f"after the study); rename them: {renames}"
+        )
+
+
 def study_env(study: str, what: str) -> str:
     """``CLINAUDIT_<STUDY>_<WHAT>``: e.g. ``study_env("sepsis_ews", "policy")``."""
     return f"CLINAUDIT_{study.upper()}_{what.upper()}"
@@ -152,6 +180,7 @@ class StudyModel(dg.ConfigurableResource):
 
     def spec(self) -> ModelSpec:
         """The effective settings (environment read now)."""
+        check_legacy_env()
         env = os.environ
         threshold = self.threshold
         if threshold is None and env.get(study_env(self.study, "threshold")):
@@ -188,6 +217,7 @@ class StudyPolicy(dg.ConfigurableResource):
     path: str | None = None
 
     def resolved_path(self) -> Path:
+        check_legacy_env()
         configured = self.path or os.environ.get(study_env(self.study, "policy")) or None
         return Path(configured) if configured else get_study(self.study).shipped_policy()
 

@@ -19,7 +19,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from .policy_yaml import Field, Problem, parse_policy_bytes
+import yaml
+
+from .policy_yaml import Field, PolicyError, Problem, parse_policy_bytes
 from .types import AuditInputError
 
 __all__ = ["COMPARATORS", "Criterion", "Decision", "PolicyBase", "statistic_phrase"]
@@ -81,6 +83,29 @@ def statistic_phrase(statistic: str) -> str:
     return {"ci_low": "lower CI bound of ", "ci_high": "upper CI bound of ", "estimate": ""}[
         statistic
     ]
+
+
+def _refuse_other_study(data: bytes, study: str, source: str) -> None:
+    """A file that declares another study is refused with that one problem (not with a wall of
+    "unknown key" problems from a schema it was never meant for)."""
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return  # the strict parser reports it, with its position
+    declared = raw.get("study") if isinstance(raw, dict) else None
+    if study and isinstance(declared, str) and declared != study:
+        raise PolicyError(
+            source,
+            [
+                Problem(
+                    "study",
+                    repr(declared),
+                    repr(study),
+                    f"this is a policy of study {declared!r}: give it to that study (clinaudit "
+                    f"audit --study {declared} --policy FILE), or use a {study} policy",
+                )
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -189,6 +214,7 @@ class PolicyBase(ABC):
                 )
             return problems + cls.cross_checks(values)
 
+        _refuse_other_study(data, cls.STUDY, source)
         parsed = parse_policy_bytes(data, cls.SCHEMA, source=source, cross_checks=checks)
         return cls.from_values(parsed.values, text=parsed.text, sha256=parsed.sha256, source=source)
 

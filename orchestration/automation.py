@@ -241,7 +241,8 @@ def build_automation_sensor(study: Study) -> dg.AutomationConditionSensorDefinit
     """The study's automation sensor: evaluates the conditions of its group, on by default."""
     return dg.AutomationConditionSensorDefinition(
         automation_sensor_name(study),
-        target=dg.AssetSelection.groups(study.name),
+        target=dg.AssetSelection.groups(study.name)
+        | dg.AssetSelection.assets(*(dg.AssetKey([study.name, s]) for s in SOURCE_STAGES)),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         description=f"Evaluates the {study.name} automation conditions "

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import dagster as dg
 
 from clinaudit.assets.factory import partitions_name
+from clinaudit.assets.resources import ClinauditHome, LandingWatch
 from clinaudit.sources.landing import (
     MANIFEST_NAME,
     BatchRef,
@@ -447,14 +448,15 @@ def build_landing_sensor(study: Study, job: Any) -> dg.SensorDefinition:
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={"home", "landing_watch"},
         description=f"Polls <landing>/{landing_dir}/<{study.partition_by}>/<batch>/: a batch "
         f"whose manifest.json verifies starts its {study.partition_by}'s partition run (run key "
         f"= content hash), a new {study.partition_by} gets a partition, a batch that never "
         "verifies is quarantined after LandingWatch.quarantine_after_s.",
     )
-    def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        home, watch = context.resources.home, context.resources.landing_watch
+    def landing_sensor(
+        context: dg.SensorEvaluationContext, home: ClinauditHome, landing_watch: LandingWatch
+    ) -> dg.SensorResult:
+        watch = landing_watch
         try:
             cursor = LandingCursor.from_json(context.cursor)
         except ValueError as err:
@@ -491,11 +493,11 @@ def _report_plan(
     plan: TickPlan,
     scan: LandingScan,
     cursor: LandingCursor,
-    home: object,
+    home: ClinauditHome,
     landing_dir: str,
 ) -> None:
     """Write the tick's quarantine records and refused-name list, and log what was decided."""
-    quarantine, landing = home.quarantine, home.landing  # type: ignore[attr-defined]
+    quarantine, landing = home.quarantine, home.landing
     for q in plan.quarantines:
         path = write_quarantine_record(quarantine, q, landing_root=landing, landing_dir=landing_dir)
         first = "; ".join(f"{f}: {p}" for f, p, _ in q.problems[:3])

@@ -356,6 +356,11 @@ class Study(ABC):
         """The report HTML (every page marked SIMULATED when ``bundle.provenance.simulated``),
         its figures and the evidence attached to the package."""
 
+    def decision_lines(self, decisions: TableSet) -> list[tuple[str, str]]:
+        """``(where, text)`` lines the command line prints after an audit; default: the
+        decision per partition (:meth:`decision_summary`)."""
+        return sorted(self.decision_summary(decisions).items())
+
     def describe_stage(self, stage: str, value: Any) -> Mapping[str, Any]:
         """Extra metadata the Dagster UI shows for a stage's output (markdown text starts with
         ``"|"``, ``"#"`` or ``"!["``); default: none."""

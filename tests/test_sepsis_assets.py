@@ -11,6 +11,7 @@ import pytest
 import skops.io as sio
 
 from clinaudit.assets import sepsis_ews
+from clinaudit.assets.resources import ClinauditHome
 from clinaudit.assets.sepsis_ews import (
     SepsisModel,
     SepsisPolicyFile,
@@ -23,7 +24,6 @@ from clinaudit.models.tabular import (
     train_tabular_vendor_model,
 )
 from clinaudit.orchestration.definitions import build_resources
-from clinaudit.orchestration.resources import ClinauditHome
 from clinaudit.reporting.verify import verify_pdf
 from clinaudit.sources.landing import scan_landing, sha256_file
 from clinaudit.sources.sepsis_simulator import (

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from clinaudit.assets import sepsis_ews
+from clinaudit.assets.resources import ClinauditHome
 from clinaudit.assets.sepsis_ews import SepsisModel, SepsisPolicyFile, land_simulated_network
 from clinaudit.orchestration.definitions import build_resources
-from clinaudit.orchestration.resources import ClinauditHome
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,6 @@ from clinaudit.audit.sepsis_audit import SepsisAuditResult, run_sepsis_audit
 from clinaudit.audit.sepsis_policy import load_sepsis_policy
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.tabular import predict_stays, train_tabular_vendor_model
-from clinaudit.reporting.cxr_view import SIMULATED_BAND, fmt_ci
 from clinaudit.reporting.report_figures import write_figures
 from clinaudit.reporting.sepsis_report import (
     SepsisProvenance,
@@ -27,6 +26,7 @@ from clinaudit.sources.sepsis_simulator import (
     simulate_network,
     simulate_vendor_population,
 )
+from clinaudit.studies.multisite_cxr.report_view import SIMULATED_BAND, fmt_ci
 from clinaudit.validation.sepsis_schema import ERROR_COLUMNS, validate_stays
 
 SECTIONS = ("summary", "cohort", "discrimination", "calibration", "fairness", "mitigation",

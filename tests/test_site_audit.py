@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinaudit.audit.site_audit import (
+from clinaudit.audit.reference_audit import (
     SCORE_PREFIX,
     drift_features,
     reference_label,

@@ -19,6 +19,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from system_tools import require_tool
 
 from clinaudit.assets.resources import ClinauditHome, StudyPolicy, read_stored
 from clinaudit.audit.discrimination import audit_discrimination
@@ -328,10 +329,9 @@ def test_stages_hand_each_other_typed_values(toy_run) -> None:
 
 
 def test_report_is_marked_simulated_on_every_page(toy_run) -> None:
-    pdftotext = pytest.importorskip("shutil").which("pdftotext")
-    if pdftotext is None:
-        pytest.fail("pdftotext is missing: run `make system-deps` (poppler-utils)")
     import subprocess
+
+    pdftotext = require_tool("pdftotext", "poppler-utils")
 
     package = next((toy_run["home"].reports / NAME).iterdir())
     text = subprocess.run(

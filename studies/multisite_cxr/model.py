@@ -49,8 +49,11 @@ __all__ = [
 KIND = "image_multilabel"
 LANDING_DIR = "cxr"
 SCORES_THRESHOLD_SOURCE = "0.5: vendor scores came without operating thresholds"
-#: Settings of the embedded model a run may change (``StudyModel.training``).
-TRAINING_KEYS = ("arch", "input_size", "epochs")
+#: Settings of the embedded model a run may change (``StudyModel.training``); ``scale`` is the
+#: demo scale, which sets the others' defaults (:data:`SCALE_TRAINING`).
+TRAINING_KEYS = ("arch", "input_size", "epochs", "scale")
+#: Embedded-model settings per demo scale (the tiny scale is for tests: small input, two epochs).
+SCALE_TRAINING: dict[str, dict[str, int]] = {"tiny": {"input_size": 64, "epochs": 2}}
 
 
 def training_spec(spec: ModelSpec) -> VendorTrainingSpec:
@@ -61,8 +64,9 @@ def training_spec(spec: ModelSpec) -> VendorTrainingSpec:
             f"model training settings {unknown} are not known to multisite_cxr; use "
             f"{list(TRAINING_KEYS)}"
         )
+    settings = {**SCALE_TRAINING.get(str(spec.training.get("scale")), {}), **spec.training}
     train = TrainConfig(
-        **{k: spec.training[k] for k in TRAINING_KEYS if spec.training.get(k) is not None},
+        **{k: settings[k] for k in TRAINING_KEYS[:3] if settings.get(k) is not None},
         seed=spec.seed,
         device=spec.device,  # type: ignore[arg-type]
     )

@@ -215,6 +215,10 @@ class MultisiteCxr(Study):
         )
         return TableSet({"plan": plan})
 
+    def decision_lines(self, decisions: TableSet) -> list[tuple[str, str]]:
+        table = decisions["decisions"]
+        return [(str(r.site), f"{r.decision:<15} {r.reasons}") for r in table.itertuples()]
+
     def report(self, bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         return report_content(bundle, stamp)
 
