@@ -47,8 +47,8 @@ from .recalibration_maps import (
     select_map,
     sensitivity_threshold,
 )
-from .types import SCORE_PREFIX
 from .types import (
+    SCORE_PREFIX,
     STATUS_INSUFFICIENT,
     STATUS_OK,
     AuditInputError,
@@ -373,8 +373,9 @@ def recalibrate_sites(
     Parameters
     ----------
     frame : DataFrame
-        :func:`~clinaudit.audit.reference_audit.scored_frame` output: ``group``, ``cluster``, one label
-        column per target (``NaN`` = unlabelled) and ``score_<target>`` probabilities; unique index.
+        :func:`~clinaudit.audit.reference_audit.scored_frame` output: ``group``, ``cluster``, one
+        label column per target (``NaN`` = unlabelled) and ``score_<target>`` probabilities;
+        unique index.
     targets : sequence of str
         Targets to recalibrate.
     thresholds : mapping or float, keyword-only

@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .types import SCORE_PREFIX
-from .types import AuditInputError
+from .types import SCORE_PREFIX, AuditInputError
 
 __all__ = ["check_frame", "check_groups", "check_sensitivity", "check_targets"]
 

@@ -35,9 +35,9 @@ from pathlib import Path
 import dagster as dg
 
 from clinaudit.assets.multisite_cxr_model import AuditedModel
+from clinaudit.assets.resources import ClinauditHome
 from clinaudit.orchestration.automation import SOURCE_NAMES, drain_automation, observe_sources
 from clinaudit.orchestration.definitions import build_defs
-from clinaudit.assets.resources import ClinauditHome
 from clinaudit.orchestration.runner import PipelineRunner, get_instance, register_sites
 from clinaudit.orchestration.sensors import LandingWatch, cxr_landing_sensor
 from clinaudit.reporting.verify import verify_pdf

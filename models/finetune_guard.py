@@ -1,7 +1,7 @@
 """Regression guard of a focused re-training: per-cell AUROC before and after, on unseen data.
 
-``before`` and ``after`` are :func:`clinaudit.audit.reference_audit.scored_frame` tables of the *same*
-images (other sites entirely, the retrained site's test split, the vendor's held-out set), scored
+``before`` and ``after`` are :func:`clinaudit.audit.reference_audit.scored_frame` tables of the
+*same* images (other sites entirely, the retrained site's test split, the vendor's held-out set), scored
 by the parent and by the re-trained package. Both go through
 :func:`clinaudit.audit.discrimination.audit_discrimination` with the same seed; because the rows,
 groups and patients are identical, the two bootstraps resample the same patients in every
@@ -21,8 +21,7 @@ import pandas as pd
 
 from clinaudit.audit.bootstrap import percentile_ci
 from clinaudit.audit.discrimination import DiscriminationResult, audit_discrimination
-from clinaudit.audit.types import SCORE_PREFIX
-from clinaudit.audit.types import STATUS_OK, AuditInputError
+from clinaudit.audit.types import SCORE_PREFIX, STATUS_OK, AuditInputError
 
 GUARD_COLUMNS: tuple[str, ...] = (
     "group",
