@@ -1,8 +1,8 @@
 """Regression guard of a focused re-training: per-cell AUROC before and after, on unseen data.
 
 ``before`` and ``after`` are :func:`clinaudit.audit.reference_audit.scored_frame` tables of the
-*same* images (other sites entirely, the retrained site's test split, the vendor's held-out set), scored
-by the parent and by the re-trained package. Both go through
+*same* images (other sites entirely, the retrained site's test split, the vendor's held-out
+set), scored by the parent and by the re-trained package. Both go through
 :func:`clinaudit.audit.discrimination.audit_discrimination` with the same seed; because the rows,
 groups and patients are identical, the two bootstraps resample the same patients in every
 replicate, so ``after - before`` per replicate is a *paired* bootstrap of the AUROC change.
