@@ -11,23 +11,27 @@ This module deliberately has no ``from __future__ import annotations``: the run-
 are built per study and Dagster reads them from the functions' annotations.
 """
 
-import dataclasses
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from clinaudit.audit.records import ModelRef, TableSet
-from clinaudit.reporting.package import write_study_package
-from clinaudit.reporting.provenance import AuditBundle, PolicyMismatchError, Provenance
-from clinaudit.studies.base import AuditData, CheckOutcome, Study
+from clinaudit.audit.records import ModelRef
+from clinaudit.studies.base import CheckOutcome, Study
 from clinaudit.studies.ingest_checks import GENERIC_CHECKS, generic_outcomes
 from clinaudit.validation.ingest_loop import ingest_partition, write_quarantine_reports
 from clinaudit.validation.privacy import PhiLeakError
 
-from .stage_meta import metadata_values, package_metadata, stage_metadata
+from .audit_stages import (
+    decisions_asset,
+    evidence_asset,
+    mitigation_asset,
+    monitoring_asset,
+    package_asset,
+)
+from .stage_config import OWNERS, config_class, options_of
+from .stage_meta import metadata_values, stage_metadata
 
 # Output(data_version=...) is marked beta in Dagster 1.13; it is the documented way to version data.
 warnings.filterwarnings("ignore", message=r"Parameter `data_version`", category=dg.BetaWarning)
@@ -42,7 +46,6 @@ warnings.filterwarnings(
     "ignore", message=r"Function `multi_observable_source_asset`", category=dg.BetaWarning
 )
 
-OWNERS = ["team:clinical-ai-governance"]
 ALL = dg.AllPartitionMapping()
 #: Stages that are partitioned (one run per site / hospital when new data lands).
 PARTITION_STAGES = ("validated", "quarantine", "batches", "predictions", "partition_metrics")
@@ -55,24 +58,6 @@ def partitions_name(study: Study) -> str:
 
 def study_partitions(study: Study) -> dg.DynamicPartitionsDefinition:
     return dg.DynamicPartitionsDefinition(name=partitions_name(study))
-
-
-def config_class(name: str, options_type: type | None) -> type[dg.Config]:
-    """A Dagster ``Config`` whose fields are those of the frozen dataclass ``options_type``."""
-    namespace: dict[str, Any] = {"__annotations__": {}, "__module__": __name__}
-    for f in dataclasses.fields(options_type) if options_type else ():
-        namespace["__annotations__"][f.name] = f.type if not isinstance(f.type, str) else Any
-        namespace[f.name] = f.default
-    return type(name, (dg.Config,), namespace)
-
-
-def _options(study: Study, options_type: type | None, config: dg.Config) -> Any:
-    return study.options(options_type, config.model_dump())
-
-
-def _under_policy(tables: TableSet, policy: Any) -> TableSet:
-    """The stage's tables with the identity of the policy they were computed under."""
-    return tables.with_facts(**policy.identity())
 
 
 class StudyAssets:
@@ -91,20 +76,29 @@ class StudyAssets:
             self._model(),
             self._predictions(),
             *self._partition_metrics(),
-            self._evidence(),
-            *(self._mitigation(i) for i in range(len(study.mitigations))),
-            self._decisions(),
-            self._monitoring(),
-            self._package(),
+            evidence_asset(self),
+            *(mitigation_asset(self, i) for i in range(len(study.mitigations))),
+            decisions_asset(self),
+            monitoring_asset(self),
+            package_asset(self),
         ]
+
+    def data_ins(self) -> dict[str, dg.AssetIn]:
+        """The inputs every cross-partition stage reads (all partitions, and the model)."""
+        return {
+            "validated": self.input("validated", all_partitions=True),
+            "predictions": self.input("predictions", all_partitions=True),
+            "batches": self.input("batches", all_partitions=True),
+            "model": self.input("model"),
+        }
 
     def key(self, stage: str) -> dg.AssetKey:
         return dg.AssetKey([self.p, stage])
 
-    def _in(self, stage: str, *, all_partitions: bool = False) -> dg.AssetIn:
+    def input(self, stage: str, *, all_partitions: bool = False) -> dg.AssetIn:
         return dg.AssetIn(key=self.key(stage), partition_mapping=ALL if all_partitions else None)
 
-    def _common(self, stage: str, description: str) -> dict[str, Any]:
+    def common(self, stage: str, description: str) -> dict[str, Any]:
         return {
             "key": self.key(stage),
             "group_name": self.p,
@@ -216,7 +210,7 @@ class StudyAssets:
         )
         def ingest(context: dg.AssetExecutionContext, config: config_type):
             home, partition = context.resources.home, context.partition_key
-            options = _options(study, study.ingest_options, config)
+            options = options_of(study, study.ingest_options, config)
             key = home.pseudonym_secret()
             result = study.finish_partition(
                 ingest_partition(
@@ -258,14 +252,14 @@ class StudyAssets:
         study = self.study
 
         @dg.asset(
-            **self._common(
+            **self.common(
                 "cohort",
                 f"Cohort and data-quality summary of every {study.partition_by}: rows, "
                 "demographics, quarantined records.",
             ),
             ins={
-                "validated": self._in("validated", all_partitions=True),
-                "quarantine": self._in("quarantine", all_partitions=True),
+                "validated": self.input("validated", all_partitions=True),
+                "quarantine": self.input("quarantine", all_partitions=True),
             },
         )
         def cohort(validated: dict, quarantine: dict) -> dg.Output[pd.DataFrame]:
@@ -286,7 +280,7 @@ class StudyAssets:
             )
 
         @dg.asset(
-            **self._common(
+            **self.common(
                 "model",
                 "The model under audit (a ModelRef record): a verified vendor package, vendor "
                 "scores, or the embedded model; its identity, operating thresholds and card.",
@@ -316,13 +310,13 @@ class StudyAssets:
         study, model_res = self.study, self.model_res
 
         @dg.asset(
-            **self._common(
+            **self.common(
                 "predictions",
                 f"One score per validated {study.unit} and target, with the identity of the "
                 "model package (or scores file) that produced it.",
             ),
             partitions_def=self.partitions,
-            ins={"validated": self._in("validated"), "model": self._in("model")},
+            ins={"validated": self.input("validated"), "model": self.input("model")},
             required_resource_keys={model_res, "home"},
         )
         def predictions(
@@ -346,13 +340,13 @@ class StudyAssets:
             return []
 
         @dg.asset(
-            **self._common(
+            **self.common(
                 "partition_metrics",
                 f"One {study.partition_by} on its own: discrimination and calibration with CIs "
                 "(shown as soon as its run finishes; the audit itself is cross-partition).",
             ),
             partitions_def=self.partitions,
-            ins={n: self._in(n) for n in ("validated", "predictions", "model")},
+            ins={n: self.input(n) for n in ("validated", "predictions", "model")},
         )
         def partition_metrics(
             context: dg.AssetExecutionContext,
@@ -368,230 +362,6 @@ class StudyAssets:
             return dg.Output(table, metadata=metadata_values(facts))
 
         return [partition_metrics]
-
-    # ---------------------------------------------------------------- cross-partition stages
-    def _data_ins(self) -> dict[str, dg.AssetIn]:
-        return {
-            "validated": self._in("validated", all_partitions=True),
-            "predictions": self._in("predictions", all_partitions=True),
-            "batches": self._in("batches", all_partitions=True),
-            "model": self._in("model"),
-        }
-
-    def _evidence(self) -> dg.AssetsDefinition:
-        study, policy_res = self.study, self.policy_res
-        config_type = config_class(f"{self.p}_EvaluateConfig", study.evaluate_options)
-
-        @dg.asset(
-            **self._common(
-                "evidence",
-                f"The audit across {study.partition_by}s (a table set): discrimination, "
-                "calibration, drift, subgroup or worst-cell tables with CIs, the settings they "
-                "were computed with and the partitions left out (and why).",
-            ),
-            ins=self._data_ins(),
-            deps=[self.key("policy_source")],
-            required_resource_keys={policy_res},
-        )
-        def evidence(
-            context: dg.AssetExecutionContext,
-            config: config_type,
-            validated: dict,
-            predictions: dict,
-            batches: dict,
-            model: ModelRef,
-        ) -> dg.Output[TableSet]:
-            policy = getattr(context.resources, policy_res).load()
-            result = study.evaluate(
-                AuditData(validated, predictions, model, batches),
-                policy=policy,
-                options=_options(study, study.evaluate_options, config),
-            )
-            for partition, why in dict(result.facts.get("left_out", {})).items():
-                context.log.warning(f"{partition} left out of the audit: {why}")
-            return _table_set_output(study, "evidence", _under_policy(result, policy))
-
-        return evidence
-
-    def _mitigation(self, index: int) -> dg.AssetsDefinition:
-        study, policy_res = self.study, self.policy_res
-        stage = study.mitigations[index]
-        name = self.mitigation_names[index]
-        config_type = config_class(f"{self.p}_{stage.name}_Config", stage.options_type)
-
-        @dg.asset(
-            **self._common(name, stage.description),
-            ins={"evidence": self._in("evidence"), **self._data_ins()},
-            deps=[self.key("policy_source")],
-            required_resource_keys={policy_res, "home"},
-        )
-        def mitigation(
-            context: dg.AssetExecutionContext,
-            config: config_type,
-            evidence: TableSet,
-            validated: dict,
-            predictions: dict,
-            batches: dict,
-            model: ModelRef,
-        ) -> dg.Output[TableSet]:
-            policy = getattr(context.resources, policy_res).load()
-            result = stage.run(
-                evidence,
-                AuditData(validated, predictions, model, batches),
-                policy=policy,
-                options=_options(study, stage.options_type, config),
-                dirs=context.resources.home.dirs(),
-                log=context.log.info,
-                run_id=context.run.run_id,
-            )
-            return _table_set_output(study, name, _under_policy(result, policy))
-
-        return mitigation
-
-    def _decisions(self) -> dg.AssetsDefinition:
-        study, policy_res, names = self.study, self.policy_res, self.mitigation_names
-
-        @dg.asset(
-            **self._common(
-                "decisions",
-                "GO / CONDITIONAL GO / NO-GO under the versioned policy, with every criterion "
-                "before and after the allowed mitigations and the reasons and conditions.",
-            ),
-            ins={"evidence": self._in("evidence"), **{n: self._in(n) for n in names}},
-            deps=[self.key("policy_source")],
-            required_resource_keys={policy_res},
-        )
-        def decisions(
-            context: dg.AssetExecutionContext, evidence: TableSet, **mitigations: TableSet
-        ) -> dg.Output[TableSet]:
-            policy = getattr(context.resources, policy_res).load()
-            result = study.decide(evidence, _by_name(mitigations, names), policy=policy)
-            for where, decision in study.decision_summary(result).items():
-                context.log.info(f"{where}: {decision}")
-            return _table_set_output(study, "decisions", _under_policy(result, policy))
-
-        return decisions
-
-    def _monitoring(self) -> dg.AssetsDefinition:
-        study, policy_res, names = self.study, self.policy_res, self.mitigation_names
-
-        @dg.asset(
-            **self._common(
-                "monitoring",
-                "The monitoring plan of what is deployed: what to watch, warn / action "
-                "thresholds from this audit's baselines, cadence and escalation.",
-            ),
-            ins={
-                "evidence": self._in("evidence"),
-                "decisions": self._in("decisions"),
-                **{n: self._in(n) for n in names},
-                **self._data_ins(),
-            },
-            deps=[self.key("policy_source")],
-            required_resource_keys={policy_res},
-        )
-        def monitoring(
-            context: dg.AssetExecutionContext,
-            evidence: TableSet,
-            decisions: TableSet,
-            validated: dict,
-            predictions: dict,
-            batches: dict,
-            model: ModelRef,
-            **mitigations: TableSet,
-        ) -> dg.Output[TableSet]:
-            policy = getattr(context.resources, policy_res).load()
-            result = study.monitor(
-                evidence,
-                _by_name(mitigations, names),
-                decisions,
-                AuditData(validated, predictions, model, batches),
-                policy=policy,
-            )
-            return _table_set_output(study, "monitoring", _under_policy(result, policy))
-
-        return monitoring
-
-    # ---------------------------------------------------------------- package
-    def _package(self) -> dg.AssetsDefinition:
-        study, policy_res, names = self.study, self.policy_res, self.mitigation_names
-
-        @dg.asset(
-            key=self.key("package"),
-            group_name=self.p,
-            owners=OWNERS,
-            description=f"The committee's report ({study.title}) as a PAdES-signed PDF with the "
-            "evidence and a manifest of every input hash embedded; written to "
-            f"reports/{study.name}/<audit-id>/ and verified. Older packages are kept.",
-            ins={
-                **{n: self._in(n) for n in ("evidence", "decisions", "monitoring", "cohort")},
-                **{n: self._in(n) for n in names},
-                "model": self._in("model"),
-                "quarantine": self._in("quarantine", all_partitions=True),
-                "batches": self._in("batches", all_partitions=True),
-            },
-            required_resource_keys={policy_res, "home", "signer"},
-        )
-        def package(context: dg.AssetExecutionContext, **inputs: Any) -> dg.MaterializeResult:
-            home = context.resources.home
-            bundle = audit_bundle(
-                study,
-                inputs,
-                names,
-                policy=getattr(context.resources, policy_res).load(),
-            )
-            try:
-                written = write_study_package(
-                    bundle,
-                    lambda stamp: study.report(bundle, stamp),
-                    policy_name=study.policy_attachment,
-                    signer=context.resources.signer.spec(home.key_dir),
-                    reports_root=home.reports,
-                )
-            except PolicyMismatchError as err:
-                raise dg.Failure(str(err)) from err
-            context.log.info(f"signed package {written.package.dir} ({written.pages} pages)")
-            meta = package_metadata(written, study.decision_summary(bundle.decisions))
-            return dg.MaterializeResult(
-                metadata=meta, data_version=dg.DataVersion(written.audit_id)
-            )
-
-        return package
-
-
-def audit_bundle(
-    study: Study, inputs: Mapping[str, Any], mitigation_names: list[str], *, policy: Any
-) -> AuditBundle:
-    """The package's single input, from the stored stage outputs."""
-    evidence: TableSet = inputs["evidence"]
-    return AuditBundle(
-        study=study.name,
-        title=study.title,
-        evidence=evidence,
-        mitigations=_by_name(inputs, mitigation_names),
-        decisions=inputs["decisions"],
-        monitoring=inputs["monitoring"],
-        cohort=inputs["cohort"],
-        quarantine=dict(inputs["quarantine"]),
-        policy=policy,
-        model=inputs["model"],
-        provenance=Provenance.from_ingest(
-            study.landing_dir, inputs["batches"], evidence.facts.get("left_out", {})
-        ),
-    )
-
-
-def _by_name(values: Mapping[str, Any], names: list[str]) -> dict[str, TableSet]:
-    """``mitigation_<name>`` inputs as name -> table set, in the study's order."""
-    return {n.removeprefix("mitigation_"): values[n] for n in names}
-
-
-def _table_set_output(study: Study, stage: str, tables: TableSet) -> dg.Output[TableSet]:
-    return dg.Output(
-        tables,
-        data_version=dg.DataVersion(tables.digest()),
-        metadata=stage_metadata(study, stage, tables),
-    )
 
 
 def _check_result(

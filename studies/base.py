@@ -35,8 +35,9 @@ import pandas as pd
 
 from clinaudit.audit.policy_base import PolicyBase
 from clinaudit.audit.records import ModelRef, TableSet
-from clinaudit.reporting.package import AuditStamp, ReportContent
+from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
+from clinaudit.reporting.study_package import ReportContent
 from clinaudit.sources.landing import BatchRef
 from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
 

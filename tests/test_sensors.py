@@ -14,7 +14,7 @@ from cxr_fixtures import make_manifest, nih_batch, tree_hashes
 
 from clinaudit.assets.factory import partition_job
 from clinaudit.assets.resources import ClinauditHome, LandingWatch
-from clinaudit.orchestration import sensors
+from clinaudit.orchestration import landing_plan
 from clinaudit.orchestration.definitions import build_defs
 from clinaudit.orchestration.sensors import (
     REFUSED_FILE,
@@ -211,7 +211,7 @@ def test_corrupt_manifest_is_quarantined_and_other_sites_still_run(
 
     # Unchanged quarantined batches are not verified (hashed) again nor their record rewritten.
     stamp = (home.quarantine / "landing/cxr/site_b/b1.json").stat().st_mtime_ns
-    monkeypatch.setattr(sensors, "verify_batch", lambda *a, **k: pytest.fail("re-verified"))
+    monkeypatch.setattr(landing_plan, "verify_batch", lambda *a, **k: pytest.fail("re-verified"))
     later = tick(home, instance, result.cursor, grace=0)
     monkeypatch.undo()
     assert later.run_requests == []

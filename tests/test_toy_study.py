@@ -38,9 +38,10 @@ from clinaudit.reporting.kit import (
     provenance_tables,
     table,
 )
-from clinaudit.reporting.package import AuditStamp, ReportContent
+from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.pdf import render_template, report_environment
 from clinaudit.reporting.provenance import AuditBundle
+from clinaudit.reporting.study_package import ReportContent
 from clinaudit.reporting.verify import verify_pdf
 from clinaudit.sources.landing import BatchRef, read_manifest, verify_batch, write_manifest
 from clinaudit.studies import get_study, register_study

@@ -13,9 +13,10 @@ from typing import Any
 import pandas as pd
 
 from clinaudit.reporting.kit import PolicyInfo
-from clinaudit.reporting.package import AuditStamp, ReportContent
+from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.pdf import report_environment
 from clinaudit.reporting.provenance import AuditBundle
+from clinaudit.reporting.study_package import ReportContent
 
 from .report import CxrProvenance, CxrReportInputs, build_cxr_view, render_cxr_html
 

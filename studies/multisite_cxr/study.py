@@ -25,8 +25,9 @@ from clinaudit.reporting.figures import (
     markdown_image,
     reliability_diagrams,
 )
-from clinaudit.reporting.package import AuditStamp, ReportContent
+from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
+from clinaudit.reporting.study_package import ReportContent
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.cxr_simulator import simulate_cohort
 from clinaudit.sources.cxr_sites import REFERENCE_SITE
