@@ -239,6 +239,20 @@ def audit_bundle(
     )
 
 
+def stored_bundle(home: Any, study: Study, *, policy: Any = None) -> AuditBundle:
+    """The audit bundle of the latest materialized stages of ``study`` under ``home`` (the
+    package stage's input, read back: re-render a report, or check it, outside a run)."""
+    from .resources import read_stored, stored_partitions
+
+    names = [f"mitigation_{m.name}" for m in study.mitigations]
+    stages = ("evidence", "decisions", "monitoring", "cohort", "model", *names)
+    inputs: dict[str, Any] = {s: read_stored(home, f"{study.name}/{s}") for s in stages}
+    for per_partition in ("quarantine", "batches"):
+        key = f"{study.name}/{per_partition}"
+        inputs[per_partition] = {p: read_stored(home, key, p) for p in stored_partitions(home, key)}
+    return audit_bundle(study, inputs, names, policy=policy or study.load_policy())
+
+
 def _by_name(values: Mapping[str, Any], names: list[str]) -> dict[str, TableSet]:
     """``mitigation_<name>`` inputs as name -> table set, in the study's order."""
     return {n.removeprefix("mitigation_"): values[n] for n in names}

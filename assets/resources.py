@@ -378,6 +378,16 @@ def read_stored(home: ClinauditHome, key: str | dg.AssetKey, partition: str | No
     return read_value(stored_path(home, asset_key, partition))
 
 
+def stored_partitions(home: ClinauditHome, key: str | dg.AssetKey) -> list[str]:
+    """The partitions the IO manager holds a value of, for ``key`` (sorted)."""
+    asset_key = key if isinstance(key, dg.AssetKey) else dg.AssetKey(key.split("/"))
+    folder = home.artifacts.joinpath("tables", *asset_key.path)
+    if not folder.is_dir():
+        return []
+    names = {p.name.split(".")[0] for p in folder.iterdir() if not p.name.startswith(".")}
+    return sorted(names - {"__all__"})
+
+
 def study_resources(
     home: ClinauditHome,
     *,

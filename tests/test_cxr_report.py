@@ -239,3 +239,34 @@ def test_psi_bars_clip_order_levels_and_legend() -> None:
     legend = sorted(t.get_text() for t in ax.get_legend().get_texts())
     assert legend == ["PSI 0.1", "PSI 0.25", "network", "site_b"]
     figs.plt.close(fig)
+
+
+def test_report_states_the_settings_the_run_used(synthetic_inputs) -> None:
+    """Drift levels, multiplicity adjustments and alpha come from the run, never from defaults."""
+    inputs = replace(
+        synthetic_inputs,
+        psi_moderate=0.2,
+        psi_major=0.4,
+        p_adjust="bh",
+        drift_p_adjust="none",
+        alpha=0.01,
+    )
+    html = render_cxr_html(build_cxr_view(inputs), report_environment())
+    assert "moderate above 0.2, major above 0.4" in html  # methods
+    assert "PSI (population stability index) above 0.2 is a moderate shift" in html  # drift
+    assert "dashed lines: moderate 0.2, major 0.4" in html  # figure caption
+    assert "the Benjamini–Hochberg method (false discovery rate 1%)" in html
+    assert "Drift tests are not adjusted for multiplicity." in html
+    assert "tests are not adjusted for multiplicity" in html
+    assert "<th>BH p</th>" in html
+    assert "Holm" not in html
+
+
+def test_report_names_the_sites_left_out_of_the_audit(synthetic_inputs) -> None:
+    why = "predictions are stale: 3 validated images without a prediction (re-run)"
+    inputs = replace(synthetic_inputs, left_out={"site_z": why})
+    html = render_cxr_html(build_cxr_view(inputs), report_environment())
+    assert "<td>site_z</td><td>predictions are stale: 3 validated images" in html
+    assert "Sites left out of this audit" in html
+    plain = render_cxr_html(build_cxr_view(synthetic_inputs), report_environment())
+    assert "left out of this audit" not in plain

@@ -30,22 +30,9 @@ FEATURE = {
 
 
 @pytest.fixture(scope="module")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("demo")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    mp.delenv("CLINAUDIT_PSEUDONYM_KEY", raising=False)
-    try:
-        args = ["demo", "--study", P, "--scale", "tiny", "--home", str(home), "--workers", "1"]
-        assert main(args) == 0
-        # Second run: landed data is reused (never re-simulated or modified), ingest re-runs.
-        before = {p: p.stat().st_mtime_ns for p in (home / "landing").rglob("*") if p.is_file()}
-        assert main(args) == 0
-        after = {p: p.stat().st_mtime_ns for p in (home / "landing").rglob("*") if p.is_file()}
-        assert before == after
-    finally:
-        mp.undo()
-    return home
+def demo_home(tiny_demo) -> Path:
+    """``clinaudit demo --study multisite_cxr --scale tiny``, run twice (see conftest)."""
+    return tiny_demo(P)
 
 
 def _vendor_package(demo_home: Path) -> str:
@@ -290,3 +277,36 @@ def test_scores_only_audit_decides_and_signs(
     assert verdict.ok, [c for c in verdict.checks if not c.ok]
     manifest = json.loads((package / "manifest.json").read_text())
     assert len(manifest["inputs"]["model_package"]) == 64  # hash of the scores files
+
+
+def test_a_site_left_out_of_the_audit_is_named_in_the_signed_report(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    """A site whose predictions went stale is left out of the cross-site audit, and the signed
+    report says which site and why (not only the Dagster metadata)."""
+    import shutil
+    import subprocess
+
+    import dagster as dg
+    from pipeline_helpers import materialize
+
+    from clinaudit.assets.resources import stored_path, write_value
+
+    copy = tmp_path / "home"
+    shutil.copytree(demo_home, copy, ignore=shutil.ignore_patterns("dagster_home"))
+    home = ClinauditHome(root=str(copy))
+    stale = _read(copy, "predictions", "site_c").iloc[:-3]  # new images landed, not yet scored
+    write_value(stored_path(home, dg.AssetKey([P, "predictions"]), "site_c"), stale)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{P}_sites", sorted(SITES))
+        for stage in ("evidence", "mitigation_recalibration", "decisions", "monitoring", "package"):
+            assert materialize(home, instance, P, stage).success, stage
+    assert "site_c" not in set(_read(copy, "decisions")["decisions"]["site"])
+    assert "stale" in _read(copy, "evidence").facts["left_out"]["site_c"]
+    newest = sorted((copy / "reports" / P).iterdir())[-1]
+    pdftotext = require_tool("pdftotext", "poppler-utils")
+    text = subprocess.run(
+        [pdftotext, str(newest / "report.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "left out of this audit" in text
+    assert "site_c" in text and "predictions are stale" in text

@@ -368,3 +368,25 @@ def test_policy_resource_reads_the_environment_when_used(toy_run, monkeypatch, t
     assert resource.load().version == "1.0.0"
     monkeypatch.setenv("CLINAUDIT_TOY_TABULAR_POLICY", str(edited))
     assert resource.load().version == "1.0.1"
+
+
+def test_the_package_cites_the_batch_hashes_ingest_read(toy_run, tmp_path) -> None:
+    """Provenance is carried from ingest: the package stage never re-reads the landing folder."""
+    home = toy_run["home"]
+    ingested = {
+        f"{NAME}/{site}/b0001": read_stored(home, f"{NAME}/batches", site)["content_hash"].iloc[0]
+        for site in ("site_a", "site_b")
+    }
+    moved = tmp_path / "landing_elsewhere"
+    home.landing.rename(moved)  # the landed data is gone from where ingest read it
+    try:
+        runner = PipelineRunner(
+            toy_run["instance"], home, toy_run["study"], console_level="CRITICAL"
+        )
+        again = runner._run("package", None)
+    finally:
+        moved.rename(home.landing)
+    assert again.success
+    newest = sorted((home.reports / NAME).iterdir())[-1]
+    inputs = json.loads((newest / "manifest.json").read_text())["inputs"]
+    assert {k: v for k, v in inputs.items() if k.startswith(f"{NAME}/")} == ingested

@@ -131,11 +131,17 @@ def methods_notes(
 ) -> tuple[MethodNote, ...]:
     """Methods paragraphs, with the settings the run used (tables and recorded settings)."""
     words = multiplicity_words(p_adjust)
-    drift_words = (
-        "Drift tests are adjusted the same way."
-        if drift_p_adjust == p_adjust
-        else f"Drift tests are adjusted with {multiplicity_words(drift_p_adjust).method}."
+    adjusted = (
+        f"adjusted with {words.method} ({words.error} {100 * alpha:.0f}%)"
+        if p_adjust != "none"
+        else f"not adjusted for multiplicity (per-test level {100 * alpha:.0f}%)"
     )
+    if drift_p_adjust == p_adjust:
+        drift_words = "Drift tests are adjusted the same way."
+    elif drift_p_adjust == "none":
+        drift_words = "Drift tests are not adjusted for multiplicity."
+    else:
+        drift_words = f"Drift tests are adjusted with {multiplicity_words(drift_p_adjust).method}."
     n_boot = int(metrics["n_boot"].max())
     level = f"{100 * float(metrics['ci_level'].iloc[0]):.0f}%"
     n_bins = int(calibration["n_bins"].max())
@@ -156,8 +162,8 @@ def methods_notes(
         MethodNote(
             "DeLong test and multiplicity",
             "The AUROC difference between a site and the reference uses DeLong's variance for "
-            "two independent samples; p-values over all (site, finding) cells are adjusted with "
-            f"{words.method} ({words.error} {100 * alpha:.0f}%). {drift_words}",
+            "two independent samples; p-values over all (site, finding) cells are "
+            f"{adjusted}. {drift_words}",
         ),
         MethodNote(
             "Calibration",
