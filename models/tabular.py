@@ -173,7 +173,7 @@ def _feature_matrix(frame: pd.DataFrame, features: Sequence[str], what: str) -> 
     if missing:
         raise ValueError(
             f"{what} lacks feature columns {missing} (has {list(frame.columns)}); pass the "
-            "validated stays table (clinaudit.validation.sepsis_schema.validate_stays)"
+            "validated stays table (clinaudit.studies.sepsis_ews.schema.validate_stays)"
         )
     values = frame.loc[:, list(features)].apply(pd.to_numeric, errors="coerce")
     bad = [f for f in features if (values[f].isna() & frame[f].notna()).any()]

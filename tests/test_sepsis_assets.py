@@ -124,6 +124,7 @@ def test_every_stage_ran_and_the_package_verifies(pipeline) -> None:
     manifest = json.loads((package / "manifest.json").read_text())
     assert f"{P}/hosp_a/2024-01" in manifest["inputs"] and "audit_policy" in manifest["inputs"]
     assert f"{P}/hosp_d/2024-05" not in manifest["inputs"]  # refused batch: no rows used
+    assert not any(k.startswith(f"{P}/hosp_d/") for k in manifest["inputs"])  # left out
     outputs = set(manifest["outputs"])
     assert {"tables/fairness_gaps.csv", "tables/monitoring.csv", "tables/quarantine.csv",
             "audit_policy.yaml", "decision.json", "model_card.json"} <= outputs  # fmt: skip
