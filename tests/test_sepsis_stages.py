@@ -148,3 +148,33 @@ def test_the_study_declares_itself() -> None:
     assert STUDY.identifiers == ("stay_id",) and STUDY.policy_attachment == "audit_policy"
     assert [m.name for m in STUDY.mitigations] == ["largest_gap"]
     assert STUDY.load_policy().STUDY == "sepsis_ews"
+
+
+def test_scores_folder_one_file_per_hospital(network, tmp_path) -> None:
+    from clinaudit.models.scores_csv import ScoresError
+    from clinaudit.studies.base import ModelSpec, RunDirs
+    from clinaudit.studies.sepsis_ews.model import predict_hospital, resolve_model
+
+    validated, _ = network
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    for hospital in ("hosp_a", "hosp_b"):
+        table = validated[hospital]
+        pd.DataFrame({"stay_id": table["stay_id"], "score": 0.2}).to_csv(
+            folder / f"{hospital}.csv", index=False
+        )
+    dirs = RunDirs(*(tmp_path / n for n in ("l", "a", "q", "r", "k")))
+    with pytest.raises(AuditInputError, match="CLINAUDIT_SEPSIS_EWS_THRESHOLD"):
+        resolve_model(ModelSpec(scores=str(folder)), dirs=dirs, log=print)
+    model = resolve_model(ModelSpec(scores=str(folder), threshold=0.25), dirs=dirs, log=print)
+    assert sorted(model.scores_files) == ["hosp_a", "hosp_b"] and model.card == {}
+    scores, facts = predict_hospital(model, validated["hosp_b"], hospital="hosp_b", log=print)
+    assert set(scores["model_sha256"]) == {model.scores_files["hosp_b"]}
+    assert facts["alert_rate"] == 0.0 and len(scores) == len(validated["hosp_b"])
+    with pytest.raises(AuditInputError, match="add hosp_c.csv"):
+        predict_hospital(model, validated["hosp_c"], hospital="hosp_c", log=print)
+    with pytest.raises(ScoresError, match="is not in the stays table"):  # hosp_a's file
+        predict_hospital(model, validated["hosp_a"].iloc[1:], hospital="hosp_a", log=print)
+    (folder / "hosp_a.csv").write_text("stay_id,score\n")  # changed after the model stage
+    with pytest.raises(AuditInputError, match="re-materialize sepsis_ews/model"):
+        predict_hospital(model, validated["hosp_a"], hospital="hosp_a", log=print)

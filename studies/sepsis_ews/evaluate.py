@@ -49,7 +49,10 @@ __all__ = [
     "SepsisEvaluateOptions",
     "audit_settings",
     "audited_stays",
+    "check_same_stays",
+    "cohort_facts",
     "evidence",
+    "fairness_from",
     "usable_hospitals",
 ]
 
