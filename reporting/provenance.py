@@ -34,11 +34,12 @@ class Provenance:
     ----------
     batches : mapping of str to str
         ``"<landing_dir>/<partition>/<batch>"`` -> manifest content hash of every batch that
-        contributed rows (sha256 over each file's sha256, so byte-for-byte).
+        contributed rows to the audit (sha256 over each file's sha256, so byte-for-byte); the
+        batches of partitions left out are not listed.
     simulated : bool
         Any contributing batch was landed as simulated: every page says so.
     partitions : tuple of str
-        Partitions with validated rows.
+        Partitions with validated rows in the audit.
     left_out : mapping of str to str
         Partition -> why it is not part of the cross-partition audit (stale or mismatched
         predictions, no rows): named in the signed report.
@@ -56,15 +57,22 @@ class Provenance:
         batches: Mapping[str, pd.DataFrame],
         left_out: Mapping[str, str] | None = None,
     ) -> Provenance:
-        """From each partition's batch records (``validation.ingest_loop.BATCH_COLUMNS``)."""
+        """From each partition's batch records (``validation.ingest_loop.BATCH_COLUMNS``).
+
+        The batches of partitions in ``left_out`` are not inputs of the audit's numbers: they are
+        not listed (the report names the partition and why instead); any simulated batch still
+        marks the audit simulated.
+        """
         hashes: dict[str, str] = {}
         simulated, partitions = False, []
         for partition in sorted(batches):
             frame = batches[partition]
             used = frame[(frame["status"] == "ingested") & (frame["n_rows_ok"] > 0)]
+            simulated |= bool(used["simulated"].astype(bool).any())
+            if partition in (left_out or {}):
+                continue
             for row in used.sort_values("batch").itertuples(index=False):
                 hashes[f"{landing_dir}/{partition}/{row.batch}"] = str(row.content_hash)
-            simulated |= bool(used["simulated"].astype(bool).any())
             if len(used):
                 partitions.append(partition)
         return cls(hashes, simulated, tuple(partitions), dict(sorted((left_out or {}).items())))

@@ -7,7 +7,8 @@
   (:func:`clinaudit.audit.fairness_mitigation.mitigate_largest_gap`), plus the main method's effect
   on *every* attribute's TPR/FPR gaps, because fixing one attribute can widen another's.
 * :func:`decide`: the policy's criteria before and after the mitigation and the recommendation
-  ``GO`` / ``CONDITIONAL GO`` / ``NO-GO`` with its reasons and conditions.
+  (a :class:`~clinaudit.audit.policy_base.Decision`: ``GO`` / ``CONDITIONAL GO`` / ``NO-GO``) with
+  its reasons and conditions.
 """
 
 from __future__ import annotations
@@ -18,15 +19,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .burden import build_cells, paired_change_row, rule_rates, spread, validate_binary
-from .fairness import FairnessResult
-from .fairness_mitigation import CAVEATS, mitigate_largest_gap
-from .sepsis_policy import LARGEST, SepsisPolicy
-from .types import STATUS_OK, AuditInputError
+from clinaudit.audit.burden import (
+    build_cells,
+    paired_change_row,
+    rule_rates,
+    spread,
+    validate_binary,
+)
+from clinaudit.audit.fairness import FairnessResult
+from clinaudit.audit.fairness_mitigation import CAVEATS, mitigate_largest_gap
+from clinaudit.audit.policy_base import Decision
+from clinaudit.audit.types import STATUS_OK, AuditInputError
+
+from .policy import LARGEST, SepsisPolicy
+from .tables import TARGET, AuditSettings
 
 __all__ = [
-    "Decision",
+    "CRITERIA_COLUMNS",
+    "CRITERION_NAMES",
+    "NOT_RUN",
+    "RUN",
     "MitigationOutcome",
+    "Recommendation",
     "decide",
     "deployed_alerts",
     "disadvantaged_groups",
@@ -34,7 +48,6 @@ __all__ = [
 ]
 
 RUN, NOT_RUN = "run", "not run"
-DECISION_ORDER = ("GO", "CONDITIONAL GO", "NO-GO")
 CRITERIA_COLUMNS: tuple[str, ...] = (
     "criterion", "attribute", "statistic", "value", "estimate", "ci_low", "ci_high", "limit",
     "comparator",
@@ -120,17 +133,17 @@ def _effects(
     before: np.ndarray,
     after: np.ndarray,
     attributes: tuple[str, ...],
-    opts: dict[str, Any],
+    opts: AuditSettings,
 ) -> pd.DataFrame:
     """Before/after TPR and FPR of every group and gap of every attribute (paired intervals)."""
     groups = {a: frame[a].astype(str).to_numpy() for a in attributes}
     data = validate_binary(
-        frame["sepsis"].to_numpy(float), frame["score"].to_numpy(float), threshold=0.5,
+        frame[TARGET].to_numpy(float), frame["score"].to_numpy(float), threshold=0.5,
         groups=groups, clusters=frame["stay_id"],
     )  # fmt: skip
     cells = build_cells(data.attributes, data.y.size)
     rates, _ = rule_rates(
-        data, cells, {"before": before, "after": after}, n_boot=opts["n_boot"], seed=opts["seed"]
+        data, cells, {"before": before, "after": after}, n_boot=opts.n_boot, seed=opts.seed
     )
     ok_rows = fairness.rates[fairness.rates["status"] == STATUS_OK]
     ok = {(r.attribute, r.group) for r in ok_rows.itertuples(index=False)}
@@ -142,11 +155,11 @@ def _effects(
             pairs = [(p[metric], r[metric]) for p, r in rates.values()]
             names = {"quantity": f"{metric}_gap", "attribute": attr, "group": "max-min"}
             vals = [(spread(p[sel]), spread(r[sel])) for p, r in pairs] if len(sel) > 1 else None
-            rows.append(paired_change_row(names, *(vals or (None, None)), opts["ci_level"]))
+            rows.append(paired_change_row(names, *(vals or (None, None)), opts.ci_level))
             for c in idx:
                 names = {"quantity": metric, "attribute": attr, "group": cells[c].group}
                 vals = [(p[c], r[c]) for p, r in pairs] if c in sel else None
-                rows.append(paired_change_row(names, *(vals or (None, None)), opts["ci_level"]))
+                rows.append(paired_change_row(names, *(vals or (None, None)), opts.ci_level))
     return pd.DataFrame(rows)
 
 
@@ -156,12 +169,12 @@ def run_mitigations(
     fairness: FairnessResult,
     exposure: np.ndarray,
     policy: SepsisPolicy,
-    opts: dict[str, Any],
+    opts: AuditSettings,
 ) -> MitigationOutcome:
     """Mitigate the largest gap with the policy's method and alternatives (see module docstring).
 
-    ``frame`` is :func:`clinaudit.audit.sepsis_audit.scored_stays` output; ``opts`` holds
-    ``n_boot``, ``ci_level``, ``min_pos``, ``min_neg``, ``seed``.
+    ``frame`` is :func:`~clinaudit.studies.sepsis_ews.tables.scored_stays` output; ``opts`` the
+    audit's settings (bootstrap replicates, interval level, cell minimums, seed).
     """
     mit, metrics = policy.mitigation, policy.criteria.fairness_metrics
     attrs = policy.analysis.attributes
@@ -170,8 +183,8 @@ def run_mitigations(
     empty = pd.DataFrame()
     if target is None:
         reason = (
-            f"no audited attribute has two groups with >= {opts['min_pos']} septic and >= "
-            f"{opts['min_neg']} non-septic stays, so no gap could be targeted"
+            f"no audited attribute has two groups with >= {opts.min_pos} septic and >= "
+            f"{opts.min_neg} non-septic stays, so no gap could be targeted"
         )
         return MitigationOutcome(
             NOT_RUN, reason, mit.method, None, None, empty, empty, empty, CAVEATS
@@ -179,11 +192,11 @@ def run_mitigations(
     common = {
         "groups": {a: frame[a].astype(str).to_numpy() for a in attrs},
         "threshold": threshold, "clusters": frame["stay_id"], "attribute": target["attribute"],
-        "metric": target["metric"], "n_folds": mit.n_folds, "seed": opts["seed"],
-        "n_boot": opts["n_boot"], "ci_level": opts["ci_level"], "min_pos": opts["min_pos"],
-        "min_neg": opts["min_neg"], "exposure_days": exposure,
+        "metric": target["metric"], "n_folds": mit.n_folds, "seed": opts.seed,
+        "n_boot": opts.n_boot, "ci_level": opts.ci_level, "min_pos": opts.min_pos,
+        "min_neg": opts.min_neg, "exposure_days": exposure,
     }  # fmt: skip
-    y, s = frame["sepsis"].to_numpy(float), frame["score"].to_numpy(float)
+    y, s = frame[TARGET].to_numpy(float), frame["score"].to_numpy(float)
     results = [
         mitigate_largest_gap(y, s, method=m, **common) for m in (mit.method, *mit.alternatives)
     ]
@@ -243,10 +256,10 @@ def deployed_alerts(
 
 # --------------------------------------------------------------------------- decision
 @dataclass(frozen=True)
-class Decision:
+class Recommendation:
     """The recommendation, its criteria table, reasons, conditions and the rule to deploy."""
 
-    recommendation: str
+    recommendation: Decision
     criteria: pd.DataFrame
     reasons: tuple[str, ...]
     conditions: tuple[str, ...]
@@ -376,7 +389,7 @@ def decide(
     burden: pd.DataFrame,
     fairness: FairnessResult,
     mitigation: MitigationOutcome,
-) -> Decision:
+) -> Recommendation:
     """The recommendation under ``policy``.
 
     ``NO-GO`` when discrimination fails (a threshold rule cannot fix ranking) or a criterion still
@@ -404,7 +417,7 @@ def decide(
             "do not deploy the alerts; run the score silently while the causes are remedied",
             "re-audit on new data before the committee reconsiders",
         )
-        return Decision("NO-GO", crit, reasons, conditions, vendor_rule, False)
+        return Recommendation(Decision.NO_GO, crit, reasons, conditions, vendor_rule, False)
     if len(failed):
         reasons = tuple(f"{_phrase(r)} at the vendor threshold; passes with the mitigation"
                         for _, r in failed.iterrows())  # fmt: skip
@@ -414,6 +427,6 @@ def decide(
             f"record {mitigation.attribute} for every patient at run time",
             watch,
         )
-        return Decision("CONDITIONAL GO", crit, reasons, conditions, mit_rule, True)
+        return Recommendation(Decision.CONDITIONAL_GO, crit, reasons, conditions, mit_rule, True)
     reasons = ("every criterion passes at the vendor threshold",)
-    return Decision("GO", crit, reasons, (watch,), vendor_rule, False)
+    return Recommendation(Decision.GO, crit, reasons, (watch,), vendor_rule, False)

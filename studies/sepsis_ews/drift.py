@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .types import STATUS_INSUFFICIENT, STATUS_OK, AuditInputError
+from clinaudit.audit.types import STATUS_INSUFFICIENT, STATUS_OK, AuditInputError
 
 __all__ = ["DRIFT_COLUMNS", "card_drift", "psi_against_quantiles", "window_psi"]
 

@@ -1,8 +1,8 @@
 """Figures of the sepsis_ews report: print-size matplotlib figures as deterministic SVG bytes.
 
-Each builder takes an audit table (:class:`clinaudit.audit.sepsis_audit.SepsisAuditResult`) and
-returns SVG bytes through :func:`clinaudit.reporting.report_figures.svg_bytes` (fixed hash salt,
-no dates, DejaVu Sans), marked SIMULATED when the data are simulated.
+Each builder takes an audit table (of :class:`~clinaudit.studies.sepsis_ews.result.
+SepsisAuditResult`) and returns SVG bytes through :func:`clinaudit.reporting.report_figures.
+svg_bytes` (fixed hash salt, no dates, DejaVu Sans), marked SIMULATED when the data are simulated.
 """
 
 from __future__ import annotations

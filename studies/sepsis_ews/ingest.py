@@ -1,86 +1,77 @@
-"""Ingest every ready landed batch of study ``sepsis_ews``: verify, read, validate, quarantine.
+"""Ingest of ``sepsis_ews`` batches: verify, read, validate, quarantine (one hospital at a time).
 
 A batch is ``<landing>/sepsis_ews/<hospital>/<batch>/`` holding ``stays.parquet`` (or
-``stays.csv``) and ``manifest.json`` (written last: present = ready). For each ready batch:
+``stays.csv``) and ``manifest.json`` (written last: present = ready). The generic ingest loop
+(:mod:`clinaudit.validation.ingest_loop`) runs :func:`ingest_stays_batch` on every ready batch of
+one hospital:
 
 1. the manifest is parsed (:func:`clinaudit.sources.landing.read_manifest`) and every listed file
    is checked for presence, size and sha256 (:func:`~clinaudit.sources.landing.verify_batch`);
    a missing or changed file fails the batch, an unlisted file is a warning;
 2. the stays table named by the manifest is read (:func:`clinaudit.sources.sepsis_tables.
-   read_stays`) and validated (:func:`clinaudit.validation.sepsis_schema.validate_stays`): bad
+   read_stays`) and validated (:func:`clinaudit.studies.sepsis_ews.schema.validate_stays`): bad
    rows become named quarantine records and the other rows proceed; a table without the required
    columns fails the batch;
-3. rows whose ``hospital`` is not the landing site, and stay ids landed in several batches, are
-   quarantined too (every copy, each record naming the other places).
+3. rows whose ``hospital`` is not the hospital they were landed under are quarantined.
 
-A failed batch contributes records and no rows; it never stops the other batches or hospitals.
-Landed files are only read, never modified.
+A failed batch raises :class:`~clinaudit.validation.errors.BatchStructureError` (records and what
+is known of it): it contributes records and no rows and never stops the other batches or
+hospitals. Across the batches of one hospital, :func:`finish_hospital` quarantines every copy of a
+stay id landed in several batches (each record naming the other places). Landed files are only
+read, never modified.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import replace
 
 import pandas as pd
 
-from clinaudit.sources.landing import (
-    LandingError,
-    Manifest,
-    read_manifest,
-    scan_landing,
-    verify_batch,
-)
-from clinaudit.sources.sepsis_tables import STAY_COLUMNS, STUDY, StaysFileError, read_stays
-from clinaudit.validation.errors import QuarantineRecord, records_to_frame
-from clinaudit.validation.sepsis_schema import ERROR_COLUMNS, StaysStructureError, validate_stays
+from clinaudit.sources.landing import BatchRef, LandingError, Manifest, read_manifest, verify_batch
+from clinaudit.sources.sepsis_tables import STAY_COLUMNS, StaysFileError, read_stays
+from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
+from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
 
-__all__ = ["SepsisBatch", "SepsisIngest", "ingest_sepsis_landing", "write_sepsis_quarantine"]
+from .schema import ERROR_COLUMNS, StaysStructureError, validate_stays
+
+__all__ = [
+    "INGESTED_COLUMNS",
+    "duplicate_stays",
+    "empty_stays",
+    "finish_hospital",
+    "hospital_summary",
+    "ingest_stays_batch",
+    "quarantine_frame",
+]
 
 #: Columns of the ingested stays table: the validated columns plus the landing batch.
 INGESTED_COLUMNS: tuple[str, ...] = (*STAY_COLUMNS, "batch")
+#: Columns of the per-hospital summary (the cohort stage).
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "hospital", "n_batches", "n_stays", "n_sepsis", "first_month", "last_month", "n_records",
+    "n_rows_quarantined", "n_batches_refused",
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class SepsisBatch:
-    """What happened to one ready batch."""
-
-    site: str
-    batch: str
-    status: str  # "ingested" or "failed"
-    content_hash: str | None
-    simulated: bool
-    n_rows_in: int
-    n_rows_ok: int
-    n_records: int
+def empty_stays() -> pd.DataFrame:
+    """The ingested stays table with no rows (typed like a validated one)."""
+    types = {"sepsis": "int64", "simulated": "bool", "source_row": "int64"}
+    text = {"stay_id", "hospital", "admit_month", "sex", "race_ethnicity", "age_band", "batch"}
+    return pd.DataFrame(
+        {
+            c: pd.Series(dtype=types.get(c, object if c in text else "float64"))
+            for c in INGESTED_COLUMNS
+        }
+    )
 
 
-@dataclass(frozen=True)
-class SepsisIngest:
-    """All ready batches: valid stays (with ``batch``), quarantine records, one entry per batch."""
-
-    stays: pd.DataFrame
-    quarantine: pd.DataFrame
-    batches: tuple[SepsisBatch, ...]
-
-    @property
-    def simulated(self) -> bool:
-        """True when any ingested batch was landed as simulated."""
-        return any(b.simulated for b in self.batches if b.status == "ingested")
-
-    @property
-    def failed(self) -> tuple[SepsisBatch, ...]:
-        """Batches that contributed no rows (structure or integrity failures)."""
-        return tuple(b for b in self.batches if b.status == "failed")
-
-    @property
-    def data_version(self) -> str:
-        """Content hashes of every ready batch: changes exactly when the landed data changes."""
-        return ",".join(
-            f"{b.site}/{b.batch}:{(b.content_hash or 'failed')[:16]}" for b in self.batches
-        )
+def quarantine_frame(frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Quarantine records with the columns :data:`ERROR_COLUMNS` (``value`` ``""`` if absent)."""
+    out = records_to_frame([]) if frame is None else frame.copy()
+    if "value" not in out.columns:
+        out["value"] = pd.Series([""] * len(out), index=out.index, dtype=object)
+    return out.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True)
 
 
 def _record(
@@ -89,28 +80,25 @@ def _record(
     return QuarantineRecord(site, batch, file, None, None, check, message, fix, severity)  # type: ignore[arg-type]
 
 
-def _frame(records: list[QuarantineRecord]) -> pd.DataFrame:
-    return records_to_frame(records).assign(value="")
+def _fail(
+    ref: BatchRef, manifest: Manifest | None, n_in: int, records: list[QuarantineRecord]
+) -> BatchStructureError:
+    facts = {"n_rows_in": n_in}
+    if manifest is not None:
+        facts.update(content_hash=manifest.content_hash, simulated=manifest.simulated)
+    return BatchStructureError(records, batch_facts=facts)
 
 
-def _failed(
-    site: str, batch: str, manifest: Manifest | None, n_in: int, records: list[QuarantineRecord]
-) -> tuple[SepsisBatch, pd.DataFrame, pd.DataFrame]:
-    digest, simulated = (manifest.content_hash, manifest.simulated) if manifest else (None, False)
-    outcome = SepsisBatch(site, batch, "failed", digest, simulated, n_in, 0, len(records))
-    return outcome, pd.DataFrame(), _frame(records)
-
-
-def _integrity(path: Path, site: str, batch: str, manifest: Manifest) -> list[QuarantineRecord]:
-    check = verify_batch(path, manifest)
+def _integrity(ref: BatchRef, manifest: Manifest) -> list[QuarantineRecord]:
+    check = verify_batch(ref.path, manifest)
     records = [
-        _record(site, batch, file, "integrity", problem, fix,
+        _record(ref.site, ref.batch, file, "integrity", problem, fix,
                 "warning" if file in check.unlisted else "error")
         for file, problem, fix in check.problems()
     ]  # fmt: skip
     if manifest.label_file not in {e.path for e in manifest.files}:
         records.append(
-            _record(site, batch, manifest.label_file, "label_file_unlisted",
+            _record(ref.site, ref.batch, manifest.label_file, "label_file_unlisted",
                     "the stays table is not listed in manifest.json",
                     "re-create the manifest after writing the table")
         )  # fmt: skip
@@ -128,116 +116,120 @@ def _site_mismatch(valid: pd.DataFrame, site: str, batch: str, source: str) -> p
     return records_to_frame(rows).assign(value=other["hospital"].astype(str).to_numpy())
 
 
-def _ingest_batch(
-    path: Path, site: str, batch: str
-) -> tuple[SepsisBatch, pd.DataFrame, pd.DataFrame]:
-    """One batch: (outcome, valid rows with ``batch``, quarantine records)."""
+def ingest_stays_batch(ref: BatchRef) -> BatchIngest:
+    """Verify, read and validate one ready batch (see the module docstring).
+
+    Returns
+    -------
+    BatchIngest
+        Valid stays (columns :data:`INGESTED_COLUMNS`), quarantine records (columns
+        :data:`ERROR_COLUMNS`), the manifest's content hash and simulated flag, rows read.
+
+    Raises
+    ------
+    BatchStructureError
+        The batch cannot be ingested (manifest, integrity, unreadable table, missing columns);
+        ``batch_facts`` carries what is known of it.
+    """
+    site, batch = ref.site, ref.batch
     try:
-        manifest = read_manifest(path)
+        manifest = read_manifest(ref.path)
     except LandingError as err:
-        rec = _record(site, batch, "manifest.json", "manifest", err.message, err.fix)
-        return _failed(site, batch, None, 0, [rec])
-    records = _integrity(path, site, batch, manifest)
+        raise _fail(ref, None, 0, [
+            _record(site, batch, "manifest.json", "manifest", err.message, err.fix)
+        ]) from err  # fmt: skip
+    records = _integrity(ref, manifest)
     if any(r.severity == "error" for r in records):
-        return _failed(site, batch, manifest, 0, records)
+        raise _fail(ref, manifest, 0, records)
     source = f"{site}/{batch}/{manifest.label_file}"
     try:
-        raw = read_stays(path / manifest.label_file)
+        raw = read_stays(ref.path / manifest.label_file)
     except StaysFileError as err:
         records.append(_record(site, batch, source, "unreadable_table", err.message, err.fix))
-        return _failed(site, batch, manifest, 0, records)
+        raise _fail(ref, manifest, 0, records) from err
     try:
         valid, errors = validate_stays(raw, source=source, site=site, batch=batch)
     except StaysStructureError as err:
-        return _failed(site, batch, manifest, len(raw), records + err.records)
+        raise _fail(ref, manifest, len(raw), records + list(err.records)) from err
     mismatch = _site_mismatch(valid, site, batch, source)
     valid = valid[valid["hospital"].astype(str) == site]
-    errors = pd.concat([f for f in (_frame(records), errors, mismatch) if len(f)] or [errors])
-    outcome = SepsisBatch(
-        site, batch, "ingested", manifest.content_hash, manifest.simulated, len(raw), len(valid),
-        len(errors),
-    )  # fmt: skip
-    return outcome, valid.assign(batch=batch), errors.reset_index(drop=True)
+    frames = [f for f in (quarantine_frame(records_to_frame(records)), errors, mismatch) if len(f)]
+    return BatchIngest(
+        table=valid.assign(batch=batch).loc[:, list(INGESTED_COLUMNS)],
+        quarantine=quarantine_frame(pd.concat(frames, ignore_index=True) if frames else None),
+        content_hash=manifest.content_hash,
+        simulated=manifest.simulated,
+        n_rows_in=len(raw),
+    )
 
 
-def _cross_batch_duplicates(stays: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Quarantine every copy of a stay id landed in several batches."""
+def duplicate_stays(stays: pd.DataFrame, *, by: str = "batch") -> tuple[pd.Series, pd.DataFrame]:
+    """Every copy of a stay id landed in several batches (``by="batch"``) or hospitals.
+
+    Returns
+    -------
+    duplicated : pandas.Series of bool
+        Rows of ``stays`` whose stay id repeats.
+    records : pandas.DataFrame
+        One quarantine record per copy (columns :data:`ERROR_COLUMNS`), naming every place.
+    """
     dup = stays["stay_id"].duplicated(keep=False)
     if not dup.any():
-        return stays, _frame([])
+        return dup, quarantine_frame()
     where = (
         stays[dup]
         .groupby("stay_id")[["hospital", "batch", "source_row"]]
         .apply(lambda g: [f"{h}/{b} line {r}" for h, b, r in g.itertuples(index=False)])
     )
+    check, places = (
+        ("duplicate_stay_id", "several batches")
+        if by == "batch"
+        else ("duplicate_stay_id_across_hospitals", "several hospitals")
+    )
     rows = [
         QuarantineRecord(r.hospital, r.batch, f"{r.hospital}/{r.batch}", int(r.source_row),
-                         "stay_id", "duplicate_stay_id",
-                         f"stay id {r.stay_id!r} was landed in several batches: {where[r.stay_id]}",
+                         "stay_id", check,
+                         f"stay id {r.stay_id!r} was landed in {places}: {where[r.stay_id]}",
                          "land each stay once (all copies are quarantined until fixed)")
         for r in stays[dup].itertuples()
     ]  # fmt: skip
-    extra = records_to_frame(rows).assign(value=stays.loc[dup, "stay_id"].to_numpy())
-    return stays[~dup], extra
+    records = records_to_frame(rows).assign(value=stays.loc[dup, "stay_id"].to_numpy())
+    return dup, quarantine_frame(records)
 
 
-def ingest_sepsis_landing(landing_root: str | os.PathLike[str]) -> SepsisIngest:
-    """Ingest every ready batch under ``<landing_root>/sepsis_ews/`` (see the module docstring).
-
-    Returns
-    -------
-    SepsisIngest
-        ``stays``: columns :data:`INGESTED_COLUMNS`, sorted by hospital, batch and source line;
-        ``quarantine``: columns of :data:`~clinaudit.validation.sepsis_schema.ERROR_COLUMNS`.
-
-    Raises
-    ------
-    LandingError
-        If no batch is ready (nothing to audit).
-    """
-    scan = scan_landing(landing_root, STUDY)
-    ready = scan.ready()
-    if not ready:
-        raise LandingError(
-            Path(landing_root) / STUDY,
-            "no ready sepsis_ews batch (a batch is ready once its manifest.json exists)",
-            "land <hospital>/<batch>/stays.parquet with its manifest.json",
-        )
-    outcomes, tables, records = [], [], []
-    for ref in ready:
-        outcome, valid, errors = _ingest_batch(ref.path, ref.site, ref.batch)
-        outcomes.append(outcome)
-        tables += [valid] if len(valid) else []
-        records += [errors] if len(errors) else []
-    stays = (
-        pd.concat(tables, ignore_index=True)
-        if tables
-        else pd.DataFrame({c: pd.Series(dtype=object) for c in INGESTED_COLUMNS})
-    )
-    stays, dup = _cross_batch_duplicates(stays)
-    records += [dup] if len(dup) else []
-    quarantine = pd.concat(records, ignore_index=True) if records else _frame([])
-    stays = stays.sort_values(["hospital", "batch", "source_row"], kind="stable")
-    return SepsisIngest(
-        stays.loc[:, list(INGESTED_COLUMNS)].reset_index(drop=True),
-        quarantine.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True),
-        tuple(outcomes),
-    )
+def finish_hospital(ingest: PartitionIngest) -> PartitionIngest:
+    """Quarantine stay ids landed in several batches of the hospital; uniform record columns."""
+    ingest = replace(ingest, quarantine=quarantine_frame(ingest.quarantine))
+    if ingest.table.empty:
+        return ingest
+    dup, records = duplicate_stays(ingest.table)
+    return ingest.with_table(ingest.table[~dup], records)
 
 
-def write_sepsis_quarantine(quarantine: pd.DataFrame, root: str | os.PathLike[str]) -> list[Path]:
-    """One JSON file of records per batch under ``<root>/sepsis_ews/<site>/<batch>.json``.
-
-    The landing area is never touched: the files name the landed file, line, check and fix.
-    """
-    out = []
-    for (site, batch), part in quarantine.groupby(["site", "batch"], sort=True):
-        target = Path(root) / STUDY / str(site)
-        target.mkdir(parents=True, exist_ok=True)
-        path = target / f"{batch}.json"
-        doc = {"site": site, "batch": batch, "records": json.loads(part.to_json(orient="records"))}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        out.append(path)
-    return out
+def hospital_summary(
+    validated: Mapping[str, pd.DataFrame], quarantine: Mapping[str, pd.DataFrame]
+) -> pd.DataFrame:
+    """Per hospital: batches and stays kept by validation, septic stays, admission months, and
+    the quarantine records (all, errors, rows refused, batches refused)."""
+    rows = []
+    for hospital in sorted(set(validated) | set(quarantine)):
+        stays = validated.get(hospital, empty_stays())
+        q = quarantine.get(hospital, quarantine_frame())
+        errors = q[q["severity"] == "error"] if len(q) else q
+        months = stays["admit_month"].astype(str)
+        rows.append(
+            {
+                "hospital": hospital,
+                "n_batches": int(stays["batch"].nunique()),
+                "n_stays": len(stays),
+                "n_sepsis": int(stays["sepsis"].sum()),
+                "first_month": months.min() if len(stays) else "",
+                "last_month": months.max() if len(stays) else "",
+                "n_records": len(q),
+                "n_rows_quarantined": len(errors.dropna(subset=["row"]).drop_duplicates(
+                    ["batch", "row"])) if len(errors) else 0,
+                "n_batches_refused": int(errors.loc[errors["row"].isna(), "batch"].nunique())
+                if len(errors) else 0,
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

@@ -5,8 +5,8 @@ One row per watched item:
 * ``input drift``: every feature flagged against the card (PSI level moderate/major in the
   network, a hospital or a group), every feature whose missing rate moved, the case mix of each
   attribute that drifted, and one row over all model features. In operation each window is
-  compared with *this audit's stays* (raw data on both sides, :func:`~clinaudit.audit.
-  sepsis_drift.window_psi`); the baseline is the audit's value against the card.
+  compared with *this audit's stays* (raw data on both sides, :func:`~clinaudit.studies.
+  sepsis_ews.drift.window_psi`); the baseline is the audit's value against the card.
 * ``alert rate`` of the deployed rule (no outcome needed: watched at the inputs cadence).
 * ``discrimination`` (AUROC), ``sensitivity`` of the deployed rule, ``calibration`` (ECE) and
   ``fairness`` (TPR max-min gap of each attribute under the deployed rule), at the outcomes cadence.
@@ -28,12 +28,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .calibration import expected_calibration_error
-from .discrimination import weighted_binary_metrics
-from .fairness import FairnessResult
-from .sepsis_decision import Decision, MitigationOutcome
-from .sepsis_drift import window_psi
-from .sepsis_policy import SepsisPolicy
+from clinaudit.audit.calibration import expected_calibration_error
+from clinaudit.audit.discrimination import weighted_binary_metrics
+from clinaudit.audit.fairness import FairnessResult
+
+from .decisions import MitigationOutcome, Recommendation
+from .drift import window_psi
+from .policy import SepsisPolicy
 
 __all__ = ["PLAN_COLUMNS", "monitoring_plan", "window_stays"]
 
@@ -288,7 +289,7 @@ def monitoring_plan(
     frame: pd.DataFrame,
     *,
     threshold: float,
-    decision: Decision,
+    decision: Recommendation,
     drift: pd.DataFrame,
     mitigation: MitigationOutcome,
     discrimination: pd.DataFrame,
@@ -302,10 +303,10 @@ def monitoring_plan(
     policy : SepsisPolicy
         Thresholds, cadence, escalation and the suspension rule.
     frame : pandas.DataFrame
-        Scored stays (:func:`clinaudit.audit.sepsis_audit.scored_stays`).
+        Scored stays (:func:`~clinaudit.studies.sepsis_ews.tables.scored_stays`).
     threshold : float, keyword-only
         The vendor operating threshold.
-    decision : Decision, keyword-only
+    decision : Recommendation, keyword-only
         Whether the mitigation is deployed (baselines then come from its decisions).
     drift, mitigation, discrimination, calibration, fairness : keyword-only
         The audit's tables.

@@ -1,30 +1,46 @@
 """Versioned audit and deployment policy of study ``sepsis_ews``: strict YAML, frozen dataclasses.
 
-The shipped policy is ``audit/policies/sepsis_ews.yaml`` (every key is commented there); a user may
-pass their own file. Parsing uses the strict machinery of :mod:`clinaudit.audit.policy_yaml`
-(shared with the ``multisite_cxr`` policy): every unknown key, missing value, wrong type or
-out-of-range value is collected and raised at once as a
-:class:`~clinaudit.audit.policy_yaml.PolicyError` naming the key path and the fix.
-``SepsisPolicy.sha256`` is the sha256 of the file bytes: the audit cites exactly the text it used.
+The shipped policy is ``policy.yaml`` beside this module (every key is commented there); a user
+may pass their own file (``CLINAUDIT_SEPSIS_EWS_POLICY``). Parsing uses the strict machinery of
+:mod:`clinaudit.audit.policy_yaml` through :class:`~clinaudit.audit.policy_base.PolicyBase`:
+every unknown key, missing value, wrong type, out-of-range value or broken relation between keys
+is collected and raised at once as a :class:`~clinaudit.audit.policy_yaml.PolicyError` naming the
+key path and the fix. ``SepsisPolicy.sha256`` is the sha256 of the file bytes: the audit cites
+exactly the text it used.
+
+>>> from clinaudit.studies import get_study
+>>> policy = get_study("sepsis_ews").load_policy()
+>>> policy.criteria.auroc.threshold, policy.mitigation.method
+(0.7, 'group_thresholds')
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from .fairness_mitigation import METHODS, TARGET_METRICS
-from .policy_yaml import (
+from clinaudit.audit.fairness_mitigation import METHODS, TARGET_METRICS
+from clinaudit.audit.policy_base import COMPARATORS, Criterion, PolicyBase, statistic_phrase
+from clinaudit.audit.policy_yaml import (
+    Field,
     Problem,
     flatten_section,
     leaf,
     order_problems,
-    parse_policy_bytes,
     section,
 )
-from .types import AuditInputError
+
+__all__ = [
+    "LARGEST",
+    "POLICY_ATTRIBUTES",
+    "STUDY",
+    "AnalysisSettings",
+    "DriftSettings",
+    "MitigationSettings",
+    "SepsisCriteria",
+    "SepsisMonitoring",
+    "SepsisPolicy",
+]
 
 STUDY = "sepsis_ews"
 LARGEST = "largest"
@@ -35,7 +51,7 @@ _CRITERION = {
     "auroc": ("floor", ("ci_low", "estimate"), "0.70"),
     "ece": ("limit", ("estimate", "ci_high"), "0.05"),
 }
-SCHEMA = {
+SCHEMA: dict[str, Field] = {
     "policy_id": leaf("str", "clinaudit.sepsis_ews.network_deployment"),
     "version": leaf("str", '"1.0.0"'),
     "study": leaf("str", STUDY),
@@ -109,15 +125,6 @@ SCHEMA = {
 
 
 @dataclass(frozen=True)
-class Criterion:
-    """A recommendation criterion: ``statistic`` (estimate / ci_low / ci_high) vs ``threshold``."""
-
-    enabled: bool
-    statistic: str
-    threshold: float
-
-
-@dataclass(frozen=True)
 class AnalysisSettings:
     """How the audit is computed (the policy's ``analysis`` section)."""
 
@@ -187,66 +194,130 @@ class SepsisMonitoring:
     tpr_gap_action: float
 
 
-@dataclass(frozen=True)
-class SepsisPolicy:
-    """A loaded ``sepsis_ews`` policy; ``text``/``sha256`` are the exact file and its hash."""
+@dataclass(frozen=True, kw_only=True)
+class SepsisPolicy(PolicyBase):
+    """A loaded ``sepsis_ews`` policy: the envelope of :class:`PolicyBase` and its sections."""
 
-    policy_id: str
-    version: str
-    study: str
-    title: str
+    SCHEMA: ClassVar = SCHEMA
+    STUDY: ClassVar = STUDY
+
     analysis: AnalysisSettings
     criteria: SepsisCriteria
     mitigation: MitigationSettings
     drift: DriftSettings
     monitoring: SepsisMonitoring
-    text: str
-    sha256: str
-    source: str
 
+    @classmethod
+    def cross_checks(cls, values: dict[str, Any]) -> list[Problem]:
+        """Relations between keys (the schema checks each key alone; the base the study)."""
+        problems = _pair_problems(values)
+        a, mit = values["analysis"], values["mitigation"]
+        if not a["attributes"]:
+            problems.append(
+                Problem("analysis.attributes", "[]", "at least one attribute", "list an attribute")
+            )
+        if mit["attribute"] != LARGEST and mit["attribute"] not in a["attributes"]:
+            problems.append(
+                Problem(
+                    "mitigation.attribute",
+                    repr(mit["attribute"]),
+                    f"{LARGEST!r} or one of analysis.attributes {a['attributes']}",
+                    "name an audited attribute, or write 'largest'",
+                )
+            )
+        if mit["method"] in mit["alternatives"]:
+            problems.append(
+                Problem(
+                    "mitigation.alternatives",
+                    repr(mit["alternatives"]),
+                    f"methods other than the main method {mit['method']!r}",
+                    "remove the main method from the alternatives",
+                )
+            )
+        if mit["n_folds"] < 2:
+            problems.append(Problem("mitigation.n_folds", repr(mit["n_folds"]), ">= 2", "e.g. 5"))
+        if not values["criteria"]["fairness_gap"]["metrics"]:
+            problems.append(
+                Problem(
+                    "criteria.fairness_gap.metrics", "[]", "[tpr] and/or [fpr]", "list a metric"
+                )
+            )
+        return problems
 
-def shipped_policy_path() -> Path:
-    """Path of the policy shipped with clinaudit (``audit/policies/sepsis_ews.yaml``)."""
-    return Path(str(resources.files("clinaudit.audit") / "policies" / f"{STUDY}.yaml"))
-
-
-def load_sepsis_policy(path: str | Path | None = None) -> SepsisPolicy:
-    """Load and strictly validate a ``sepsis_ews`` policy file.
-
-    Parameters
-    ----------
-    path : str or Path, optional
-        A user policy file; default the shipped one.
-
-    Returns
-    -------
-    SepsisPolicy
-
-    Raises
-    ------
-    PolicyError
-        Listing every problem by key path (unknown key, missing value, wrong type, relations).
-    AuditInputError
-        If the file does not exist.
-
-    Examples
-    --------
-    >>> p = load_sepsis_policy()
-    >>> p.criteria.auroc.threshold, p.mitigation.method
-    (0.7, 'group_thresholds')
-    """
-    file = Path(path) if path is not None else shipped_policy_path()
-    if not file.is_file():
-        raise AuditInputError(
-            "path", str(file), "an existing policy YAML file", "check the path (or pass None)"
+    @classmethod
+    def from_values(cls, values: dict[str, Any], *, text: str, sha256: str, source: str) -> Self:
+        a, c, mit = values["analysis"], values["criteria"], values["mitigation"]
+        refs = {k: str(g) for k, g in (a["reference_groups"] or {}).items() if g is not None}
+        analysis = AnalysisSettings(
+            attributes=tuple(a["attributes"]),
+            intersections=a["intersections"],
+            reference_groups={k: g for k, g in refs.items() if k in a["attributes"]},
+            min_pos=a["min_pos"],
+            min_neg=a["min_neg"],
+            n_boot=a["n_boot"],
+            ci_level=a["ci_level"],
+            n_bins=a["n_bins"],
         )
-    return sepsis_policy_from_bytes(file.read_bytes(), source=str(file))
+        criteria = SepsisCriteria(
+            auroc=Criterion.from_values(c["auroc"], "floor"),
+            ece=Criterion.from_values(c["ece"], "limit"),
+            alert_rate=Criterion.from_values(c["alert_rate"], "limit"),
+            fairness_gap=Criterion.from_values(c["fairness_gap"], "limit"),
+            fairness_metrics=tuple(c["fairness_gap"]["metrics"]),
+        )
+        return cls(
+            policy_id=values["policy_id"],
+            version=values["version"],
+            study=values["study"],
+            title=values["title"],
+            text=text,
+            sha256=sha256,
+            source=source,
+            analysis=analysis,
+            criteria=criteria,
+            mitigation=MitigationSettings(
+                mit["method"], tuple(mit["alternatives"]), mit["attribute"], mit["n_folds"]
+            ),
+            drift=DriftSettings(**values["drift"]),
+            monitoring=SepsisMonitoring(**flatten_section(values["monitoring"])),
+        )
 
+    def describe(self) -> str:
+        """The policy's rules in plain words, one line per rule (the report's appendix C)."""
+        return "\n".join(self.rule_lines())
 
-def sepsis_policy_from_bytes(data: bytes, *, source: str = "<text>") -> SepsisPolicy:
-    """Parse policy YAML bytes (UTF-8); see :func:`load_sepsis_policy`."""
-    parsed = parse_policy_bytes(data, SCHEMA, source=source, cross_checks=_cross_checks)
-    return _build(parsed.values, text=parsed.text, sha256=parsed.sha256, source=source)
+    def rule_lines(self) -> tuple[str, ...]:
+        """:meth:`describe` as lines."""
+        c, a, m, mit = self.criteria, self.analysis, self.monitoring, self.mitigation
+        crit = [
+            (c.auroc, c.auroc.phrase("network AUROC", COMPARATORS[">="])),
+            (c.ece, c.ece.phrase("ECE", COMPARATORS["<="])),
+            (c.alert_rate, f"alert rate {COMPARATORS['<=']} {c.alert_rate.threshold:.2f}"),
+            (
+                c.fairness_gap,
+                f"{statistic_phrase(c.fairness_gap.statistic)}max-min "
+                f"{'/'.join(x.upper() for x in c.fairness_metrics)} gap of each attribute "
+                f"{COMPARATORS['<=']} {c.fairness_gap.threshold:.2f}",
+            ),
+        ]
+        refs = ", ".join(f"{k} {v}" for k, v in a.reference_groups.items()) or "largest groups"
+        return (
+            f"{self.policy_id} version {self.version}: {self.title}.",
+            f"Attributes {', '.join(a.attributes)} (intersections: "
+            f"{'yes' if a.intersections else 'no'}); reference groups {refs}; cells need "
+            f"{a.min_pos} septic and {a.min_neg} non-septic stays; {a.n_boot:,} bootstrap "
+            "resamples.",
+            "Criteria: " + "; ".join(text for crit_, text in crit if crit_.enabled) + ".",
+            "NO-GO when AUROC fails or a criterion still fails with the mitigation; CONDITIONAL "
+            "GO when every criterion passes only with it; GO when all pass at the vendor "
+            "threshold.",
+            f"Mitigation: {mit.method} on the {mit.attribute} gap, {mit.n_folds}-fold "
+            f"cross-fitting; alternatives {', '.join(mit.alternatives) or 'none'}. Drift levels "
+            f"PSI {self.drift.psi_moderate:g} / {self.drift.psi_major:g}.",
+            f"Monitoring: inputs {m.cadence_inputs}, outcomes {m.cadence_outcomes}; escalation "
+            f"{' -> '.join(m.escalation)}; suspension after {m.suspend_after_consecutive_actions} "
+            "consecutive windows past an action threshold.",
+        )
 
 
 def _pair_problems(v: dict[str, Any]) -> list[Problem]:
@@ -268,82 +339,3 @@ def _pair_problems(v: dict[str, Any]) -> list[Problem]:
          m["alert_rate"]["action_relative_change"]),
         ("monitoring.tpr_gap", "warn", m["tpr_gap"]["warn"], "action", m["tpr_gap"]["action"]),
     ])  # fmt: skip
-
-
-def _cross_checks(v: dict[str, Any]) -> list[Problem]:
-    """Relations between keys (the schema checks each key alone)."""
-    problems = _pair_problems(v)
-    a, mit = v["analysis"], v["mitigation"]
-    if v["study"] != STUDY:
-        problems.append(Problem("study", repr(v["study"]), repr(STUDY), f"write 'study: {STUDY}'"))
-    if not a["attributes"]:
-        problems.append(
-            Problem("analysis.attributes", "[]", "at least one attribute", "list an attribute")
-        )
-    if mit["attribute"] != LARGEST and mit["attribute"] not in a["attributes"]:
-        problems.append(
-            Problem(
-                "mitigation.attribute",
-                repr(mit["attribute"]),
-                f"{LARGEST!r} or one of analysis.attributes {a['attributes']}",
-                "name an audited attribute, or write 'largest'",
-            )
-        )
-    if mit["method"] in mit["alternatives"]:
-        problems.append(
-            Problem(
-                "mitigation.alternatives",
-                repr(mit["alternatives"]),
-                f"methods other than the main method {mit['method']!r}",
-                "remove the main method from the alternatives",
-            )
-        )
-    if mit["n_folds"] < 2:
-        problems.append(Problem("mitigation.n_folds", repr(mit["n_folds"]), ">= 2", "e.g. 5"))
-    if not v["criteria"]["fairness_gap"]["metrics"]:
-        problems.append(
-            Problem("criteria.fairness_gap.metrics", "[]", "[tpr] and/or [fpr]", "list a metric")
-        )
-    return problems
-
-
-def _criterion(values: dict[str, Any], key: str) -> Criterion:
-    return Criterion(values["enabled"], values.get("statistic", "estimate"), float(values[key]))
-
-
-def _build(v: dict[str, Any], *, text: str, sha256: str, source: str) -> SepsisPolicy:
-    a, c, mit = v["analysis"], v["criteria"], v["mitigation"]
-    refs = {k: str(g) for k, g in (a["reference_groups"] or {}).items() if g is not None}
-    analysis = AnalysisSettings(
-        attributes=tuple(a["attributes"]),
-        intersections=a["intersections"],
-        reference_groups={k: g for k, g in refs.items() if k in a["attributes"]},
-        min_pos=a["min_pos"],
-        min_neg=a["min_neg"],
-        n_boot=a["n_boot"],
-        ci_level=a["ci_level"],
-        n_bins=a["n_bins"],
-    )
-    criteria = SepsisCriteria(
-        auroc=_criterion(c["auroc"], "floor"),
-        ece=_criterion(c["ece"], "limit"),
-        alert_rate=_criterion(c["alert_rate"], "limit"),
-        fairness_gap=_criterion(c["fairness_gap"], "limit"),
-        fairness_metrics=tuple(c["fairness_gap"]["metrics"]),
-    )
-    return SepsisPolicy(
-        policy_id=v["policy_id"],
-        version=v["version"],
-        study=v["study"],
-        title=v["title"],
-        analysis=analysis,
-        criteria=criteria,
-        mitigation=MitigationSettings(
-            mit["method"], tuple(mit["alternatives"]), mit["attribute"], mit["n_folds"]
-        ),
-        drift=DriftSettings(**v["drift"]),
-        monitoring=SepsisMonitoring(**flatten_section(v["monitoring"])),
-        text=text,
-        sha256=sha256,
-        source=source,
-    )

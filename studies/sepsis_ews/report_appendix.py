@@ -6,25 +6,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clinaudit.audit.sepsis_audit import SepsisAuditResult
-from clinaudit.audit.sepsis_policy import SepsisPolicy
-from clinaudit.reporting.cxr_view import (
+from clinaudit.reporting.kit import (
     Cell,
     MethodNote,
     PolicyInfo,
+    Table,
     fmt_num,
     fmt_pct,
+    left_out_table,
+    provenance_tables,
     table,
 )
-from clinaudit.reporting.kit import provenance_tables
-from clinaudit.reporting.sepsis_view import Appendix
+
+from .policy import SepsisPolicy
+from .report_view import Appendix
+from .result import SepsisAuditResult
 
 STUDY = "sepsis_ews"
 
 
 @dataclass(frozen=True)
 class SepsisProvenance:
-    """Where the report's evidence comes from (printed in appendix D)."""
+    """Where the report's evidence comes from (printed in appendix D): the audit's stamp, the
+    landed batches as ingest read them and the audited model's identity."""
 
     audit_id: str
     generated_at: str
@@ -63,7 +67,7 @@ TRIPOD = (
 )
 
 
-def _tripod_table() -> object:
+def _tripod_table() -> Table:
     css = {"yes": "pass", "partly": "warn", "no": "fail"}
     rows = [
         [i, topic, where or "not covered", Cell(filled, css[filled]), note]
@@ -81,7 +85,7 @@ def _tripod_table() -> object:
 
 
 def _methods(res: SepsisAuditResult, policy: SepsisPolicy) -> tuple[MethodNote, ...]:
-    s, a = res.summary, policy.analysis
+    s, a = res.summary, res.settings  # the settings the numbers were computed with
     level = f"{100 * s['ci_level']:.0f}%"
     notes = [
         MethodNote(
@@ -90,13 +94,13 @@ def _methods(res: SepsisAuditResult, policy: SepsisPolicy) -> tuple[MethodNote, 
             "bootstrap resamples of stays (the stays table has no patient id). Fairness "
             "rates of all groups come from the same resamples, so gap intervals are paired; "
             "the max-min gap is also judged with a Bonferroni-adjusted level over all pairs. "
-            f"Cells with fewer than {a.min_pos} septic or {a.min_neg} non-septic stays are "
+            f"Cells with fewer than {a['min_pos']} septic or {a['min_neg']} non-septic stays are "
             "reported as insufficient data. AUROC differences from the vendor use DeLong's "
             "variance for the network and Hanley-McNeil's for the card's counts.",
         ),
         MethodNote(
             "Calibration",
-            f"ECE over {a.n_bins} equal-width bins, Brier score, logistic "
+            f"ECE over {a['n_bins']} equal-width bins, Brier score, logistic "
             "calibration slope and intercept; reliability bins with Wilson intervals.",
         ),
         MethodNote(
@@ -136,40 +140,7 @@ def _methods(res: SepsisAuditResult, policy: SepsisPolicy) -> tuple[MethodNote, 
     return tuple(notes)
 
 
-def _policy_lines(policy: SepsisPolicy) -> tuple[str, ...]:
-    """The policy's rules in a few lines (the file itself is embedded in the package)."""
-    c, a, m, mit = policy.criteria, policy.analysis, policy.monitoring, policy.mitigation
-    stat = {"estimate": "", "ci_low": "lower CI bound of ", "ci_high": "upper CI bound of "}
-    crit = [
-        (c.auroc, f"{stat[c.auroc.statistic]}network AUROC ≥ {c.auroc.threshold:.2f}"),
-        (c.ece, f"{stat[c.ece.statistic]}ECE ≤ {c.ece.threshold:.2f}"),
-        (c.alert_rate, f"alert rate ≤ {c.alert_rate.threshold:.2f}"),
-        (
-            c.fairness_gap,
-            f"{stat[c.fairness_gap.statistic]}max-min "
-            f"{'/'.join(x.upper() for x in c.fairness_metrics)} gap of each attribute ≤ "
-            f"{c.fairness_gap.threshold:.2f}",
-        ),
-    ]
-    refs = ", ".join(f"{k} {v}" for k, v in a.reference_groups.items()) or "largest groups"
-    return (
-        f"{policy.policy_id} version {policy.version}: {policy.title}.",
-        f"Attributes {', '.join(a.attributes)} (intersections: "
-        f"{'yes' if a.intersections else 'no'}); reference groups {refs}; cells need "
-        f"{a.min_pos} septic and {a.min_neg} non-septic stays; {a.n_boot:,} bootstrap resamples.",
-        "Criteria: " + "; ".join(text for crit_, text in crit if crit_.enabled) + ".",
-        "NO-GO when AUROC fails or a criterion still fails with the mitigation; CONDITIONAL GO "
-        "when every criterion passes only with it; GO when all pass at the vendor threshold.",
-        f"Mitigation: {mit.method} on the {mit.attribute} gap, {mit.n_folds}-fold cross-fitting; "
-        f"alternatives {', '.join(mit.alternatives) or 'none'}. Drift levels PSI "
-        f"{policy.drift.psi_moderate:g} / {policy.drift.psi_major:g}.",
-        f"Monitoring: inputs {m.cadence_inputs}, outcomes {m.cadence_outcomes}; escalation "
-        f"{' -> '.join(m.escalation)}; suspension after {m.suspend_after_consecutive_actions} "
-        "consecutive windows past an action threshold.",
-    )
-
-
-def _batches_table(batches: Mapping[str, str]) -> object:
+def _batches_table(batches: Mapping[str, str]) -> Table:
     """Every input batch with the first 24 hex digits of its hash, two batches per row."""
     items = [
         (name.removeprefix(f"{STUDY}/"), digest[:24]) for name, digest in sorted(batches.items())
@@ -192,8 +163,13 @@ def _batches_table(batches: Mapping[str, str]) -> object:
 
 
 def appendix(
-    res: SepsisAuditResult, policy: SepsisPolicy, model: Mapping[str, Any], p: SepsisProvenance
+    res: SepsisAuditResult,
+    policy: SepsisPolicy,
+    model: Mapping[str, Any],
+    p: SepsisProvenance,
+    left_out: Mapping[str, str],
 ) -> Appendix:
+    """Appendix A-D; ``left_out``: hospitals landed but not audited, and why."""
     info = PolicyInfo(policy.policy_id, policy.version, policy.sha256, policy.text)
     card = {row[0]: row[1] for row in model_card_rows(model)}
     card["Model file sha256"] = str(model.get("model_sha256", ""))
@@ -211,11 +187,12 @@ def appendix(
     return Appendix(
         _methods(res, policy),
         _tripod_table(),
-        _policy_lines(policy),
-        prov,  # type: ignore[arg-type]
+        policy.rule_lines(),
+        prov,
         _batches_table(p.input_batches),
         card_table,
-        note,  # type: ignore[arg-type]
+        note,
+        left_out_table(left_out, "Hospital"),
     )
 
 

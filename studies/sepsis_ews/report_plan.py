@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clinaudit.audit.sepsis_audit import SepsisAuditResult
-from clinaudit.audit.sepsis_policy import SepsisPolicy
-from clinaudit.reporting.cxr_view import Cell, Table, finite, fmt_ci, fmt_num, fmt_pct, table
+from clinaudit.reporting.kit import (
+    Cell,
+    Section,
+    Table,
+    finite,
+    fmt_ci,
+    fmt_num,
+    fmt_pct,
+    pct_ci,
+    table,
+)
 from clinaudit.reporting.report_figures import FigureFile
-from clinaudit.reporting.sepsis_figures import drift_svg, mitigation_svg
-from clinaudit.reporting.sepsis_sections import METRIC_NAMES
-from clinaudit.reporting.sepsis_view import Section, pct_ci
+
+from .figures import drift_svg, mitigation_svg
+from .policy import SepsisPolicy
+from .report_sections import METRIC_NAMES
+from .result import SepsisAuditResult
 
 # --------------------------------------------------------------------------- 6 mitigation
 _QUANTITIES = {
@@ -272,8 +282,8 @@ def monitoring_section(res: SepsisAuditResult, policy: SepsisPolicy) -> Section:
                     res.drift,
                     features,
                     simulated=s["simulated"],
-                    moderate=policy.drift.psi_moderate,
-                    major=policy.drift.psi_major,
+                    moderate=res.settings["extra"]["psi_moderate"],
+                    major=res.settings["extra"]["psi_major"],
                 ),
                 "PSI per feature against the vendor's training data",
                 "Figure 7.1 PSI of each feature against the card's quantiles (network and "

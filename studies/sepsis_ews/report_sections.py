@@ -1,28 +1,46 @@
 """Sections 2-5 of the sepsis_ews report: cohort, discrimination, calibration, fairness.
 
-Each builder turns :class:`~clinaudit.audit.sepsis_audit.SepsisAuditResult` tables into final text
-cells and figure files (formats in :mod:`clinaudit.reporting.sepsis_view`).
+Each builder turns :class:`~clinaudit.studies.sepsis_ews.result.SepsisAuditResult` tables into
+final text cells and figure files (formats in :mod:`clinaudit.reporting.kit`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
 
-from clinaudit.audit.sepsis_audit import SepsisAuditResult
-from clinaudit.reporting.cxr_view import Cell, Table, fmt_ci, fmt_num, fmt_pct, insufficient, table
+from clinaudit.reporting.kit import (
+    Cell,
+    Section,
+    Table,
+    fmt_ci,
+    fmt_num,
+    fmt_pct,
+    insufficient,
+    pct_ci,
+    table,
+)
 from clinaudit.reporting.report_figures import FigureFile
-from clinaudit.reporting.sepsis_figures import auroc_forest_svg, group_rates_svg, reliability_svg
-from clinaudit.reporting.sepsis_view import Section, ci, group_label, overall, pct_ci
+
+from .figures import auroc_forest_svg, group_rates_svg, reliability_svg
+from .report_view import ci, group_label, overall
+from .result import SepsisAuditResult
 
 METRIC_NAMES = {"tpr": "TPR", "fpr": "FPR", "ppv": "PPV", "selection_rate": "alert rate"}
 
 
 # --------------------------------------------------------------------------- 2 cohort
-def _quality_table(stays: pd.DataFrame, quarantine: pd.DataFrame) -> Table:
+def _quality_table(kept: pd.DataFrame, quarantine: pd.DataFrame) -> Table:
     rows: list[list[str | Cell]] = []
-    hospitals = sorted(set(stays["hospital"].astype(str)) | set(quarantine["site"].astype(str)))
+    by_hospital = kept.set_index(kept["hospital"].astype(str))
+    hospitals = sorted(set(by_hospital.index) | set(quarantine["site"].astype(str)))
     for h in hospitals:
-        kept = stays[stays["hospital"].astype(str) == h]
+        n_batches, n_stays = (
+            (int(by_hospital.at[h, "n_batches"]), int(by_hospital.at[h, "n_stays"]))
+            if h in by_hospital.index
+            else (0, 0)
+        )
         q = quarantine[quarantine["site"].astype(str) == h]
         err = q[q["severity"] == "error"]
         bad_rows = err.dropna(subset=["row"]).drop_duplicates(["batch", "row"])
@@ -37,8 +55,8 @@ def _quality_table(stays: pd.DataFrame, quarantine: pd.DataFrame) -> Table:
         rows.append(
             [
                 h,
-                str(kept["batch"].nunique()),
-                f"{len(kept):,}",
+                str(n_batches),
+                f"{n_stays:,}",
                 str(len(bad_rows)),
                 Cell(str(failed), "fail" if failed else ""),
                 Cell(checks, "fail" if len(err) else ""),
@@ -64,9 +82,17 @@ def _quality_table(stays: pd.DataFrame, quarantine: pd.DataFrame) -> Table:
 
 
 def cohort_section(
-    res: SepsisAuditResult, stays: pd.DataFrame, quarantine: pd.DataFrame
+    res: SepsisAuditResult,
+    kept: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    left_out: Mapping[str, str],
 ) -> Section:
-    """Hospitals, group composition against the vendor's population, data quality."""
+    """Hospitals, group composition against the vendor's population, data quality.
+
+    ``kept``: per hospital the batches and stays kept by validation (``hospital``, ``n_batches``,
+    ``n_stays``); ``quarantine``: every quarantine record (incl. stays left out as landed at
+    several hospitals); ``left_out``: hospitals validated but not audited, and why.
+    """
     c = res.cohort
     rows = [
         [
@@ -123,11 +149,29 @@ def cohort_section(
         f"{fmt_pct(net['prevalence'])}) from {len(c) - 1} hospitals. The stays table carries no "
         "patient identifier, so every interval resamples stays."
     )
+    notes = []
+    if left_out:
+        named = "; ".join(f"{h}: {why}" for h, why in sorted(left_out.items()))
+        notes.append(
+            f"Left out of this audit although landed ({len(left_out)} hospital"
+            f"{'s' if len(left_out) > 1 else ''}, listed in appendix D): {named}."
+        )
+    n_excluded, n_unmatched = len(res.excluded_stays), len(res.unmatched_scores)
+    if n_excluded:
+        notes.append(
+            f"{n_excluded} stays are left out because their stay id was landed at several "
+            "hospitals (every copy; records in tables/quarantine.csv, Table 2.3)."
+        )
+    if n_unmatched:
+        notes.append(
+            f"{n_unmatched} rows of the vendor's network-wide scores file belong to no validated "
+            "stay and are not audited (records in tables/unmatched_scores.csv)."
+        )
     return Section(
         "cohort",
         "2 Cohort and data quality",
-        (text,),
-        tables=(hospitals, composition, _quality_table(stays, quarantine)),
+        (text, *notes),
+        tables=(hospitals, composition, _quality_table(kept, quarantine)),
     )
 
 

@@ -1,9 +1,10 @@
 """View model of the sepsis_ews audit report, and its first sections (summary to calibration).
 
-Every field is final text, a :class:`~clinaudit.reporting.cxr_view.Table` of text cells or a
-figure file: the template only lays it out. Number formats and the words for missing values
-("not estimable", "insufficient data (n_pos=3)") come from :mod:`clinaudit.reporting.cxr_view`,
-shared with the multisite_cxr report.
+Every field is final text, a :class:`~clinaudit.reporting.kit.Table` of text cells or a figure
+file: the template (``templates/sepsis_ews/report.html.j2``, extending ``base_report.html.j2``)
+only lays it out. Number formats and the words for missing values ("not estimable",
+"insufficient data (n_pos=3)") come from the report kit (:mod:`clinaudit.reporting.kit`), shared
+by every study.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from clinaudit.audit.sepsis_audit import SepsisAuditResult
-from clinaudit.audit.sepsis_decision import CRITERION_NAMES
+from clinaudit.audit.policy_base import COMPARATORS
 from clinaudit.reporting.kit import (
     DECISIONS,
     Cell,
@@ -32,7 +32,8 @@ from clinaudit.reporting.kit import (
 )
 from clinaudit.reporting.report_figures import FigureFile
 
-COMPARATORS = {">=": "≥", "<=": "≤"}
+from .decisions import CRITERION_NAMES
+from .result import SepsisAuditResult
 
 
 # --------------------------------------------------------------------------- view model
@@ -53,7 +54,8 @@ class Summary:
 
 @dataclass(frozen=True)
 class Appendix:
-    """Methods, the TRIPOD+AI mapping and the provenance."""
+    """Methods, the TRIPOD+AI mapping, the policy in words and the provenance (with the
+    hospitals left out of the audit, ``None`` when none)."""
 
     methods: tuple[MethodNote, ...]
     tripod: Table
@@ -62,6 +64,7 @@ class Appendix:
     inputs: Table
     model_card: Table
     signature_note: str
+    left_out: Table | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,188 @@
+"""The whole ``sepsis_ews`` audit as one result: every table, the recommendation and the summary.
+
+:class:`SepsisAuditResult` is what the report reads (:meth:`SepsisAuditResult.from_bundle`, from
+the pipeline's stored stages). :func:`run_sepsis_audit` runs the same stages in memory on one
+validated stays table and its scores (no Dagster), for the core's tests and notebooks::
+
+    >>> result = run_sepsis_audit(stays, predictions, card=model.card)   # doctest: +SKIP
+    >>> result.recommendation, result.tables()["fairness_gaps"].shape    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clinaudit.audit.records import TableSet
+from clinaudit.audit.types import AuditInputError
+from clinaudit.reporting.provenance import AuditBundle
+
+from .evaluate import (
+    EVIDENCE_TABLES,
+    AuditedStays,
+    SepsisEvaluateOptions,
+    audit_settings,
+    evidence,
+)
+from .policy import SepsisPolicy
+from .stages import MITIGATION_TABLES, decision_tables, mitigation_tables, monitoring_tables
+from .tables import scored_stays
+
+__all__ = ["AUDIT_TABLES", "SepsisAuditResult", "run_sepsis_audit"]
+
+#: The audit's tables (attached to the package as ``tables/<name>.csv``), sorted.
+AUDIT_TABLES: tuple[str, ...] = tuple(
+    sorted((*EVIDENCE_TABLES, *MITIGATION_TABLES, "criteria", "monitoring"))
+)
+MITIGATION = "largest_gap"
+
+
+@dataclass(frozen=True)
+class SepsisAuditResult:
+    """Every table of the audit (DataFrames with deterministic rows and columns).
+
+    Attributes
+    ----------
+    cohort : one row per hospital and ``network``: stays, septic stays, prevalence, months.
+    composition : one row per (attribute, group): stays, share, prevalence, the card's share.
+    discrimination : one row per (attribute, group) incl. ``overall``/``all`` and ``hospital``:
+        AUROC/AUPRC/sensitivity/specificity/PPV/NPV with CIs, DeLong interval, and the difference
+        from the vendor's held-out AUROC (row ``vendor_card``) with its interval.
+    calibration, reliability : ECE/Brier/slope per (attribute, group), and the bins.
+    fairness_rates, fairness_gaps : :class:`~clinaudit.audit.fairness.FairnessResult` tables.
+    disadvantaged : per attribute, the group with the lowest TPR and its gaps.
+    burden : :func:`~clinaudit.audit.burden.alert_burden` by hospital and attribute.
+    drift : :func:`~clinaudit.studies.sepsis_ews.drift.card_drift` (empty without a card).
+    mitigation, mitigation_thresholds, mitigation_effects : before/after of each method, the
+        per-group thresholds, and the main method's effect on every attribute's TPR/FPR gaps.
+    criteria : the recommendation's criteria before and after the mitigation.
+    monitoring : the monitoring plan.
+    recommendation : ``GO``, ``CONDITIONAL GO`` or ``NO-GO``; ``reasons``, ``conditions``.
+    caveats : legal and ethical caveats of using a protected attribute at run time.
+    summary : settings and identities (threshold, model sha256, policy sha256, seed, ...).
+    settings : the evidence stage's settings (``AuditSettings.to_facts``).
+    excluded_stays, unmatched_scores : records of stays left out of audited hospitals and of
+        network-wide scores that belong to no validated stay (usually empty).
+    """
+
+    cohort: pd.DataFrame
+    composition: pd.DataFrame
+    discrimination: pd.DataFrame
+    calibration: pd.DataFrame
+    reliability: pd.DataFrame
+    fairness_rates: pd.DataFrame
+    fairness_gaps: pd.DataFrame
+    disadvantaged: pd.DataFrame
+    burden: pd.DataFrame
+    drift: pd.DataFrame
+    mitigation: pd.DataFrame
+    mitigation_thresholds: pd.DataFrame
+    mitigation_effects: pd.DataFrame
+    criteria: pd.DataFrame
+    monitoring: pd.DataFrame
+    recommendation: str
+    reasons: tuple[str, ...]
+    conditions: tuple[str, ...]
+    caveats: tuple[str, ...]
+    summary: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    excluded_stays: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unmatched_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The audit tables by name (sorted), for the package."""
+        return {name: getattr(self, name) for name in AUDIT_TABLES}
+
+    @classmethod
+    def from_sets(
+        cls, evidence: TableSet, mitigation: TableSet, decisions: TableSet, monitoring: TableSet
+    ) -> SepsisAuditResult:
+        """From the table sets of the evidence, mitigation, decisions and monitoring stages."""
+        f = decisions.facts
+        return cls(
+            **{n: evidence[n] for n in EVIDENCE_TABLES},
+            **{n: mitigation[n] for n in MITIGATION_TABLES},
+            criteria=decisions["criteria"],
+            monitoring=monitoring["monitoring"],
+            recommendation=str(f["recommendation"]),
+            reasons=tuple(f["reasons"]),
+            conditions=tuple(f["conditions"]),
+            caveats=tuple(f["caveats"]),
+            summary=dict(f["summary"]),
+            settings=dict(evidence.fact("settings")),
+            excluded_stays=evidence["excluded_stays"],
+            unmatched_scores=evidence["unmatched_scores"],
+        )
+
+    @classmethod
+    def from_bundle(cls, bundle: AuditBundle) -> SepsisAuditResult:
+        """From the package stage's bundle (the stored stages of one audit)."""
+        mitigation = bundle.mitigations[MITIGATION]
+        return cls.from_sets(bundle.evidence, mitigation, bundle.decisions, bundle.monitoring)
+
+
+def _threshold(card: Mapping[str, Any] | None, threshold: float | None) -> tuple[float, str]:
+    if threshold is not None:
+        return float(threshold), "configured"
+    if card is None or "operating_threshold" not in card:
+        raise AuditInputError(
+            "threshold", "None and no model card", "the operating threshold of the scores",
+            "pass threshold= the vendor's alert threshold for a scores-only audit",
+        )  # fmt: skip
+    return float(card["operating_threshold"]), "model card"
+
+
+def run_sepsis_audit(
+    stays: pd.DataFrame,
+    predictions: pd.DataFrame,
+    *,
+    card: Mapping[str, Any] | None,
+    threshold: float | None = None,
+    policy: SepsisPolicy | None = None,
+    seed: int = 0,
+    n_boot: int | None = None,
+) -> SepsisAuditResult:
+    """Run every stage of the sepsis audit in memory on one stays table.
+
+    Parameters
+    ----------
+    stays : pandas.DataFrame
+        Validated stays (:func:`clinaudit.studies.sepsis_ews.schema.validate_stays`).
+    predictions : pandas.DataFrame
+        ``stay_id, score, model_sha256``: one probability per stay.
+    card : mapping or None, keyword-only
+        The vendor model card (operating threshold, held-out validation, training-data summary);
+        ``None`` for a scores-only audit (no drift, no vendor comparison).
+    threshold : float, optional, keyword-only
+        Operating threshold (``score >= threshold`` alerts); default the card's.
+    policy : SepsisPolicy, optional, keyword-only
+        Default: the shipped policy.
+    seed : int, keyword-only
+        Seed of every bootstrap, fold split and randomised threshold.
+    n_boot : int, optional, keyword-only
+        Override the policy's bootstrap replicates (tests use few).
+
+    Returns
+    -------
+    SepsisAuditResult
+
+    Raises
+    ------
+    AuditInputError
+        On mismatched inputs, a missing threshold, or data the core refuses.
+    """
+    policy = policy or SepsisPolicy.load(Path(__file__).with_name("policy.yaml"))
+    thr, source = _threshold(card, threshold)
+    frame = scored_stays(stays, predictions)
+    options = SepsisEvaluateOptions(seed=seed, n_boot=n_boot)
+    settings = audit_settings(policy, threshold=thr, threshold_source=source, options=options)
+    hospitals = tuple(sorted(set(frame["hospital"].astype(str))))
+    ev = evidence(AuditedStays(frame, hospitals), card=card, settings=settings)
+    mit = mitigation_tables(ev, frame, policy)
+    dec = decision_tables(ev, mit, policy)
+    mon = monitoring_tables(ev, mit, dec, frame, policy)
+    return SepsisAuditResult.from_sets(ev, mit, dec, mon)
