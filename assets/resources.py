@@ -164,7 +164,8 @@ class StudyModel(dg.ConfigurableResource):
     (vendor scores: a folder of ``<partition>.csv`` or one CSV); with neither, the study's
     embedded model. Unset fields fall back to ``CLINAUDIT_<STUDY>_MODEL`` / ``_SCORES`` /
     ``_THRESHOLD`` when the resource is used. ``training``: settings of the embedded model
-    (e.g. ``arch``, ``input_size``, ``epochs``, ``vendor_scale``); defaults are the study's.
+    (e.g. ``scale``, the demo scale, and for an image model ``arch``, ``input_size``,
+    ``epochs``); each study refuses settings it does not know. Defaults are the study's.
     """
 
     study: str

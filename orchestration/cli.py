@@ -84,6 +84,8 @@ def _print_runs(runs: Sequence[StepRun]) -> int:
                 detail += f"  failed checks: {', '.join(r.failed_checks)}"
         where = r.partition or "(all)"
         print(f"  {r.stage:<26} {where:<12} {state:<14} {detail}")
+        if r.error:
+            print(f"      error: {r.error.splitlines()[0][:400]}")
     return sum(r.blocking_failure for r in runs)
 
 

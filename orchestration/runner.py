@@ -68,6 +68,7 @@ class StepRun:
     success: bool
     failed_checks: tuple[str, ...] = ()
     skipped_because: str | None = None
+    error: str | None = None
 
     @property
     def blocking_failure(self) -> bool:
@@ -103,6 +104,16 @@ def _failed_checks(result: dg.ExecuteInProcessResult) -> tuple[str, ...]:
         if not e.passed
     ]
     return tuple(sorted(failed))
+
+
+def _first_error(result: dg.ExecuteInProcessResult) -> str | None:
+    """The message of the run's first failed step (what the user must fix), if any."""
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        if error is not None:
+            cause = error.cause if error.cls_name == "DagsterExecutionStepExecutionError" else None
+            return (cause or error).message.strip()
+    return None
 
 
 class PipelineRunner:
@@ -154,7 +165,14 @@ class PipelineRunner:
             },
             run_config={**config, **(run_config or {})},
         )
-        return StepRun(stage, partition, result.run_id, result.success, _failed_checks(result))
+        return StepRun(
+            stage,
+            partition,
+            result.run_id,
+            result.success,
+            _failed_checks(result),
+            error=_first_error(result),
+        )
 
     def _skip(self, stages: Sequence[str], why: str) -> list[StepRun]:
         return [StepRun(s, None, None, False, (), f"blocked: {why}") for s in stages]

@@ -260,7 +260,13 @@ class Study(ABC):
         if options_type is None:
             return None
         names = {f.name for f in dataclasses.fields(options_type)}
-        return options_type(**{k: v for k, v in (values or {}).items() if k in names})
+        unknown = sorted(set(values or {}) - names)
+        if unknown:
+            raise ValueError(
+                f"settings {unknown} are not options of {options_type.__name__}; use "
+                f"{sorted(names)}"
+            )
+        return options_type(**dict(values or {}))
 
     # ------------------------------------------------------------------ ingest
     @abstractmethod

@@ -30,7 +30,7 @@ def fast_policy(folder: Path) -> Path:
 
 def tiny_model(**settings: object) -> StudyModel:
     """The embedded vendor model trained on the tiny vendor population (or ``settings``)."""
-    return StudyModel(study=STUDY.name, training={"vendor_scale": "tiny"}, **settings)
+    return StudyModel(study=STUDY.name, training={"scale": "tiny"}, **settings)
 
 
 def step_failure(instance: dg.DagsterInstance, run_id: str | None) -> str:

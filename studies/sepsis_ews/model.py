@@ -8,7 +8,7 @@ Three modes (:class:`~clinaudit.studies.base.ModelSpec`):
 * ``scores``: vendor scores (``stay_id,score`` CSV, :mod:`.scores`), one file for the network or a
   folder of ``<hospital>.csv``; without a card, the operating threshold must be configured;
 * ``embedded``: the vendor model trained once on the simulated vendor population
-  (``training["vendor_scale"]``, ``seed``), deterministic, saved under
+  (``training["scale"]``, ``seed``), deterministic, saved under
   ``<artifacts>/models/sepsis_vendor/<key>/`` and reused.
 
 The model stage records a :class:`~clinaudit.audit.records.ModelRef`: identity, source, the
@@ -65,8 +65,19 @@ DEFAULT_VENDOR_SCALE = "demo"
 THRESHOLD_ENV = "CLINAUDIT_SEPSIS_EWS_THRESHOLD"
 
 
+#: Settings of the embedded model a run may change (``StudyModel.training``): ``scale``, the
+#: demo scale, is the size of the simulated vendor population it is trained on.
+TRAINING_KEYS = ("scale",)
+
+
 def _vendor_scale(spec: ModelSpec) -> str:
-    return str(spec.training.get("vendor_scale", DEFAULT_VENDOR_SCALE))
+    unknown = sorted(set(spec.training) - set(TRAINING_KEYS))
+    if unknown:
+        raise ValueError(
+            f"model training settings {unknown} are not known to sepsis_ews (its embedded model "
+            f"is a gradient-boosted tabular model); use {list(TRAINING_KEYS)}"
+        )
+    return str(spec.training.get("scale") or DEFAULT_VENDOR_SCALE)
 
 
 def embedded_key(scale: str, seed: int) -> str:

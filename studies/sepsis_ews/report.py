@@ -21,9 +21,10 @@ import pandas as pd
 
 from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting.kit import SIMULATED_BAND
-from clinaudit.reporting.package import AuditStamp, ReportContent
+from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.pdf import render_template, report_environment
 from clinaudit.reporting.provenance import AuditBundle
+from clinaudit.reporting.study_package import ReportContent
 
 from .policy import SepsisPolicy
 from .report_appendix import SepsisProvenance, appendix

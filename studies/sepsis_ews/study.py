@@ -28,8 +28,9 @@ import pandas as pd
 
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.types import AuditInputError
-from clinaudit.reporting.package import AuditStamp, ReportContent
+from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
+from clinaudit.reporting.study_package import ReportContent
 from clinaudit.sources.landing import BatchRef, sha256_file
 from clinaudit.studies.base import (
     AuditData,
