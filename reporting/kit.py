@@ -220,12 +220,12 @@ def _card_value(v: object) -> str:
     return str(v) if v is not None and str(v) else "not stated"
 
 
-@dataclass(frozen=True)
-class Appendix:
-    """The generic appendix: methods, the policy in plain words, provenance tables."""
+@dataclass(frozen=True, kw_only=True)
+class ProvenanceBlock:
+    """The provenance part of every report's appendix (``render_provenance`` in the macros):
+    the provenance table, the input batches, the model card, the signature note and the
+    partitions left out of the audit (``None`` when none)."""
 
-    methods: tuple[MethodNote, ...]
-    policy: tuple[str, ...]
     provenance: Table
     inputs: Table
     model_card: Table
@@ -233,16 +233,31 @@ class Appendix:
     left_out: Table | None = None
 
 
-@dataclass(frozen=True)
-class ReportView:
-    """A study report laid out by ``base_report.html.j2`` as it is: a summary section, numbered
-    sections and the appendix (a study with its own layout extends the template instead)."""
+@dataclass(frozen=True, kw_only=True)
+class Appendix(ProvenanceBlock):
+    """The generic appendix: methods, the policy in plain words, provenance tables."""
+
+    methods: tuple[MethodNote, ...]
+    policy: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportFrame:
+    """What the page frame of every report prints (``base_report.html.j2``): the title, the
+    audit id and time, and whether the SIMULATED band runs across every page."""
 
     study_title: str
     audit_id: str
     generated_at: str
     simulated: bool
     band_text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportView(ReportFrame):
+    """A study report laid out by ``base_report.html.j2`` as it is: numbered sections and the
+    generic appendix (a study with its own layout extends the template instead)."""
+
     head_title: str
     footnote: str
     subtitle: str

@@ -89,6 +89,21 @@ class ModelSpec:
     seed: int = 0
     training: Mapping[str, Any] = field(default_factory=dict)
 
+    def training_settings(self, study: str, known: Sequence[str]) -> dict[str, Any]:
+        """``training``, after refusing settings the study's embedded model does not have.
+
+        Raises
+        ------
+        ValueError
+            Naming the unknown settings and the known ones.
+        """
+        unknown = sorted(set(self.training) - set(known))
+        if unknown:
+            raise ValueError(
+                f"model training settings {unknown} are not known to {study}; use {list(known)}"
+            )
+        return dict(self.training)
+
     @property
     def mode(self) -> Literal["package", "scores", "embedded"]:
         if self.package_dir and self.scores:

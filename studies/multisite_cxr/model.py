@@ -58,13 +58,8 @@ SCALE_TRAINING: dict[str, dict[str, int]] = {"tiny": {"input_size": 64, "epochs"
 
 def training_spec(spec: ModelSpec) -> VendorTrainingSpec:
     """The embedded model's training spec from the model settings (defaults: ``TrainConfig``)."""
-    unknown = sorted(set(spec.training) - set(TRAINING_KEYS))
-    if unknown:
-        raise ValueError(
-            f"model training settings {unknown} are not known to multisite_cxr; use "
-            f"{list(TRAINING_KEYS)}"
-        )
-    settings = {**SCALE_TRAINING.get(str(spec.training.get("scale")), {}), **spec.training}
+    training = spec.training_settings("multisite_cxr", TRAINING_KEYS)
+    settings = {**SCALE_TRAINING.get(str(training.get("scale")), {}), **training}
     train = TrainConfig(
         **{k: settings[k] for k in TRAINING_KEYS[:3] if settings.get(k) is not None},
         seed=spec.seed,

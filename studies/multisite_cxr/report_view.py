@@ -15,6 +15,8 @@ from clinaudit.reporting.kit import (
     Cell,
     MethodNote,
     PolicyInfo,
+    ProvenanceBlock,
+    ReportFrame,
     Table,
     finite,
     fmt_ci,
@@ -130,30 +132,20 @@ class SitePlan:
     rollback: str
 
 
-@dataclass(frozen=True)
-class Appendix:
+@dataclass(frozen=True, kw_only=True)
+class Appendix(ProvenanceBlock):
     """Methods, the decision policy, the reporting checklist and the provenance."""
 
     methods: tuple[MethodNote, ...]
     policy: PolicyInfo
     policy_lines: tuple[str, ...]
     checklist: Table
-    provenance: Table
-    inputs: Table
-    model_card: Table
-    signature_note: str
-    left_out: Table | None = None
 
 
-@dataclass(frozen=True)
-class CxrReportView:
+@dataclass(frozen=True, kw_only=True)
+class CxrReportView(ReportFrame):
     """Everything the multisite_cxr report template shows (one object per report)."""
 
-    study_title: str
-    audit_id: str
-    generated_at: str
-    simulated: bool
-    band_text: str
     executive: ExecutiveSummary
     cohort: CohortSection
     discrimination: DiscriminationSection

@@ -71,13 +71,8 @@ TRAINING_KEYS = ("scale",)
 
 
 def _vendor_scale(spec: ModelSpec) -> str:
-    unknown = sorted(set(spec.training) - set(TRAINING_KEYS))
-    if unknown:
-        raise ValueError(
-            f"model training settings {unknown} are not known to sepsis_ews (its embedded model "
-            f"is a gradient-boosted tabular model); use {list(TRAINING_KEYS)}"
-        )
-    return str(spec.training.get("scale") or DEFAULT_VENDOR_SCALE)
+    training = spec.training_settings("sepsis_ews", TRAINING_KEYS)
+    return str(training.get("scale") or DEFAULT_VENDOR_SCALE)
 
 
 def embedded_key(scale: str, seed: int) -> str:

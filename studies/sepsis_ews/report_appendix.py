@@ -185,14 +185,14 @@ def appendix(
         model_card=card,
     )
     return Appendix(
-        _methods(res, policy),
-        _tripod_table(),
-        policy.rule_lines(),
-        prov,
-        _batches_table(p.input_batches),
-        card_table,
-        note,
-        left_out_table(left_out, "Hospital"),
+        methods=_methods(res, policy),
+        tripod=_tripod_table(),
+        policy=policy.rule_lines(),
+        provenance=prov,
+        inputs=_batches_table(p.input_batches),
+        model_card=card_table,
+        signature_note=note,
+        left_out=left_out_table(left_out, "Hospital"),
     )
 
 

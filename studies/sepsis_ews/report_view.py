@@ -19,6 +19,8 @@ from clinaudit.reporting.kit import (
     DECISIONS,
     Cell,
     MethodNote,
+    ProvenanceBlock,
+    ReportFrame,
     Section,
     Table,
     finite,
@@ -52,30 +54,20 @@ class Summary:
     criteria: Table
 
 
-@dataclass(frozen=True)
-class Appendix:
+@dataclass(frozen=True, kw_only=True)
+class Appendix(ProvenanceBlock):
     """Methods, the TRIPOD+AI mapping, the policy in words and the provenance (with the
     hospitals left out of the audit, ``None`` when none)."""
 
     methods: tuple[MethodNote, ...]
     tripod: Table
     policy: tuple[str, ...]
-    provenance: Table
-    inputs: Table
-    model_card: Table
-    signature_note: str
-    left_out: Table | None = None
 
 
-@dataclass(frozen=True)
-class SepsisReportView:
+@dataclass(frozen=True, kw_only=True)
+class SepsisReportView(ReportFrame):
     """Everything the sepsis_ews report template shows (one object per report)."""
 
-    study_title: str
-    audit_id: str
-    generated_at: str
-    simulated: bool
-    band_text: str
     summary: Summary
     sections: tuple[Section, ...]
     appendix: Appendix
