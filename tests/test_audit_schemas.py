@@ -9,9 +9,16 @@ import pytest
 from pandera.errors import SchemaErrors
 
 from clinaudit.audit import drift as drift_module
+from clinaudit.audit.burden import AlertBurdenTable, alert_burden
 from clinaudit.audit.calibration import CalibrationTable, ReliabilityTable, audit_calibration
 from clinaudit.audit.discrimination import DiscriminationTable, audit_discrimination
 from clinaudit.audit.drift import DriftConfig, DriftTable, drift_table
+from clinaudit.audit.fairness import FairnessGaps, FairnessRates, group_rates
+from clinaudit.audit.fairness_mitigation import (
+    GroupThresholds,
+    MitigationTable,
+    mitigate_largest_gap,
+)
 from clinaudit.audit.recalibration import (
     RecalibrationConfig,
     RecalibrationContract,
@@ -230,6 +237,59 @@ def test_retraining_table_meets_its_schema_and_contract_unchanged(audit) -> None
     require_columns("retraining", guard.table, RetrainingContract)
     _refused(guard.table.assign(split="train"), RetrainingTable, "split")
     _refused(guard.table.assign(tolerance=1.5), RetrainingTable, "tolerance")
+
+
+# ---------------------------------------------------------------- fairness, burden, mitigation
+
+
+@pytest.fixture(scope="module")
+def stays() -> pd.DataFrame:
+    """Stays with a TPR gap for race B and a tiny race group D (insufficient data)."""
+    rng = np.random.default_rng(4)
+    n = 1500
+    race = rng.choice(["A", "B", "C", "D"], n, p=[0.5, 0.3, 0.19, 0.01])
+    y = (rng.random(n) < 0.15).astype(int)
+    logit = -1.2 + 2.2 * y + rng.normal(size=n) - 1.2 * ((race == "B") & (y == 1))
+    return pd.DataFrame(
+        {
+            "y": y,
+            "score": 1.0 / (1.0 + np.exp(-logit)),
+            "race": race,
+            "sex": rng.choice(["F", "M"], n),
+            "patient": rng.integers(0, 1200, n),
+        }
+    )
+
+
+def test_fairness_tables_meet_their_schemas_unchanged(stays: pd.DataFrame) -> None:
+    groups = {"race": stays["race"], "sex": stays["sex"]}
+    res = group_rates(stays["y"], stays["score"], groups=groups, threshold=0.4,
+                      clusters=stays["patient"], n_boot=40)  # fmt: skip
+    assert set(res.rates["status"]) == {"ok", "insufficient data"}
+    assert res.rates["is_intersection"].any() and res.gaps["difference"].isna().any()
+    _unchanged(res.rates, FairnessRates)
+    _unchanged(res.gaps, FairnessGaps)
+    _refused(res.rates.assign(tpr=1.2), FairnessRates, "tpr")
+    _refused(res.gaps.assign(comparison="min_max"), FairnessGaps, "comparison")
+    burden = alert_burden(stays["y"], stays["score"], 0.4, exposure_days=2.0,
+                          groups={"race": stays["race"]}, n_boot=40)  # fmt: skip
+    assert burden["sensitivity"].notna().all()
+    _unchanged(burden, AlertBurdenTable)
+    _refused(burden.assign(nne=0.5), AlertBurdenTable, "nne")
+    _refused(burden.drop(columns="exposure_days"), AlertBurdenTable, "exposure_days")
+
+
+@pytest.mark.parametrize("method", ["group_thresholds", "threshold_optimizer"])
+def test_mitigation_tables_meet_their_schemas_unchanged(stays: pd.DataFrame, method) -> None:
+    res = mitigate_largest_gap(
+        stays["y"], stays["score"], groups={"race": stays["race"]}, threshold=0.4,
+        clusters=stays["patient"], method=method, n_boot=30, n_folds=3, exposure_days=1.0,
+    )  # fmt: skip
+    assert "insufficient data" in set(res.table["status"])  # race D is too small to fit
+    _unchanged(res.table, MitigationTable)
+    _unchanged(res.thresholds_by_group, GroupThresholds)
+    _refused(res.table.assign(quantity="happiness"), MitigationTable, "quantity")
+    _refused(res.thresholds_by_group.assign(p_threshold=2.0), GroupThresholds, "p_threshold")
 
 
 # ---------------------------------------------------------------- consumers
