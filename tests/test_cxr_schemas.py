@@ -12,6 +12,8 @@ from cxr_contract_fixtures import SITES
 from cxr_report_fixtures import report_inputs, synthetic_base_tables
 from pandera.errors import SchemaErrors
 
+from clinaudit.audit.discrimination import DiscriminationTable
+from clinaudit.audit.reference_audit import mean_auroc_by_group
 from clinaudit.audit.schemas import schema_columns, validate_table
 from clinaudit.audit.types import AuditInputError
 from clinaudit.studies.multisite_cxr.decisions import Decisions, decide_sites
@@ -20,6 +22,7 @@ from clinaudit.studies.multisite_cxr.decisions_schema import (
     CriteriaTable,
     DecisionsTable,
 )
+from clinaudit.studies.multisite_cxr.evaluate import CALIBRATION_COLUMNS, MeanAuroc, SiteMetrics
 from clinaudit.studies.multisite_cxr.monitoring import (
     MonitoringContract,
     MonitoringPlan,
@@ -71,6 +74,23 @@ def _refused(table: pd.DataFrame, schema, column: str) -> None:
         validate_table(table, schema)
     assert column in set(info.value.failure_cases["column"].astype(str))
     assert column in str(info.value)
+
+
+# ---------------------------------------------------------------- evidence of the study
+
+
+def test_site_metrics_are_discrimination_plus_checked_calibration_columns(inputs) -> None:
+    assert schema_columns(SiteMetrics) == (
+        *schema_columns(DiscriminationTable),
+        *CALIBRATION_COLUMNS,
+    )
+    keys = ["group", "target"]
+    merged = inputs.metrics.merge(inputs.calibration[[*keys, *CALIBRATION_COLUMNS]], on=keys)
+    _unchanged(merged, SiteMetrics)
+    _refused(merged.assign(brier=1.5), SiteMetrics, "brier")  # CalibrationTable's check
+    by_site = mean_auroc_by_group(inputs.metrics).rename("mean_auroc").reset_index()
+    _unchanged(by_site, MeanAuroc)
+    _refused(by_site.assign(mean_auroc=-0.2), MeanAuroc, "mean_auroc")
 
 
 # ---------------------------------------------------------------- decisions and criteria
