@@ -11,6 +11,10 @@ Every table an audit stage produces has a pandera ``DataFrameModel`` owned by it
   few columns, which ones) instead of restating the column names: a renamed column fails in the
   consumer's check, not as a ``KeyError`` three stages later.
 
+Where consumers rely on fewer columns than the producer writes, the producer also owns that
+contract as a schema the full one inherits (``RecalibrationContract`` and ``RecalibrationTable``,
+``CriteriaContract`` and ``CriteriaTable``, ...); consumers check against the contract.
+
 Output schemas check, they never convert: ``strict`` (no column the producer does not document)
 and ``coerce = False`` (validation must not cast a single value). Columns are nullable exactly
 where "insufficient data" cells or undefined statistics carry ``NaN``.
