@@ -18,11 +18,65 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
 from clinaudit.audit.bootstrap import percentile_ci
 from clinaudit.audit.discrimination import DiscriminationResult, audit_discrimination
+from clinaudit.audit.schemas import (
+    CellKey,
+    count_field,
+    difference_field,
+    probability_field,
+    status_field,
+    validate_table,
+)
 from clinaudit.audit.types import SCORE_PREFIX, STATUS_OK, AuditInputError
 
+#: ``split`` of a row: the retrained site's held-out test split, or all rows of another group.
+GUARD_SPLITS: tuple[str, ...] = ("test", "all")
+
+
+class RetrainingContract(CellKey):
+    """Contract B: the columns of the re-training table that a study's decisions and report read.
+
+    AUROC columns are ``NaN`` for cells with status ``"insufficient data"``; ``regressed`` and
+    ``improved`` are then False.
+    """
+
+    split: Series[str] = pa.Field(isin=list(GUARD_SPLITS))
+    status: Series[str] = status_field()
+    n: Series[int] = count_field()
+    n_pos: Series[int] = count_field()
+    auroc_before: Series[float] = probability_field()
+    auroc_before_ci_low: Series[float] = probability_field()
+    auroc_before_ci_high: Series[float] = probability_field()
+    auroc_after: Series[float] = probability_field()
+    auroc_after_ci_low: Series[float] = probability_field()
+    auroc_after_ci_high: Series[float] = probability_field()
+    auroc_change: Series[float] = difference_field()
+    tolerance: Series[float] = pa.Field(ge=0.0, lt=1.0)
+    regressed: Series[bool]
+    improved: Series[bool]
+
+
+class RetrainingTable(RetrainingContract):
+    """The regression guard's whole table (columns in the order of :data:`GUARD_COLUMNS`)."""
+
+    targeted: Series[bool]
+    n_neg: Series[int] = count_field()
+    auroc_change_ci_low: Series[float] = difference_field()
+    auroc_change_ci_high: Series[float] = difference_field()
+
+
+#: Contract B's summary: the keys of the re-training summary dict
+#: (:func:`clinaudit.models.retrain.retrain_worst_site`) that its consumers read; it has more.
+RETRAINING_SUMMARY_KEYS: tuple[str, ...] = (
+    "retrained_site", "cells_targeted", "accepted", "regressions", "epochs", "train_seconds",
+    "device",
+)  # fmt: skip
+
+#: Column order of the table; ``strict`` validation makes it agree with :class:`RetrainingTable`.
 GUARD_COLUMNS: tuple[str, ...] = (
     "group",
     "target",
@@ -151,8 +205,8 @@ def regression_guard(
     Returns
     -------
     GuardResult
-        ``table`` (columns ``GUARD_COLUMNS``, one row per (group, target)), ``accepted``,
-        ``regressions``.
+        ``table`` (:class:`RetrainingTable`, columns in the order of ``GUARD_COLUMNS``, one row per
+        (group, target)), ``accepted``, ``regressions``.
 
     Examples
     --------
@@ -202,6 +256,7 @@ def regression_guard(
     table["regressed"] = ok & (table["auroc_after"] < table["auroc_before"] - float(tolerance))
     table["improved"] = ok & (table["auroc_change_ci_low"] > 0)
     table = table.loc[:, list(GUARD_COLUMNS)].reset_index(drop=True)
+    validate_table(table, RetrainingTable)
     regressions = tuple(
         f"{g}/{t}" for g, t in table.loc[table["regressed"], ["group", "target"]].itertuples(False)
     )

@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from clinaudit.audit.schemas import OutputSchema, schema_columns, validate_table
 
 Severity = Literal["error", "warning"]
 SEVERITIES: tuple[str, ...] = ("error", "warning")
@@ -70,8 +74,26 @@ class QuarantineRecord:
         return f"[{self.severity}:{self.check}] {where}: {self.message}. Fix: {self.fix}"
 
 
-#: Column order of :func:`records_to_frame`.
+class QuarantineTable(OutputSchema):
+    """The quarantine table of :func:`records_to_frame`: one row per :class:`QuarantineRecord`."""
+
+    site: Series[str]
+    batch: Series[str]
+    file: Series[str]
+    row: Series[pd.Int64Dtype] = pa.Field(nullable=True)
+    column: Series[str] = pa.Field(nullable=True)
+    check: Series[str]
+    message: Series[str]
+    fix: Series[str]
+    severity: Series[str] = pa.Field(isin=list(SEVERITIES))
+
+    class Config:
+        ordered = True
+
+
+#: Column order of :func:`records_to_frame` (the record's fields, the schema's columns).
 RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(QuarantineRecord))
+assert RECORD_COLUMNS == schema_columns(QuarantineTable), "QuarantineTable != QuarantineRecord"
 
 
 class BatchStructureError(ValueError):
@@ -110,8 +132,8 @@ def records_to_frame(records: Iterable[QuarantineRecord]) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        Columns ``site, batch, file, row, column, check, message, fix, severity``; ``row`` is a
-        nullable integer column.
+        :class:`QuarantineTable`: columns ``site, batch, file, row, column, check, message, fix,
+        severity``; ``row`` is a nullable integer column.
 
     Examples
     --------
@@ -125,7 +147,7 @@ def records_to_frame(records: Iterable[QuarantineRecord]) -> pd.DataFrame:
     for col in RECORD_COLUMNS:
         if col != "row":
             frame[col] = frame[col].astype(object)
-    return frame
+    return validate_table(frame, QuarantineTable)
 
 
 #: Quarantine checks that mean the landed bytes are not what the sender's manifest promised.

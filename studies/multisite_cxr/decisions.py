@@ -28,25 +28,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clinaudit.audit.calibration import CalibrationTable
+from clinaudit.audit.discrimination import DiscriminationTable
+from clinaudit.audit.drift import DriftTable
 from clinaudit.audit.policy_base import Criterion, Decision
+from clinaudit.audit.recalibration import RecalibrationContract
+from clinaudit.audit.schemas import require_columns, schema_columns, validate_table
 from clinaudit.audit.types import STATUS_OK, AuditInputError
+from clinaudit.models.finetune_guard import RetrainingContract
 
+from .decisions_schema import (
+    CRITERION_ORDER,
+    MITIGATION_RECALIBRATION,
+    MITIGATION_RETRAINING,
+    CriteriaTable,
+    DecisionsTable,
+)
 from .policy import SITE_RECALIBRATION, Policy
 
-DECISION_COLUMNS: tuple[str, ...] = (
-    "site", "decision", "reasons", "conditions", "n_criteria", "n_failed_before", "n_failed_after",
-    "policy_id", "policy_version", "policy_sha256",
-)  # fmt: skip
-CRITERIA_COLUMNS: tuple[str, ...] = (
-    "site", "criterion", "finding", "value", "ci_low", "ci_high", "limit", "comparator",
-    "passed_before", "value_after", "passed_after", "mitigation", "evidence",
-    "blocking", "estimate",
-)  # fmt: skip
-CRITERION_ORDER: tuple[str, ...] = (
-    "data_sufficiency", "auroc", "ece", "sensitivity", "drift_psi", "drift_mmd",
-)  # fmt: skip
-MITIGATION_RECALIBRATION = "site recalibration"
-MITIGATION_RETRAINING = "focused re-training"
+#: Column order of the tables (their schemas').
+DECISION_COLUMNS: tuple[str, ...] = schema_columns(DecisionsTable)
+CRITERIA_COLUMNS: tuple[str, ...] = schema_columns(CriteriaTable)
 MMD_FEATURE = "__mmd__"
 _LABELS = {"auroc": "AUROC", "ece": "ECE", "sensitivity": "sensitivity"}
 _STAT_SUFFIX = {"ci_low": " lower CI", "ci_high": " upper CI", "estimate": ""}
@@ -60,9 +62,9 @@ class Decisions:
     Attributes
     ----------
     table : DataFrame
-        One row per site (columns :data:`DECISION_COLUMNS`), sorted by site.
+        One row per site (:class:`DecisionsTable`), sorted by site.
     criteria : DataFrame
-        One row per (site, criterion, finding) (columns :data:`CRITERIA_COLUMNS`).
+        One row per (site, criterion, finding) (:class:`CriteriaTable`).
     """
 
     table: pd.DataFrame
@@ -79,21 +81,6 @@ class Decisions:
 
 
 # ---------------------------------------------------------------- input tables
-
-
-def _require(name: str, frame: pd.DataFrame | None, columns: Sequence[str], why: str) -> None:
-    if frame is None:
-        raise AuditInputError(
-            name, "None", f"the {name} table ({why})", f"pass {name}= the audit's {name} table"
-        )
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise AuditInputError(
-            name,
-            f"a table without columns {missing}",
-            f"columns {list(columns)} ({why})",
-            f"pass the {name} table produced by the audit (it has these columns)",
-        )
 
 
 def _index(name: str, frame: pd.DataFrame, keys: Sequence[str]) -> dict[tuple[str, ...], Any]:
@@ -127,27 +114,29 @@ def _metric_columns(prefix: str) -> list[str]:
 
 
 def _check_inputs(policy: Policy, tables: dict[str, pd.DataFrame | None]) -> bool:
-    """Check every table the policy needs; return whether site recalibration is used."""
+    """Check that every table the policy needs has the columns read from it (columns of its
+    producer's schema); return whether site recalibration is used."""
     c = policy.criteria
-    metric_cols = ["group", "target", "status"]
-    metric_cols += _metric_columns("auroc") if c.auroc.enabled else []
+    key = ["group", "target", "status"]
+    metric_cols = key + (_metric_columns("auroc") if c.auroc.enabled else [])
     metric_cols += _metric_columns("sensitivity") if c.sensitivity.enabled else []
-    _require("metrics", tables["metrics"], metric_cols, "discrimination / sensitivity criteria")
+    why = "discrimination / sensitivity criteria"
+    require_columns("metrics", tables["metrics"], DiscriminationTable, metric_cols, why=why)
     if c.ece.enabled:
-        cols = ["group", "target", "status", *_metric_columns("ece_width")]
-        _require("calibration", tables["calibration"], cols, "the ECE criterion")
-    _require("drift", tables["drift"], ["group", "feature", "psi", "psi_level", "significant"],
-             "the input drift rule")  # fmt: skip
+        cols, why = [*key, *_metric_columns("ece_width")], "the ECE criterion"
+        require_columns("calibration", tables["calibration"], CalibrationTable, cols, why=why)
+    cols = ["group", "feature", "psi", "psi_level", "significant"]
+    require_columns("drift", tables["drift"], DriftTable, cols, why="the input drift rule")
     recal = policy.allows(SITE_RECALIBRATION) and (c.ece.enabled or c.sensitivity.enabled)
     if recal:
-        cols = ["group", "target", "status", *_metric_columns("ece_after")]
-        cols += _metric_columns("sensitivity_site_threshold")
+        cols = key + _metric_columns("ece_after") + _metric_columns("sensitivity_site_threshold")
         why = "the policy allows site_recalibration (or remove it from allowed_mitigations)"
-        _require("recalibration", tables["recalibration"], cols, why)
-    retraining = tables["retraining"]
-    if policy.retrained_model_counts or retraining is not None:
-        cols = ["group", "target", "split", "status", *_metric_columns("auroc_after")]
-        _require("retraining", retraining, cols, "policy retrained_model_counts / evidence")
+        recalibration = tables["recalibration"]
+        require_columns("recalibration", recalibration, RecalibrationContract, cols, why=why)
+    if policy.retrained_model_counts or tables["retraining"] is not None:
+        cols = [*key, "split", *_metric_columns("auroc_after")]
+        why = "policy retrained_model_counts / evidence"
+        require_columns("retraining", tables["retraining"], RetrainingContract, cols, why=why)
     return recal
 
 
@@ -503,6 +492,6 @@ def decide_sites(
         all_rows += rows
     table = pd.DataFrame(decisions, columns=list(DECISION_COLUMNS))
     criteria = pd.DataFrame(all_rows, columns=list(CRITERIA_COLUMNS))
-    return Decisions(
-        table=table, criteria=criteria.astype({"passed_before": bool, "passed_after": bool})
-    )
+    criteria = criteria.astype({"passed_before": bool, "passed_after": bool})
+    validate_table(table, DecisionsTable)
+    return Decisions(table=table, criteria=validate_table(criteria, CriteriaTable))

@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
+from clinaudit.audit.calibration import CalibrationTable
+from clinaudit.audit.discrimination import DiscriminationTable
 from clinaudit.audit.drift import DriftConfig
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.reference_audit import (
@@ -27,6 +31,7 @@ from clinaudit.audit.reference_audit import (
     site_drift,
     usable_sites,
 )
+from clinaudit.audit.schemas import OutputSchema, probability_field, validate_table
 from clinaudit.audit.serialize import metrics_to_json
 from clinaudit.audit.worst_cells import WorstCellsConfig
 from clinaudit.sources.cxr_labels import FINDINGS
@@ -36,6 +41,8 @@ from clinaudit.validation.quality import QUALITY_FEATURES
 __all__ = [
     "CATEGORICAL_DRIFT",
     "CxrAuditOptions",
+    "MeanAuroc",
+    "SiteMetrics",
     "audited_sites",
     "evaluate_sites",
     "site_metrics",
@@ -49,7 +56,29 @@ CATEGORICAL_DRIFT = (
     "meta_PhotometricInterpretation",
     "meta_BitsStored",
 )
+#: Calibration columns shown next to a site's discrimination (stage ``partition_metrics``).
 CALIBRATION_COLUMNS = ["ece_width", "ece_width_ci_low", "ece_width_ci_high", "brier"]
+
+
+class SiteMetrics(DiscriminationTable):
+    """One site's metrics: its discrimination table, then :data:`CALIBRATION_COLUMNS` of its
+    calibration table (checked as :class:`~clinaudit.audit.calibration.CalibrationTable` does)."""
+
+    @classmethod
+    def build_schema_(cls, **kwargs: Any) -> pa.DataFrameSchema:
+        calibration = CalibrationTable.to_schema().columns
+        extra = {c: calibration[c] for c in CALIBRATION_COLUMNS}
+        return super().build_schema_(**kwargs).add_columns(extra)
+
+
+class MeanAuroc(OutputSchema):
+    """Mean AUROC over the findings with status ``"ok"``, per group (``NaN`` when none is)."""
+
+    group: Series[str]
+    mean_auroc: Series[float] = probability_field()
+
+    class Config:
+        ordered = True
 
 
 @dataclass(frozen=True)
@@ -135,6 +164,7 @@ def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOpt
     drift = _drift(data, reference_site, config.drift)
     disc = audit.discrimination.table
     by_site = mean_auroc_by_group(disc).rename("mean_auroc").reset_index()
+    validate_table(by_site, MeanAuroc)
     return TableSet(
         tables={
             "metrics": disc,
@@ -198,4 +228,5 @@ def site_metrics(
         frame, targets=FINDINGS, thresholds=model.thresholds, config=CxrAuditOptions().core()
     )
     calibration = audit.calibration.table[["group", "target", *CALIBRATION_COLUMNS]]
-    return audit.discrimination.table.merge(calibration, on=["group", "target"])
+    table = audit.discrimination.table.merge(calibration, on=["group", "target"])
+    return validate_table(table, SiteMetrics)

@@ -21,20 +21,58 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
+from clinaudit.audit.discrimination import DiscriminationTable
+from clinaudit.audit.drift import DriftTable
 from clinaudit.audit.policy_base import Decision
+from clinaudit.audit.schemas import OutputSchema, require_columns, schema_columns, validate_table
 from clinaudit.audit.types import AuditInputError
 
 from .decisions import MITIGATION_RECALIBRATION, MMD_FEATURE, Decisions
+from .decisions_schema import CriteriaContract, DecisionsTable
 from .policy import Policy
 
-PLAN_COLUMNS: tuple[str, ...] = (
-    "site", "item", "kind", "metric", "baseline", "warn_threshold", "action_threshold",
-    "cadence", "escalation", "action", "reason", "finding", "direction",
-)  # fmt: skip
 KIND_ORDER: tuple[str, ...] = (
     "deployment", "input drift", "data quality", "discrimination", "calibration", "alert rate",
 )  # fmt: skip
+#: Whether crossing a threshold means rising ``above`` or falling ``below`` it ("" when none).
+DIRECTIONS: tuple[str, ...] = ("above", "below", "")
+
+
+class MonitoringContract(OutputSchema):
+    """Contract C: the monitoring-plan columns the report reads (one row per monitored item).
+
+    ``baseline`` is the audit's value (``NaN`` where it cannot be derived, and for the single
+    ``deployment`` row of a NO-GO site, which has no thresholds either).
+    """
+
+    site: Series[str]
+    item: Series[str]
+    kind: Series[str] = pa.Field(isin=list(KIND_ORDER))
+    metric: Series[str]
+    baseline: Series[float] = pa.Field(nullable=True)
+    warn_threshold: Series[float] = pa.Field(nullable=True)
+    action_threshold: Series[float] = pa.Field(nullable=True)
+    cadence: Series[str]
+    escalation: Series[str]
+    action: Series[str]
+
+
+class MonitoringPlan(MonitoringContract):
+    """The whole plan of :func:`monitoring_plan`: contract C plus why and for what finding."""
+
+    reason: Series[str]
+    finding: Series[str]
+    direction: Series[str] = pa.Field(isin=list(DIRECTIONS))
+
+    class Config:
+        ordered = True
+
+
+#: Column order of the plan (its schema's).
+PLAN_COLUMNS: tuple[str, ...] = schema_columns(MonitoringPlan)
 _STAT_WORDS = {
     "ci_low": "lower 95% CI bound of ",
     "ci_high": "upper 95% CI bound of ",
@@ -183,7 +221,7 @@ def _finding_items(
         recal = _one(tables["recalibration"], "recalibration", site, finding)
     items = []
     if c.auroc.enabled:
-        stat = "auroc" + {"ci_low": "_ci_low", "estimate": ""}[c.auroc.statistic]
+        stat = _auroc_column(policy)
         floor = c.auroc.threshold
         items.append(
             _item(
@@ -256,15 +294,18 @@ def monitoring_plan(
     Returns
     -------
     DataFrame
-        Columns :data:`PLAN_COLUMNS`, one row per monitored item, sorted by site, kind and item.
+        Columns of :class:`MonitoringPlan` (:data:`PLAN_COLUMNS`), one row per monitored item,
+        sorted by site, kind and item.
         ``baseline`` is the audit's value; ``direction`` says whether crossing means rising
         ``above`` or falling ``below`` the thresholds.
 
     Raises
     ------
     AuditInputError
-        If ``decisions`` was made under another policy, or a table lacks a deployed site's row.
+        If ``decisions`` was made under another policy, or a table lacks a column read from it or
+        a deployed site's row.
     """
+    _check_inputs(policy, decisions, drift, metrics)
     stale = decisions.table[decisions.table["policy_sha256"] != policy.sha256]
     if not stale.empty:
         raise AuditInputError(
@@ -295,9 +336,31 @@ def monitoring_plan(
         rows += items
     plan = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
     order = plan["kind"].map(KIND_ORDER.index)
-    return (
+    plan = (
         plan.assign(_order=order)
         .sort_values(["site", "_order", "item"], kind="stable")
         .drop(columns="_order")
         .reset_index(drop=True)
     )
+    return validate_table(plan, MonitoringPlan)
+
+
+def _check_inputs(
+    policy: Policy, decisions: Decisions, drift: pd.DataFrame, metrics: pd.DataFrame
+) -> None:
+    """The columns every plan reads, in their producers' schemas (the calibration and
+    recalibration columns depend on the finding's mapping: :func:`_one` names a missing row)."""
+    cols = ["site", "decision", "reasons", "policy_sha256"]
+    require_columns("decisions", decisions.table, DecisionsTable, cols)
+    cols = ["site", "finding", "mitigation"]
+    require_columns("criteria", decisions.criteria, CriteriaContract, cols)
+    require_columns(
+        "drift", drift, DriftTable, ["group", "feature", "psi", "psi_level", "significant"]
+    )
+    auroc = [_auroc_column(policy)] if policy.criteria.auroc.enabled else []
+    require_columns("metrics", metrics, DiscriminationTable, ["group", "target", *auroc])
+
+
+def _auroc_column(policy: Policy) -> str:
+    """The metrics column of the policy's AUROC statistic (the discrimination item's baseline)."""
+    return "auroc" + {"ci_low": "_ci_low", "estimate": ""}[policy.criteria.auroc.statistic]

@@ -17,14 +17,26 @@ from typing import Any
 
 import jinja2
 import pandas as pd
+import pandera.pandas as pa
 
+from clinaudit.audit.calibration import CalibrationTable, ReliabilityTable
+from clinaudit.audit.discrimination import DiscriminationTable
+from clinaudit.audit.drift import DriftTable
+from clinaudit.audit.recalibration import RecalibrationContract
+from clinaudit.audit.schemas import require_columns
 from clinaudit.audit.types import AuditInputError
+from clinaudit.audit.worst_cells import WorstCellsTable
+from clinaudit.models.finetune_guard import RETRAINING_SUMMARY_KEYS, RetrainingContract
 from clinaudit.reporting.kit import left_out_table, provenance_tables
 from clinaudit.reporting.pdf import render_template, report_environment
 from clinaudit.reporting.report_figures import write_figures
 from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.validation.cohort import CohortSummary
+from clinaudit.validation.errors import QuarantineTable, records_to_frame
 from clinaudit.validation.quality import QUALITY_FEATURES
 
+from .decisions_schema import CriteriaContract, DecisionsTable
+from .monitoring import MonitoringContract
 from .report_appendix import checklist_items, checklist_table, methods_notes
 from .report_plan import (
     critical_findings,
@@ -53,66 +65,22 @@ __all__ = [
 
 TEMPLATE = "multisite_cxr/report.html.j2"
 
-#: Columns each input table must have (extra columns are fine).
-REQUIRED: Mapping[str, tuple[str, ...]] = {
-    "cohort": ("site", "n_images", "n_patients", "age_median", "female_share", "ap_share"),
-    "quarantine": ("site", "row", "column", "check", "severity"),
-    "metrics": (
-        "group", "target", "is_reference", "status", "n", "n_pos", "n_neg", "threshold",
-        "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "auprc_ci_low", "auprc_ci_high",
-        "sensitivity", "sensitivity_ci_low", "sensitivity_ci_high", "specificity",
-        "specificity_ci_low", "specificity_ci_high", "auroc_diff_vs_reference",
-        "delong_diff_ci_low", "delong_diff_ci_high", "delong_p_adj", "n_boot", "ci_level",
-    ),
-    "calibration": (
-        "group", "target", "status", "n", "n_pos", "n_neg", "n_bins", "ece_width",
-        "ece_width_ci_low", "ece_width_ci_high", "brier", "brier_ci_low", "brier_ci_high",
-        "cal_slope",
-    ),
-    "reliability": (
-        "group", "target", "binning", "count", "mean_predicted", "observed_rate",
-        "observed_ci_low", "observed_ci_high",
-    ),
-    "drift": (
-        "group", "feature", "kind", "status", "psi", "psi_level", "statistic", "p_adj", "drifted",
-    ),
-    "worst_cells": (
-        "rank", "group", "target", "criteria", "auroc", "auroc_reference", "auroc_drop",
-        "auroc_drop_ci_low", "auroc_drop_ci_high", "auroc_drop_fired", "sensitivity",
-        "sensitivity_reference", "sensitivity_drop", "sensitivity_drop_ci_low",
-        "sensitivity_drop_ci_high", "sensitivity_drop_fired", "ece", "ece_ci_low",
-        "ece_ci_high", "calibration_fired",
-    ),
-    "recalibration": (
-        "group", "target", "status", "method", "n", "n_pos", "n_folds", "threshold",
-        "intended_sensitivity", "site_threshold_raw",
-        *(f"{m}{s}" for m in ("ece_before", "ece_after", "brier_before", "brier_after",
-                              "sensitivity_before", "sensitivity_after",
-                              "sensitivity_site_threshold", "specificity_site_threshold")
-          for s in ("", "_ci_low", "_ci_high")),
-    ),
-    "retraining": (
-        "group", "target", "split", "n", "n_pos", "auroc_before", "auroc_before_ci_low",
-        "auroc_before_ci_high", "auroc_after", "auroc_after_ci_low", "auroc_after_ci_high",
-        "auroc_change", "tolerance", "regressed", "improved",
-    ),
-    "decisions": (
-        "site", "decision", "reasons", "conditions", "n_criteria", "n_failed_before",
-        "n_failed_after", "policy_id", "policy_version", "policy_sha256",
-    ),
-    "criteria": (
-        "site", "criterion", "finding", "value", "ci_low", "ci_high", "limit", "comparator",
-        "passed_before", "value_after", "passed_after", "mitigation", "evidence",
-    ),
-    "monitoring": (
-        "site", "item", "kind", "metric", "baseline", "warn_threshold", "action_threshold",
-        "cadence", "escalation", "action",
-    ),
-}  # fmt: skip
-RETRAINING_SUMMARY_KEYS = (
-    "retrained_site", "cells_targeted", "accepted", "regressions", "epochs", "train_seconds",
-    "device",
-)  # fmt: skip
+#: The producer's schema of each input table: the report needs its columns (extra ones are fine).
+#: Mitigation, decision and monitoring tables need only their consumer contracts (A, B, C).
+INPUT_SCHEMAS: Mapping[str, type[pa.DataFrameModel]] = {
+    "cohort": CohortSummary,
+    "quarantine": QuarantineTable,
+    "metrics": DiscriminationTable,
+    "calibration": CalibrationTable,
+    "reliability": ReliabilityTable,
+    "drift": DriftTable,
+    "worst_cells": WorstCellsTable,
+    "recalibration": RecalibrationContract,
+    "retraining": RetrainingContract,
+    "decisions": DecisionsTable,
+    "criteria": CriteriaContract,
+    "monitoring": MonitoringContract,
+}
 
 
 @dataclass(frozen=True)
@@ -152,7 +120,7 @@ class CxrProvenance:
 
 @dataclass(frozen=True)
 class CxrReportInputs:
-    """The pipeline tables the report is built from (columns: :data:`REQUIRED`).
+    """The pipeline tables the report is built from (columns: :data:`INPUT_SCHEMAS`).
 
     ``quarantine`` is every site's quarantine table concatenated (or a site -> table mapping);
     ``recalibration`` / ``retraining`` (+ ``retraining_summary``) are ``None`` when that stage
@@ -194,23 +162,11 @@ def _check(inputs: CxrReportInputs) -> pd.DataFrame:
     quarantine = inputs.quarantine
     if isinstance(quarantine, Mapping):
         frames = [quarantine[k] for k in sorted(quarantine)]
-        quarantine = (
-            pd.concat(frames, ignore_index=True)
-            if frames
-            else pd.DataFrame(columns=list(REQUIRED["quarantine"]))
-        )
-    for name, cols in REQUIRED.items():
+        quarantine = pd.concat(frames, ignore_index=True) if frames else records_to_frame([])
+    for name, schema in INPUT_SCHEMAS.items():
         frame = quarantine if name == "quarantine" else getattr(inputs, name)
-        if frame is None:
-            continue
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise AuditInputError(
-                name,
-                f"a table without columns {missing}",
-                f"columns {list(cols)}",
-                f"pass the {name} table produced by the pipeline (see reporting/cxr_report.py)",
-            )
+        if frame is not None:
+            require_columns(name, frame, schema)
     if (inputs.retraining is None) != (inputs.retraining_summary is None):
         raise AuditInputError(
             "retraining_summary",
@@ -225,7 +181,7 @@ def _check(inputs: CxrReportInputs) -> pd.DataFrame:
                 "retraining_summary",
                 f"no keys {absent}",
                 f"keys {list(RETRAINING_SUMMARY_KEYS)}",
-                "pass the summary dict returned by models.finetune",
+                "pass the summary dict of clinaudit.models.retrain.retrain_worst_site",
             )
     hashes = {
         inputs.policy.sha256,
