@@ -38,7 +38,6 @@ __all__ = [
     "run_site_audit",
     "scored_frame",
     "site_drift",
-    "usable_sites",
 ]
 
 
@@ -309,58 +308,3 @@ def mean_auroc_by_group(table: pd.DataFrame) -> pd.Series:
     ok = table[table["status"] == "ok"]
     out = ok.groupby("group")["auroc"].mean()
     return out.reindex(sorted(table["group"].unique())).astype(float)
-
-
-def usable_sites(
-    labels: Mapping[str, pd.DataFrame],
-    predictions: Mapping[str, pd.DataFrame],
-    *,
-    model_sha256: str | Mapping[str, str] | None = None,
-) -> tuple[list[str], dict[str, str]]:
-    """Sites whose predictions match their validated table, and why the others are left out.
-
-    A cross-site audit must not stop because one site is stale (new data landed, predictions not
-    yet re-run) or was scored by another model; it audits the consistent sites and lists the rest
-    with the reason, so the report says which sites are missing and why.
-
-    Parameters
-    ----------
-    labels, predictions : mapping
-        Site -> validated image table / predictions table (as for :func:`scored_frame`).
-    model_sha256 : str or mapping, optional
-        The audited model's identity (or one per site).
-
-    Returns
-    -------
-    sites : list of str
-        Sorted sites that :func:`scored_frame` accepts.
-    left_out : dict
-        Site -> reason, for every other site named in either mapping.
-    """
-    sites: list[str] = []
-    left_out: dict[str, str] = {}
-    for site in sorted(set(labels) | set(predictions)):
-        lab, pred = labels.get(site), predictions.get(site)
-        if lab is None or not len(lab):
-            left_out[site] = "no validated images"
-            continue
-        if pred is None or not len(pred):
-            left_out[site] = "no predictions yet"
-            continue
-        ids, pred_ids = set(lab["image_id"]), set(pred["image_id"])
-        if ids != pred_ids:
-            left_out[site] = (
-                f"predictions are stale: {len(ids - pred_ids)} validated images without a "
-                f"prediction, {len(pred_ids - ids)} predictions for images no longer validated "
-                "(re-run the site's predictions)"
-            )
-            continue
-        expected = model_sha256.get(site) if isinstance(model_sha256, Mapping) else model_sha256
-        if expected is not None and set(pred["model_sha256"]) != {expected}:
-            left_out[site] = (
-                f"predictions come from model {sorted(set(pred['model_sha256']))[0][:12]}, "
-                f"not the audited {expected[:12]} (re-run the site's predictions)"
-            )
-            continue
-        sites.append(site)
-    return sites, left_out

@@ -19,6 +19,7 @@ from pandera.typing import Series
 from clinaudit.audit.calibration import CalibrationTable
 from clinaudit.audit.discrimination import DiscriminationTable
 from clinaudit.audit.drift import DriftConfig
+from clinaudit.audit.partitions import usable_partitions
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.reference_audit import (
     SCORE_PREFIX,
@@ -29,7 +30,6 @@ from clinaudit.audit.reference_audit import (
     run_site_audit,
     scored_frame,
     site_drift,
-    usable_sites,
 )
 from clinaudit.audit.schemas import OutputSchema, probability_field, validate_table
 from clinaudit.audit.serialize import metrics_to_json
@@ -137,10 +137,13 @@ def audited_sites(
 ) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Sites whose predictions match their validated table and the audited model, why the others
     are left out, and the identity each site's predictions must carry."""
-    scored = sorted(s for s in data.predictions if len(data.predictions[s]))
-    identity = {s: data.model.partition_identity(s) for s in scored}
-    sites, left_out = usable_sites(data.validated, data.predictions, model_sha256=identity)
-    return sites, left_out, identity
+    sites, left_out = usable_partitions(
+        data.validated,
+        data.predictions,
+        id_column="image_id",
+        identity=data.model.partition_identity,
+    )
+    return sites, left_out, {s: data.model.partition_identity(s) for s in sites}
 
 
 def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOptions) -> TableSet:
@@ -188,7 +191,7 @@ def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOpt
 def _drift(data: AuditData, reference_site: str, config: DriftConfig) -> pd.DataFrame:
     """Drift of every site against the reference site (input drift needs no model; score drift
     only from predictions that match their images)."""
-    consistent, _ = usable_sites(data.validated, data.predictions)
+    consistent, _ = usable_partitions(data.validated, data.predictions, id_column="image_id")
     features = drift_features(
         data.validated,
         {s: data.predictions[s] for s in consistent},

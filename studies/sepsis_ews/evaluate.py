@@ -22,6 +22,7 @@ import pandas as pd
 
 from clinaudit.audit.burden import alert_burden
 from clinaudit.audit.fairness import FairnessResult, group_rates
+from clinaudit.audit.partitions import UnitWords, usable_partitions
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.types import AuditInputError
 from clinaudit.studies.base import AuditData
@@ -94,38 +95,13 @@ def usable_hospitals(
 ) -> tuple[list[str], dict[str, str]]:
     """Hospitals whose predictions score exactly their validated stays with the audited model,
     and why each other hospital (in either mapping) is left out."""
-    ok: list[str] = []
-    left_out: dict[str, str] = {}
-    for hospital in sorted(set(validated) | set(predictions)):
-        stays, pred = validated.get(hospital), predictions.get(hospital)
-        if stays is None or not len(stays):
-            left_out[hospital] = "no validated stays"
-            continue
-        if pred is None or not len(pred):
-            left_out[hospital] = "no predictions yet (run the hospital's predictions)"
-            continue
-        try:
-            expected = model.partition_identity(hospital)
-        except AuditInputError as err:
-            left_out[hospital] = f"no scores for this hospital: {err.fix}"
-            continue
-        ids, pred_ids = set(stays["stay_id"].astype(str)), set(pred["stay_id"].astype(str))
-        if ids != pred_ids:
-            left_out[hospital] = (
-                f"predictions are stale: {len(ids - pred_ids)} validated stays without a score, "
-                f"{len(pred_ids - ids)} scores of stays no longer validated (re-run the "
-                "hospital's predictions)"
-            )
-            continue
-        models = sorted(set(pred["model_sha256"].astype(str)))
-        if models != [expected]:
-            left_out[hospital] = (
-                f"predictions come from model {models[0][:12]}, not the audited "
-                f"{expected[:12]} (re-run the hospital's predictions)"
-            )
-            continue
-        ok.append(hospital)
-    return ok, left_out
+    return usable_partitions(
+        validated,
+        predictions,
+        id_column="stay_id",
+        identity=model.partition_identity,
+        words=UnitWords("stay", "score", "hospital"),
+    )
 
 
 def audited_stays(data: AuditData) -> AuditedStays:
