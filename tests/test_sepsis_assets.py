@@ -177,8 +177,9 @@ def test_bad_rows_are_named_and_other_hospitals_proceed(pipeline) -> None:
 def test_left_out_hospital_and_stays_are_named_not_dropped(pipeline) -> None:
     home, twin = pipeline["home"], pipeline["twin"]
     evidence = read_stored(home, f"{P}/evidence")
-    assert evidence.facts["left_out"] == {"hosp_d": "no predictions yet (run the hospital's "
-                                                    "predictions)"}  # fmt: skip
+    assert evidence.facts["left_out"] == {
+        "hosp_d": "no predictions yet (re-run the hospital's predictions)"
+    }
     excluded = evidence["excluded_stays"]
     assert sorted(excluded["site"]) == ["hosp_a", "hosp_b"] and set(excluded["value"]) == {twin}
     assert (excluded["check"] == "duplicate_stay_id_across_hospitals").all()
