@@ -19,6 +19,7 @@ demo data                     :mod:`.simulate`
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -246,6 +247,14 @@ class SepsisEws(Study):
     def decision_summary(self, decisions: TableSet) -> dict[str, str]:
         """One recommendation for the network."""
         return {"network": str(decisions.fact("recommendation"))}
+
+    def decision_lines(self, decisions: TableSet) -> list[tuple[str, str]]:
+        """The recommendation, then its reasons and conditions, one line each."""
+        row = decisions["decision"].iloc[0]
+        lines = [("network", str(row["recommendation"]))]
+        lines += [("  why", str(r)) for r in json.loads(row["reasons"])]
+        lines += [("  condition", str(c)) for c in json.loads(row["conditions"])]
+        return lines
 
     def describe_stage(self, stage: str, value: Any) -> Mapping[str, Any]:
         return describe(stage, value)
