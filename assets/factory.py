@@ -230,6 +230,7 @@ class StudyAssets:
             )
             version = dg.DataVersion(result.data_version)
             meta = stage_metadata(study, "validated", result, partition=partition)
+            meta["pseudonym_key"] = home.pseudonym_key_source()
             yield dg.Output(result.table, "validated", data_version=version, metadata=meta)
             yield dg.Output(
                 result.quarantine,

@@ -150,3 +150,16 @@ def test_vendor_training_is_patient_disjoint_and_reused(
     assert first.package_sha256 == second.package_sha256
     assert first.heldout_auroc == second.heldout_auroc
     assert first.n_test == int((reference["split"] == "test").sum())
+
+
+def test_a_single_threshold_is_refused_not_ignored(
+    pipeline: tuple[ClinauditHome, dg.DagsterInstance],
+) -> None:
+    home, instance = pipeline
+    model = StudyModel(study=STUDY, threshold=0.3, **TINY)
+    result = _run(home, model, instance, "model")
+    assert not result.success
+    message = result.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert "operating threshold of the model card" in message and "--threshold" in message
+    event = instance.get_latest_materialization_event(dg.AssetKey([STUDY, "validated"]))
+    assert "pseudonym_key" in event.asset_materialization.metadata  # where the key came from

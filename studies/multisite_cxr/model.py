@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from clinaudit.audit.records import ModelRef
+from clinaudit.audit.types import AuditInputError
 from clinaudit.models.devices import select_device
 from clinaudit.models.evaluation import per_label_auroc
 from clinaudit.models.inference import (
@@ -149,7 +150,22 @@ def resolve_model(
     log: Callable[[str], None],
     reference_site: str,
 ) -> ModelRef:
-    """Verify the package, hash the scores files, or train / reuse the embedded model."""
+    """Verify the package, hash the scores files, or train / reuse the embedded model.
+
+    Raises
+    ------
+    AuditInputError
+        If one operating threshold is configured: the 14 findings have one each, from the model
+        card (never a single number applied to every finding, silently or not).
+    """
+    if spec.threshold is not None:
+        raise AuditInputError(
+            "threshold",
+            repr(spec.threshold),
+            "no single threshold: multisite_cxr judges each finding at the operating threshold "
+            "of the model card (0.5 for vendor scores)",
+            "unset --threshold / CLINAUDIT_MULTISITE_CXR_THRESHOLD",
+        )
     if spec.mode == "scores":
         files = scores_files(str(spec.scores))
         identity, digests = _scores_identity(files)
