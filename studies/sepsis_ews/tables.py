@@ -239,6 +239,9 @@ def calibration_tables(
         )  # fmt: skip
         tables.append(res.table.assign(attribute=attribute))
         bins.append(res.reliability.assign(attribute=attribute))
+    # A grouping without a sufficient cell has no bins: its empty (untyped) table must not turn
+    # the integer columns of the others into objects.
+    bins = [b for b in bins if len(b)] or bins
     cal, rel = pd.concat(tables, ignore_index=True), pd.concat(bins, ignore_index=True)
     first = ["attribute", "group", "target"]
     cal = cal[first + [c for c in cal.columns if c not in first]]
