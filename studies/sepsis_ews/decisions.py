@@ -20,19 +20,28 @@ import numpy as np
 import pandas as pd
 
 from clinaudit.audit.burden import (
+    AlertBurdenTable,
     build_cells,
     paired_change_row,
     rule_rates,
     spread,
     validate_binary,
 )
-from clinaudit.audit.fairness import FairnessResult
-from clinaudit.audit.fairness_mitigation import CAVEATS, mitigate_largest_gap
+from clinaudit.audit.fairness import FairnessGaps, FairnessRates, FairnessResult
+from clinaudit.audit.fairness_mitigation import (
+    CAVEATS,
+    GroupThresholds,
+    MitigationTable,
+    mitigate_largest_gap,
+)
 from clinaudit.audit.policy_base import Decision
+from clinaudit.audit.schemas import require_columns, schema_columns, validate_table
 from clinaudit.audit.types import STATUS_OK, AuditInputError
 
+from .decisions_schema import CriteriaTable, DisadvantagedGroups, MitigationEffects
 from .policy import LARGEST, SepsisPolicy
 from .tables import TARGET, AuditSettings
+from .tables_schema import CalibrationByAttribute, DiscriminationByAttribute
 
 __all__ = [
     "CRITERIA_COLUMNS",
@@ -48,11 +57,10 @@ __all__ = [
 ]
 
 RUN, NOT_RUN = "run", "not run"
-CRITERIA_COLUMNS: tuple[str, ...] = (
-    "criterion", "attribute", "statistic", "value", "estimate", "ci_low", "ci_high", "limit",
-    "comparator",
-    "passed", "value_after", "passed_after", "evidence",
-)  # fmt: skip
+#: Column order of the criteria table (its schema's).
+CRITERIA_COLUMNS: tuple[str, ...] = schema_columns(CriteriaTable)
+#: Columns of the core tables the study reads; ``*_ci`` adds each one's interval.
+_INTERVAL = ("", "_ci_low", "_ci_high")
 
 
 # --------------------------------------------------------------------------- who is failed
@@ -62,13 +70,24 @@ def disadvantaged_groups(fairness: FairnessResult) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per attribute (intersections excluded): ``attribute``, ``status``, ``group``,
-        ``n``, ``n_pos``, ``tpr`` (+CI), ``reference``, ``reference_tpr``, ``diff_vs_reference``
-        (+CI, ``diff_excludes_zero``), ``max_min_gap`` (+CI of the paired difference,
-        ``gap_excludes_zero``, ``gap_excludes_zero_adjusted``), ``highest_group`` and
-        ``largest`` (this attribute holds the largest TPR gap).
+        :class:`~.decisions_schema.DisadvantagedGroups`: one row per attribute (intersections
+        excluded): ``attribute``, ``status``, ``group``, ``n``, ``n_pos``, ``tpr`` (+CI),
+        ``reference``, ``reference_tpr``, ``diff_vs_reference`` (+CI, ``diff_excludes_zero``),
+        ``max_min_gap`` (+CI of the paired difference, ``gap_excludes_zero``,
+        ``gap_excludes_zero_adjusted``), ``highest_group`` and ``largest`` (this attribute holds
+        the largest TPR gap).
+
+    Raises
+    ------
+    AuditInputError
+        If the fairness tables lack a column read here.
     """
     rates, gaps = fairness.rates, fairness.gaps
+    cols = ["attribute", "group", "is_intersection", "status", "n", "n_pos"]
+    require_columns("fairness_rates", rates, FairnessRates, cols + [f"tpr{s}" for s in _INTERVAL])
+    cols = ["attribute", "metric", "comparison", "group", "difference", "ci_low", "ci_high"]
+    cols += ["ci_excludes_zero", "ci_excludes_zero_adjusted"]
+    require_columns("fairness_gaps", gaps, FairnessGaps, cols)
     top = fairness.largest_gap(("tpr",))
     rows = []
     for attr in [a for a in dict.fromkeys(rates["attribute"]) if a != "overall"]:
@@ -101,7 +120,7 @@ def disadvantaged_groups(fairness: FairnessResult) -> pd.DataFrame:
             "highest_group": mm_row["group"],
             "largest": bool(top is not None and top["attribute"] == attr),
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return validate_table(pd.DataFrame(rows), DisadvantagedGroups)
 
 
 # --------------------------------------------------------------------------- mitigation
@@ -110,8 +129,11 @@ class MitigationOutcome:
     """The mitigations of the largest gap (``status`` ``"run"`` or ``"not run"`` + ``reason``).
 
     ``table`` stacks :attr:`MitigationResult.table` of every method (column ``method``, the main
-    method first); ``thresholds`` their per-group thresholds; ``effects`` the main method's
-    before/after TPR/FPR and gaps of every attribute; ``before``/``after`` its alert decisions.
+    method first; :class:`~clinaudit.audit.fairness_mitigation.MitigationTable`); ``thresholds``
+    their per-group thresholds (:class:`~clinaudit.audit.fairness_mitigation.GroupThresholds`);
+    ``effects`` the main method's before/after TPR/FPR and gaps of every attribute
+    (:class:`~.decisions_schema.MitigationEffects`); ``before``/``after`` its alert decisions.
+    When the mitigation is ``"not run"`` the three tables are empty and have no columns.
     """
 
     status: str
@@ -135,7 +157,8 @@ def _effects(
     attributes: tuple[str, ...],
     opts: AuditSettings,
 ) -> pd.DataFrame:
-    """Before/after TPR and FPR of every group and gap of every attribute (paired intervals)."""
+    """Before/after TPR and FPR of every group and gap of every attribute (paired intervals):
+    :class:`~.decisions_schema.MitigationEffects`."""
     groups = {a: frame[a].astype(str).to_numpy() for a in attributes}
     data = validate_binary(
         frame[TARGET].to_numpy(float), frame["score"].to_numpy(float), threshold=0.5,
@@ -160,7 +183,7 @@ def _effects(
                 names = {"quantity": metric, "attribute": attr, "group": cells[c].group}
                 vals = [(p[c], r[c]) for p, r in pairs] if c in sel else None
                 rows.append(paired_change_row(names, *(vals or (None, None)), opts.ci_level))
-    return pd.DataFrame(rows)
+    return validate_table(pd.DataFrame(rows), MitigationEffects)
 
 
 def run_mitigations(
@@ -207,8 +230,12 @@ def run_mitigations(
         method=main.method,
         attribute=main.attribute,
         metric=main.metric,
-        table=pd.concat([r.table for r in results], ignore_index=True),
-        thresholds=pd.concat([r.thresholds_by_group for r in results], ignore_index=True),
+        table=validate_table(
+            pd.concat([r.table for r in results], ignore_index=True), MitigationTable
+        ),
+        thresholds=validate_table(
+            pd.concat([r.thresholds_by_group for r in results], ignore_index=True), GroupThresholds
+        ),
         effects=_effects(frame, fairness, main.decisions_before, main.decisions_after, attrs, opts),
         caveats=main.caveats,
         before=main.decisions_before,
@@ -359,7 +386,35 @@ def _criteria(
                         text,
                     )
                 )
-    return pd.DataFrame(rows, columns=list(CRITERIA_COLUMNS))
+    return validate_table(pd.DataFrame(rows, columns=list(CRITERIA_COLUMNS)), CriteriaTable)
+
+
+def _check_inputs(
+    policy: SepsisPolicy,
+    discrimination: pd.DataFrame,
+    calibration: pd.DataFrame,
+    burden: pd.DataFrame,
+    fairness: FairnessResult,
+    mitigation: MitigationOutcome,
+) -> None:
+    """The columns each enabled criterion reads, in their producers' schemas."""
+    c, key = policy.criteria, ["attribute", "group", "status"]
+    if c.auroc.enabled:
+        cols = key + [f"auroc{s}" for s in _INTERVAL]
+        require_columns("discrimination", discrimination, DiscriminationByAttribute, cols)
+    if c.ece.enabled:
+        cols = key + [f"ece_width{s}" for s in _INTERVAL]
+        require_columns("calibration", calibration, CalibrationByAttribute, cols)
+    if c.alert_rate.enabled:
+        cols = ["attribute", "group"] + [f"alert_rate{s}" for s in _INTERVAL]
+        require_columns("burden", burden, AlertBurdenTable, cols)
+    if c.fairness_gap.enabled:
+        cols = ["attribute", "metric", "comparison", "group", "versus", "difference", "ci_low"]
+        require_columns("fairness_gaps", fairness.gaps, FairnessGaps, [*cols, "ci_high", "status"])
+    if mitigation.status == RUN:
+        cols = ["quantity", "attribute", "after", "after_ci_low"]
+        require_columns("mitigation", mitigation.table, MitigationTable, [*cols, "method"])
+        require_columns("mitigation_effects", mitigation.effects, MitigationEffects, cols)
 
 
 #: Printed names of the criteria.
@@ -394,8 +449,15 @@ def decide(
 
     ``NO-GO`` when discrimination fails (a threshold rule cannot fix ranking) or a criterion still
     fails after the mitigation; ``CONDITIONAL GO`` when every criterion passes only with the
-    mitigation deployed; ``GO`` when every criterion passes at the vendor threshold.
+    mitigation deployed; ``GO`` when every criterion passes at the vendor threshold. The
+    criteria are a :class:`~.decisions_schema.CriteriaTable`.
+
+    Raises
+    ------
+    AuditInputError
+        If an input table lacks a column the policy's criteria read (named, with its schema).
     """
+    _check_inputs(policy, discrimination, calibration, burden, fairness, mitigation)
     crit = _criteria(policy, discrimination, calibration, burden, fairness, mitigation)
     failed, failed_after = crit[~crit["passed"]], crit[~crit["passed_after"]]
     vendor_rule = "the vendor threshold for every stay"

@@ -31,16 +31,79 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
+from clinaudit.audit.schemas import (
+    OutputSchema,
+    count_field,
+    difference_field,
+    probability_field,
+    schema_columns,
+    status_field,
+    validate_table,
+)
 from clinaudit.audit.types import STATUS_INSUFFICIENT, STATUS_OK, AuditInputError
 
-__all__ = ["DRIFT_COLUMNS", "card_drift", "psi_against_quantiles", "window_psi"]
+from .tables_schema import flags
 
-DRIFT_COLUMNS: tuple[str, ...] = (
-    "scope", "group", "feature", "kind", "status", "n", "missing_rate", "card_missing_rate",
-    "missing_rate_change", "median", "card_median", "smd", "psi", "psi_level", "missing_flag",
-    "drifted", "card_atoms",
-)  # fmt: skip
+__all__ = [
+    "CARD_DRIFT_KINDS",
+    "CARD_PSI_LEVELS",
+    "DRIFT_COLUMNS",
+    "CardDrift",
+    "card_drift",
+    "psi_against_quantiles",
+    "window_psi",
+]
+
+CARD_DRIFT_KINDS: tuple[str, ...] = ("numeric", "composition")
+#: ``"not estimable"`` for a group with too few stays.
+CARD_PSI_LEVELS: tuple[str, ...] = ("none", "moderate", "major", "not estimable")
+
+
+class CardDrift(OutputSchema):
+    """The table of :func:`card_drift`: one row per (scope, group, feature).
+
+    A numeric row compares a feature's values with the card's quantiles and missing fraction
+    (``missing_rate`` and ``median`` local, ``card_*`` the card's, ``smd`` against the card's mean
+    and standard deviation); a ``composition`` row compares an attribute's group shares with the
+    card's and has only ``psi``. A group with fewer than ``min_rows`` stays has status
+    ``"insufficient data"``, PSI level ``"not estimable"`` and no numbers (``card_atoms`` missing
+    too, so that column is ``object`` when such a row is present).
+    """
+
+    scope: Series[str]
+    group: Series[str]
+    feature: Series[str]
+    kind: Series[str] = pa.Field(isin=list(CARD_DRIFT_KINDS))
+    status: Series[str] = status_field()
+    n: Series[int] = count_field()
+    missing_rate: Series[float] = probability_field()
+    card_missing_rate: Series[float] = probability_field()
+    missing_rate_change: Series[float] = difference_field()
+    median: Series[float] = pa.Field(nullable=True)
+    card_median: Series[float] = pa.Field(nullable=True)
+    smd: Series[float] = pa.Field(nullable=True)
+    # Every term (a - e) ln(a / e) of the PSI is >= 0.
+    psi: Series[float] = pa.Field(nullable=True, ge=0.0)
+    psi_level: Series[str] = pa.Field(isin=list(CARD_PSI_LEVELS))
+    missing_flag: Series[bool]
+    drifted: Series[bool]
+    # Whether the card lists a value at several quantiles (the PSI is then a lower bound).
+    card_atoms: Series[Any] = pa.Field(nullable=True)
+
+    @pa.check("card_atoms", name="flags")
+    @classmethod
+    def _card_atoms_are_flags(cls, values: pd.Series) -> bool | pd.Series:
+        return flags(values)
+
+    class Config:
+        ordered = True
+
+
+#: Column order of the drift table (its schema's).
+DRIFT_COLUMNS: tuple[str, ...] = schema_columns(CardDrift)
 
 
 def _psi(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> float:
@@ -261,9 +324,10 @@ def card_drift(
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`DRIFT_COLUMNS`, first ``scope="network"`` (``group="all"``), then each
-        scope's groups in sorted order; composition rows for ``network`` and the first scope.
-        ``drifted``: PSI level not ``"none"`` or ``missing_flag``.
+        :class:`CardDrift` (columns :data:`DRIFT_COLUMNS`), first ``scope="network"``
+        (``group="all"``), then each scope's groups in sorted order; composition rows for
+        ``network`` and the first scope. ``drifted``: PSI level not ``"none"`` or
+        ``missing_flag``.
 
     Raises
     ------
@@ -301,5 +365,5 @@ def card_drift(
         if with_composition:
             found += _composition_rows(frame, composition, opts)
         rows += [{"scope": scope, "group": group, **r} for r in found]
-    table = pd.DataFrame(rows)
-    return table.reindex(columns=list(DRIFT_COLUMNS)).reset_index(drop=True)
+    table = pd.DataFrame(rows).reindex(columns=list(DRIFT_COLUMNS)).reset_index(drop=True)
+    return validate_table(table, CardDrift)

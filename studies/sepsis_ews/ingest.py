@@ -27,16 +27,20 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
+from clinaudit.audit.schemas import OutputSchema, count_field, schema_columns, validate_table
 from clinaudit.sources.landing import BatchRef, LandingError, Manifest, read_manifest, verify_batch
 from clinaudit.sources.sepsis_tables import STAY_COLUMNS, StaysFileError, read_stays
 from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
 from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
 
-from .schema import ERROR_COLUMNS, StaysStructureError, validate_stays
+from .schema import ERROR_COLUMNS, StayQuarantine, StaysStructureError, validate_stays
 
 __all__ = [
     "INGESTED_COLUMNS",
+    "HospitalSummary",
     "duplicate_stays",
     "empty_stays",
     "finish_hospital",
@@ -47,11 +51,29 @@ __all__ = [
 
 #: Columns of the ingested stays table: the validated columns plus the landing batch.
 INGESTED_COLUMNS: tuple[str, ...] = (*STAY_COLUMNS, "batch")
-#: Columns of the per-hospital summary (the cohort stage).
-SUMMARY_COLUMNS: tuple[str, ...] = (
-    "hospital", "n_batches", "n_stays", "n_sepsis", "first_month", "last_month", "n_records",
-    "n_rows_quarantined", "n_batches_refused",
-)  # fmt: skip
+
+
+class HospitalSummary(OutputSchema):
+    """The cohort stage's table (:func:`hospital_summary`): one row per hospital landed, what
+    validation kept (batches, stays, septic stays, admission months: ``""`` when no stay was
+    kept) and what it quarantined (records, rows refused, batches refused)."""
+
+    hospital: Series[str] = pa.Field(unique=True)
+    n_batches: Series[int] = count_field()
+    n_stays: Series[int] = count_field()
+    n_sepsis: Series[int] = count_field()
+    first_month: Series[str] = pa.Field(str_matches=r"^(\d{4}-\d{2})?$")
+    last_month: Series[str] = pa.Field(str_matches=r"^(\d{4}-\d{2})?$")
+    n_records: Series[int] = count_field()
+    n_rows_quarantined: Series[int] = count_field()
+    n_batches_refused: Series[int] = count_field()
+
+    class Config:
+        ordered = True
+
+
+#: Column order of the per-hospital summary (its schema's).
+SUMMARY_COLUMNS: tuple[str, ...] = schema_columns(HospitalSummary)
 
 
 def empty_stays() -> pd.DataFrame:
@@ -67,11 +89,11 @@ def empty_stays() -> pd.DataFrame:
 
 
 def quarantine_frame(frame: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Quarantine records with the columns :data:`ERROR_COLUMNS` (``value`` ``""`` if absent)."""
+    """Quarantine records as :class:`~.schema.StayQuarantine` (``value`` ``""`` if absent)."""
     out = records_to_frame([]) if frame is None else frame.copy()
     if "value" not in out.columns:
         out["value"] = pd.Series([""] * len(out), index=out.index, dtype=object)
-    return out.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True)
+    return validate_table(out.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True), StayQuarantine)
 
 
 def _record(
@@ -210,7 +232,8 @@ def hospital_summary(
     validated: Mapping[str, pd.DataFrame], quarantine: Mapping[str, pd.DataFrame]
 ) -> pd.DataFrame:
     """Per hospital: batches and stays kept by validation, septic stays, admission months, and
-    the quarantine records (all, errors, rows refused, batches refused)."""
+    the quarantine records (all, errors, rows refused, batches refused): :class:`HospitalSummary`.
+    """
     rows = []
     for hospital in sorted(set(validated) | set(quarantine)):
         stays = validated.get(hospital, empty_stays())
@@ -232,4 +255,4 @@ def hospital_summary(
                 if len(errors) else 0,
             }
         )  # fmt: skip
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    return validate_table(pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), HospitalSummary)

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from clinaudit.audit.records import ModelRef
+from clinaudit.audit.schemas import validate_table
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.tabular import (
     CARD_FILE,
@@ -46,7 +47,7 @@ from clinaudit.sources.landing import sha256_file
 from clinaudit.sources.sepsis_simulator import simulate_vendor_population
 from clinaudit.studies.base import Log, ModelSpec, RunDirs
 
-from .scores import read_sepsis_scores
+from .scores import StayScores, read_sepsis_scores
 from .tables import TARGET
 
 __all__ = [
@@ -198,7 +199,7 @@ def resolve_model(spec: ModelSpec, *, dirs: RunDirs, log: Log) -> ModelRef:
 def predict_hospital(
     model: ModelRef, stays: pd.DataFrame, *, hospital: str, log: Log
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One score per validated stay of ``hospital`` (``stay_id, score, model_sha256``).
+    """One score per validated stay of ``hospital`` (:class:`~.scores.StayScores`).
 
     Raises
     ------
@@ -233,4 +234,4 @@ def predict_hospital(
     facts["alert_rate"] = float((scores["score"] >= threshold).mean()) if len(scores) else 0.0
     facts["model_sha256"] = expected
     log(f"{hospital}: {len(scores)} stays scored ({model.mode})")
-    return scores, facts
+    return validate_table(scores, StayScores), facts

@@ -26,26 +26,69 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 from scipy.stats import norm
 
 from clinaudit.audit.calibration import expected_calibration_error
 from clinaudit.audit.discrimination import weighted_binary_metrics
-from clinaudit.audit.fairness import FairnessResult
+from clinaudit.audit.fairness import FairnessGaps, FairnessResult
+from clinaudit.audit.schemas import (
+    OutputSchema,
+    count_field,
+    require_columns,
+    schema_columns,
+    validate_table,
+)
 
 from .decisions import MitigationOutcome, Recommendation
-from .drift import window_psi
+from .decisions_schema import MitigationEffects
+from .drift import CardDrift, window_psi
 from .policy import SepsisPolicy
+from .tables_schema import CalibrationByAttribute, DiscriminationByAttribute
 
-__all__ = ["PLAN_COLUMNS", "monitoring_plan", "window_stays"]
+__all__ = ["PLAN_COLUMNS", "MonitoringPlan", "monitoring_plan", "window_stays"]
 
-PLAN_COLUMNS: tuple[str, ...] = (
-    "item", "kind", "scope", "metric", "baseline", "warn_threshold", "action_threshold",
-    "direction", "window_stays", "window_months", "audit_monthly_min", "audit_monthly_max",
-    "cadence", "on_warn", "on_action", "suspends", "reason",
-)  # fmt: skip
 KIND_ORDER = ("alert rate", "discrimination", "sensitivity", "calibration", "fairness",
               "data quality", "input drift")  # fmt: skip
 OUTCOME_KINDS = frozenset({"discrimination", "sensitivity", "calibration", "fairness"})
+#: How the thresholds read: crossed rising ``above`` or falling ``below`` them, a ``relative``
+#: change of the baseline, or an absolute ``change`` of it.
+DIRECTIONS: tuple[str, ...] = ("above", "below", "relative", "change")
+
+
+class MonitoringPlan(OutputSchema):
+    """The plan of :func:`monitoring_plan`: one row per watched item, sorted by kind.
+
+    ``baseline`` (and thresholds derived from it) is ``NaN`` where the audit could not estimate
+    it (e.g. the TPR gap of an attribute without two sufficient groups); the monthly range is
+    ``NaN`` when no admission month had enough cases.
+    """
+
+    item: Series[str]
+    kind: Series[str] = pa.Field(isin=list(KIND_ORDER))
+    scope: Series[str]
+    metric: Series[str]
+    baseline: Series[float] = pa.Field(nullable=True)
+    warn_threshold: Series[float] = pa.Field(nullable=True)
+    action_threshold: Series[float] = pa.Field(nullable=True)
+    direction: Series[str] = pa.Field(isin=list(DIRECTIONS))
+    window_stays: Series[int] = count_field()
+    window_months: Series[int] = pa.Field(ge=1)
+    audit_monthly_min: Series[float] = pa.Field(nullable=True)
+    audit_monthly_max: Series[float] = pa.Field(nullable=True)
+    cadence: Series[str]
+    on_warn: Series[str]
+    on_action: Series[str]
+    suspends: Series[bool]
+    reason: Series[str]
+
+    class Config:
+        ordered = True
+
+
+#: Column order of the plan (its schema's).
+PLAN_COLUMNS: tuple[str, ...] = schema_columns(MonitoringPlan)
 
 
 def _monthly(frame: pd.DataFrame, stat: Callable[[pd.DataFrame], float]) -> tuple[float, float]:
@@ -296,7 +339,7 @@ def monitoring_plan(
     calibration: pd.DataFrame,
     fairness: FairnessResult,
 ) -> pd.DataFrame:
-    """The monitoring plan (columns :data:`PLAN_COLUMNS`), sorted by kind.
+    """The monitoring plan (:class:`MonitoringPlan`, columns :data:`PLAN_COLUMNS`), sorted by kind.
 
     Parameters
     ----------
@@ -318,10 +361,16 @@ def monitoring_plan(
         values, except ``direction="relative"`` (relative change of the alert rate) and
         ``"change"`` (absolute change of a missing rate); ``window_stays`` is the smallest window
         whose sampling error keeps the action threshold two standard errors from the baseline.
+
+    Raises
+    ------
+    AuditInputError
+        If an audit table lacks a column read here (named, with its producer's schema).
     """
+    deployed = decision.uses_mitigation and mitigation.after is not None
+    _check_inputs(drift, mitigation, discrimination, calibration, fairness, deployed)
     m = policy.monitoring
     z = float(norm.ppf(0.5 + policy.analysis.ci_level / 2))
-    deployed = decision.uses_mitigation and mitigation.after is not None
     alert = mitigation.after if deployed else frame["score"].to_numpy(float) >= threshold
     base = _baselines(frame, alert, discrimination, calibration, z)
     gaps = _gap_baselines(policy, fairness, mitigation, deployed, z)
@@ -354,4 +403,24 @@ def monitoring_plan(
     plan = pd.DataFrame(items, columns=list(PLAN_COLUMNS))
     order = plan["kind"].map(KIND_ORDER.index)
     plan = plan.assign(_o=order).sort_values(["_o"], kind="stable").drop(columns="_o")
-    return plan.reset_index(drop=True)
+    return validate_table(plan.reset_index(drop=True), MonitoringPlan)
+
+
+def _check_inputs(
+    drift: pd.DataFrame, mitigation: MitigationOutcome, discrimination: pd.DataFrame,
+    calibration: pd.DataFrame, fairness: FairnessResult, deployed: bool,
+) -> None:  # fmt: skip
+    """The columns the plan reads, in their producers' schemas (a drift table without columns:
+    no card, no drift items)."""
+    if len(drift.columns):
+        require_columns("drift", drift, CardDrift)
+    key = ["attribute", "group"]
+    cols = [*key, "auroc", "auroc_se_delong"]
+    require_columns("discrimination", discrimination, DiscriminationByAttribute, cols)
+    cols = [*key, "ece_width", "ece_width_ci_low", "ece_width_ci_high"]
+    require_columns("calibration", calibration, CalibrationByAttribute, cols)
+    cols = ["attribute", "metric", "comparison", "difference", "ci_low", "ci_high"]
+    require_columns("fairness_gaps", fairness.gaps, FairnessGaps, cols)
+    if deployed:
+        cols = ["quantity", "attribute", "after"]
+        require_columns("mitigation_effects", mitigation.effects, MitigationEffects, cols)

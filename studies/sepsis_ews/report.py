@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from clinaudit.audit.schemas import require_columns
 from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting.kit import SIMULATED_BAND
 from clinaudit.reporting.package import AuditStamp
@@ -26,6 +27,7 @@ from clinaudit.reporting.pdf import render_template, report_environment
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
 
+from .ingest import HospitalSummary
 from .policy import SepsisPolicy
 from .report_appendix import SepsisProvenance, appendix
 from .report_plan import mitigation_section, monitoring_section
@@ -37,6 +39,7 @@ from .report_sections import (
 )
 from .report_view import SepsisReportView, summary_section
 from .result import SepsisAuditResult
+from .schema import StayQuarantine
 
 __all__ = [
     "TEMPLATE",
@@ -50,6 +53,9 @@ __all__ = [
 
 TITLE = "Sepsis early-warning score: subgroup audit, mitigation and monitoring plan"
 TEMPLATE = "sepsis_ews/report.html.j2"
+#: What the report reads of the hospitals kept by validation and of the quarantine records.
+_KEPT_COLUMNS = ["hospital", "n_batches", "n_stays"]
+_QUARANTINE_COLUMNS = ["site", "batch", "row", "check", "severity"]
 
 
 def model_facts(bundle: AuditBundle) -> dict[str, Any]:
@@ -82,9 +88,9 @@ def build_sepsis_view(
         The audit.
     kept : pandas.DataFrame, keyword-only
         Per hospital the batches and stays kept by validation (``hospital``, ``n_batches``,
-        ``n_stays``).
+        ``n_stays`` of :class:`~.ingest.HospitalSummary`).
     quarantine : pandas.DataFrame, keyword-only
-        Every quarantine record (data-quality table).
+        Every quarantine record (data-quality table, :class:`~.schema.StayQuarantine`).
     model : mapping, keyword-only
         Model card fields plus ``mode``, ``model_sha256``, ``package_sha256``.
     policy : SepsisPolicy, keyword-only
@@ -100,8 +106,11 @@ def build_sepsis_view(
     Raises
     ------
     AuditInputError
-        If the policy differs from the one the audit used.
+        If the policy differs from the one the audit used, or ``kept`` or ``quarantine`` lacks a
+        column read here.
     """
+    require_columns("kept", kept, HospitalSummary, _KEPT_COLUMNS)
+    require_columns("quarantine", quarantine, StayQuarantine, _QUARANTINE_COLUMNS)
     if result.summary.get("policy_sha256") != policy.sha256:
         raise AuditInputError(
             "policy",
@@ -164,7 +173,8 @@ def _attachments(
 def kept_stays(bundle: AuditBundle, result: SepsisAuditResult) -> pd.DataFrame:
     """Batches and stays per hospital kept by validation, less the stays the evidence stage
     left out as landed at several hospitals."""
-    kept = bundle.cohort.loc[:, ["hospital", "n_batches", "n_stays"]].copy()
+    require_columns("cohort", bundle.cohort, HospitalSummary, _KEPT_COLUMNS)
+    kept = bundle.cohort.loc[:, _KEPT_COLUMNS].copy()
     if len(result.excluded_stays):
         gone = result.excluded_stays.groupby("site").size()
         kept["n_stays"] -= kept["hospital"].map(gone).fillna(0).astype(int)

@@ -16,11 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pandera.pandas as pa
 
+from clinaudit.audit.burden import AlertBurdenTable
+from clinaudit.audit.fairness import FairnessGaps, FairnessRates
+from clinaudit.audit.fairness_mitigation import GroupThresholds, MitigationTable
 from clinaudit.audit.records import TableSet
+from clinaudit.audit.schemas import require_columns
 from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting.provenance import AuditBundle
 
+from .decisions_schema import (
+    CriteriaTable,
+    DisadvantagedGroups,
+    MitigationEffects,
+    disadvantaged_columns,
+)
+from .drift import CardDrift
 from .evaluate import (
     EVIDENCE_TABLES,
     AuditedStays,
@@ -28,17 +40,52 @@ from .evaluate import (
     audit_settings,
     evidence,
 )
+from .monitoring import MonitoringPlan
 from .policy import SepsisPolicy
+from .schema import StayQuarantine
 from .stages import MITIGATION_TABLES, decision_tables, mitigation_tables, monitoring_tables
 from .tables import scored_stays
+from .tables_schema import (
+    CalibrationByAttribute,
+    CohortTable,
+    CompositionTable,
+    DiscriminationByAttribute,
+    ReliabilityByAttribute,
+)
 
-__all__ = ["AUDIT_TABLES", "SepsisAuditResult", "run_sepsis_audit"]
+__all__ = ["AUDIT_TABLES", "TABLE_SCHEMAS", "SepsisAuditResult", "run_sepsis_audit"]
 
 #: The audit's tables (attached to the package as ``tables/<name>.csv``), sorted.
 AUDIT_TABLES: tuple[str, ...] = tuple(
     sorted((*EVIDENCE_TABLES, *MITIGATION_TABLES, "criteria", "monitoring"))
 )
 MITIGATION = "largest_gap"
+#: The producer's schema of every table of the result: the report reads their columns.
+TABLE_SCHEMAS: Mapping[str, type[pa.DataFrameModel]] = {
+    "burden": AlertBurdenTable,
+    "calibration": CalibrationByAttribute,
+    "cohort": CohortTable,
+    "composition": CompositionTable,
+    "criteria": CriteriaTable,
+    "disadvantaged": DisadvantagedGroups,
+    "discrimination": DiscriminationByAttribute,
+    "drift": CardDrift,
+    "excluded_stays": StayQuarantine,
+    "fairness_gaps": FairnessGaps,
+    "fairness_rates": FairnessRates,
+    "mitigation": MitigationTable,
+    "mitigation_effects": MitigationEffects,
+    "mitigation_thresholds": GroupThresholds,
+    "monitoring": MonitoringPlan,
+    "reliability": ReliabilityByAttribute,
+    "unmatched_scores": StayQuarantine,
+}
+#: Tables that have no column at all when their stage part did not run: ``drift`` without a
+#: card, the mitigation tables when the mitigation was not run, no records.
+MAY_BE_ABSENT: frozenset[str] = frozenset(
+    {"drift", *MITIGATION_TABLES, "excluded_stays", "unmatched_scores"}
+)
+assert set(AUDIT_TABLES) <= set(TABLE_SCHEMAS), "an audit table without its schema"
 
 
 @dataclass(frozen=True)
@@ -67,6 +114,9 @@ class SepsisAuditResult:
     settings : the evidence stage's settings (``AuditSettings.to_facts``).
     excluded_stays, unmatched_scores : records of stays left out of audited hospitals and of
         network-wide scores that belong to no validated stay (usually empty).
+
+    Every table has the columns of its producer's schema (:data:`TABLE_SCHEMAS`), checked when
+    the result is made.
     """
 
     cohort: pd.DataFrame
@@ -92,6 +142,23 @@ class SepsisAuditResult:
     settings: dict[str, Any] = field(default_factory=dict)
     excluded_stays: pd.DataFrame = field(default_factory=pd.DataFrame)
     unmatched_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __post_init__(self) -> None:
+        """Refuse a table without a column of its producer's schema (:data:`TABLE_SCHEMAS`;
+        a table of :data:`MAY_BE_ABSENT` may have no column at all).
+
+        Raises
+        ------
+        AuditInputError
+            Naming the table, the missing columns and the schema.
+        """
+        for name, schema in TABLE_SCHEMAS.items():
+            frame = getattr(self, name)
+            if name in MAY_BE_ABSENT and frame is not None and not len(frame.columns):
+                continue
+            by_status = name == "disadvantaged" and frame is not None
+            columns = disadvantaged_columns(frame) if by_status else None
+            require_columns(name, frame, schema, columns)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The audit tables by name (sorted), for the package."""

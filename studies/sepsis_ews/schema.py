@@ -33,6 +33,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from clinaudit.audit.schemas import schema_columns, validate_table
 from clinaudit.sources.landing import LandingError, validate_name
 from clinaudit.sources.sepsis_tables import (
     AGE_BAND_LOWER,
@@ -45,15 +46,34 @@ from clinaudit.sources.sepsis_tables import (
     STAY_COLUMNS,
     age_band,
 )
-from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
+from clinaudit.validation.errors import (
+    BatchStructureError,
+    QuarantineRecord,
+    QuarantineTable,
+    records_to_frame,
+)
 from clinaudit.validation.schemas import validate_frame
 
 _MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _NA_TEXT = {"", "na", "nan", "null", "none", "n/a"}
 _TRUE_TEXT = {"true", "1", "yes"}
 _FALSE_TEXT = {"false", "0", "no"}
+
+
+class StayQuarantine(QuarantineTable):
+    """The study's quarantine records: :class:`~clinaudit.validation.errors.QuarantineTable`
+    plus the offending ``value`` as text (``""`` when a record is not about one value).
+
+    The errors of :func:`validate_stays`, every ingest record
+    (:func:`~clinaudit.studies.sepsis_ews.ingest.quarantine_frame`), the stays left out as landed
+    at several hospitals and the scores of stays nobody landed.
+    """
+
+    value: Series[str]
+
+
 #: Columns of the errors table: the quarantine record columns plus the offending value.
-ERROR_COLUMNS: tuple[str, ...] = (*records_to_frame([]).columns, "value")
+ERROR_COLUMNS: tuple[str, ...] = schema_columns(StayQuarantine)
 
 
 def _feature(name: str) -> object:
@@ -388,7 +408,7 @@ def validate_stays(
         Rows without errors, columns ``STAY_COLUMNS`` (typed, validated by :class:`SepsisStays`;
         ``simulated`` is False when the input has no such column).
     errors : pandas.DataFrame
-        One row per problem, columns :data:`ERROR_COLUMNS` (quarantine record + ``value``);
+        One row per problem, :class:`StayQuarantine` (quarantine record + ``value``);
         ``severity == "error"`` rows removed their table row, warnings (ignored columns) did not.
 
     Raises
@@ -434,4 +454,5 @@ def validate_stays(
     errors = records_to_frame(records)
     errors["value"] = pd.Series(p.values + [""] * len(schema_records), dtype=object)
     errors = errors.sort_values("row", kind="stable", na_position="first")
-    return valid.reset_index(drop=True), errors.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True)
+    errors = errors.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True)
+    return valid.reset_index(drop=True), validate_table(errors, StayQuarantine)

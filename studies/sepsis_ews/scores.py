@@ -21,14 +21,38 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
+from clinaudit.audit.schemas import OutputSchema, probability_field, validate_table
 from clinaudit.models.scores_csv import IdRules, ScoresError, read_scores
 from clinaudit.validation.errors import QuarantineRecord, records_to_frame
 
-__all__ = ["SCORES_COLUMN", "SCORES_ID", "read_sepsis_scores", "unmatched_score_ids"]
+from .schema import StayQuarantine
+
+__all__ = [
+    "SCORES_COLUMN",
+    "SCORES_ID",
+    "StayScores",
+    "read_sepsis_scores",
+    "unmatched_score_ids",
+]
 
 SCORES_ID = "stay_id"
 SCORES_COLUMN = "score"
+
+
+class StayScores(OutputSchema):
+    """One hospital's predictions (the ``predictions`` stage, from the embedded model or the
+    vendor's CSV): one probability per validated stay and the identity of what scored it (the
+    model package's or the CSV's sha256)."""
+
+    stay_id: Series[str] = pa.Field(unique=True)
+    score: Series[float] = probability_field(nullable=False)
+    model_sha256: Series[str] = pa.Field(str_matches=r"^[0-9a-f]{64}$")
+
+    class Config:
+        ordered = True
 
 
 def _rules(shared: bool) -> IdRules:
@@ -121,8 +145,9 @@ def unmatched_score_ids(path: str | os.PathLike[str], known: Iterable[str]) -> p
     Returns
     -------
     pandas.DataFrame
-        One quarantine record per such row (check ``unknown_id``, its line, the id in
-        ``value``); empty when every row belongs to a validated stay.
+        One quarantine record per such row (:class:`~.schema.StayQuarantine`: check
+        ``unknown_id``, its line, the id in ``value``); empty when every row belongs to a
+        validated stay.
 
     Raises
     ------
@@ -152,4 +177,5 @@ def unmatched_score_ids(path: str | os.PathLike[str], known: Iterable[str]) -> p
         )
         for i in bad
     ]  # fmt: skip
-    return records_to_frame(records).assign(value=[str(ids.iloc[i]) for i in bad])
+    frame = records_to_frame(records).assign(value=[str(ids.iloc[i]) for i in bad])
+    return validate_table(frame, StayQuarantine)

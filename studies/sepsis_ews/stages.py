@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
 from clinaudit.audit.policy_base import Decision
 from clinaudit.audit.records import TableSet
+from clinaudit.audit.schemas import OutputSchema, require_columns, schema_columns, validate_table
 from clinaudit.audit.types import AuditInputError
 
 from .decisions import MitigationOutcome, Recommendation, decide, run_mitigations
@@ -28,6 +31,8 @@ from .tables import AuditSettings, exposure_days
 __all__ = [
     "DECISION_COLUMNS",
     "MITIGATION_TABLES",
+    "DecisionTable",
+    "StayAlerts",
     "decision_tables",
     "mitigation_outcome",
     "mitigation_tables",
@@ -37,8 +42,57 @@ __all__ = [
 
 #: Tables of the mitigation stage attached to the package (``alerts`` holds stay ids: it is not).
 MITIGATION_TABLES: tuple[str, ...] = ("mitigation", "mitigation_effects", "mitigation_thresholds")
-#: Columns of the one-row ``decision`` table (lists as JSON text, as the package's tables).
-DECISION_COLUMNS: tuple[str, ...] = ("recommendation", "reasons", "conditions", "caveats")
+
+
+def _json_lists(values: pd.Series) -> pd.Series:
+    def is_list_of_text(text: object) -> bool:
+        try:
+            value = json.loads(str(text))
+        except json.JSONDecodeError:
+            return False
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    return values.map(is_list_of_text)
+
+
+class DecisionTable(OutputSchema):
+    """The decisions stage's one-row ``decision`` table: the recommendation, and its reasons,
+    conditions and caveats as JSON lists of text (as the package's tables hold them)."""
+
+    recommendation: Series[str] = pa.Field(isin=[d.value for d in Decision])
+    reasons: Series[str]
+    conditions: Series[str]
+    caveats: Series[str]
+
+    @pa.check("reasons", "conditions", "caveats", name="json_list_of_text")
+    @classmethod
+    def _lists(cls, values: pd.Series) -> pd.Series:
+        return _json_lists(values)
+
+    @pa.dataframe_check(name="one_row")
+    @classmethod
+    def _one_row(cls, table: pd.DataFrame) -> bool:
+        return len(table) == 1
+
+    class Config:
+        ordered = True
+
+
+class StayAlerts(OutputSchema):
+    """The mitigation stage's ``alerts``: per audited stay, whether the vendor threshold
+    (``before``) and the out-of-fold mitigated rule (``after``) alert. No rows when the
+    mitigation was not run."""
+
+    stay_id: Series[str] = pa.Field(unique=True)
+    before: Series[bool]
+    after: Series[bool]
+
+    class Config:
+        ordered = True
+
+
+#: Columns of the one-row ``decision`` table (its schema's).
+DECISION_COLUMNS: tuple[str, ...] = schema_columns(DecisionTable)
 
 
 def _check_policy(tables: TableSet, policy: SepsisPolicy, stage: str) -> None:
@@ -63,9 +117,10 @@ def mitigation_tables(evidence: TableSet, frame: pd.DataFrame, policy: SepsisPol
     Returns
     -------
     TableSet
-        :data:`MITIGATION_TABLES` and ``alerts`` (per stay: vendor-threshold and out-of-fold
-        mitigated alert, for the monitoring plan's baselines); facts ``status``, ``reason``,
-        ``method``, ``attribute``, ``metric`` and the legal and ethical ``caveats``.
+        :data:`MITIGATION_TABLES` (see :class:`~.decisions.MitigationOutcome`) and ``alerts``
+        (:class:`StayAlerts`: per stay, vendor-threshold and out-of-fold mitigated alert, for the
+        monitoring plan's baselines); facts ``status``, ``reason``, ``method``, ``attribute``,
+        ``metric`` and the legal and ethical ``caveats``.
     """
     _check_policy(evidence, policy, "mitigation_largest_gap")
     check_same_stays(frame, evidence, "mitigation_largest_gap")
@@ -84,7 +139,7 @@ def mitigation_tables(evidence: TableSet, frame: pd.DataFrame, policy: SepsisPol
         "mitigation": outcome.table,
         "mitigation_effects": outcome.effects,
         "mitigation_thresholds": outcome.thresholds,
-        "alerts": alerts,
+        "alerts": validate_table(alerts, StayAlerts),
     }
     facts = {
         "status": outcome.status,
@@ -104,12 +159,13 @@ def mitigation_outcome(tables: TableSet, frame: pd.DataFrame | None = None) -> M
     Raises
     ------
     AuditInputError
-        If ``frame`` holds stays the mitigation did not decide.
+        If ``frame`` holds stays the mitigation did not decide, or the alerts lack a column.
     """
     f = tables.facts
     before = after = None
     alerts = tables["alerts"]
     if frame is not None and len(alerts):
+        require_columns("alerts", alerts, StayAlerts)
         by_id = alerts.set_index(alerts["stay_id"].astype(str))
         ids = frame["stay_id"].astype(str)
         if not ids.isin(by_id.index).all():
@@ -161,8 +217,9 @@ def _summary(
 
 
 def decision_tables(evidence: TableSet, mitigation: TableSet, policy: SepsisPolicy) -> TableSet:
-    """The recommendation under ``policy``: ``criteria`` (before and after the mitigation) and
-    the one-row ``decision``; facts ``recommendation``, ``reasons``, ``conditions``,
+    """The recommendation under ``policy``: ``criteria`` (before and after the mitigation,
+    :class:`~.decisions_schema.CriteriaTable`) and the one-row ``decision``
+    (:class:`DecisionTable`); facts ``recommendation``, ``reasons``, ``conditions``,
     ``caveats``, ``deployed_rule``, ``uses_mitigation`` and the audit's ``summary``."""
     for stage, tables in (("evidence", evidence), ("mitigation_largest_gap", mitigation)):
         _check_policy(tables, policy, stage)
@@ -186,7 +243,7 @@ def decision_tables(evidence: TableSet, mitigation: TableSet, policy: SepsisPoli
         "uses_mitigation": rec.uses_mitigation,
         "summary": _summary(evidence, outcome, rec, policy),
     }
-    decision = pd.DataFrame([row], columns=list(DECISION_COLUMNS))
+    decision = validate_table(pd.DataFrame([row], columns=list(DECISION_COLUMNS)), DecisionTable)
     return TableSet({"criteria": rec.criteria, "decision": decision}, facts)
 
 

@@ -2,7 +2,8 @@
 
 Every statistic comes from the shared core: discrimination (:mod:`clinaudit.audit.discrimination`)
 with DeLong intervals and the difference from the vendor card's held-out AUROC, calibration
-(:mod:`clinaudit.audit.calibration`), and the cohort and composition summaries. The stays table
+(:mod:`clinaudit.audit.calibration`), and the cohort and composition summaries; each table is
+validated against its schema (:mod:`.tables_schema`) before it is returned. The stays table
 has no patient identifier, so every bootstrap resamples stays; the alert burden's exposure of a
 stay is the time from ICU admission to the end of its prediction window
 (``max(window_end_hour, window_hours)`` hours, ``window_hours`` when the end is not recorded).
@@ -21,7 +22,19 @@ from scipy.stats import norm
 
 from clinaudit.audit.calibration import audit_calibration
 from clinaudit.audit.discrimination import audit_discrimination
+from clinaudit.audit.schemas import require_columns, schema_columns, validate_table
 from clinaudit.audit.types import AuditInputError
+
+from .schema import SepsisStays
+from .scores import StayScores
+from .tables_schema import (
+    VENDOR_ATTRIBUTE,
+    CalibrationByAttribute,
+    CohortTable,
+    CompositionTable,
+    DiscriminationByAttribute,
+    ReliabilityByAttribute,
+)
 
 __all__ = [
     "FEATURES",
@@ -43,7 +56,10 @@ FEATURES: tuple[str, ...] = (
     "heart_rate", "resp_rate", "temperature_c", "sbp", "map", "spo2", "wbc", "lactate",
     "creatinine", "bilirubin", "platelets", "gcs", "age", "comorbidity_index",
 )  # fmt: skip
+#: The stays columns :func:`scored_stays` and the evidence tables read.
 _STAY_COLUMNS = ("stay_id", "hospital", "admit_month", "window_hours", "window_end_hour", TARGET)
+#: Columns of the discrimination table (its schema's).
+DISCRIMINATION_COLUMNS: tuple[str, ...] = schema_columns(DiscriminationByAttribute)
 #: How the intervals resample, and what a stay's exposure is (printed in the report).
 BOOTSTRAP_UNIT = "stay (the stays table has no patient id)"
 EXPOSURE = "ICU admission to the end of the prediction window"
@@ -101,16 +117,12 @@ def scored_stays(stays: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame
         A column is missing, stay ids repeat or differ between the tables, a score is not a
         probability, or the predictions come from several models.
     """
-    for name, frame, cols in (
-        ("stays", stays, _STAY_COLUMNS),
-        ("predictions", predictions, ("stay_id", "score", "model_sha256")),
+    for name, frame, schema, cols in (
+        ("stays", stays, SepsisStays, _STAY_COLUMNS),
+        ("predictions", predictions, StayScores, None),
     ):
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise AuditInputError(
-                name, f"a table without {missing}", f"columns {list(cols)}",
-                f"pass the validated {name} table (docs/sepsis_formats.md)",
-            )  # fmt: skip
+        fix = f"pass the validated {name} table (schema {schema.__name__}, docs/sepsis_formats.md)"
+        require_columns(name, frame, schema, cols, fix=fix)
     if len(stays) == 0:
         raise AuditInputError("stays", "0 rows", "validated stays", "land and validate stays")
     ids, pred_ids = stays["stay_id"].astype(str), predictions["stay_id"].astype(str)
@@ -183,7 +195,7 @@ def _vendor_row(card: Mapping[str, Any] | None, ci_level: float) -> tuple[dict[s
     se = _hanley_mcneil(auc, n_pos, n - n_pos)
     z = norm.ppf(0.5 + ci_level / 2)
     row = {
-        "attribute": "vendor_card", "group": "vendor held-out", "status": "ok", "n": n,
+        "attribute": VENDOR_ATTRIBUTE, "group": "vendor held-out", "status": "ok", "n": n,
         "n_pos": n_pos, "n_neg": n - n_pos, "prevalence": n_pos / n, "auroc": auc,
         "auroc_se_delong": se, "auroc_delong_ci_low": auc - z * se,
         "auroc_delong_ci_high": min(auc + z * se, 1.0),
@@ -198,7 +210,8 @@ def discrimination_table(
 ) -> pd.DataFrame:
     """AUROC/AUPRC/sensitivity/specificity/PPV/NPV with CIs and DeLong intervals per group
     (``overall``, ``hospital`` and each attribute), the difference from the card's held-out
-    AUROC, and the card's row ``vendor_card`` when the card states its validation."""
+    AUROC, and the card's row ``vendor_card`` when the card states its validation
+    (:class:`.tables_schema.DiscriminationByAttribute`)."""
     threshold = opts.threshold
     y, s, ids = frame[TARGET].to_numpy(float), frame["score"].to_numpy(float), frame["stay_id"]
     parts = []
@@ -210,8 +223,8 @@ def discrimination_table(
         )  # fmt: skip
         parts.append(res.table.assign(attribute=attribute))
     table = pd.concat(parts, ignore_index=True)
-    table = table.drop(columns=[c for c in table.columns if c.startswith("delong_") or c in (
-        "auroc_diff_vs_reference", "is_reference", "target")])  # fmt: skip
+    # The core's columns the study keeps (not the target, not the reference-group comparison).
+    table = table.drop(columns=[c for c in table.columns if c not in DISCRIMINATION_COLUMNS])
     vendor, se_v = _vendor_row(card, opts.ci_level)
     z = norm.ppf(0.5 + opts.ci_level / 2)
     diff = table["auroc"] - vendor.get("auroc", np.nan)
@@ -222,13 +235,16 @@ def discrimination_table(
     if vendor:
         table = pd.concat([table, pd.DataFrame([vendor])], ignore_index=True)
     first = ["attribute", "group"]
-    return table[first + [c for c in table.columns if c not in first]]
+    table = table[first + [c for c in table.columns if c not in first]]
+    return validate_table(table, DiscriminationByAttribute)
 
 
 def calibration_tables(
     frame: pd.DataFrame, opts: AuditSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ECE/Brier/slope per group (``overall``, ``hospital``, each attribute) and the bins."""
+    """ECE/Brier/slope per group (``overall``, ``hospital``, each attribute) and the bins
+    (:class:`.tables_schema.CalibrationByAttribute`,
+    :class:`.tables_schema.ReliabilityByAttribute`)."""
     y, s, ids = frame[TARGET].to_numpy(float), frame["score"].to_numpy(float), frame["stay_id"]
     tables, bins = [], []
     for attribute, labels in _groupings(frame, opts.attributes):
@@ -239,13 +255,19 @@ def calibration_tables(
         )  # fmt: skip
         tables.append(res.table.assign(attribute=attribute))
         bins.append(res.reliability.assign(attribute=attribute))
+    # A grouping without a sufficient cell has no bins: its empty (untyped) table must not turn
+    # the integer columns of the others into objects.
+    bins = [b for b in bins if len(b)] or bins
     cal, rel = pd.concat(tables, ignore_index=True), pd.concat(bins, ignore_index=True)
     first = ["attribute", "group", "target"]
     cal = cal[first + [c for c in cal.columns if c not in first]]
-    return cal, rel[first + [c for c in rel.columns if c not in first]]
+    rel = rel[first + [c for c in rel.columns if c not in first]]
+    return validate_table(cal, CalibrationByAttribute), validate_table(rel, ReliabilityByAttribute)
 
 
 def cohort_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The audited stays per hospital and in the network (:class:`.tables_schema.CohortTable`)."""
+
     def row(name: str, part: pd.DataFrame) -> dict[str, Any]:
         months = part["admit_month"].astype(str)
         return {
@@ -258,12 +280,14 @@ def cohort_table(frame: pd.DataFrame) -> pd.DataFrame:
         }  # fmt: skip
 
     rows = [row(str(h), part) for h, part in frame.groupby("hospital", sort=True)]
-    return pd.DataFrame([*rows, row("network", frame)])
+    return validate_table(pd.DataFrame([*rows, row("network", frame)]), CohortTable)
 
 
 def composition_table(
     frame: pd.DataFrame, attributes: tuple[str, ...], card: Mapping[str, Any] | None
 ) -> pd.DataFrame:
+    """Each group's stays here and share in the card's training data
+    (:class:`.tables_schema.CompositionTable`)."""
     td = (card or {}).get("training_data") or {}
     shares, prevalence = td.get("groups") or {}, td.get("prevalence_by_group") or {}
     rows = []
@@ -275,4 +299,4 @@ def composition_table(
                 "card_share": float((shares.get(a) or {}).get(g, 0.0)) if shares else np.nan,
                 "card_prevalence": float((prevalence.get(a) or {}).get(g, np.nan)),
             })  # fmt: skip
-    return pd.DataFrame(rows)
+    return validate_table(pd.DataFrame(rows), CompositionTable)
