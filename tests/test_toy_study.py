@@ -390,3 +390,14 @@ def test_the_package_cites_the_batch_hashes_ingest_read(toy_run, tmp_path) -> No
     newest = sorted((home.reports / NAME).iterdir())[-1]
     inputs = json.loads((newest / "manifest.json").read_text())["inputs"]
     assert {k: v for k, v in inputs.items() if k.startswith(f"{NAME}/")} == ingested
+
+
+def test_audit_stages_are_versioned_by_the_content_of_their_tables(toy_run) -> None:
+    """A stage's data version is a hash of what it produced (tables, facts, files), so a
+    downstream stage re-runs exactly when the content changed, not when a summary text did."""
+    home, instance = toy_run["home"], toy_run["instance"]
+    for stage in ("evidence", "decisions", "monitoring"):
+        key = dg.AssetKey([NAME, stage])
+        event = instance.get_latest_materialization_event(key)
+        version = event.asset_materialization.tags["dagster/data_version"]
+        assert version == read_stored(home, f"{NAME}/{stage}").digest(), stage
