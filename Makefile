@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Cohort scale of the demo: tiny | demo (default, ~10 min on 2 cores) | full (seed scale, benchmarks).
+# Cohort scale of the demo: tiny | demo (default) | full (seed scale, benchmarks).
 SCALE ?= demo
+# Which study the demo runs: all (default) or one registered study (multisite_cxr, sepsis_ews).
+STUDY ?= all
 PORT ?= 3000
 export CLINAUDIT_HOME ?= $(CURDIR)/var/$(SCALE)
 export DAGSTER_HOME ?= $(CLINAUDIT_HOME)/dagster_home
@@ -34,17 +36,21 @@ system-deps:
 	  || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver fonts-dejavu-core fonts-dejavu-extra >/dev/null; }
 
 demo: $(STAMP)
-	$(BIN)/clinaudit demo --scale $(SCALE)
+	$(BIN)/clinaudit demo --scale $(SCALE) --study $(STUDY)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Tests never touch the demo's instance or run-time tree: they make temporary ones.
-TEST_ENV := env -u DAGSTER_HOME -u CLINAUDIT_HOME -u CLINAUDIT_PSEUDONYM_KEY -u CLINAUDIT_POLICY \
-  -u CLINAUDIT_MODEL_PACKAGE -u CLINAUDIT_VENDOR_SCORES
+# Tests never touch the demo's instance or run-time tree: they make temporary ones, and no
+# CLINAUDIT_* variable of the caller (a study's model, scores, threshold or policy) leaks in
+# (CLINAUDIT_DEMO_HOME, which points the slow tests at a finished demo, is kept).
+TEST_ENV = env -u DAGSTER_HOME -u CLINAUDIT_HOME \
+  $(foreach v,$(filter-out CLINAUDIT_DEMO_HOME,$(filter CLINAUDIT_%,$(.VARIABLES))),-u $(v))
 
-test: lint
+# `make test` does all set-up on a fresh machine: the system tools the report and UI tests need
+# (tests fail rather than skip under CI when one is missing), the venv, then lint and tests.
+test: system-deps lint
 	$(TEST_ENV) $(BIN)/dagster definitions validate -w workspace.yaml
 	$(TEST_ENV) $(BIN)/pytest -m "not slow"
 

@@ -1,2 +1,3 @@
-"""Dagster software-defined assets, one module per study. Asset bodies only wire: they read inputs,
-call the pure core packages and attach metadata."""
+"""Dagster wiring of the studies: the asset factory (one graph per registered study), its audit
+stages, run configuration, metadata and every resource. Asset bodies only wire: they read inputs,
+call one study function (pure, no Dagster) and attach metadata."""

@@ -29,6 +29,8 @@ import pandas as pd
 
 from .bootstrap import DEFAULT_CHUNK_SIZE, derive_rng, iter_count_chunks, percentile_ci
 from .bootstrap import segment_matrix as _segment_matrix
+from .burden_schema import AlertBurdenTable
+from .schemas import validate_table
 from .types import (
     STATUS_INSUFFICIENT,
     STATUS_OK,
@@ -41,6 +43,7 @@ from .types import (
 
 __all__ = [
     "BURDEN_METRICS",
+    "AlertBurdenTable",
     "BinaryData",
     "GroupCell",
     "alert_burden",
@@ -456,11 +459,11 @@ def alert_burden(
     Returns
     -------
     pandas.DataFrame
-        One row per cell (first ``attribute="overall"``, ``group="all"``) with ``n_stays``,
-        ``n_pos``, ``n_alerts``, ``exposure_days`` and, each with ``*_ci_low``/``*_ci_high``:
-        ``alert_rate`` (fraction of stays alerted), ``alerts_per_100_stay_days``,
-        ``missed_per_1000_stays``, ``ppv``, ``nne`` (alerts evaluated per true case found),
-        ``sensitivity``; then ``n_boot``, ``ci_level``.
+        :class:`AlertBurdenTable`: one row per cell (first ``attribute="overall"``,
+        ``group="all"``) with ``n_stays``, ``n_pos``, ``n_alerts``, ``exposure_days`` and, each
+        with ``*_ci_low``/``*_ci_high``: ``alert_rate`` (fraction of stays alerted),
+        ``alerts_per_100_stay_days``, ``missed_per_1000_stays``, ``ppv``, ``nne`` (alerts
+        evaluated per true case found), ``sensitivity``; then ``n_boot``, ``ci_level``.
 
     Raises
     ------
@@ -495,4 +498,4 @@ def alert_burden(
             row.update(with_ci(out, point[key][c], reps[key][c], ci_level))
         row.update(n_boot=n_boot, ci_level=ci_level)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return validate_table(pd.DataFrame(rows), AlertBurdenTable)

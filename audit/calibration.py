@@ -35,6 +35,8 @@ from .calibration_fit import (
     check_binary_probs,
     logistic_recalibration,
 )
+from .calibration_schema import BINNINGS, CalibrationTable, ReliabilityTable
+from .schemas import schema_columns, validate_table
 from .types import (
     STATUS_INSUFFICIENT,
     STATUS_OK,
@@ -50,7 +52,9 @@ __all__ = [
     "CLIP_EPS",
     "Binning",
     "CalibrationResult",
+    "CalibrationTable",
     "RecalibrationFit",
+    "ReliabilityTable",
     "assign_bins",
     "audit_calibration",
     "bin_edges",
@@ -61,7 +65,6 @@ __all__ = [
 ]
 
 Binning = Literal["width", "mass"]
-BINNINGS: tuple[str, ...] = ("width", "mass")
 CALIBRATION_BOOTSTRAP_METRICS: tuple[str, ...] = ("ece_width", "ece_mass", "brier")
 
 
@@ -167,9 +170,10 @@ class CalibrationResult:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per (group, target).
+        One row per (group, target); columns of :class:`CalibrationTable`.
     reliability : pandas.DataFrame
-        One row per (group, target, binning, bin) for cells with status ``"ok"``.
+        One row per (group, target, binning, bin) for cells with status ``"ok"``; columns of
+        :class:`ReliabilityTable`.
     replicates : dict
         ``replicates[(group, target)][metric]``, metric in ``CALIBRATION_BOOTSTRAP_METRICS``.
     n_boot : int
@@ -185,48 +189,9 @@ class CalibrationResult:
     seed: int
 
 
-_COLUMNS: tuple[str, ...] = (
-    "group",
-    "target",
-    "status",
-    "n",
-    "n_pos",
-    "n_neg",
-    "n_clusters",
-    "prevalence",
-    "mean_predicted",
-    "n_bins",
-    "ece_width",
-    "ece_width_ci_low",
-    "ece_width_ci_high",
-    "ece_mass",
-    "ece_mass_ci_low",
-    "ece_mass_ci_high",
-    "mce_width",
-    "mce_mass",
-    "brier",
-    "brier_ci_low",
-    "brier_ci_high",
-    "cal_intercept",
-    "cal_slope",
-    "citl_intercept",
-    "recal_converged",
-    "n_boot",
-    "ci_level",
-)
-_RELIABILITY_COLUMNS: tuple[str, ...] = (
-    "group",
-    "target",
-    "binning",
-    "bin",
-    "lower",
-    "upper",
-    "count",
-    "mean_predicted",
-    "observed_rate",
-    "observed_ci_low",
-    "observed_ci_high",
-)
+#: Column order of the tables (their schemas').
+_COLUMNS: tuple[str, ...] = schema_columns(CalibrationTable)
+_RELIABILITY_COLUMNS: tuple[str, ...] = schema_columns(ReliabilityTable)
 
 
 def _calibration_from_sums(sums: np.ndarray, k_w: int, k_m: int) -> dict[str, np.ndarray]:
@@ -403,8 +368,8 @@ def audit_calibration(
     table = table.astype({"n": "int64", "n_pos": "int64", "n_neg": "int64", "n_clusters": "int64"})
     reliability = pd.DataFrame(rel_rows, columns=list(_RELIABILITY_COLUMNS))
     return CalibrationResult(
-        table=table,
-        reliability=reliability,
+        table=validate_table(table, CalibrationTable),
+        reliability=validate_table(reliability, ReliabilityTable),
         replicates=replicates,
         n_boot=n_boot,
         ci_level=ci_level,

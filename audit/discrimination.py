@@ -41,7 +41,9 @@ from .bootstrap import (
     segment_matrix,
 )
 from .delong import DeLongResult, delong_auroc, delong_unpaired_test
+from .discrimination_schema import DiscriminationTable
 from .multiplicity import P_ADJUST_METHODS, PAdjust, adjust_pvalues
+from .schemas import schema_columns, validate_table
 from .serialize import metrics_to_json
 from .types import (
     STATUS_INSUFFICIENT,
@@ -58,6 +60,7 @@ from .types import (
 __all__ = [
     "BOOTSTRAP_METRICS",
     "DiscriminationResult",
+    "DiscriminationTable",
     "audit_discrimination",
     "discrimination_table",
     "metrics_to_json",
@@ -243,48 +246,8 @@ class DiscriminationResult:
     seed: int
 
 
-_COLUMNS: tuple[str, ...] = (
-    "group",
-    "target",
-    "is_reference",
-    "status",
-    "n",
-    "n_pos",
-    "n_neg",
-    "n_clusters",
-    "prevalence",
-    "threshold",
-    "auroc",
-    "auroc_ci_low",
-    "auroc_ci_high",
-    "auroc_se_delong",
-    "auroc_delong_ci_low",
-    "auroc_delong_ci_high",
-    "auprc",
-    "auprc_ci_low",
-    "auprc_ci_high",
-    "sensitivity",
-    "sensitivity_ci_low",
-    "sensitivity_ci_high",
-    "specificity",
-    "specificity_ci_low",
-    "specificity_ci_high",
-    "ppv",
-    "ppv_ci_low",
-    "ppv_ci_high",
-    "npv",
-    "npv_ci_low",
-    "npv_ci_high",
-    "auroc_diff_vs_reference",
-    "delong_diff_ci_low",
-    "delong_diff_ci_high",
-    "delong_z",
-    "delong_p",
-    "delong_p_adj",
-    "n_boot",
-    "n_boot_valid",
-    "ci_level",
-)
+#: Column order of the table (the schema's).
+_COLUMNS: tuple[str, ...] = schema_columns(DiscriminationTable)
 
 
 def audit_discrimination(
@@ -341,9 +304,10 @@ def audit_discrimination(
     -------
     DiscriminationResult
         ``table`` has one row per (group, target), sorted by group label then target order, with
-        the columns in ``_COLUMNS``: counts, prevalence, threshold, each metric with
-        ``*_ci_low``/``*_ci_high`` (percentile bootstrap), the DeLong SE/interval and the
-        comparison with the reference (``auroc_diff_vs_reference`` = cell - reference).
+        the columns of :class:`DiscriminationTable` (checked before it is returned): counts,
+        prevalence, threshold, each metric with ``*_ci_low``/``*_ci_high`` (percentile
+        bootstrap), the DeLong SE/interval and the comparison with the reference
+        (``auroc_diff_vs_reference`` = cell - reference).
 
     Raises
     ------
@@ -439,7 +403,7 @@ def audit_discrimination(
     table["delong_p_adj"] = adjust_pvalues(table["delong_p"].to_numpy(float), method=p_adjust)
     table = table.astype({"n": "int64", "n_pos": "int64", "n_neg": "int64", "n_clusters": "int64"})
     return DiscriminationResult(
-        table=table.reset_index(drop=True),
+        table=validate_table(table.reset_index(drop=True), DiscriminationTable),
         replicates=replicates,
         reference_group=ref,
         n_boot=n_boot,

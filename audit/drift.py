@@ -37,8 +37,10 @@ import pandas as pd
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
 from .bootstrap import derive_rng
+from .drift_schema import DriftTable
 from .mmd import MMDResult, gaussian_kernel_median, mmd_permutation_test, permutation_indicators
 from .multiplicity import P_ADJUST_METHODS, PAdjust, adjust_pvalues
+from .schemas import schema_columns, validate_table
 from .types import (
     ALL_GROUP,
     STATUS_INSUFFICIENT,
@@ -52,6 +54,7 @@ from .types import (
 __all__ = [
     "MISSING_CATEGORY",
     "DriftConfig",
+    "DriftTable",
     "MMDResult",
     "drift_table",
     "gaussian_kernel_median",
@@ -174,29 +177,8 @@ def population_stability_index(
     return _psi_from_props(e, a, epsilon)
 
 
-_COLUMNS: tuple[str, ...] = (
-    "group",
-    "feature",
-    "kind",
-    "test",
-    "status",
-    "n",
-    "n_reference",
-    "n_missing",
-    "psi",
-    "psi_level",
-    "statistic",
-    "p_value",
-    "p_adj",
-    "significant",
-    "wasserstein_norm",
-    "smd",
-    "cramers_v",
-    "mean",
-    "reference_mean",
-    "mmd_bandwidth",
-    "drifted",
-)
+#: Column order of the table (the schema's).
+_COLUMNS: tuple[str, ...] = schema_columns(DriftTable)
 
 
 def _feature_row(
@@ -295,10 +277,10 @@ def drift_table(
     Returns
     -------
     pandas.DataFrame
-        Columns ``_COLUMNS``; ``kind`` is ``"numeric"``, ``"categorical"`` or ``"multivariate"``
-        (feature ``"__mmd__"``). ``drifted`` is true when the PSI level is not ``"none"`` or the
-        adjusted p-value is below ``alpha``. Sorted by group, then features in the given order,
-        the MMD row last.
+        Columns of :class:`DriftTable` (checked before it is returned); ``kind`` is
+        ``"numeric"``, ``"categorical"`` or ``"multivariate"`` (feature ``"__mmd__"``).
+        ``drifted`` is true when the PSI level is not ``"none"`` or the adjusted p-value is below
+        ``alpha``. Sorted by group, then features in the given order, the MMD row last.
 
     Examples
     --------
@@ -408,7 +390,8 @@ def drift_table(
     table["significant"] = table["p_adj"] < config.alpha
     table["psi_level"] = [_psi_level(v, config) for v in table["psi"].to_numpy(float)]
     table["drifted"] = table["significant"] | table["psi_level"].isin(["moderate", "major"])
-    return table.astype({"n": "int64", "n_reference": "int64", "n_missing": "int64"})
+    table = table.astype({"n": "int64", "n_reference": "int64", "n_missing": "int64"})
+    return validate_table(table, DriftTable)
 
 
 def _mmd_row(

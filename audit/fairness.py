@@ -40,6 +40,8 @@ from .burden import (
     validate_binary,
 )
 from .discrimination import weighted_binary_metrics
+from .fairness_schema import GAP_METRICS, FairnessGaps, FairnessRates
+from .schemas import validate_table
 from .types import (
     STATUS_INSUFFICIENT,
     STATUS_OK,
@@ -51,11 +53,12 @@ from .types import (
 __all__ = [
     "GAP_METRICS",
     "RATE_METRICS",
+    "FairnessGaps",
+    "FairnessRates",
     "FairnessResult",
     "group_rates",
 ]
 
-GAP_METRICS: tuple[str, ...] = ("tpr", "fpr", "ppv", "selection_rate")
 RATE_METRICS: tuple[str, ...] = (
     "prevalence",
     "tpr",
@@ -104,13 +107,14 @@ class FairnessResult:
     Attributes
     ----------
     rates : pandas.DataFrame
-        One row per (attribute, group); the first row is the whole cohort
+        :class:`FairnessRates`: one row per (attribute, group); the first row is the whole cohort
         (``attribute="overall"``, ``group="all"``). Columns: ``attribute``, ``group``,
         ``is_intersection``, ``is_reference``, ``status``, ``n``, ``n_pos``, ``n_neg``,
         ``n_clusters``, ``threshold``, then for each of ``RATE_METRICS`` the value and
         ``*_ci_low``/``*_ci_high``, then ``n_boot``, ``n_boot_valid``, ``ci_level``.
     gaps : pandas.DataFrame
-        One row per (attribute, metric, comparison), metrics ``GAP_METRICS``.
+        :class:`FairnessGaps`: one row per (attribute, metric, comparison), metrics
+        ``GAP_METRICS``.
         ``comparison="max_min"``: ``difference`` = highest minus lowest group (``group`` =
         highest, ``versus`` = lowest; equals fairlearn's ``MetricFrame.difference()``);
         ``comparison="vs_reference"``: ``difference`` = ``group`` minus the reference group
@@ -435,8 +439,10 @@ def group_rates(
         for c in np.flatnonzero(ok)
     }
     return FairnessResult(
-        rates=_rates_table(cells, data, point, reps, ok, ref, n_boot, ci_level),
-        gaps=_gaps_table(cells, point, reps, ok, ref, ci_level),
+        rates=validate_table(
+            _rates_table(cells, data, point, reps, ok, ref, n_boot, ci_level), FairnessRates
+        ),
+        gaps=validate_table(_gaps_table(cells, point, reps, ok, ref, ci_level), FairnessGaps),
         reference=ref,
         threshold=data.threshold,
         n_boot=n_boot,

@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
 from .bootstrap import DEFAULT_CHUNK_SIZE, derive_rng
 from .burden import (
@@ -50,19 +52,31 @@ from .burden import (
 )
 from .fairness import group_rates
 from .group_rules import fit_group_rule
+from .schemas import (
+    OutputSchema,
+    count_field,
+    probability_field,
+    schema_columns,
+    status_field,
+    validate_table,
+)
 from .types import AuditInputError, check_ci_level, check_option, check_positive_int
 
-__all__ = ["CAVEATS", "METHODS", "MitigationResult", "cluster_folds", "mitigate_largest_gap"]
+__all__ = [
+    "CAVEATS",
+    "METHODS",
+    "GroupThresholds",
+    "MitigationResult",
+    "MitigationTable",
+    "cluster_folds",
+    "mitigate_largest_gap",
+]
 
 Method = Literal["threshold_optimizer", "group_thresholds", "group_recalibration"]
 METHODS: tuple[str, ...] = ("threshold_optimizer", "group_thresholds", "group_recalibration")
 CONSTRAINTS = ("equalized_odds", "true_positive_rate_parity", "false_positive_rate_parity")
 OBJECTIVES: tuple[str, ...] = ("balanced_accuracy_score", "accuracy_score")
 TARGET_METRICS: tuple[str, ...] = ("tpr", "fpr")
-THRESHOLD_COLUMNS = tuple(
-    "fold attribute method group fallback operator threshold threshold_alt p_threshold "
-    "threshold_recalibrated intercept slope n_fit n_pos_fit".split()
-)
 PARITY = {"tpr": "true_positive_rate_parity", "fpr": "false_positive_rate_parity"}
 
 CAVEATS: tuple[str, ...] = (
@@ -96,9 +110,10 @@ class MitigationResult:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per quantity: ``quantity``, ``attribute``, ``group``, ``status``, ``before``,
-        ``after`` and ``change`` (after - before), each with ``*_ci_low``/``*_ci_high``;
-        ``change_ci_excludes_zero``, ``method``, ``n_boot``, ``ci_level``.
+        :class:`MitigationTable`, one row per quantity: ``quantity``, ``attribute``, ``group``,
+        ``status``, ``before``, ``after`` and ``change`` (after - before), each with
+        ``*_ci_low``/``*_ci_high``; ``change_ci_excludes_zero``, ``method``, ``n_boot``,
+        ``ci_level``.
     fold_assignments : pandas.DataFrame
         ``row``, ``cluster`` (code), ``fold`` of every row.
     fold_rows : dict of int to (ndarray, ndarray)
@@ -109,8 +124,9 @@ class MitigationResult:
     caveats : tuple of str
         Legal and ethical caveats of using the attribute at run time.
     thresholds_by_group : pandas.DataFrame
-        Per fold and group: ``fold`` (``-1`` = fitted on all rows, the deployment candidate),
-        ``group``, ``fallback``, ``operator``, ``threshold``, ``threshold_alt``,
+        :class:`GroupThresholds`, per fold and group: ``fold`` (``-1`` = fitted on all rows,
+        the deployment candidate), ``group``, ``fallback``, ``operator``, ``threshold``,
+        ``threshold_alt``,
         ``p_threshold`` (probability of applying ``threshold`` rather than ``threshold_alt``),
         ``intercept``, ``slope`` (recalibration), ``n_fit``, ``n_pos_fit``.
     decisions_before, decisions_after : ndarray of bool
@@ -256,6 +272,69 @@ OVERALL_QUANTITIES = {
     "missed_per_1000_stays": "missed_per_1000",
     "alerts_per_100_stay_days": "alerts_per_100_days",
 }
+QUANTITIES: tuple[str, ...] = (
+    *(f"{m}{suffix}" for m in TARGET_METRICS for suffix in ("_gap", "_gap_pair")),
+    *TARGET_METRICS,
+    *OVERALL_QUANTITIES,
+)
+
+
+class MitigationTable(OutputSchema):
+    """:attr:`MitigationResult.table`: one row per quantity, before / after / change with CIs.
+
+    The quantities have their own units (rates, NNE, per 1,000 stays, per 100 stay-days), so
+    the numbers are not range-checked; a group too small to fit is ``"insufficient data"``.
+    """
+
+    quantity: Series[str] = pa.Field(isin=list(QUANTITIES))
+    attribute: Series[str]
+    group: Series[str]
+    status: Series[str] = status_field()
+    before: Series[float] = pa.Field(nullable=True)
+    before_ci_low: Series[float] = pa.Field(nullable=True)
+    before_ci_high: Series[float] = pa.Field(nullable=True)
+    after: Series[float] = pa.Field(nullable=True)
+    after_ci_low: Series[float] = pa.Field(nullable=True)
+    after_ci_high: Series[float] = pa.Field(nullable=True)
+    change: Series[float] = pa.Field(nullable=True)
+    change_ci_low: Series[float] = pa.Field(nullable=True)
+    change_ci_high: Series[float] = pa.Field(nullable=True)
+    change_ci_excludes_zero: Series[bool]
+    method: Series[str] = pa.Field(isin=list(METHODS))
+    n_boot: Series[int] = count_field()
+    ci_level: Series[float] = pa.Field(gt=0.0, lt=1.0)
+
+    class Config:
+        ordered = True
+
+
+class GroupThresholds(OutputSchema):
+    """:attr:`MitigationResult.thresholds_by_group`: the fitted rule of each fold and group.
+
+    Thresholds are raw-score cuts (fairlearn's may be infinite: "always" / "never"); the columns
+    a method does not use are ``NaN``.
+    """
+
+    fold: Series[int] = pa.Field(ge=-1)
+    attribute: Series[str]
+    method: Series[str] = pa.Field(isin=list(METHODS))
+    group: Series[str]
+    fallback: Series[bool]
+    operator: Series[str]
+    threshold: Series[float] = pa.Field(nullable=True)
+    threshold_alt: Series[float] = pa.Field(nullable=True)
+    p_threshold: Series[float] = probability_field()
+    threshold_recalibrated: Series[float] = pa.Field(nullable=True)
+    intercept: Series[float] = pa.Field(nullable=True)
+    slope: Series[float] = pa.Field(nullable=True)
+    n_fit: Series[int] = count_field()
+    n_pos_fit: Series[int] = count_field()
+
+    class Config:
+        ordered = True
+
+
+THRESHOLD_COLUMNS: tuple[str, ...] = schema_columns(GroupThresholds)
 
 
 def _evaluate(plan: _Plan, decisions: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -393,8 +472,9 @@ def mitigate_largest_gap(
     before = data.score >= data.threshold
     table = _evaluate(plan, {"before": before, "after": after})
     table["method"], table["n_boot"], table["ci_level"] = method, opts["n_boot"], ci_level
+    thresholds = pd.DataFrame(thr_rows).assign(method=method)[list(THRESHOLD_COLUMNS)]
     return MitigationResult(
-        table=table,
+        table=validate_table(table, MitigationTable),
         fold_assignments=pd.DataFrame(
             {"row": np.arange(data.y.size), "cluster": data.clusters, "fold": folds}
         ),
@@ -403,7 +483,7 @@ def mitigate_largest_gap(
         metric=metric,
         method=method,
         caveats=CAVEATS,
-        thresholds_by_group=pd.DataFrame(thr_rows).assign(method=method)[list(THRESHOLD_COLUMNS)],
+        thresholds_by_group=validate_table(thresholds, GroupThresholds),
         decisions_before=before,
         decisions_after=after,
         fallback_groups=tuple(grp for grp in all_groups if grp not in fitted),

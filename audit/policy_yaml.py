@@ -1,6 +1,6 @@
 """Strict YAML parsing for policy files: a small schema language and one parse entry point.
 
-Every study's policy (``audit/policies/<study>.yaml``) is parsed the same way: the schema is a
+Every study's policy (``studies/<study>/policy.yaml``) is parsed the same way: the schema is a
 mapping of key -> :class:`Field` built with :func:`leaf` and :func:`section`;
 :func:`parse_policy_bytes` decodes, loads and validates the file, collecting every problem (unknown
 key, missing required value, wrong type, value out of range, broken relation between keys) and

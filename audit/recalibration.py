@@ -47,8 +47,10 @@ from .recalibration_maps import (
     select_map,
     sensitivity_threshold,
 )
-from .site_audit import SCORE_PREFIX
+from .recalibration_schema import RecalibrationContract, RecalibrationTable
+from .schemas import validate_table
 from .types import (
+    SCORE_PREFIX,
     STATUS_INSUFFICIENT,
     STATUS_OK,
     AuditInputError,
@@ -60,7 +62,9 @@ from .types import (
 __all__ = [
     "RECALIBRATION_METRICS",
     "RecalibrationConfig",
+    "RecalibrationContract",
     "RecalibrationResult",
+    "RecalibrationTable",
     "apply_site_maps",
     "recalibrate_sites",
 ]
@@ -160,10 +164,11 @@ class RecalibrationResult:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per (group, target), sorted; columns of contract A plus ``note``, ``fold_methods``,
-        ``n_neg``, ``n_clusters``, ``*_change``, ``auroc_before`` and ``auroc_deployed`` (AUROC of
-        the deployment map's probabilities on all rows: equal to ``auroc_before`` for temperature
-        and Platt up to ties from clipping; isotonic plateaus tie rows, which changes it).
+        One row per (group, target), sorted; columns of :class:`RecalibrationTable` (contract A,
+        :class:`RecalibrationContract`, plus ``note``, ``fold_methods``, ``n_neg``, ``n_clusters``,
+        ``*_change``, ``auroc_before`` and ``auroc_deployed``: AUROC of the deployment map's
+        probabilities on all rows, equal to ``auroc_before`` for temperature and Platt up to ties
+        from clipping; isotonic plateaus tie rows, which changes it).
     maps : dict
         ``{"version": 1, "maps": {group: {target: {"method", "params", "n_fit",
         "site_threshold_raw"}}}}`` fitted on all rows of each "ok" cell (JSON-serialisable).
@@ -373,8 +378,9 @@ def recalibrate_sites(
     Parameters
     ----------
     frame : DataFrame
-        :func:`~clinaudit.audit.site_audit.scored_frame` output: ``group``, ``cluster``, one label
-        column per target (``NaN`` = unlabelled) and ``score_<target>`` probabilities; unique index.
+        :func:`~clinaudit.audit.reference_audit.scored_frame` output: ``group``, ``cluster``, one
+        label column per target (``NaN`` = unlabelled) and ``score_<target>`` probabilities;
+        unique index.
     targets : sequence of str
         Targets to recalibrate.
     thresholds : mapping or float, keyword-only
@@ -451,7 +457,7 @@ def recalibrate_sites(
     table = table.sort_values(["group", "target"], kind="stable").reset_index(drop=True)
     folds = pd.concat(fold_parts, ignore_index=True) if fold_parts else _empty_folds()
     return RecalibrationResult(
-        table=table,
+        table=validate_table(table, RecalibrationTable),
         maps={"version": MAPS_VERSION, "maps": maps},
         folds=folds,
         fit_rows=fit_rows,

@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .site_audit import SCORE_PREFIX
-from .types import AuditInputError
+from .types import SCORE_PREFIX, AuditInputError
 
 __all__ = ["check_frame", "check_groups", "check_sensitivity", "check_targets"]
 
@@ -35,7 +34,7 @@ def check_groups(frame: pd.DataFrame, groups: Sequence[str] | None) -> list[str]
             "frame",
             f"{type(frame).__name__} without a 'group' column",
             "the scored_frame DataFrame (group, cluster, <target>, score_<target>)",
-            "build it with clinaudit.audit.site_audit.scored_frame",
+            "build it with clinaudit.audit.reference_audit.scored_frame",
         )
     present = sorted(set(frame["group"].astype(str)))
     if groups is None:

@@ -35,8 +35,7 @@ from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 
 from .calibration_fit import logit
-from .site_audit import SCORE_PREFIX
-from .types import AuditInputError
+from .types import SCORE_PREFIX, AuditInputError
 
 Method = Literal["temperature", "platt", "isotonic"]
 #: Known methods, simplest first (the order breaks ties in selection).

@@ -26,6 +26,8 @@ import pandas as pd
 STATUS_OK = "ok"
 STATUS_INSUFFICIENT = "insufficient data"
 ALL_GROUP = "all"
+#: Prefix of the score column of a target in a scored frame (``score_<target>``).
+SCORE_PREFIX = "score_"
 
 
 class AuditInputError(ValueError):

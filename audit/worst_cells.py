@@ -25,10 +25,19 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
 from .bootstrap import percentile_ci
 from .calibration import BINNINGS, Binning, CalibrationResult
 from .discrimination import DiscriminationResult
+from .schemas import (
+    OutputSchema,
+    difference_field,
+    probability_field,
+    schema_columns,
+    validate_table,
+)
 from .types import STATUS_OK, AuditInputError, check_option, check_positive_int
 
 DropCI = Literal["bootstrap", "delong"]
@@ -72,31 +81,50 @@ class WorstCellsConfig:
                 raise AuditInputError(name, repr(value), "a float in [0, 1)", f"e.g. {name}=0.0")
 
 
-_COLUMNS: tuple[str, ...] = (
-    "rank",
-    "group",
-    "target",
-    "n_criteria",
-    "criteria",
-    "harm_score",
-    "auroc",
-    "auroc_reference",
-    "auroc_drop",
-    "auroc_drop_ci_low",
-    "auroc_drop_ci_high",
-    "auroc_drop_fired",
-    "delong_p_adj",
-    "sensitivity",
-    "sensitivity_reference",
-    "sensitivity_drop",
-    "sensitivity_drop_ci_low",
-    "sensitivity_drop_ci_high",
-    "sensitivity_drop_fired",
-    "ece",
-    "ece_ci_low",
-    "ece_ci_high",
-    "calibration_fired",
-)
+#: The criteria of the module docstring, in the order they are listed in ``criteria``.
+WORST_CRITERIA: tuple[str, ...] = ("auroc_drop", "sensitivity_drop", "calibration")
+_CRITERION = "|".join(WORST_CRITERIA)
+
+
+class WorstCellsTable(OutputSchema):
+    """The worst cells, ranked: the evidence of each criterion and whether it fired.
+
+    Only cells with status ``"ok"`` are ranked (their AUROC and sensitivity are defined); the
+    reference-comparison columns are ``NaN`` when the reference cell is missing or insufficient,
+    the calibration columns when no calibration result was given or its cell is insufficient.
+    The column order of the schema is the order of the table.
+    """
+
+    rank: Series[int] = pa.Field(ge=1)
+    group: Series[str]
+    target: Series[str]
+    n_criteria: Series[int] = pa.Field(ge=0, le=len(WORST_CRITERIA))
+    criteria: Series[str] = pa.Field(str_matches=rf"^$|^({_CRITERION})(;({_CRITERION}))*$")
+    harm_score: Series[float] = pa.Field(ge=0.0)
+    auroc: Series[float] = probability_field(nullable=False)
+    auroc_reference: Series[float] = probability_field()
+    auroc_drop: Series[float] = difference_field()
+    # The DeLong interval of the drop (drop_ci="delong") is not clipped to [-1, 1].
+    auroc_drop_ci_low: Series[float] = pa.Field(nullable=True)
+    auroc_drop_ci_high: Series[float] = pa.Field(nullable=True)
+    auroc_drop_fired: Series[bool]
+    delong_p_adj: Series[float] = probability_field()
+    sensitivity: Series[float] = probability_field(nullable=False)
+    sensitivity_reference: Series[float] = probability_field()
+    sensitivity_drop: Series[float] = difference_field()
+    sensitivity_drop_ci_low: Series[float] = difference_field()
+    sensitivity_drop_ci_high: Series[float] = difference_field()
+    sensitivity_drop_fired: Series[bool]
+    ece: Series[float] = probability_field()
+    ece_ci_low: Series[float] = probability_field()
+    ece_ci_high: Series[float] = probability_field()
+    calibration_fired: Series[bool]
+
+    class Config:
+        ordered = True
+
+
+_COLUMNS: tuple[str, ...] = schema_columns(WorstCellsTable)
 
 
 def worst_cells(
@@ -121,8 +149,8 @@ def worst_cells(
     Returns
     -------
     pandas.DataFrame
-        Columns ``_COLUMNS``, at most ``top_k`` rows, ``rank`` from 1; ``criteria`` lists the fired
-        criteria separated by ``";"``.
+        Columns of :class:`WorstCellsTable` (checked before it is returned), at most ``top_k``
+        rows, ``rank`` from 1; ``criteria`` lists the fired criteria separated by ``";"``.
 
     Raises
     ------
@@ -227,4 +255,4 @@ def worst_cells(
     for i, rec in enumerate(out, start=1):
         rec["rank"] = i
     result = pd.DataFrame(out, columns=list(_COLUMNS))
-    return result.astype({"rank": "int64", "n_criteria": "int64"})
+    return validate_table(result.astype({"rank": "int64", "n_criteria": "int64"}), WorstCellsTable)

@@ -7,8 +7,10 @@ Usage::
 Prints, from one run:
 
 * simulator throughput (images/s, DICOM writing and hashing included);
-* ingest throughput of ``ingest_site`` (manifest check, one read per image: sha256 + decode +
-  checks + quality features, label validation, pseudonymisation) with ``--workers`` processes;
+* ingest throughput of the pipeline's per-site ingest (``validation.ingest_loop.ingest_partition``
+  with the multisite_cxr study's ``ingest_batch``: manifest check, one read per image: sha256 +
+  decode + checks + quality features, label validation, pseudonymisation) with ``--workers``
+  processes;
 * the baseline: a straightforward serial loop on the first 300 images of one site that reads each
   file twice (``sha256_file`` then ``pydicom.dcmread``) and computes the same quality features,
   and the ratio of the two throughputs;
@@ -27,9 +29,9 @@ from clinaudit.sources.cxr_simulator import simulate_site_batch
 from clinaudit.sources.cxr_sites import REFERENCE_SITE, SCALES
 from clinaudit.sources.images import decode_image
 from clinaudit.sources.landing import sha256_file
-from clinaudit.validation.ingest import IngestConfig
+from clinaudit.studies import get_study
+from clinaudit.validation.ingest_loop import ingest_partition
 from clinaudit.validation.quality import quality_features
-from clinaudit.validation.site_ingest import ingest_site
 
 TARGET_S = 300.0
 KEY = b"bench-pseudonym-key-0123456789"
@@ -66,9 +68,16 @@ def run(root: Path, scale_name: str, workers: int, with_vendor: bool) -> int:
 
     t0 = time.perf_counter()
     ingested = 0
+    study = get_study("multisite_cxr")
+    options = study.ingest_options(workers=workers)
     for site in sites:
-        res = ingest_site(
-            root / "landing", site, pseudonym_key=KEY, config=IngestConfig(workers=workers)
+        res = ingest_partition(
+            root / "landing",
+            study.landing_dir,
+            site,
+            ingest_batch=lambda ref: study.ingest_batch(ref, key=KEY, options=options),
+            empty_table=study.empty_table(),
+            sort_by=study.sort_by,
         )
         ingested += len(res.table)
     t_ing = time.perf_counter() - t0

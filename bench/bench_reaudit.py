@@ -16,7 +16,8 @@ landed under the new site ``site_bench`` (not timed: that is the site's upload).
 is what the deployment does by itself, run in-process with the daemon's own steps:
 
 * one landing-sensor tick (scan, manifest and sha256 verification of every file, run request);
-* the site run it requested (``cxr_site_job``: ingest, predictions, site metrics);
+* the site run it requested (``multisite_cxr_partition_job``: ingest, predictions, site
+  metrics);
 * the automation ticks until nothing is requested (the cross-site re-audit and the package);
 * an independent verification of the new package's PDF (signature, manifest, files).
 
@@ -34,32 +35,38 @@ from pathlib import Path
 
 import dagster as dg
 
-from clinaudit.assets.multisite_cxr_model import AuditedModel
-from clinaudit.orchestration.automation import SOURCE_NAMES, drain_automation, observe_sources
+from clinaudit.assets.factory import partition_job
+from clinaudit.assets.resources import ClinauditHome, LandingWatch, StudyModel
+from clinaudit.orchestration.automation import SOURCE_STAGES, drain_automation, observe_sources
 from clinaudit.orchestration.definitions import build_defs
-from clinaudit.orchestration.resources import ClinauditHome
-from clinaudit.orchestration.runner import PipelineRunner, get_instance, register_sites
-from clinaudit.orchestration.sensors import LandingWatch, cxr_landing_sensor
+from clinaudit.orchestration.runner import PipelineRunner, get_instance, register_partitions
+from clinaudit.orchestration.sensors import build_landing_sensor
 from clinaudit.reporting.verify import verify_pdf
 from clinaudit.sources.cxr_simulator import simulate_cohort, simulate_site_batch
 from clinaudit.sources.cxr_sites import DEFAULT_SITES
+from clinaudit.studies import get_study
 
 TARGET_S = 120.0
 NEW_SITE = "site_bench"
-PACKAGE = dg.AssetKey("cxr_audit_package")
+STUDY = get_study("multisite_cxr")
+PACKAGE = dg.AssetKey([STUDY.name, "package"])
+SOURCE_NAMES = {f"{STUDY.name}/{s}" for s in SOURCE_STAGES}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def build_baseline(
-    home: ClinauditHome, instance: dg.DagsterInstance, model: AuditedModel, workers: int
+    home: ClinauditHome, instance: dg.DagsterInstance, model: StudyModel, workers: int
 ) -> float:
     """Simulate and audit the minimal baseline; seconds taken."""
     t0 = time.perf_counter()
     sites = ["vendor_dev", "site_a", "site_b"]
     truth = home.root_dir / "truth"
     simulate_cohort(home.landing, truth_root=truth, scale="tiny", sites=sites, workers=workers)
-    runner = PipelineRunner(instance, home, model, workers=workers, console_level="WARNING")
-    bad = [r for r in runner.run_all(register_sites(instance, home)) if r.blocking_failure]
+    runner = PipelineRunner(
+        instance, home, STUDY, model=model, workers=workers, console_level="WARNING"
+    )
+    runs = runner.run_all(register_partitions(instance, home, STUDY))
+    bad = [r for r in runs if r.blocking_failure]
     if bad:
         raise RuntimeError(f"baseline audit failed: {bad}")
     return time.perf_counter() - t0
@@ -67,10 +74,10 @@ def build_baseline(
 
 def land_new_site(home: ClinauditHome, n_images: int, workers: int) -> float:
     """Simulate the new site's batch into the landing area; seconds taken (not in the total)."""
-    if (home.landing / "cxr" / NEW_SITE).exists():
+    if (home.landing / STUDY.landing_dir / NEW_SITE).exists():
         raise SystemExit(
-            f"{home.landing / 'cxr' / NEW_SITE} exists already: this home was benchmarked "
-            "before; use a fresh --home (or none)"
+            f"{home.landing / STUDY.landing_dir / NEW_SITE} exists already: this home was "
+            "benchmarked before; use a fresh --home (or none)"
         )
     profile = dataclasses.replace(DEFAULT_SITES["site_c"], name=NEW_SITE, code="bn")
     t0 = time.perf_counter()
@@ -104,7 +111,7 @@ def timed_reaudit(
     ctx = dg.build_sensor_context(
         instance=instance, resources={"home": home, "landing_watch": LandingWatch()}
     )
-    tick = cxr_landing_sensor(ctx)
+    tick = build_landing_sensor(STUDY, partition_job(STUDY))(ctx)
     for add in tick.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
     steps["sensor tick"] = time.perf_counter() - t0
@@ -113,7 +120,7 @@ def timed_reaudit(
 
     t0 = time.perf_counter()
     req = tick.run_requests[0]
-    site_run = defs.resolve_job_def("cxr_site_job").execute_in_process(
+    site_run = defs.resolve_job_def(f"{STUDY.name}_partition_job").execute_in_process(
         partition_key=req.partition_key, instance=instance, tags=req.tags, run_config=QUIET
     )
     steps["site run (ingest, predictions, site metrics)"] = time.perf_counter() - t0
@@ -163,14 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         instance = get_instance(home)
         settings = {"epochs": args.epochs or (None if args.home else 2)}
         settings["input_size"] = args.input_size
-        model = AuditedModel(**{k: v for k, v in settings.items() if v is not None})
+        training = {k: v for k, v in settings.items() if v is not None}
+        model = StudyModel(study=STUDY.name, training=training)
         if not args.home:
             print(f"building the baseline audit in {root} ...")
             seconds = build_baseline(home, instance, model, args.workers)
             print(f"  baseline (3 tiny sites, embedded model) in {seconds:.1f} s")
-        defs = build_defs(home, model)
+        defs = build_defs(home, studies=[STUDY], models={STUDY.name: model})
         # The automation starts from the audited state: sources observed, nothing pending.
-        observe_sources(defs, instance)
+        observe_sources(defs, instance, STUDY)
         cursor, settle = drain_automation(defs, instance, run_config=QUIET)
         extra = [t.requested for t in settle if set(t.requested) - set(SOURCE_NAMES)]
         if extra:

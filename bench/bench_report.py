@@ -1,9 +1,9 @@
 """Benchmark: build + render + sign + write + verify the multisite_cxr audit package.
 
-Uses the tables of a finished demo run (``--home``, default ``var/demo``; run ``make demo`` first)
-and calls :func:`clinaudit.reporting.cxr_package.write_cxr_package`, the function the
-``cxr_audit_package`` asset runs, writing into a temporary reports directory (the demo's own
-packages are left alone). Target: under 5 s for the demo.
+Uses the stored stages of a finished demo run (``--home``, default ``var/demo``; run ``make demo``
+first) and calls :func:`clinaudit.reporting.study_package.write_study_package` with the study's
+report, what the ``multisite_cxr/package`` asset runs, writing into a temporary reports directory
+(the demo's own packages are left alone). Target: under 5 s for the demo.
 
 Baseline measured in the same run: WeasyPrint rendering the same report HTML and figures to a plain
 PDF (no attachments, no signature, no verification) — what any report costs; the ratio shows what
@@ -20,25 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import weasyprint
 
-from clinaudit.audit.policy import load_policy
-from clinaudit.reporting.cxr_package import TABLES, prepare_cxr_report, write_cxr_package
-from clinaudit.reporting.report_figures import write_figures
+from clinaudit.assets.audit_stages import stored_bundle
+from clinaudit.assets.resources import ClinauditHome
+from clinaudit.reporting.package import stamp_audit
 from clinaudit.reporting.signing import ensure_dev_signer
+from clinaudit.reporting.study_package import package_inputs, write_study_package
+from clinaudit.studies import get_study
 
 TARGET_S = 5.0
-
-
-def _tables(home: Path) -> tuple[dict, dict, dict]:
-    root = home / "artifacts" / "tables"
-    tables = {name: pd.read_parquet(root / name / "__all__.parquet") for name in TABLES}
-    per_site = {
-        kind: {p.stem: pd.read_parquet(p) for p in sorted((root / kind).glob("*.parquet"))}
-        for kind in ("cxr_validated_images", "cxr_quarantine")
-    }
-    return tables, per_site["cxr_validated_images"], per_site["cxr_quarantine"]
 
 
 def main() -> None:
@@ -47,36 +38,37 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("var/demo"))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    if not (args.home / "artifacts" / "tables" / "cxr_decisions").exists():
-        raise SystemExit(f"no decisions under {args.home}: run `make demo` first")
-    tables, validated, quarantine = _tables(args.home)
-    policy = load_policy()
-    common = dict(
-        validated=validated,
-        quarantine=quarantine,
-        policy=policy,
-        landing_root=args.home / "landing",
-        artifacts_root=args.home / "artifacts",
-    )
+    study = get_study("multisite_cxr")
+    home = ClinauditHome(root=str(args.home))
+    if not (home.artifacts / "tables" / study.name / "decisions").exists():
+        raise SystemExit(f"no {study.name} decisions under {args.home}: run `make demo` first")
+    bundle = stored_bundle(home, study)
     totals, plain = [], []
     with tempfile.TemporaryDirectory() as tmp:
         signer = ensure_dev_signer(Path(tmp) / "keys")
         for i in range(args.repeat):
             t0 = time.perf_counter()
-            result = write_cxr_package(
-                tables, signer=signer, reports_root=Path(tmp) / f"reports{i}", **common
+            result = write_study_package(
+                bundle,
+                lambda stamp: study.report(bundle, stamp),
+                policy_name=study.policy_attachment,
+                signer=signer,
+                reports_root=Path(tmp) / f"reports{i}",
             )
             totals.append(time.perf_counter() - t0)
             if not result.package.verdict.ok:
                 raise SystemExit("the package did not verify")
             parts = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
             print(f"package run {i + 1}: {totals[-1]:.2f} s ({parts}); verified")
-        prepared = prepare_cxr_report(tables, signer=signer, **common)
+        stamp = stamp_audit(study.name, package_inputs(bundle, study.policy_attachment), signer)
+        content = study.report(bundle, stamp)
         figures = Path(tmp) / "figures_base"
-        write_figures(prepared.figures, figures)
+        for name, data in content.figures.items():
+            (figures / name).parent.mkdir(parents=True, exist_ok=True)
+            (figures / name).write_bytes(data)
         for i in range(args.repeat):
             t0 = time.perf_counter()
-            doc = weasyprint.HTML(string=prepared.html, base_url=str(figures)).render()
+            doc = weasyprint.HTML(string=content.html, base_url=str(figures)).render()
             doc.write_pdf(Path(tmp) / f"plain{i}.pdf")
             plain.append(time.perf_counter() - t0)
         pages = len(doc.pages)

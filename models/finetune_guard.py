@@ -1,8 +1,8 @@
 """Regression guard of a focused re-training: per-cell AUROC before and after, on unseen data.
 
-``before`` and ``after`` are :func:`clinaudit.audit.site_audit.scored_frame` tables of the *same*
-images (other sites entirely, the retrained site's test split, the vendor's held-out set), scored
-by the parent and by the re-trained package. Both go through
+``before`` and ``after`` are :func:`clinaudit.audit.reference_audit.scored_frame` tables of the
+*same* images (other sites entirely, the retrained site's test split, the vendor's held-out
+set), scored by the parent and by the re-trained package. Both go through
 :func:`clinaudit.audit.discrimination.audit_discrimination` with the same seed; because the rows,
 groups and patients are identical, the two bootstraps resample the same patients in every
 replicate, so ``after - before`` per replicate is a *paired* bootstrap of the AUROC change.
@@ -18,12 +18,65 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
 from clinaudit.audit.bootstrap import percentile_ci
 from clinaudit.audit.discrimination import DiscriminationResult, audit_discrimination
-from clinaudit.audit.site_audit import SCORE_PREFIX
-from clinaudit.audit.types import STATUS_OK, AuditInputError
+from clinaudit.audit.schemas import (
+    CellKey,
+    count_field,
+    difference_field,
+    probability_field,
+    status_field,
+    validate_table,
+)
+from clinaudit.audit.types import SCORE_PREFIX, STATUS_OK, AuditInputError
 
+#: ``split`` of a row: the retrained site's held-out test split, or all rows of another group.
+GUARD_SPLITS: tuple[str, ...] = ("test", "all")
+
+
+class RetrainingContract(CellKey):
+    """Contract B: the columns of the re-training table that a study's decisions and report read.
+
+    AUROC columns are ``NaN`` for cells with status ``"insufficient data"``; ``regressed`` and
+    ``improved`` are then False.
+    """
+
+    split: Series[str] = pa.Field(isin=list(GUARD_SPLITS))
+    status: Series[str] = status_field()
+    n: Series[int] = count_field()
+    n_pos: Series[int] = count_field()
+    auroc_before: Series[float] = probability_field()
+    auroc_before_ci_low: Series[float] = probability_field()
+    auroc_before_ci_high: Series[float] = probability_field()
+    auroc_after: Series[float] = probability_field()
+    auroc_after_ci_low: Series[float] = probability_field()
+    auroc_after_ci_high: Series[float] = probability_field()
+    auroc_change: Series[float] = difference_field()
+    tolerance: Series[float] = pa.Field(ge=0.0, lt=1.0)
+    regressed: Series[bool]
+    improved: Series[bool]
+
+
+class RetrainingTable(RetrainingContract):
+    """The regression guard's whole table (columns in the order of :data:`GUARD_COLUMNS`)."""
+
+    targeted: Series[bool]
+    n_neg: Series[int] = count_field()
+    auroc_change_ci_low: Series[float] = difference_field()
+    auroc_change_ci_high: Series[float] = difference_field()
+
+
+#: Contract B's summary: the keys of the re-training summary dict
+#: (:func:`clinaudit.models.retrain.retrain_worst_site`) that its consumers read; it has more.
+RETRAINING_SUMMARY_KEYS: tuple[str, ...] = (
+    "retrained_site", "cells_targeted", "accepted", "regressions", "epochs", "train_seconds",
+    "device",
+)  # fmt: skip
+
+#: Column order of the table; ``strict`` validation makes it agree with :class:`RetrainingTable`.
 GUARD_COLUMNS: tuple[str, ...] = (
     "group",
     "target",
@@ -86,7 +139,7 @@ def _check_pair(before: pd.DataFrame, after: pd.DataFrame, targets: Sequence[str
                 name,
                 f"columns {list(frame.columns)}",
                 f"also {missing}",
-                "build both frames with clinaudit.audit.site_audit.scored_frame",
+                "build both frames with clinaudit.audit.reference_audit.scored_frame",
             )
     keys = ["group", "cluster", *targets] + (["image_id"] if "image_id" in before else [])
     same = len(before) == len(after) and all(
@@ -134,7 +187,7 @@ def regression_guard(
     Parameters
     ----------
     before, after : pandas.DataFrame
-        :func:`~clinaudit.audit.site_audit.scored_frame` tables of the same images (same order,
+        :func:`~clinaudit.audit.reference_audit.scored_frame` tables of the same images (same order,
         labels, groups and patients), scored by the parent and by the re-trained model. None of
         these images may have been used for fine-tuning.
     tolerance : float
@@ -152,8 +205,8 @@ def regression_guard(
     Returns
     -------
     GuardResult
-        ``table`` (columns ``GUARD_COLUMNS``, one row per (group, target)), ``accepted``,
-        ``regressions``.
+        ``table`` (:class:`RetrainingTable`, columns in the order of ``GUARD_COLUMNS``, one row per
+        (group, target)), ``accepted``, ``regressions``.
 
     Examples
     --------
@@ -203,6 +256,7 @@ def regression_guard(
     table["regressed"] = ok & (table["auroc_after"] < table["auroc_before"] - float(tolerance))
     table["improved"] = ok & (table["auroc_change_ci_low"] > 0)
     table = table.loc[:, list(GUARD_COLUMNS)].reset_index(drop=True)
+    validate_table(table, RetrainingTable)
     regressions = tuple(
         f"{g}/{t}" for g, t in table.loc[table["regressed"], ["group", "target"]].itertuples(False)
     )

@@ -8,7 +8,8 @@ A model package is a directory holding exactly these files::
     <package>/
         model.safetensors     the weights (required)
         model_card.json       what the weights are and how to feed them (required, written last)
-        recalibration.json    reserved (optional); site maps live in artifacts/mitigation/
+        recalibration.json    reserved (optional); site maps are an output of the study's
+                              recalibration stage (recalibration_maps.json)
 
 ``model.safetensors``
     The network's ``state_dict`` in the `safetensors <https://huggingface.co/docs/safetensors>`_

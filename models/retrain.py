@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from clinaudit.audit.site_audit import scored_frame
+from clinaudit.audit.reference_audit import scored_frame
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.devices import select_device
 from clinaudit.models.finetune import FinetuneConfig, FinetuneResult, finetune_package

@@ -1,22 +1,24 @@
-"""Scores-only audits: a vendor's predictions CSV instead of a model.
+"""Scores-only audits: a vendor's scores CSV instead of a model, read by one study-neutral core.
 
-Format: one header line, then one row per image::
+:func:`read_scores` is the reader every study uses: one header line, an id column and one
+probability column per output, one row per scored unit (image, stay, ...). It reports every problem
+at once, each naming the CSV line (1-based, the header is line 1; quoted fields must not contain
+line breaks), the column and the fix: missing columns, empty or duplicate ids, ids absent from the
+table the file must cover and units of that table without a score (both directions), and
+empty/NaN, non-numeric or out-of-range probabilities. Problems are
+``clinaudit.validation.errors.QuarantineRecord`` objects (``file`` is the CSV path as given), so
+they join an ingest's quarantine table. Any error raises :class:`ScoresError`; warnings are returned
+with the scores. A study names its id column and words in :class:`IdRules`; with
+``others="ignore"`` one file may serve several partitions (rows of ids outside the partition are
+skipped and counted: the caller must check them against every partition).
+
+:func:`read_vendor_scores` reads the ``multisite_cxr`` format: ``Image Index`` (the NIH column
+name) and one probability column (in ``[0, 1]``, never percent) per finding, named exactly as
+``clinaudit.sources.cxr_labels.FINDINGS`` (CheXpert's ``Pleural Effusion`` is accepted for
+``Effusion``); other columns are ignored with a warning::
 
     Image Index,Atelectasis,Cardiomegaly,...,Hernia
     00000001_000.png,0.12,0.80,...,0.01
-
-``Image Index`` holds the image id used by the label table (the NIH column name); there is one
-probability column (in ``[0, 1]``, never percent) per finding, named exactly as
-``clinaudit.sources.cxr_labels.FINDINGS`` (CheXpert's ``Pleural Effusion`` is accepted for
-``Effusion``). Other columns are ignored with a warning.
-
-Validation reports every problem at once, each naming the CSV line (1-based, the header is line 1;
-quoted fields must not contain line breaks), the column and the fix: ids missing from or absent in
-the label table (both directions), duplicate or empty ids, empty/NaN, non-numeric or out-of-range
-probabilities, missing finding columns. Problems are
-``clinaudit.validation.errors.QuarantineRecord`` objects (``file`` is the CSV path as given), so
-they join the ingest's quarantine table. Any error raises :class:`ScoresError`; warnings are
-returned next to the predictions table.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import csv
 import difflib
 import os
 from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +39,16 @@ from clinaudit.models.inference import ID_COLUMNS, predictions_frame
 from clinaudit.sources.cxr_labels import CHEXPERT_ALIASES, FINDINGS
 from clinaudit.sources.landing import sha256_file
 from clinaudit.validation.errors import QuarantineRecord
+
+__all__ = [
+    "IdRules",
+    "ProblemCollector",
+    "ScoresError",
+    "ScoresRead",
+    "read_scores",
+    "read_vendor_scores",
+    "suggest_column",
+]
 
 ID_COLUMN = "Image Index"
 _NAN_TEXT = {"", "nan", "na", "n/a", "null", "none"}
@@ -57,8 +71,8 @@ class ScoresError(ValueError):
         super().__init__(f"{self.path}: {len(errors)} problem(s) in the scores CSV: {shown}{more}")
 
 
-class _Collector:
-    """Collects problems, keeping at most ``cap`` per (check, column) plus one summary."""
+class ProblemCollector:
+    """Collects problems, keeping at most ``cap`` per (check, column) plus one summary each."""
 
     def __init__(self, site: str, batch: str, file: str, cap: int) -> None:
         self.site, self.batch, self.file, self.cap = site, batch, file, cap
@@ -87,6 +101,7 @@ class _Collector:
             )
 
     def finish(self) -> list[QuarantineRecord]:
+        """Every listed problem, then one record per (check, column) counting the unlisted."""
         out = list(self.problems)
         for (check, column), count in self._counts.items():
             if count > self.cap:
@@ -101,7 +116,7 @@ class _Collector:
                         check,
                         f"{count - self.cap} more row(s) with the same problem (not listed)",
                         fix,
-                        severity,
+                        severity,  # type: ignore[arg-type]
                     )
                 )
         return out
@@ -111,7 +126,51 @@ class _Collector:
         return any(p.severity == "error" for p in self.problems)
 
 
-def _read_raw(path: Path, col: _Collector) -> pd.DataFrame | None:
+@dataclass(frozen=True)
+class IdRules:
+    """How a study's scores file identifies what it scores, and the words of its problems.
+
+    Attributes
+    ----------
+    column : str
+        Header name of the id column (``"Image Index"``, ``"stay_id"``).
+    unit, table : str
+        What one row scores and the table the file must cover (``"image"``, ``"label table"``).
+    missing_fix, unknown_fix, unscored_fix : str
+        Fixes of a missing id column, an id absent from the table, a unit without a score.
+    others : {"error", "ignore"}
+        An id absent from the table is an error (one file per partition), or the row is skipped
+        and counted (one file serving several partitions; the caller checks those ids against
+        every partition).
+    """
+
+    column: str
+    unit: str
+    table: str
+    missing_fix: str
+    unknown_fix: str
+    unscored_fix: str
+    others: Literal["error", "ignore"] = "error"
+
+
+@dataclass(frozen=True)
+class ScoresRead:
+    """A validated scores file: ``values[label]`` aligned with the expected ids, the warnings,
+    the file's sha256 and the rows skipped as ids of other partitions (``others="ignore"``)."""
+
+    values: Mapping[str, np.ndarray]
+    warnings: tuple[QuarantineRecord, ...]
+    sha256: str
+    n_other_rows: int = 0
+
+
+def suggest_column(name: str, columns: list[str]) -> str:
+    """``" (did you mean to rename 'X'?)"`` for the closest column name, else ``""``."""
+    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
+    return f" (did you mean to rename {close[0]!r}?)" if close else ""
+
+
+def _read_raw(path: Path, col: ProblemCollector) -> pd.DataFrame | None:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except FileNotFoundError:
@@ -128,108 +187,95 @@ def _read_raw(path: Path, col: _Collector) -> pd.DataFrame | None:
     return frame
 
 
-def _suggest(name: str, columns: list[str]) -> str:
-    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
-    return f" (did you mean to rename {close[0]!r}?)" if close else ""
+def _exact_columns(
+    labels: tuple[str, ...], rules: IdRules
+) -> Callable[[list[str], ProblemCollector], dict[str, str]]:
+    """Column resolver: every label is a column of that exact name; other columns are ignored."""
+
+    def resolve(columns: list[str], col: ProblemCollector) -> dict[str, str]:
+        for name in labels:
+            if name not in columns:
+                col.add(
+                    "missing_column",
+                    f"no {name!r} column{suggest_column(name, columns)}",
+                    f"name the header columns {[rules.column, *labels]}",
+                    column=name,
+                )
+        return {name: name for name in labels if name in columns}
+
+    return resolve
 
 
-def _score_columns(frame: pd.DataFrame, labels: tuple[str, ...], col: _Collector) -> dict[str, str]:
-    """label -> CSV column that holds it."""
-    columns = list(frame.columns)
-    aliases = {finding: alias for alias, finding in CHEXPERT_ALIASES.items()}
-    found: dict[str, str] = {}
-    for label in labels:
-        if label in columns:
-            found[label] = label
-        elif aliases.get(label) in columns:
-            found[label] = aliases[label]
-            col.add(
-                "alias",
-                f"column {aliases[label]!r} read as finding {label!r} (CheXpert name)",
-                f"name the column {label!r} to silence this warning",
-                column=aliases[label],
-                severity="warning",
-            )
-        else:
-            col.add(
-                "missing_column",
-                f"no probability column for finding {label!r}{_suggest(label, columns)}",
-                f"add a column named exactly {label!r} with one probability per image",
-                column=label,
-            )
-    used = set(found.values()) | {ID_COLUMN}
-    for extra in (c for c in columns if c not in used):
-        col.add(
-            "extra_column",
-            f"column {extra!r} is not a finding and is ignored",
-            "remove it or check its spelling against the finding names",
-            column=extra,
-            severity="warning",
-        )
-    return found
-
-
-def _check_ids(frame: pd.DataFrame, table_ids: pd.Series, col: _Collector) -> pd.Series:
-    ids = frame[ID_COLUMN].str.strip()
-    lines = pd.Series(np.arange(len(frame)) + 2, index=frame.index)
+def _check_ids(
+    frame: pd.DataFrame, expected: pd.Series, col: ProblemCollector, rules: IdRules
+) -> tuple[pd.Series, np.ndarray]:
+    """Stripped ids of the file, and which rows score an expected id."""
+    ids = frame[rules.column].str.strip()
+    lines = np.arange(len(frame)) + 2
     for i in np.flatnonzero(ids.eq("").to_numpy()):
         col.add(
             "empty_id",
-            "image id is empty",
-            "fill in the image id",
-            row=int(lines.iloc[i]),
-            column=ID_COLUMN,
+            f"{rules.unit} id is empty",
+            f"fill in the {rules.unit} id",
+            row=int(lines[i]),
+            column=rules.column,
         )
     first_line: dict[str, int] = {}
-    for image_id, line in zip(ids, lines, strict=True):
-        if image_id and image_id in first_line:
+    for unit_id, line in zip(ids, lines, strict=True):
+        if unit_id and unit_id in first_line:
             col.add(
                 "duplicate_id",
-                f"image id {image_id!r} already scored on line {first_line[image_id]}",
-                "keep one row per image",
+                f"{rules.unit} id {unit_id!r} already scored on line {first_line[unit_id]}",
+                f"keep one row per {rules.unit}",
                 row=int(line),
-                column=ID_COLUMN,
+                column=rules.column,
             )
-        first_line.setdefault(image_id, int(line))
-    known = set(table_ids)
-    for image_id, line in zip(ids, lines, strict=True):
-        if image_id and image_id not in known:
-            col.add(
-                "unknown_id",
-                f"image id {image_id!r} is not in the label table",
-                "score only images of this site/batch, or fix the id spelling",
-                row=int(line),
-                column=ID_COLUMN,
-            )
-    scored = set(ids)
-    for image_id in table_ids:
-        if image_id not in scored:
+        first_line.setdefault(unit_id, int(line))
+    known = set(expected)
+    used = ids.isin(known).to_numpy()
+    if rules.others == "error":
+        for unit_id, line in zip(ids, lines, strict=True):
+            if unit_id and unit_id not in known:
+                col.add(
+                    "unknown_id",
+                    f"{rules.unit} id {unit_id!r} is not in the {rules.table}",
+                    rules.unknown_fix,
+                    row=int(line),
+                    column=rules.column,
+                )
+    for unit_id in expected:
+        if unit_id not in first_line:
             col.add(
                 "unscored_id",
-                f"image {image_id!r} of the label table has no score",
-                "add a row for every image of the label table",
-                column=ID_COLUMN,
+                f"{rules.unit} {unit_id!r} of the {rules.table} has no score",
+                rules.unscored_fix,
+                column=rules.column,
             )
-    return ids
+    return ids, used
 
 
 def _check_probabilities(
-    frame: pd.DataFrame, found: dict[str, str], col: _Collector
+    frame: pd.DataFrame,
+    found: Mapping[str, str],
+    rows: np.ndarray,
+    col: ProblemCollector,
+    unit: str,
 ) -> dict[str, np.ndarray]:
+    """Probabilities of every label (all rows); problems are reported for ``rows`` only."""
     values: dict[str, np.ndarray] = {}
     for label, column in found.items():
         text = frame[column].str.strip()
         numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
         empty = text.str.lower().isin(_NAN_TEXT).to_numpy()
-        finite = np.isfinite(numbers)
-        in_range = finite & (numbers >= 0.0) & (numbers <= 1.0)
+        finite = np.isfinite(numbers) & rows
+        in_range = np.isfinite(numbers) & (numbers >= 0.0) & (numbers <= 1.0)
         percent = bool(finite.any() and np.nanmax(np.where(finite, numbers, np.nan)) > 1.0)
         percent = percent and bool(((numbers[finite] >= 0) & (numbers[finite] <= 100)).all())
-        for i in np.flatnonzero(~in_range):
+        for i in np.flatnonzero(~in_range & rows):
             raw = frame[column].iloc[i]
             if empty[i]:
                 check, message = "missing_value", f"probability is missing ({raw!r})"
-                fix = "score every image; a missing score cannot be audited"
+                fix = f"score every {unit}; a missing score cannot be audited"
             elif np.isnan(numbers[i]):
                 check, message = "not_a_number", f"{raw!r} is not a number"
                 fix = "write probabilities as decimal numbers, e.g. 0.37"
@@ -243,6 +289,143 @@ def _check_probabilities(
             col.add(check, message, fix, row=i + 2, column=column)
         values[label] = numbers
     return values
+
+
+def read_scores(
+    path: str | os.PathLike[str],
+    *,
+    expected: pd.Series,
+    rules: IdRules,
+    labels: tuple[str, ...],
+    site: str,
+    batch: str,
+    max_per_check: int = 20,
+    resolve_columns: Callable[[list[str], ProblemCollector], dict[str, str]] | None = None,
+) -> ScoresRead:
+    """Read and validate a scores CSV against the ids it must cover (the study-neutral core).
+
+    Parameters
+    ----------
+    path : path
+        The CSV: an id column ``rules.column`` and one probability column per label.
+    expected : pandas.Series of str
+        The ids the file must score (unique), in output order.
+    rules : IdRules
+        The id column, the words of the problems, and what an id outside ``expected`` is.
+    labels : tuple of str
+        Outputs that must be scored, in order.
+    site, batch : str
+        Recorded in every problem.
+    max_per_check : int
+        At most this many problems per (check, column) are listed; the rest are counted.
+    resolve_columns : callable, optional
+        ``resolve(columns, collector) -> {label: column}`` (aliases, warnings for extra columns);
+        default: each label is a column of that exact name, other columns are ignored.
+
+    Returns
+    -------
+    ScoresRead
+        ``values[label]`` in ``expected`` order.
+
+    Raises
+    ------
+    ScoresError
+        If there is any error; ``.problems`` holds all problems (errors and warnings).
+    ValueError
+        If ``expected`` has duplicate ids.
+
+    Examples
+    --------
+    >>> rules = IdRules("stay_id", "stay", "stays table", "name it", "fix the id", "add rows")
+    >>> read = read_scores("s.csv", expected=ids, rules=rules, labels=("score",),
+    ...                    site="hosp_a", batch="")  # doctest: +SKIP
+    """
+    path = Path(path)
+    expected = expected.astype(str)
+    duplicated = expected[expected.duplicated()].tolist()
+    if duplicated:
+        raise ValueError(f"expected ids repeat {duplicated[:5]}; validate the table first")
+    resolve = resolve_columns or _exact_columns(labels, rules)
+    col = ProblemCollector(site, batch, str(path), max_per_check)
+    frame = _read_raw(path, col)
+    if frame is None:
+        raise ScoresError(path, col.finish())
+    if rules.column not in frame.columns:
+        col.add(
+            "missing_column",
+            f"no {rules.column!r} column{suggest_column(rules.column, list(frame.columns))}",
+            rules.missing_fix,
+            column=rules.column,
+        )
+        resolve(list(frame.columns), col)
+        raise ScoresError(path, col.finish())
+    found = resolve(list(frame.columns), col)
+    ids, used = _check_ids(frame, expected, col, rules)
+    rows = used if rules.others == "ignore" else np.ones(len(frame), dtype=bool)
+    values = _check_probabilities(frame, found, rows, col, rules.unit)
+    problems = col.finish()
+    if col.has_errors:
+        raise ScoresError(path, problems)
+    position = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
+    order = position.loc[expected.to_numpy()].to_numpy()
+    return ScoresRead(
+        values={label: values[label][order] for label in labels},
+        warnings=tuple(problems),
+        sha256=sha256_file(path),
+        n_other_rows=int((~used & ids.ne("").to_numpy()).sum()),
+    )
+
+
+# --------------------------------------------------------------------------- multisite_cxr
+CXR_IDS = IdRules(
+    column=ID_COLUMN,
+    unit="image",
+    table="label table",
+    missing_fix=f"name the image id column {ID_COLUMN!r} (header line 1)",
+    unknown_fix="score only images of this site/batch, or fix the id spelling",
+    unscored_fix="add a row for every image of the label table",
+)
+
+
+def _finding_columns(
+    labels: tuple[str, ...],
+) -> Callable[[list[str], ProblemCollector], dict[str, str]]:
+    """label -> CSV column that holds it (CheXpert aliases accepted, extra columns warned)."""
+
+    def resolve(columns: list[str], col: ProblemCollector) -> dict[str, str]:
+        aliases = {finding: alias for alias, finding in CHEXPERT_ALIASES.items()}
+        found: dict[str, str] = {}
+        for label in labels:
+            if label in columns:
+                found[label] = label
+            elif aliases.get(label) in columns:
+                found[label] = aliases[label]
+                col.add(
+                    "alias",
+                    f"column {aliases[label]!r} read as finding {label!r} (CheXpert name)",
+                    f"name the column {label!r} to silence this warning",
+                    column=aliases[label],
+                    severity="warning",
+                )
+            else:
+                col.add(
+                    "missing_column",
+                    f"no probability column for finding {label!r}{suggest_column(label, columns)}",
+                    f"add a column named exactly {label!r} with one probability per image",
+                    column=label,
+                )
+        used = set(found.values()) | {ID_COLUMN}
+        for extra in (c for c in columns if c not in used):
+            col.add(
+                "extra_column",
+                f"column {extra!r} is not a finding and is ignored",
+                "remove it or check its spelling against the finding names",
+                column=extra,
+                severity="warning",
+            )
+        return found
+
+    return resolve
 
 
 def read_vendor_scores(
@@ -290,7 +473,6 @@ def read_vendor_scores(
     >>> preds, warnings = read_vendor_scores(  # doctest: +SKIP
     ...     "scores.csv", label_table=table, site="site_a", batch="b001")
     """
-    path = Path(path)
     missing = [c for c in ID_COLUMNS if c not in label_table.columns]
     if missing:
         raise ValueError(
@@ -300,28 +482,16 @@ def read_vendor_scores(
     duplicated = label_table["image_id"][label_table["image_id"].duplicated()].tolist()
     if duplicated:
         raise ValueError(f"label_table has duplicate image ids {duplicated[:5]}; ingest first")
-    col = _Collector(site, batch, str(path), max_per_check)
-    frame = _read_raw(path, col)
-    if frame is None:
-        raise ScoresError(path, col.finish())
-    if ID_COLUMN not in frame.columns:
-        col.add(
-            "missing_column",
-            f"no {ID_COLUMN!r} column{_suggest(ID_COLUMN, list(frame.columns))}",
-            f"name the image id column {ID_COLUMN!r} (header line 1)",
-            column=ID_COLUMN,
-        )
-        _score_columns(frame, labels, col)
-        raise ScoresError(path, col.finish())
-    found = _score_columns(frame, labels, col)
-    table_ids = label_table["image_id"].astype(str)
-    ids = _check_ids(frame, table_ids, col)
-    values = _check_probabilities(frame, found, col)
-    problems = col.finish()
-    if col.has_errors:
-        raise ScoresError(path, problems)
-    position = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
-    order = position.loc[table_ids.to_numpy()].to_numpy()
-    probs = np.column_stack([values[label][order] for label in labels])
+    read = read_scores(
+        path,
+        expected=label_table["image_id"].astype(str),
+        rules=CXR_IDS,
+        labels=labels,
+        site=site,
+        batch=batch,
+        max_per_check=max_per_check,
+        resolve_columns=_finding_columns(labels),
+    )
+    probs = np.column_stack([read.values[label] for label in labels])
     table = label_table.reset_index(drop=True)
-    return predictions_frame(table, probs, labels, sha256_file(path)), problems
+    return predictions_frame(table, probs, labels, read.sha256), list(read.warnings)

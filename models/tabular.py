@@ -22,7 +22,8 @@ summary (per-feature quantiles and missing rate, group composition and prevalenc
 attribute). The training-data summary is what the audit compares local data with (drift).
 
 Scores-only audits read a vendor's ``stay_id,score`` CSV with
-:func:`clinaudit.models.sepsis_scores.read_sepsis_scores` (re-exported here).
+:func:`clinaudit.studies.sepsis_ews.scores.read_sepsis_scores` (on the study-neutral reader
+:func:`clinaudit.models.scores_csv.read_scores`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from sklearn.metrics import roc_auc_score
 
 from clinaudit.audit.bootstrap import derive_rng
 from clinaudit.models.model_card import json_safe
-from clinaudit.models.sepsis_scores import read_sepsis_scores
 from clinaudit.sources.landing import sha256_file
 from clinaudit.sources.sepsis_tables import FEATURES, LABEL, summarize_stays
 
@@ -71,7 +71,6 @@ __all__ = [
     "TabularModelError",
     "load_tabular_package",
     "predict_stays",
-    "read_sepsis_scores",
     "save_tabular_package",
     "train_tabular_vendor_model",
 ]
@@ -174,7 +173,7 @@ def _feature_matrix(frame: pd.DataFrame, features: Sequence[str], what: str) -> 
     if missing:
         raise ValueError(
             f"{what} lacks feature columns {missing} (has {list(frame.columns)}); pass the "
-            "validated stays table (clinaudit.validation.sepsis_schema.validate_stays)"
+            "validated stays table (clinaudit.studies.sepsis_ews.schema.validate_stays)"
         )
     values = frame.loc[:, list(features)].apply(pd.to_numeric, errors="coerce")
     bad = [f for f in features if (values[f].isna() & frame[f].notna()).any()]

@@ -1,26 +1,30 @@
-"""Declarative automation of study ``multisite_cxr``: new site data becomes a new audit by itself.
+"""Declarative automation of every study: after a partition's run, the audit re-runs once.
 
-The landing sensor (``sensors.py``) runs a site's partition (ingest, predictions, site metrics).
-Everything after it is re-materialized here, by ``AutomationCondition``s evaluated by
-``cxr_automation_sensor`` (on by default, every 30 s), applied to the assets by selection so the
-asset modules stay free of scheduling:
+The landing sensor (``orchestration/sensors.py``) runs a partition's per-partition stages
+(ingest, predictions, partition metrics). Everything after it is re-materialized by
+``AutomationCondition``s evaluated by the study's ``<study>_automation_sensor`` (on by default,
+every 30 s), applied to the assets by selection so the asset factory stays free of scheduling:
 
-* **Cross-site assets**: every unpartitioned asset of group ``multisite_cxr`` except
-  ``vendor_model`` (cohort summary, audit metrics, drift, mitigations, decisions, and any later
-  report / package asset). They run again when a site partition changed *and its blocking checks
-  passed*, when an upstream cross-site table changed, or when the decision policy's data version
-  changed. They wait while any site-partition run is in flight (so one change, however many
-  steps it takes, gives one cross-site run), while ``vendor_model`` is changing (its re-scoring
-  of the sites comes first), while a dependency or they themselves are in progress, and while
-  an unpartitioned input is missing. A missing or failed *site* never
-  blocks them: the audit assets leave stale or missing sites out and list them in metadata.
-* **Site re-scoring**: ``cxr_predictions`` / ``cxr_site_metrics`` of every site run again when
-  ``vendor_model``'s data version (the model's sha256) changes, per site only where that site's
-  blocking checks passed; site metrics also follow new predictions.
-* **vendor_model**: re-materialized when the observed model source changes data version, or the
-  reference site's ingest changed and passed its blocking checks.
-* **Observed sources** (``assets/multisite_cxr_sources.py``): observed when automation starts and
-  on every ``OBSERVE_CRON`` tick; only a *changed* data version counts as an update downstream.
+* **Cross-partition assets**: every unpartitioned asset of the study's group except the model
+  (cohort, evidence, mitigations, decisions, monitoring, package). They run again when a
+  partition changed *and its blocking checks passed*, when an upstream cross-partition value
+  changed, or when the policy's data version changed. They wait while any partition run is in
+  flight (so one change, however many steps it takes, gives one cross-partition run), while the
+  model is changing (its re-scoring of the partitions comes first), while a dependency or they
+  themselves are in progress, and while an unpartitioned input is missing. A missing or failed
+  *partition* never blocks them: the evidence stage leaves stale or missing partitions out and the
+  signed report names them.
+* **Re-scoring**: ``predictions`` / ``partition_metrics`` of every partition run again when the
+  model's data version (its identity) changes, per partition only where that partition's blocking
+  checks passed; partition metrics also follow new predictions.
+* **model**: re-materialized when the observed model source changes data version, or (a study
+  whose embedded model trains on a reference partition) that partition's ingest changed and
+  passed its blocking checks.
+* **Observed sources** (model and policy files): observed when automation starts and on every
+  ``OBSERVE_CRON`` tick; only a *changed* data version counts as an update downstream.
+* **Nightly mitigations** (``MitigationStage.cadence == "nightly"``, e.g. focused re-training):
+  minutes of work that never changes a decision by itself; kept off the re-audit path and
+  refreshed once a night.
 
 "Once per change": each condition is latched by ``since_last_handled`` (reset when the asset is
 requested or updated) and refuses while in progress, so a change gives exactly one request.
@@ -34,25 +38,30 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from clinaudit.assets.multisite_cxr import GROUP
-from clinaudit.assets.multisite_cxr_sources import MODEL_SOURCE, POLICY_SOURCE
+from clinaudit.studies.base import Study
 
 AC = dg.AutomationCondition
-#: How often the model package and the decision policy are hashed (cron, UTC).
+#: How often the model package and the policy are hashed (cron, UTC).
 OBSERVE_CRON = "*/5 * * * *"
-MODEL_ASSET = dg.AssetKey("vendor_model")
-SOURCE_NAMES = (MODEL_SOURCE, POLICY_SOURCE)
-AUTOMATION_SENSOR = "cxr_automation_sensor"
+#: When nightly mitigations run (cron, UTC).
+NIGHTLY_CRON = "0 2 * * *"
+SOURCE_STAGES = ("model_source", "policy_source")
+RESCORED_STAGES = ("predictions", "partition_metrics")
+
+
+def automation_sensor_name(study: Study) -> str:
+    return f"{study.name}_automation_sensor"
 
 
 @dataclass(frozen=True)
 class StudyGraph:
-    """What the conditions need to know about the study's assets, read from their definitions.
+    """What the conditions need to know about one study's assets, read from their definitions.
 
-    ``site_keys``: assets partitioned by site; ``checked_keys``: site assets with blocking checks;
+    ``site_keys``: partitioned assets; ``checked_keys``: partitioned assets with blocking checks;
     ``gated_keys``: every output of an op that has blocking checks (its siblings included, e.g.
-    ``cxr_quarantine``); ``source_keys``: observable sources; ``cross_site_keys``: unpartitioned,
-    materializable assets of the group except ``vendor_model``.
+    the quarantine); ``source_keys``: observable sources; ``cross_site_keys``: unpartitioned,
+    materializable assets except the model; ``model_key``: the model; ``nightly_keys``: nightly
+    mitigations; ``rescored_keys``: per-partition assets that follow the model.
     """
 
     site_keys: frozenset[dg.AssetKey]
@@ -60,14 +69,18 @@ class StudyGraph:
     gated_keys: frozenset[dg.AssetKey]
     source_keys: frozenset[dg.AssetKey]
     cross_site_keys: frozenset[dg.AssetKey]
+    model_key: dg.AssetKey
+    nightly_keys: frozenset[dg.AssetKey] = frozenset()
+    rescored_keys: frozenset[dg.AssetKey] = frozenset()
 
     @classmethod
-    def of(cls, assets: Iterable[dg.AssetsDefinition]) -> StudyGraph:
+    def of(cls, assets: Iterable[dg.AssetsDefinition], study: Study) -> StudyGraph:
+        model = dg.AssetKey([study.name, "model"])
         site, checked, gated, sources, cross = set(), set(), set(), set(), set()
         for a in assets:
             blocking = {c.asset_key for c in a.check_specs if c.blocking}
             for spec in a.specs:
-                if spec.group_name != GROUP:
+                if spec.group_name != study.name:
                     continue
                 if a.is_observable and not a.is_materializable:
                     sources.add(spec.key)
@@ -76,9 +89,20 @@ class StudyGraph:
                     checked |= blocking & {spec.key}
                     if blocking:
                         gated.add(spec.key)
-                elif spec.key != MODEL_ASSET:
+                elif spec.key != model:
                     cross.add(spec.key)
-        return cls(*map(frozenset, (site, checked, gated, sources, cross)))
+        nightly = {
+            dg.AssetKey([study.name, f"mitigation_{m.name}"])
+            for m in study.mitigations
+            if m.cadence == "nightly"
+        }
+        rescored = {dg.AssetKey([study.name, s]) for s in RESCORED_STAGES} & site
+        return cls(
+            *map(frozenset, (site, checked, gated, sources, cross)),
+            model_key=model,
+            nightly_keys=frozenset(nightly & cross),
+            rescored_keys=frozenset(rescored),
+        )
 
     @staticmethod
     def select(keys: Iterable[dg.AssetKey]) -> dg.AssetSelection:
@@ -110,11 +134,11 @@ def site_run_in_flight(site_keys: Iterable[dg.AssetKey]) -> dg.AutomationConditi
     return condition.with_label("site_run_in_flight")
 
 
-def model_changing() -> dg.AutomationCondition:
-    """vendor_model is requested this tick, in progress, or just updated (its re-scoring of the
-    sites is requested on this tick and not yet in flight)."""
+def model_changing(model_key: dg.AssetKey) -> dg.AutomationCondition:
+    """The model is requested this tick, in progress, or just updated (its re-scoring of the
+    partitions is requested on this tick and not yet in flight)."""
     return AC.asset_matches(
-        MODEL_ASSET, AC.will_be_requested() | AC.in_progress() | AC.newly_updated()
+        model_key, AC.will_be_requested() | AC.in_progress() | AC.newly_updated()
     ).with_label("model_changing")
 
 
@@ -122,7 +146,7 @@ def cross_site_condition(graph: StudyGraph) -> dg.AutomationCondition:
     """Re-audit across sites once per accepted change (see the module docstring)."""
     gated = graph.select(graph.gated_keys)
     trigger = (
-        AC.any_deps_updated().ignore(gated | graph.select({MODEL_ASSET}))
+        AC.any_deps_updated().ignore(gated | graph.select({graph.model_key}))
         | AC.any_deps_match(accepted_update()).allow(graph.select(graph.checked_keys))
     ).with_label("accepted_change")
     missing = AC.any_deps_missing().ignore(graph.select(graph.site_keys | graph.source_keys))
@@ -132,17 +156,18 @@ def cross_site_condition(graph: StudyGraph) -> dg.AutomationCondition:
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
         & ~site_run_in_flight(graph.site_keys)
-        & ~model_changing()
+        & ~model_changing(graph.model_key)
         & AC.all_deps_blocking_checks_passed().ignore(graph.select(graph.site_keys))
     ).with_label("cross_site_reaudit")
 
 
-def site_rescore_condition() -> dg.AutomationCondition:
-    """Re-score a site when the audited model's data version changed (per site partition)."""
+def site_rescore_condition(graph: StudyGraph) -> dg.AutomationCondition:
+    """Re-score a partition when the audited model's data version changed."""
     model_changed = AC.any_deps_match(AC.data_version_changed()).allow(
-        dg.AssetSelection.assets(MODEL_ASSET)
+        dg.AssetSelection.assets(graph.model_key)
     )
-    predictions = dg.AssetSelection.assets("cxr_predictions")
+    prefix = graph.model_key.path[0]
+    predictions = dg.AssetSelection.assets(dg.AssetKey([prefix, "predictions"]))
     return (
         (model_changed | AC.any_deps_updated().allow(predictions)).since_last_handled()
         & ~AC.any_deps_missing()
@@ -153,7 +178,7 @@ def site_rescore_condition() -> dg.AutomationCondition:
 
 
 def model_condition(graph: StudyGraph) -> dg.AutomationCondition:
-    """vendor_model: the observed model source changed, or the reference ingest passed anew."""
+    """The model: the observed model source changed, or the reference ingest passed anew."""
     trigger = AC.any_deps_updated().allow(graph.select(graph.source_keys)) | AC.any_deps_match(
         accepted_update()
     ).allow(graph.select(graph.checked_keys))
@@ -173,41 +198,35 @@ def source_condition() -> dg.AutomationCondition:
     ).with_label("observe_on_start_and_cron")
 
 
-RESCORED = frozenset({dg.AssetKey("cxr_predictions"), dg.AssetKey("cxr_site_metrics")})
-#: Focused re-training (minutes of fine-tuning) never changes a decision under the shipped policy
-#: (``retrained_model_counts: false``): it is kept off the re-audit path and refreshed nightly;
-#: the report names the sites its guard has not evaluated yet.
-RETRAINING = frozenset({dg.AssetKey("cxr_retraining"), dg.AssetKey("cxr_retrained_model")})
-RETRAIN_CRON = "0 2 * * *"
-
-
-def retraining_condition(graph: StudyGraph) -> dg.AutomationCondition:
-    """Re-train nightly (``RETRAIN_CRON``, UTC) when no site run or model change is under way."""
+def nightly_condition(graph: StudyGraph) -> dg.AutomationCondition:
+    """Nightly (``NIGHTLY_CRON``, UTC) when no partition run or model change is under way."""
     return (
-        AC.cron_tick_passed(RETRAIN_CRON).since_last_handled()
+        AC.cron_tick_passed(NIGHTLY_CRON).since_last_handled()
         & ~AC.any_deps_missing().ignore(graph.select(graph.site_keys | graph.source_keys))
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
         & ~site_run_in_flight(graph.site_keys)
-        & ~model_changing()
-    ).with_label("nightly_retraining")
+        & ~model_changing(graph.model_key)
+    ).with_label("nightly")
 
 
 def conditions_for(graph: StudyGraph) -> dict[dg.AssetKey, dg.AutomationCondition]:
     """asset key -> its automation condition (assets not listed keep none: the sensor's)."""
     out: dict[dg.AssetKey, dg.AutomationCondition] = {}
-    cross, rescore = cross_site_condition(graph), site_rescore_condition()
+    cross, rescore = cross_site_condition(graph), site_rescore_condition(graph)
     out.update({k: cross for k in graph.cross_site_keys})
-    out.update({k: retraining_condition(graph) for k in RETRAINING & graph.cross_site_keys})
-    out.update({k: rescore for k in RESCORED & graph.site_keys})
+    out.update({k: nightly_condition(graph) for k in graph.nightly_keys})
+    out.update({k: rescore for k in graph.rescored_keys})
     out.update({k: source_condition() for k in graph.source_keys})
-    out[MODEL_ASSET] = model_condition(graph)
+    out[graph.model_key] = model_condition(graph)
     return out
 
 
-def with_automation(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+def with_automation(
+    assets: Sequence[dg.AssetsDefinition], study: Study
+) -> list[dg.AssetsDefinition]:
     """The same assets with the study's automation conditions set on their specs."""
-    conditions = conditions_for(StudyGraph.of(assets))
+    conditions = conditions_for(StudyGraph.of(assets, study))
 
     def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
         condition = conditions.get(spec.key)
@@ -218,15 +237,18 @@ def with_automation(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefi
     return list(dg.map_asset_specs(apply, assets))
 
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    AUTOMATION_SENSOR,
-    target=dg.AssetSelection.groups(GROUP) | dg.AssetSelection.assets(MODEL_SOURCE, POLICY_SOURCE),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    description="Evaluates the multisite_cxr automation conditions (orchestration/automation.py): "
-    "after a site run, the cross-site audit re-runs once; a changed model package re-scores "
-    "every site; a changed decision policy re-decides. On by default.",
-)
+def build_automation_sensor(study: Study) -> dg.AutomationConditionSensorDefinition:
+    """The study's automation sensor: evaluates the conditions of its group, on by default."""
+    return dg.AutomationConditionSensorDefinition(
+        automation_sensor_name(study),
+        target=dg.AssetSelection.groups(study.name)
+        | dg.AssetSelection.assets(*(dg.AssetKey([study.name, s]) for s in SOURCE_STAGES)),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description=f"Evaluates the {study.name} automation conditions "
+        "(orchestration/automation.py): after a partition run, the audit re-runs once; a "
+        "changed model re-scores every partition; a changed policy re-decides. On by default.",
+    )
 
 
 # --- In-process driver (tests, benchmarks, scripted re-audits) --------------------------------
@@ -259,7 +281,7 @@ def _run_groups(
     return sorted(groups.items(), key=lambda item: min(order[k] for k in item[1]))
 
 
-def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance, study: Study) -> bool:
     """Observe the study's sources once, in-process (returns whether the run succeeded).
 
     Run after materializing an audit outside automation (``clinaudit demo``): the automation
@@ -267,7 +289,8 @@ def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     ``make ui`` is not mistaken for a change.
     """
     graph = defs.resolve_asset_graph()
-    keys = [k for k in graph.get_all_asset_keys() if k.to_user_string() in SOURCE_NAMES]
+    wanted = {dg.AssetKey([study.name, s]) for s in SOURCE_STAGES}
+    keys = [k for k in graph.get_all_asset_keys() if k in wanted]
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(instance=instance, asset_selection=keys).success
 
@@ -281,7 +304,7 @@ def drain_automation(
     run_config: dict | None = None,
 ) -> tuple[object, list[AutomationTick]]:
     """Evaluate the automation conditions and run what they request, in-process, until a tick
-    requests nothing (what ``cxr_automation_sensor`` and the daemon do, without waiting).
+    requests nothing (what the automation sensors and the daemon do, without waiting).
 
     Returns the cursor to pass to the next call and one :class:`AutomationTick` per tick that
     requested something. ``run_config`` (e.g. the console log level) applies to every run.

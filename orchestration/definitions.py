@@ -1,72 +1,39 @@
-"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here."""
+"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here.
+
+One loop over the study registry: every registered study gets its asset graph
+(``assets.factory.build_study_assets``), its automation conditions, its partition job, its landing
+sensor and its automation sensor. Nothing here names a study.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
-from clinaudit.assets import (
-    multisite_cxr,
-    multisite_cxr_audit,
-    multisite_cxr_mitigation,
-    multisite_cxr_model,
-    multisite_cxr_report,
-    multisite_cxr_sources,
-    sepsis_ews,
-)
-from clinaudit.assets.multisite_cxr_mitigation import DecisionPolicy
-from clinaudit.assets.multisite_cxr_model import AuditedModel
-from clinaudit.assets.packages import ReportSigner
-from clinaudit.assets.sepsis_ews import SepsisModel, SepsisPolicyFile
-from clinaudit.orchestration.automation import automation_sensor, with_automation
-from clinaudit.orchestration.resources import ClinauditHome, ParquetIOManager
-from clinaudit.orchestration.sensors import LandingWatch, cxr_landing_sensor, cxr_site_job
-
-ALL_ASSETS = [
-    *multisite_cxr.ASSETS,
-    *multisite_cxr_model.ASSETS,
-    *multisite_cxr_audit.ASSETS,
-    *multisite_cxr_mitigation.ASSETS,
-    *multisite_cxr_report.ASSETS,
-    *multisite_cxr_sources.ASSETS,
-    *sepsis_ews.ASSETS,
-]
+from clinaudit.assets.factory import build_study_assets, partition_job
+from clinaudit.assets.resources import ClinauditHome, StudyModel, StudyPolicy, study_resources
+from clinaudit.orchestration.automation import build_automation_sensor, with_automation
+from clinaudit.orchestration.sensors import build_landing_sensor
+from clinaudit.studies import Study, registered_studies
 
 
-def build_resources(
-    home: ClinauditHome,
-    audited_model: AuditedModel | None = None,
-    sepsis_model: SepsisModel | None = None,
-) -> dict[str, object]:
-    """The resources every asset of the project uses, around one ``ClinauditHome``.
+def study_assets(study: Study) -> list[dg.AssetsDefinition]:
+    """The study's assets with its automation conditions."""
+    return with_automation(build_study_assets(study), study)
 
-    Without an explicit ``audited_model``, ``$CLINAUDIT_MODEL_PACKAGE`` (a vendor package) or
-    ``$CLINAUDIT_VENDOR_SCORES`` (a scores directory) choose what is audited, else the embedded
-    model; ``$CLINAUDIT_POLICY`` names a decision policy file other than the shipped one. So runs
-    started by the sensor, the automation or the UI audit what ``clinaudit audit`` audited.
-    """
-    env = os.environ
-    model = audited_model or AuditedModel(
-        package_dir=env.get("CLINAUDIT_MODEL_PACKAGE") or None,
-        scores_dir=env.get("CLINAUDIT_VENDOR_SCORES") or None,
-    )
-    return {
-        "home": home,
-        "table_io": ParquetIOManager(home=home),
-        "audited_model": model,
-        "policy": DecisionPolicy(path=env.get("CLINAUDIT_POLICY") or None),
-        "signer": ReportSigner(),
-        # Study sepsis_ews: $CLINAUDIT_SEPSIS_MODEL (a tabular vendor package), else the
-        # embedded vendor model; $CLINAUDIT_SEPSIS_POLICY, else the shipped sepsis policy.
-        "sepsis_model": sepsis_model
-        or SepsisModel(package_dir=env.get("CLINAUDIT_SEPSIS_MODEL") or None),
-        "sepsis_policy": SepsisPolicyFile(path=env.get("CLINAUDIT_SEPSIS_POLICY") or None),
-    }
+
+def all_assets(studies: Sequence[Study] | None = None) -> list[dg.AssetsDefinition]:
+    """Every asset of ``studies`` (default: every registered study)."""
+    return [a for s in studies or registered_studies() for a in study_assets(s)]
 
 
 def build_defs(
-    home: ClinauditHome | None = None, audited_model: AuditedModel | None = None
+    home: ClinauditHome | None = None,
+    *,
+    studies: Sequence[Study] | None = None,
+    models: Mapping[str, StudyModel] | None = None,
+    policies: Mapping[str, StudyPolicy] | None = None,
 ) -> dg.Definitions:
     """Build the project's ``Definitions``.
 
@@ -75,20 +42,29 @@ def build_defs(
     home : ClinauditHome, optional
         Run-time directories. By default ``$CLINAUDIT_HOME`` (else ``./var``) and the optional
         ``$CLINAUDIT_PSEUDONYM_KEY``, both read when a run uses them.
-    audited_model : AuditedModel, optional
-        What is audited; by default the embedded vendor model.
+    studies : sequence of Study, optional
+        The studies to serve (default: every registered study).
+    models, policies : mapping, optional
+        Study name -> model / policy resource; by default each study's resources read
+        ``CLINAUDIT_<STUDY>_MODEL`` / ``_SCORES`` / ``_THRESHOLD`` / ``_POLICY`` when used, else
+        audit the embedded model under the shipped policy.
     """
-    home = home or ClinauditHome()
-    cxr_ingest_job = dg.define_asset_job(
-        "cxr_ingest_job",
-        selection=dg.AssetSelection.assets(multisite_cxr.cxr_ingest),
-        description="Validate and de-identify one site's landed batches.",
-    )
+    studies = list(studies or registered_studies())
+    jobs = [partition_job(s) for s in studies]
     return dg.Definitions(
-        assets=with_automation(ALL_ASSETS),
-        jobs=[cxr_ingest_job, cxr_site_job],
-        sensors=[cxr_landing_sensor, automation_sensor],
-        resources={**build_resources(home, audited_model), "landing_watch": LandingWatch()},
+        assets=all_assets(studies),
+        jobs=jobs,
+        sensors=[
+            sensor
+            for study, job in zip(studies, jobs, strict=True)
+            for sensor in (build_landing_sensor(study, job), build_automation_sensor(study))
+        ],
+        resources=study_resources(
+            home or ClinauditHome(),
+            models=models,
+            policies=policies,
+            studies=[s.name for s in studies],
+        ),
     )
 
 

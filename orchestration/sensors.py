@@ -1,442 +1,71 @@
-"""The landing sensor: a site's ready batch starts that site's partition run by itself.
+"""The landing sensor of every study: a partition's ready batch starts that partition's run.
 
-Every tick scans all of ``<landing>/cxr/<site>/<batch>/`` (the cursor only remembers decisions,
-so a lagging sensor drops nothing). No ``manifest.json``: still uploading, ignored. Manifest
-parses and every listed file has its size and sha256: *ready*; content not handled before ->
-one ``RunRequest`` of ``cxr_site_job`` for the site partition with ``run_key
-"<site>:<batch>:<Manifest.content_hash>"`` (several new batches of a site in one tick: one run,
-``"<site>:<b1>:<h1>+<b2>:<h2>"``), plus a ``cxr_sites`` add request for a new site. The same
-content again (same batch re-exported, or re-sent under another batch name of the site, or
-already in the site's latest ``cxr_validated_images``) starts no run. Manifest unreadable or not
-verifying: *pending*; after ``LandingWatch.quarantine_after_s`` quarantined (JSON reason record
-``<quarantine>/landing/cxr/<site>/<batch>.json``, warning in the sensor log), looked at again
-only when the manifest or a file changes. Unsafe directory names are logged once and listed in
-``<quarantine>/landing/cxr/_refused_names.json``. Landed files are never modified.
+One sensor per study (:func:`build_landing_sensor`). Every tick scans all of
+``<landing>/<landing_dir>/<partition>/<batch>/`` (the cursor only remembers decisions, so a
+lagging sensor drops nothing). No ``manifest.json``: still uploading, ignored. Manifest parses
+and every listed file has its size and sha256: *ready*; content not handled before -> one
+``RunRequest`` of the study's partition job with ``run_key "<partition>:<batch>:<content
+hash>"`` (several new batches of a partition in one tick: one run, ``"<p>:<b1>:<h1>+<b2>:<h2>"``),
+plus a partition add request for a new site / hospital. The same content again (same batch
+re-exported, re-sent under another batch name, or already in the partition's latest validated
+table) starts no run. Manifest unreadable or not verifying: *pending*; after
+``LandingWatch.quarantine_after_s`` quarantined (JSON reason record
+``<quarantine>/landing/<landing_dir>/<partition>/<batch>.json``, warning in the sensor log), looked
+at again only when the manifest or a file changes. Unsafe directory names are logged once and
+listed in ``<quarantine>/landing/<landing_dir>/_refused_names.json``. Landed files are never
+modified.
 
-Everything but the Dagster wiring at the end is plain Python, tested without an instance.
+The decisions are plain Python (``orchestration/landing_plan.py``), tested without an instance;
+this module is the Dagster wiring.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any
 
 import dagster as dg
 
-from clinaudit.assets.multisite_cxr import STUDY_DIR, cxr_ingest, cxr_sites
-from clinaudit.assets.multisite_cxr_audit import cxr_site_metrics
-from clinaudit.assets.multisite_cxr_model import cxr_predictions
-from clinaudit.orchestration.resources import ClinauditHome
-from clinaudit.sources.landing import (
-    MANIFEST_NAME,
-    BatchRef,
-    LandingError,
-    LandingScan,
-    read_manifest,
-    scan_landing,
-    verify_batch,
+from clinaudit.assets.factory import partitions_name
+from clinaudit.assets.resources import ClinauditHome, LandingWatch
+from clinaudit.sources.landing import LandingScan, scan_landing
+from clinaudit.studies.base import Study
+
+from .landing_plan import (
+    REFUSED_FILE,
+    BatchObservation,
+    LandingCursor,
+    TickPlan,
+    observe_landing,
+    plan_tick,
+    sites_to_look_up,
+    write_quarantine_record,
+    write_refused_names,
 )
 
-CURSOR_VERSION = 1
-#: Hex characters of a content hash kept in the cursor (64 bits: ample to notice a change).
-HASH_PREFIX = 16
-#: Most problems written into one quarantine record (the count is always complete).
-MAX_PROBLEMS = 200
-REFUSED_FILE = "_refused_names.json"  # starts with "_": can never clash with a site directory
-
-BatchState = Literal["uploading", "ready", "unverified"]
-Problem = tuple[str, str, str]  # (file, problem, fix)
-
-
-@dataclass(frozen=True)
-class BatchObservation:
-    """What one landed batch looks like at this tick.
-
-    ``state`` is ``"uploading"`` (no manifest), ``"ready"`` (manifest verifies) or
-    ``"unverified"`` (manifest unreadable, or files missing / different from it). ``problems``
-    are ``(file, problem, fix)`` triples; ``fingerprint`` (unverified only) changes when the
-    manifest or any file of the batch changes; ``ingested`` says the instance already holds
-    this exact content for the site.
-    """
-
-    site: str
-    batch: str
-    state: BatchState
-    content_hash: str | None = None
-    fingerprint: str | None = None
-    problems: tuple[Problem, ...] = ()
-    ingested: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.site}/{self.batch}"
-
-
-@dataclass(frozen=True)
-class LandingCursor:
-    """What the sensor already decided; serialised as small JSON.
-
-    ``requested``: site -> batch -> content-hash prefix of every ready batch already handled;
-    ``pending``: ``"site/batch"`` -> epoch seconds its unverified manifest was first seen;
-    ``quarantined``: ``"site/batch"`` -> fingerprint when quarantined; ``refused``: short hashes
-    of refused directory names already reported. Entries of batches that left the landing area
-    are pruned.
-    """
-
-    requested: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    pending: Mapping[str, int] = field(default_factory=dict)
-    quarantined: Mapping[str, str] = field(default_factory=dict)
-    refused: tuple[str, ...] = ()
-
-    def to_json(self) -> str:
-        doc = {
-            "v": CURSOR_VERSION,
-            "requested": {s: dict(b) for s, b in self.requested.items()},
-            "pending": dict(self.pending),
-            "quarantined": dict(self.quarantined),
-            "refused": sorted(self.refused),
-        }
-        return json.dumps(doc, separators=(",", ":"), sort_keys=True)  # sorted at every level
-
-    def summary(self) -> str:
-        n_done = sum(map(len, self.requested.values()))
-        return f"{n_done} handled, {len(self.pending)} pending, {len(self.quarantined)} quarantined"
-
-    @classmethod
-    def from_json(cls, text: str | None) -> LandingCursor:
-        """Parse a cursor; ``None`` or ``""`` is the empty cursor.
-
-        Raises
-        ------
-        ValueError
-            If ``text`` is not a cursor written by :meth:`to_json` of this version.
-        """
-        if not text:
-            return cls()
-        try:
-            doc = json.loads(text)
-            if doc.get("v") != CURSOR_VERSION:
-                raise ValueError(f"cursor version {doc.get('v')!r} is not {CURSOR_VERSION}")
-            return cls(
-                {s: {b: str(h) for b, h in v.items()} for s, v in doc["requested"].items()},
-                {k: int(v) for k, v in doc["pending"].items()},
-                {k: str(v) for k, v in doc["quarantined"].items()},
-                tuple(map(str, doc["refused"])),
-            )
-        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"landing sensor cursor {text[:80]!r} is not valid ({err}); reset the sensor "
-                "cursor (Dagster UI > Automation > cxr_landing_sensor); run keys still prevent "
-                "re-running batches already requested"
-            ) from err
-
-
-@dataclass(frozen=True)
-class SiteRun:
-    """One run to request: the site partition and the new batches (name, content hash) it covers."""
-
-    site: str
-    batches: tuple[tuple[str, str], ...]
-
-    @property
-    def run_key(self) -> str:
-        return f"{self.site}:" + "+".join(f"{b}:{h}" for b, h in self.batches)
-
-    @property
-    def tags(self) -> dict[str, str]:
-        batches = ",".join(b for b, _ in self.batches)
-        return {"clinaudit/site": self.site, "clinaudit/batches": batches}
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    """A batch to quarantine now, with everything its reason record needs."""
-
-    site: str
-    batch: str
-    content_hash: str | None
-    fingerprint: str
-    problems: tuple[Problem, ...]
-    first_seen: int
-    now: int
-    grace_s: float
-
-
-@dataclass(frozen=True)
-class TickPlan:
-    """Decisions of one tick and the cursor to store with them."""
-
-    runs: tuple[SiteRun, ...]
-    new_sites: tuple[str, ...]
-    quarantines: tuple[Quarantine, ...]
-    refused: tuple[str, ...]  # refused-name messages not reported before
-    notes: tuple[str, ...]
-    cursor: LandingCursor
-
-
-def _batch_fingerprint(batch_dir: Path) -> str:
-    """sha256 over the manifest bytes and (path, size, mtime) of every file of the batch."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(batch_dir):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # renamed while we walk (an upload's temporary file)
-                continue
-            rel = path.relative_to(batch_dir).as_posix()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    try:
-        h.update((batch_dir / MANIFEST_NAME).read_bytes())
-    except OSError as err:
-        h.update(f"manifest unreadable: {err.strerror}".encode())
-    return h.hexdigest()[:HASH_PREFIX]
-
-
-def _verify(ref: BatchRef, known_hash: str | None) -> tuple[str | None, tuple[Problem, ...]]:
-    """Content hash (None if the manifest is unreadable) and the problems of the batch."""
-    content = None
-    try:
-        manifest = read_manifest(ref.path)
-        content = manifest.content_hash
-        if known_hash is not None and content.startswith(known_hash):
-            return content, ()  # verified before and the manifest is unchanged
-        check = verify_batch(ref.path, manifest, check_hashes=False)  # cheap: presence, sizes
-        if check.ok:
-            check = verify_batch(ref.path, manifest, check_hashes=True)
-    except LandingError as err:
-        return None, ((err.path, err.message, err.fix),)
-    except OSError as err:  # a file vanished or is unreadable mid-upload: not ready yet
-        why = f"could not be read ({err.strerror})"
-        return content, ((str(err.filename or ref.path), why, "finish the upload, fix access"),)
-    return content, tuple(check.problems())
-
-
-def observe_batch(
-    ref: BatchRef, *, known_hash: str | None = None, quarantined_fp: str | None = None
-) -> BatchObservation:
-    """Classify one batch directory as uploading, ready or unverified.
-
-    Parameters
-    ----------
-    ref : BatchRef
-        The batch, from :func:`clinaudit.sources.landing.scan_landing`.
-    known_hash : str, optional
-        Content-hash prefix already verified for this batch (cursor or ingested data): while the
-        manifest has this hash the files are not hashed again.
-    quarantined_fp : str, optional
-        Fingerprint of the batch when it was quarantined: while unchanged it is not verified again.
-    """
-    site, batch = ref.site, ref.batch
-    if not ref.ready:
-        return BatchObservation(site, batch, "uploading")
-    fingerprint = _batch_fingerprint(ref.path) if quarantined_fp else None
-    if fingerprint is not None and fingerprint == quarantined_fp:
-        return BatchObservation(site, batch, "unverified", fingerprint=fingerprint)
-    content, problems = _verify(ref, known_hash)
-    if not problems:
-        return BatchObservation(site, batch, "ready", content)
-    fingerprint = fingerprint or _batch_fingerprint(ref.path)
-    return BatchObservation(site, batch, "unverified", content, fingerprint, problems)
-
-
-def observe_landing(
-    scan: LandingScan,
-    cursor: LandingCursor,
-    ingested: Mapping[str, Mapping[str, str]] | None = None,
-) -> list[BatchObservation]:
-    """Observe every batch of ``scan`` (sorted by site, batch).
-
-    ``ingested``: site -> batch -> content-hash prefix already materialized by ingest
-    (:func:`ingested_batches`).
-    """
-    out = []
-    for ref in sorted(scan.batches, key=lambda r: (r.site, r.batch)):
-        done = (ingested or {}).get(ref.site, {}).get(ref.batch)
-        known = cursor.requested.get(ref.site, {}).get(ref.batch) or done
-        quarantined = cursor.quarantined.get(f"{ref.site}/{ref.batch}")
-        obs = observe_batch(ref, known_hash=known, quarantined_fp=quarantined)
-        if done and obs.state == "ready" and str(obs.content_hash).startswith(done):
-            obs = replace(obs, ingested=True)
-        out.append(obs)
-    return out
-
-
-def sites_to_look_up(scan: LandingScan, cursor: LandingCursor) -> list[str]:
-    """Sites with a ready batch the cursor does not know (only those need an instance query)."""
-    unknown = (r for r in scan.batches if r.batch not in cursor.requested.get(r.site, {}))
-    return sorted({r.site for r in unknown if r.ready})
-
-
-def plan_tick(
-    observations: Sequence[BatchObservation],
-    cursor: LandingCursor,
-    *,
-    known_sites: Collection[str],
-    now: float,
-    quarantine_after_s: float,
-    refused: Sequence[LandingError] = (),
-) -> TickPlan:
-    """Decide runs, new partitions and quarantines from this tick's observations.
-
-    Pure: no file or instance access. ``now`` is epoch seconds; ``known_sites`` the existing
-    ``cxr_sites`` partitions.
-    """
-    requested = {s: dict(b) for s, b in cursor.requested.items()}
-    pending, quarantined = {}, {}
-    new_batches: dict[str, list[tuple[str, str]]] = {}
-    quarantines, notes = [], []
-    seen: set[tuple[str, str]] = set()
-    for obs in observations:
-        seen.add((obs.site, obs.batch))
-        if obs.state == "ready":
-            _plan_ready(obs, requested, new_batches, notes)
-        elif obs.state == "unverified":
-            q = _plan_unverified(obs, cursor, now, quarantine_after_s, pending, quarantined)
-            if q is not None:
-                quarantines.append(q)
-    requested = {s: {b: h for b, h in bs.items() if (s, b) in seen} for s, bs in requested.items()}
-    ready_sites = {o.site for o in observations if o.state == "ready"}
-    ids = {hashlib.sha256(str(e).encode()).hexdigest()[:12]: e for e in refused}
-    cursor_out = LandingCursor(
-        requested={s: bs for s, bs in requested.items() if bs},
-        pending=pending,
-        quarantined=quarantined,
-        refused=tuple(sorted(ids)),
-    )
-    return TickPlan(
-        runs=tuple(SiteRun(s, tuple(b)) for s, b in sorted(new_batches.items())),
-        new_sites=tuple(sorted(ready_sites - set(known_sites))),
-        quarantines=tuple(quarantines),
-        refused=tuple(str(e) for i, e in sorted(ids.items()) if i not in cursor.refused),
-        notes=tuple(notes),
-        cursor=cursor_out,
-    )
-
-
-def _plan_ready(
-    obs: BatchObservation,
-    requested: dict[str, dict[str, str]],
-    new_batches: dict[str, list[tuple[str, str]]],
-    notes: list[str],
-) -> None:
-    assert obs.content_hash is not None
-    short = obs.content_hash[:HASH_PREFIX]
-    site = requested.setdefault(obs.site, {})
-    if site.get(obs.batch) == short:
-        return
-    twin = next((b for b, h in sorted(site.items()) if h == short and b != obs.batch), None)
-    site[obs.batch] = short
-    if obs.ingested:
-        notes.append(f"{obs.key}: content {short} is already ingested; no run")
-    elif twin is not None:
-        notes.append(f"{obs.key}: same content as batch {twin!r} ({short}); no run")
-    else:
-        new_batches.setdefault(obs.site, []).append((obs.batch, obs.content_hash))
-
-
-def _plan_unverified(
-    obs: BatchObservation,
-    cursor: LandingCursor,
-    now: float,
-    quarantine_after_s: float,
-    pending: dict[str, int],
-    quarantined: dict[str, str],
-) -> Quarantine | None:
-    assert obs.fingerprint is not None
-    if cursor.quarantined.get(obs.key) == obs.fingerprint:
-        quarantined[obs.key] = obs.fingerprint  # unchanged since quarantined: leave it
-        return None
-    first = cursor.pending.get(obs.key, int(now))
-    if now - first < quarantine_after_s:
-        pending[obs.key] = first
-        return None
-    quarantined[obs.key] = obs.fingerprint
-    return Quarantine(
-        obs.site,
-        obs.batch,
-        obs.content_hash,
-        obs.fingerprint,
-        obs.problems,
-        first,
-        int(now),
-        quarantine_after_s,
-    )
-
-
-def _write_json(path: Path, doc: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def write_quarantine_record(quarantine_root: Path, q: Quarantine, *, landing_root: Path) -> Path:
-    """Write ``<quarantine_root>/landing/cxr/<site>/<batch>.json`` (replacing an older record).
-
-    The landed batch is not touched; the record says why it was not ingested and how to fix it.
-    """
-    doc = {
-        "study": STUDY_DIR,
-        "site": q.site,
-        "batch": q.batch,
-        "batch_dir": str(landing_root / STUDY_DIR / q.site / q.batch),
-        "check": "manifest_unreadable" if q.content_hash is None else "manifest_not_verified",
-        "content_hash": q.content_hash,
-        "fingerprint": q.fingerprint,
-        "first_seen_utc": datetime.fromtimestamp(q.first_seen, UTC).isoformat(),
-        "quarantined_utc": datetime.fromtimestamp(q.now, UTC).isoformat(),
-        "grace_period_s": q.grace_s,
-        "n_problems": len(q.problems),
-        "problems": [{"file": f, "problem": p, "fix": x} for f, p, x in q.problems[:MAX_PROBLEMS]],
-        "action": "not requested by the landing sensor; landed files untouched. Re-send the "
-        "batch (files, then manifest.json last); it is looked at again when any file changes.",
-    }
-    return _write_json(quarantine_root / "landing" / STUDY_DIR / q.site / f"{q.batch}.json", doc)
-
-
-def write_refused_names(quarantine_root: Path, refused: Sequence[LandingError]) -> Path:
-    """List the landing directories refused for unsafe names (the whole current list)."""
-    doc = [{"name": e.path, "problem": e.message, "fix": e.fix} for e in refused]
-    return _write_json(quarantine_root / "landing" / STUDY_DIR / REFUSED_FILE, doc)
+__all__ = [
+    "REFUSED_FILE",
+    "BatchObservation",
+    "LandingCursor",
+    "build_landing_sensor",
+    "ingested_batches",
+    "plan_tick",
+]
 
 
 # --- Dagster wiring -------------------------------------------------------------------------
 
-cxr_site_job = dg.define_asset_job(
-    "cxr_site_job",
-    selection=dg.AssetSelection.assets(cxr_ingest, cxr_predictions, cxr_site_metrics),
-    description="One site's per-site stages: ingest (with its blocking checks), predictions and "
-    "site metrics. Started by cxr_landing_sensor when a batch of the site is ready.",
-)
-
-
-class LandingWatch(dg.ConfigurableResource):
-    """Landing sensor settings: ``quarantine_after_s``, how long a batch whose manifest exists may
-    stay unreadable or unverified (upload still running) before it is quarantined."""
-
-    quarantine_after_s: float = 1800.0
-
 
 def ingested_batches(
-    instance: dg.DagsterInstance, sites: Iterable[str]
+    instance: dg.DagsterInstance, sites: Iterable[str], key: dg.AssetKey
 ) -> dict[str, dict[str, str]]:
-    """site -> batch -> content-hash prefix in the site's latest ``cxr_validated_images``.
+    """partition -> batch -> content-hash prefix in the partition's latest validated table.
 
     Read from the materialization's data version (``"<batch>:<hash16>,..."``, see
-    ``SiteIngest.data_version``).
+    ``PartitionIngest.data_version``).
     """
     out: dict[str, dict[str, str]] = {}
-    key = dg.AssetKey("cxr_validated_images")
     for site in sites:
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[site]), limit=1
@@ -448,52 +77,76 @@ def ingested_batches(
     return out
 
 
-@dg.sensor(
-    job=cxr_site_job,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Polls <landing>/cxr/<site>/<batch>/: a batch whose manifest.json verifies "
-    "starts its site's partition run (run key = content hash), a new site gets a partition, a "
-    "batch that never verifies is quarantined after LandingWatch.quarantine_after_s.",
-)
-def cxr_landing_sensor(
-    context: dg.SensorEvaluationContext, home: ClinauditHome, landing_watch: LandingWatch
-) -> dg.SensorResult:
-    try:
-        cursor = LandingCursor.from_json(context.cursor)
-    except ValueError as err:
-        context.log.warning(f"{err}; starting from an empty cursor")
-        cursor = LandingCursor()
-    scan = scan_landing(home.landing, STUDY_DIR)
-    ingested = ingested_batches(context.instance, sites_to_look_up(scan, cursor))
-    plan = plan_tick(
-        observe_landing(scan, cursor, ingested),
-        cursor,
-        known_sites=set(context.instance.get_dynamic_partitions(cxr_sites.name)),
-        now=time.time(),
-        quarantine_after_s=landing_watch.quarantine_after_s,
-        refused=scan.refused,
+def build_landing_sensor(study: Study, job: Any) -> dg.SensorDefinition:
+    """The landing sensor of ``study``: ``<study>_landing_sensor``, on by default, every 30 s."""
+    validated = dg.AssetKey([study.name, "validated"])
+    partitions = dg.DynamicPartitionsDefinition(name=partitions_name(study))
+    landing_dir = study.landing_dir
+
+    @dg.sensor(
+        name=f"{study.name}_landing_sensor",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Polls <landing>/{landing_dir}/<{study.partition_by}>/<batch>/: a batch "
+        f"whose manifest.json verifies starts its {study.partition_by}'s partition run (run key "
+        f"= content hash), a new {study.partition_by} gets a partition, a batch that never "
+        "verifies is quarantined after LandingWatch.quarantine_after_s.",
     )
+    def landing_sensor(
+        context: dg.SensorEvaluationContext, home: ClinauditHome, landing_watch: LandingWatch
+    ) -> dg.SensorResult:
+        watch = landing_watch
+        try:
+            cursor = LandingCursor.from_json(context.cursor)
+        except ValueError as err:
+            context.log.warning(f"{err}; starting from an empty cursor")
+            cursor = LandingCursor()
+        scan = scan_landing(home.landing, landing_dir)
+        ingested = ingested_batches(context.instance, sites_to_look_up(scan, cursor), validated)
+        plan = plan_tick(
+            observe_landing(scan, cursor, ingested),
+            cursor,
+            known_sites=set(context.instance.get_dynamic_partitions(partitions.name)),
+            now=time.time(),
+            quarantine_after_s=watch.quarantine_after_s,
+            refused=scan.refused,
+        )
+        _report_plan(context, plan, scan, cursor, home, landing_dir)
+        requests = [
+            dg.RunRequest(run_key=run.run_key, partition_key=run.site, tags=run.tags)
+            for run in plan.runs
+        ]
+        adds = [partitions.build_add_request(list(plan.new_sites))] if plan.new_sites else []
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=adds,
+            cursor=plan.cursor.to_json(),
+            skip_reason=None if requests else f"no new ready batch ({plan.cursor.summary()})",
+        )
+
+    return landing_sensor
+
+
+def _report_plan(
+    context: dg.SensorEvaluationContext,
+    plan: TickPlan,
+    scan: LandingScan,
+    cursor: LandingCursor,
+    home: ClinauditHome,
+    landing_dir: str,
+) -> None:
+    """Write the tick's quarantine records and refused-name list, and log what was decided."""
+    quarantine, landing = home.quarantine, home.landing
     for q in plan.quarantines:
-        path = write_quarantine_record(home.quarantine, q, landing_root=home.landing)
+        path = write_quarantine_record(quarantine, q, landing_root=landing, landing_dir=landing_dir)
         first = "; ".join(f"{f}: {p}" for f, p, _ in q.problems[:3])
         context.log.warning(
             f"quarantined {q.site}/{q.batch} ({len(q.problems)} problems: {first}); record {path}"
         )
     if set(plan.cursor.refused) != set(cursor.refused):  # the list changed: rewrite it
-        path = write_refused_names(home.quarantine, scan.refused)
+        path = write_refused_names(quarantine, scan.refused, landing_dir)
         for message in plan.refused:
             context.log.warning(f"refused landing directory: {message} (listed in {path})")
     for note in plan.notes:
         context.log.info(note)
-    requests = [
-        dg.RunRequest(run_key=run.run_key, partition_key=run.site, tags=run.tags)
-        for run in plan.runs
-    ]
-    adds = [cxr_sites.build_add_request(list(plan.new_sites))] if plan.new_sites else []
-    return dg.SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=adds,
-        cursor=plan.cursor.to_json(),
-        skip_reason=None if requests else f"no new ready batch ({plan.cursor.summary()})",
-    )

@@ -26,6 +26,7 @@ from typing import Any
 import clinaudit
 
 from .pdf import check_attachment_names, render_pdf
+from .provenance import PolicyMismatchError as PolicyMismatchError
 from .signing import SignerSpec, sign_pdf, signer_identity
 from .verify import MANIFEST_NAME, PACKAGE_OWN_FILES, Verdict, format_verdict, verify_pdf
 
@@ -37,11 +38,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class PackageExistsError(FileExistsError):
     """The package directory exists already; packages are never overwritten."""
-
-
-class PolicyMismatchError(ValueError):
-    """The audit tables were computed under another policy than the one configured now
-    (re-run the decision step under the configured policy, or configure the policy used)."""
 
 
 class PackageVerificationError(RuntimeError):
@@ -74,6 +70,7 @@ class PackageResult:
     signer: str
     development_signature: bool
     n_inputs: int
+    pages: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
 

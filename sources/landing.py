@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,8 +29,11 @@ MANIFEST_NAME = "manifest.json"
 _MANIFEST_TMP = ".manifest.json.tmp"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_FORMAT = "clinaudit.landing/v1"
-LabelLayout = Literal["nih", "chexpert", "sepsis_stays"]
-LABEL_LAYOUTS: tuple[str, ...] = ("nih", "chexpert", "sepsis_stays")
+#: Layout of a batch's label table, named by the study that reads it (``"nih"``, ``"chexpert"``,
+#: ``"sepsis_stays"``, ...): a lowercase identifier; the study's ingest refuses layouts it cannot
+#: read.
+LabelLayout = str
+_LAYOUT_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HASH_CHUNK = 1 << 20
@@ -170,8 +173,8 @@ def write_manifest(
         Identifiers recorded in the manifest (site and batch must be safe names).
     label_file : str
         Path of the label table relative to ``batch_dir``.
-    label_layout : {"nih", "chexpert"}
-        Layout of the label table.
+    label_layout : str
+        Layout of the label table (``"nih"``, ``"chexpert"``, ``"sepsis_stays"``, ...).
     simulated : bool
         True when the data comes from a clinaudit simulator (every report then says so).
     created_utc : str
@@ -188,8 +191,10 @@ def write_manifest(
     batch_dir = Path(batch_dir)
     validate_name("site", site)
     validate_name("batch", batch)
-    if label_layout not in LABEL_LAYOUTS:
-        raise ValueError(f"label_layout={label_layout!r} is not one of {LABEL_LAYOUTS}")
+    if not isinstance(label_layout, str) or not _LAYOUT_RE.fullmatch(label_layout):
+        raise ValueError(
+            f"label_layout={label_layout!r} is not a lowercase identifier (e.g. 'nih')"
+        )
     hashes = hashes or {}
     entries = []
     for rel in _relative_files(batch_dir):
@@ -249,11 +254,12 @@ def read_manifest(batch_dir: str | os.PathLike[str]) -> Manifest:
             f"format {doc['format']!r} is not {MANIFEST_FORMAT!r}",
             "write the manifest in the documented format (docs/formats.md)",
         )
-    if doc["label_layout"] not in LABEL_LAYOUTS:
+    if not isinstance(doc["label_layout"], str) or not _LAYOUT_RE.fullmatch(doc["label_layout"]):
         raise LandingError(
             path,
-            f"label_layout {doc['label_layout']!r} is not one of {list(LABEL_LAYOUTS)}",
-            "set label_layout to 'nih' or 'chexpert'",
+            f"label_layout {doc['label_layout']!r} is not a lowercase identifier",
+            "set label_layout to the layout the study documents (e.g. 'nih', 'chexpert', "
+            "'sepsis_stays')",
         )
     validate_name("site", doc["site"])
     validate_name("batch", doc["batch"])

@@ -18,7 +18,7 @@ group composition): the training-data summary of a vendor model card.
 :func:`read_stays` reads a user's CSV (text kept verbatim, so the validator can name a value it
 cannot parse) or Parquet file and adds ``source_row``: the 1-based line of the row in a CSV (header
 = line 1), and for Parquet the data-row position + 1 on the same scale. Row-level checks live in
-:mod:`clinaudit.validation.sepsis_schema`.
+:mod:`clinaudit.studies.sepsis_ews.schema`.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def read_stays(path: str | os.PathLike[str]) -> pd.DataFrame:
     pandas.DataFrame
         The file's columns (names stripped of surrounding spaces; CSV values as text, exactly as
         written) plus ``source_row``. Pass it to
-        :func:`clinaudit.validation.sepsis_schema.validate_stays`.
+        :func:`clinaudit.studies.sepsis_ews.schema.validate_stays`.
 
     Raises
     ------

@@ -1,9 +1,9 @@
 """Inputs of the multisite_cxr report for the tests: base audit tables and contract A/B/C tables.
 
-Base audit tables come from the real audit core on a small simulated scored frame (or from the
-last demo run under var/demo when present); the recalibration, re-training, decision, criteria
-and monitoring tables (contracts A/B/C of the study) are synthetic, with exactly the contract
-columns and the conventions of ``clinaudit.audit.decisions`` / ``monitoring``.
+Base audit tables come from the real audit core on a small simulated scored frame; the
+recalibration, re-training, decision, criteria and monitoring tables (contracts A/B/C of the study)
+are synthetic, with exactly the contract columns and the conventions of the study's
+``decisions`` / ``monitoring`` modules. No test reads the repository's ``var/``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from cxr_contract_fixtures import (
 )
 
 from clinaudit.audit.drift import DriftConfig, drift_table
-from clinaudit.audit.policy import describe_policy, load_policy
-from clinaudit.audit.site_audit import SiteAuditConfig, run_site_audit
-from clinaudit.reporting.cxr_report import (
+from clinaudit.audit.reference_audit import SiteAuditConfig, run_site_audit
+from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.studies.multisite_cxr.policy import describe_policy, load_policy
+from clinaudit.studies.multisite_cxr.report import (
     CxrProvenance,
     CxrReportInputs,
     PolicyInfo,
@@ -37,14 +38,12 @@ from clinaudit.reporting.cxr_report import (
     report_environment,
     write_figures,
 )
-from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.validation.cohort import cohort_summary
 from clinaudit.validation.errors import QuarantineRecord, records_to_frame
 from clinaudit.validation.quality import QUALITY_FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "var" / "demo" / "artifacts" / "tables"
-POLICY_FILE = REPO / "audit" / "policies" / "multisite_cxr.yaml"
+POLICY_FILE = REPO / "studies" / "multisite_cxr" / "policy.yaml"
 REF = "vendor_dev"
 FAKE_MRN = "MRN-778899"
 MISSING_WORDS = re.compile(r"\bN/A\b|\bn/a\b|\bnan\b|\bNaN\b|\bNone\b|\bnull\b")
@@ -221,24 +220,10 @@ def report_inputs(base: dict[str, pd.DataFrame], *, simulated: bool = True) -> C
         ),
         psi_moderate=0.1,
         psi_major=0.25,
+        p_adjust="holm",
+        drift_p_adjust="holm",
+        alpha=0.05,
     )
-
-
-def demo_base() -> dict[str, pd.DataFrame]:
-    """The last demo run's audit tables (read-only)."""
-    read = {
-        k: pd.read_parquet(DEMO / a / "__all__.parquet")
-        for k, a in [
-            ("metrics", "cxr_metrics"),
-            ("calibration", "cxr_calibration"),
-            ("reliability", "cxr_reliability"),
-            ("worst_cells", "cxr_worst_cells"),
-            ("drift", "cxr_drift"),
-            ("cohort", "cxr_cohort_summary"),
-        ]
-    }
-    q = [pd.read_parquet(p) for p in sorted((DEMO / "cxr_quarantine").glob("*.parquet"))]
-    return {**read, "quarantine": pd.concat(q, ignore_index=True)}
 
 
 def render_pdf(view, out_dir: Path) -> tuple[Path, int, float]:

@@ -7,20 +7,27 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from pipeline_helpers import checks, materialize
 
-from clinaudit.assets import multisite_cxr
-from clinaudit.orchestration.definitions import build_defs, build_resources, defs
-from clinaudit.orchestration.resources import ClinauditHome
+from clinaudit.assets.factory import partitions_name
+from clinaudit.assets.resources import ClinauditHome, read_stored
+from clinaudit.orchestration.definitions import build_defs, defs
 from clinaudit.sources.cxr_simulator import simulate_site_batch
 from clinaudit.sources.cxr_sites import DEFAULT_SITES, SiteProfile
+from clinaudit.studies import get_study
+
+STUDY = "multisite_cxr"
+SITES = partitions_name(get_study(STUDY))
 
 
-def test_definitions_load() -> None:
+def test_definitions_load_with_study_prefixed_keys() -> None:
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"cxr_validated_images", "cxr_quarantine", "cxr_cohort_summary"} <= keys
-    assert defs.resolve_job_def("cxr_ingest_job").partitions_def == multisite_cxr.cxr_sites
+    assert {f"{STUDY}/{s}" for s in ("validated", "quarantine", "batches", "cohort")} <= keys
+    assert all("/" in k for k in keys)  # every asset sits under its study's prefix
+    job = defs.resolve_job_def(f"{STUDY}_partition_job")
+    assert job.partitions_def.name == SITES == "multisite_cxr_sites"
 
 
 @pytest.fixture(scope="module")
@@ -54,67 +61,54 @@ def _renamed(base: str, name: str) -> SiteProfile:
 def _materialize(
     home: ClinauditHome, instance: dg.DagsterInstance, site: str
 ) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        multisite_cxr.ASSETS,
-        selection=[multisite_cxr.cxr_ingest],
-        partition_key=site,
-        instance=instance,
-        resources=build_resources(home),
-        run_config={"ops": {"cxr_ingest": {"config": {"workers": 1, "min_rows": 10}}}},
-        raise_on_error=False,
-    )
-
-
-def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+    config = {"ops": {f"{STUDY}__ingest": {"config": {"workers": 1, "min_rows": 10}}}}
+    return materialize(home, instance, STUDY, "validated", partition=site, run_config=config)
 
 
 def test_ingest_partitions_checks_and_isolation(landed: ClinauditHome) -> None:
     home = landed
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("cxr_sites", ["site_a", "site_d", "site_x"])
+        instance.add_dynamic_partitions(SITES, ["site_a", "site_d", "site_x"])
         results = {s: _materialize(home, instance, s) for s in ("site_a", "site_d", "site_x")}
         for site in ("site_a", "site_d"):
             assert results[site].success
-            checks = _checks(results[site])
-            assert set(checks) == {
+            evaluated = checks(results[site])
+            assert set(evaluated) == {
                 "batch_structure",
                 "manifest_integrity",
                 "deidentified",
                 "label_expectations",
-                "image_quarantine_rate",
+                "quarantine_rate",
                 "image_ids_opaque",
             }
             # The simulator names images like ChestX-ray14 (<patient id>_<follow-up>): the
             # non-blocking warning says so; every other check passes.
-            opaque = checks.pop("image_ids_opaque")
+            opaque = evaluated.pop("image_ids_opaque")
             assert not opaque.passed and opaque.severity == dg.AssetCheckSeverity.WARN
-            assert all(c.passed for c in checks.values()), {
-                k: c.metadata for k, c in checks.items() if not c.passed
+            assert all(c.passed for c in evaluated.values()), {
+                k: c.metadata for k, c in evaluated.items() if not c.passed
             }
         # The corrupted site: the image is quarantined, the rest ingested, the blocking
         # integrity check fails with ERROR severity; other sites are untouched.
-        bad = _checks(results["site_x"])
+        bad = checks(results["site_x"])
         assert not bad["manifest_integrity"].passed
         assert bad["manifest_integrity"].severity == dg.AssetCheckSeverity.ERROR
         assert bad["batch_structure"].passed
 
-        tables = home.artifacts / "tables"
-        site_x = pd.read_parquet(tables / "cxr_validated_images" / "site_x.parquet")
+        site_x = read_stored(home, f"{STUDY}/validated", "site_x")
         assert len(site_x) == 29
-        quarantine = pd.read_parquet(tables / "cxr_quarantine" / "site_x.parquet")
+        quarantine = read_stored(home, f"{STUDY}/quarantine", "site_x")
         rec = quarantine[quarantine["check"] == "hash_mismatch"].iloc[0]
         assert rec["file"].startswith("images/") and "re-" in rec["fix"]
         assert (home.quarantine / "cxr" / "site_x" / "b0001.json").exists()
 
-        summary = dg.materialize(
-            multisite_cxr.ASSETS,
-            selection=[multisite_cxr.cxr_cohort_summary],
-            instance=instance,
-            resources=build_resources(home),
-        )
+        batches = read_stored(home, f"{STUDY}/batches", "site_x")
+        assert batches[["batch", "status"]].to_dict("records") == [
+            {"batch": "b0001", "status": "ingested"}
+        ]
+        summary = materialize(home, instance, STUDY, "cohort")
         assert summary.success
-        cohort = pd.read_parquet(tables / "cxr_cohort_summary" / "__all__.parquet")
+        cohort = read_stored(home, f"{STUDY}/cohort")
         assert cohort.set_index("site")["n_images"].to_dict() == {
             "site_a": 30,
             "site_d": 30,
@@ -125,7 +119,7 @@ def test_ingest_partitions_checks_and_isolation(landed: ClinauditHome) -> None:
 def test_outputs_are_deidentified(landed: ClinauditHome) -> None:
     home = landed
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("cxr_sites", ["site_a"])
+        instance.add_dynamic_partitions(SITES, ["site_a"])
         assert _materialize(home, instance, "site_a").success
     with open(home.landing / "cxr" / "site_a" / "b0001" / "labels.csv", newline="") as fh:
         raw_ids = {row["Patient ID"] for row in csv.DictReader(fh)}
@@ -139,5 +133,6 @@ def test_outputs_are_deidentified(landed: ClinauditHome) -> None:
 
 
 def test_build_defs_with_explicit_home(tmp_path: Path) -> None:
-    custom = build_defs(ClinauditHome(root=str(tmp_path)))
-    assert custom.resolve_job_def("cxr_ingest_job").name == "cxr_ingest_job"
+    custom = build_defs(ClinauditHome(root=str(tmp_path)), studies=[get_study(STUDY)])
+    assert custom.resolve_job_def(f"{STUDY}_partition_job").name == f"{STUDY}_partition_job"
+    assert custom.resources["home"].root_dir == tmp_path

@@ -10,12 +10,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from clinaudit.audit.decisions import CRITERIA_COLUMNS, DECISION_COLUMNS, decide_sites
-from clinaudit.audit.monitoring import PLAN_COLUMNS, alert_rate, monitoring_plan
-from clinaudit.audit.policy import Policy, load_policy, policy_from_bytes
 from clinaudit.audit.types import AuditInputError
+from clinaudit.studies.multisite_cxr.decisions import (
+    CRITERIA_COLUMNS,
+    DECISION_COLUMNS,
+    decide_sites,
+)
+from clinaudit.studies.multisite_cxr.monitoring import PLAN_COLUMNS, alert_rate, monitoring_plan
+from clinaudit.studies.multisite_cxr.policy import Policy, load_policy
 
-SHIPPED = Path(__file__).resolve().parents[1] / "audit" / "policies" / "multisite_cxr.yaml"
+SHIPPED = Path(__file__).resolve().parents[1] / "studies" / "multisite_cxr" / "policy.yaml"
 FINDINGS = ("Atelectasis", "Effusion", "Pneumothorax", "Hernia")  # Hernia: not critical
 QUALITY = ("mean_intensity", "contrast", "entropy", "sharpness", "noise_sigma",
            "clipped_fraction", "dynamic_range", "pixel_spacing_mm", "rows", "cols")  # fmt: skip
@@ -70,7 +74,7 @@ def _policy(mutate=None) -> Policy:
     raw = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
     if mutate:
         mutate(raw)
-    return policy_from_bytes(yaml.safe_dump(raw, sort_keys=False).encode(), source="test.yaml")
+    return Policy.from_bytes(yaml.safe_dump(raw, sort_keys=False).encode(), source="test.yaml")
 
 
 def _with_mmd() -> Policy:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +10,19 @@ import pytest
 import yaml
 
 from clinaudit.audit import policy_yaml
-from clinaudit.audit.policy import (
-    OTHER_LOADERS,
+from clinaudit.audit.policy_base import PolicyBase
+from clinaudit.audit.types import AuditInputError
+from clinaudit.studies import get_study, registered_studies
+from clinaudit.studies.multisite_cxr.policy import (
+    Policy,
     PolicyError,
     Problem,
     describe_policy,
     load_policy,
-    policy_from_bytes,
-    shipped_policies,
+    shipped_policy,
 )
-from clinaudit.audit.sepsis_policy import sepsis_policy_from_bytes
-from clinaudit.audit.types import AuditInputError
 
-SHIPPED = Path(__file__).resolve().parents[1] / "audit" / "policies" / "multisite_cxr.yaml"
+SHIPPED = Path(__file__).resolve().parents[1] / "studies" / "multisite_cxr" / "policy.yaml"
 
 
 def _raw() -> dict[str, Any]:
@@ -31,7 +30,7 @@ def _raw() -> dict[str, Any]:
 
 
 def _load(raw: dict[str, Any]):
-    return policy_from_bytes(yaml.safe_dump(raw, sort_keys=False).encode(), source="test.yaml")
+    return Policy.from_bytes(yaml.safe_dump(raw, sort_keys=False).encode(), source="test.yaml")
 
 
 def _problem_keys(err: pytest.ExceptionInfo[PolicyError]) -> set[str]:
@@ -40,7 +39,7 @@ def _problem_keys(err: pytest.ExceptionInfo[PolicyError]) -> set[str]:
 
 def test_shipped_policy_loads_with_hash_of_file_bytes() -> None:
     policy = load_policy()
-    assert shipped_policies()["multisite_cxr"].resolve() == SHIPPED
+    assert shipped_policy().resolve() == SHIPPED == get_study("multisite_cxr").shipped_policy()
     assert policy.sha256 == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
     assert policy.text == SHIPPED.read_text(encoding="utf-8")
     assert (policy.study, policy.version) == ("multisite_cxr", "1.0.0")
@@ -148,48 +147,43 @@ def test_relations_between_thresholds_are_checked() -> None:
 
 def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="invalid YAML"):
-        policy_from_bytes(b"criteria: [unclosed", source="bad.yaml")
+        Policy.from_bytes(b"criteria: [unclosed", source="bad.yaml")
     with pytest.raises(PolicyError, match=r"<top level>: received \['a'\]"):
-        policy_from_bytes(b"- a\n")
+        Policy.from_bytes(b"- a\n")
     with pytest.raises(AuditInputError, match="an existing policy YAML file"):
         load_policy(tmp_path / "missing.yaml")
     with pytest.raises(AuditInputError, match=r"one of \['multisite_cxr'"):
-        load_policy(study="no_such_study")
+        get_study("no_such_study")
+
+
+@pytest.mark.parametrize("owner", ["multisite_cxr", "sepsis_ews"])
+def test_a_policy_of_another_study_is_refused_naming_that_study(tmp_path: Path, owner: str) -> None:
+    # Each study's policy has its own schema: a file written for another study must be refused
+    # with one problem that names the study it belongs to, not a wall of "unknown key" problems.
     path = tmp_path / "other.yaml"
-    path.write_bytes(SHIPPED.read_bytes())
-    with pytest.raises(PolicyError, match=r"study: received 'multisite_cxr'.*'cxr_triage'"):
-        load_policy(path, study="cxr_triage")
+    path.write_bytes(get_study(owner).shipped_policy().read_bytes())
+    for study in registered_studies():
+        if study.name == owner:
+            assert study.load_policy(path).study == owner
+            continue
+        with pytest.raises(PolicyError, match=rf"study: received '{owner}'") as err:
+            study.load_policy(path)
+        assert [p.key for p in err.value.problems] == ["study"]
+        assert f"--study {owner}" in err.value.problems[0].fix
 
 
-@pytest.mark.parametrize("with_path", [False, True])
-def test_study_with_its_own_schema_is_refused_and_names_its_loader(
-    tmp_path: Path, with_path: bool
-) -> None:
-    # The sepsis_ews policy ships beside multisite_cxr but has another schema: load_policy must not
-    # parse it with the site-deployment schema (a wall of "unknown key" problems); it must say which
-    # loader to use, whether the shipped file or a user file is asked for.
-    path = None
-    if with_path:
-        path = tmp_path / "sepsis.yaml"
-        path.write_bytes(shipped_policies()["sepsis_ews"].read_bytes())
-    with pytest.raises(AuditInputError, match=r"'sepsis_ews'.*load_sepsis_policy") as err:
-        load_policy(path, study="sepsis_ews")
-    assert not isinstance(err.value, PolicyError)
-    assert err.value.argument == "study" and err.value.received == "'sepsis_ews'"
-    assert OTHER_LOADERS["sepsis_ews"] == "clinaudit.audit.sepsis_policy.load_sepsis_policy"
-    module, name = OTHER_LOADERS["sepsis_ews"].rsplit(".", 1)
-    loaded = getattr(importlib.import_module(module), name)(path)
-    assert loaded.study == "sepsis_ews"
-
-
-def test_both_policy_loaders_share_one_strict_parser() -> None:
-    # One parser (policy_yaml) serves both studies: same file-level problems, same classes.
-    for parse in (policy_from_bytes, sepsis_policy_from_bytes):
+def test_every_study_policy_shares_one_strict_parser() -> None:
+    # One parser (policy_yaml, through PolicyBase) serves every study: same file-level problems.
+    for study in registered_studies():
+        parse = study.policy_type.from_bytes
+        assert issubclass(study.policy_type, PolicyBase)
         with pytest.raises(PolicyError, match="bytes that are not UTF-8") as err:
             parse(b"\xff\xfe", source="bin.yaml")
         assert err.value.source == "bin.yaml" and err.value.problems[0].key == "<file>"
         with pytest.raises(PolicyError, match=r"<file>: received invalid YAML"):
             parse(b"criteria: [unclosed")
+        described = study.load_policy().describe()
+        assert study.load_policy().sha256 in described or study.load_policy().policy_id in described
     assert PolicyError is policy_yaml.PolicyError and Problem is policy_yaml.Problem
 
 

@@ -6,7 +6,6 @@ synthetic contract A/B/C tables).
 
 from __future__ import annotations
 
-import shutil
 import types
 from dataclasses import fields, replace
 
@@ -14,27 +13,27 @@ import jinja2
 import pandas as pd
 import pytest
 from cxr_report_fixtures import (
-    DEMO,
     FAKE_MRN,
     MISSING_WORDS,
     REF_GROUP,
-    demo_base,
     pages_text,
     render_pdf,
     report_inputs,
     synthetic_base_tables,
 )
 from matplotlib.colors import to_hex
+from system_tools import require_tool
 
 from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting import figures as figs
-from clinaudit.reporting.cxr_report import (
+from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.studies.multisite_cxr.report import (
     CxrReportInputs,
     build_cxr_view,
     render_cxr_html,
     report_environment,
 )
-from clinaudit.reporting.cxr_view import (
+from clinaudit.studies.multisite_cxr.report_view import (
     SIMULATED_BAND,
     fmt_ci,
     fmt_num,
@@ -42,7 +41,6 @@ from clinaudit.reporting.cxr_view import (
     fmt_pct,
     insufficient,
 )
-from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.validation.quality import QUALITY_FEATURES
 
 
@@ -189,8 +187,8 @@ def test_optional_stages_say_they_did_not_run(synthetic_inputs) -> None:
     assert not MISSING_WORDS.findall(html)
 
 
-@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler pdftotext not installed")
 def test_synthetic_pdf_pages_band_and_page_numbers(synthetic_view, tmp_path) -> None:
+    require_tool("pdftotext", "poppler-utils")
     pdf, n_pages, _ = render_pdf(synthetic_view, tmp_path)
     pages = pages_text(pdf)
     assert len(pages) == n_pages and 5 <= n_pages <= 9
@@ -198,23 +196,6 @@ def test_synthetic_pdf_pages_band_and_page_numbers(synthetic_view, tmp_path) -> 
         assert "SIMULATED DATA — not real patients" in text
         assert f"Page {k} of {len(pages)}" in text
         assert synthetic_view.audit_id in text
-
-
-@pytest.mark.skipif(
-    not (DEMO / "cxr_metrics" / "__all__.parquet").exists(), reason="no demo run under var/demo"
-)
-def test_demo_tables_render_to_five_to_nine_pages(tmp_path) -> None:
-    base = demo_base()
-    inputs = report_inputs(base)
-    view = build_cxr_view(inputs)
-    html = render_cxr_html(view, report_environment())
-    assert not MISSING_WORDS.findall(html)
-    cohort = base["cohort"].set_index("site")
-    assert f"<td>{int(cohort.loc['site_b', 'n_patients']):,}</td>" in html
-    w = base["worst_cells"].iloc[0]
-    assert f"{w['group']} / {w['target']}" in html
-    _, n_pages, seconds = render_pdf(view, tmp_path)
-    assert 5 <= n_pages <= 9, f"{n_pages} pages in {seconds:.1f} s"
 
 
 def test_number_formats_never_print_missing_values() -> None:
@@ -258,3 +239,34 @@ def test_psi_bars_clip_order_levels_and_legend() -> None:
     legend = sorted(t.get_text() for t in ax.get_legend().get_texts())
     assert legend == ["PSI 0.1", "PSI 0.25", "network", "site_b"]
     figs.plt.close(fig)
+
+
+def test_report_states_the_settings_the_run_used(synthetic_inputs) -> None:
+    """Drift levels, multiplicity adjustments and alpha come from the run, never from defaults."""
+    inputs = replace(
+        synthetic_inputs,
+        psi_moderate=0.2,
+        psi_major=0.4,
+        p_adjust="bh",
+        drift_p_adjust="none",
+        alpha=0.01,
+    )
+    html = render_cxr_html(build_cxr_view(inputs), report_environment())
+    assert "moderate above 0.2, major above 0.4" in html  # methods
+    assert "PSI (population stability index) above 0.2 is a moderate shift" in html  # drift
+    assert "dashed lines: moderate 0.2, major 0.4" in html  # figure caption
+    assert "the Benjamini–Hochberg method (false discovery rate 1%)" in html
+    assert "Drift tests are not adjusted for multiplicity." in html
+    assert "tests are not adjusted for multiplicity" in html
+    assert "<th>BH p</th>" in html
+    assert "Holm" not in html
+
+
+def test_report_names_the_sites_left_out_of_the_audit(synthetic_inputs) -> None:
+    why = "predictions are stale: 3 validated images without a prediction (re-run)"
+    inputs = replace(synthetic_inputs, left_out={"site_z": why})
+    html = render_cxr_html(build_cxr_view(inputs), report_environment())
+    assert "<td>site_z</td><td>predictions are stale: 3 validated images" in html
+    assert "Sites left out of this audit" in html
+    plain = render_cxr_html(build_cxr_view(synthetic_inputs), report_environment())
+    assert "left out of this audit" not in plain

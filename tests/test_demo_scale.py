@@ -9,12 +9,17 @@ import os
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 import pytest
 
+from clinaudit.assets.resources import ClinauditHome, read_stored
 from clinaudit.orchestration.cli import main
 
 pytestmark = pytest.mark.slow
+P = "multisite_cxr"
+
+
+def _read(home: Path, stage: str):
+    return read_stored(ClinauditHome(root=str(home)), f"{P}/{stage}")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
     try:
-        assert main(["demo", "--scale", "demo", "--home", str(root)]) == 0
+        assert main(["demo", "--study", P, "--scale", "demo", "--home", str(root)]) == 0
     finally:
         mp.undo()
     return root
@@ -40,8 +45,7 @@ def _shifted_sites(home: Path) -> dict[str, dict[str, str]]:
 
 
 def test_vendor_model_reaches_published_range_and_degrades_at_shifted_sites(home: Path) -> None:
-    tables = home / "artifacts" / "tables"
-    metrics = pd.read_parquet(tables / "cxr_metrics" / "__all__.parquet")
+    metrics = _read(home, "evidence")["metrics"]
     ok = metrics[metrics["status"] == "ok"]
     mean_auroc = ok.groupby("group")["auroc"].mean()
     assert mean_auroc["vendor_dev:test"] >= 0.80, mean_auroc
@@ -51,7 +55,7 @@ def test_vendor_model_reaches_published_range_and_degrades_at_shifted_sites(home
 
 
 def test_worst_cells_are_at_sites_the_simulator_shifted(home: Path) -> None:
-    worst = pd.read_parquet(home / "artifacts" / "tables" / "cxr_worst_cells" / "__all__.parquet")
+    worst = _read(home, "evidence")["worst_cells"]
     shifted = {s for s, pushed in _shifted_sites(home).items() if pushed}
     assert len(worst) > 0
     assert set(worst["group"]) <= shifted, worst[["group", "target", "criteria"]]
@@ -60,7 +64,7 @@ def test_worst_cells_are_at_sites_the_simulator_shifted(home: Path) -> None:
 def test_drifted_sites_match_the_injected_effects(home: Path) -> None:
     """Shifted sites: multivariate drift and a major PSI on every pushed feature. The control
     site: no quality feature reaches a major PSI."""
-    drift = pd.read_parquet(home / "artifacts" / "tables" / "cxr_drift" / "__all__.parquet")
+    drift = _read(home, "evidence")["drift"]
     mmd = drift[drift["feature"] == "__mmd__"].set_index("group")
     numeric = drift[drift["kind"] == "numeric"].set_index(["group", "feature"])
     feature = {
@@ -83,15 +87,14 @@ def test_drifted_sites_match_the_injected_effects(home: Path) -> None:
 def test_vendor_model_metadata_reports_heldout_auroc(home: Path) -> None:
     dagster_home = home / "dagster_home"
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("vendor_model"))
+        event = instance.get_latest_materialization_event(dg.AssetKey([P, "model"]))
     meta = event.asset_materialization.metadata
     assert meta["heldout_mean_auroc"].value >= 0.80
 
 
 def test_decisions_spread_follows_the_injected_site_effects(home: Path) -> None:
     """GO at the control site, CONDITIONAL GO and NO-GO at shifted sites, criteria named."""
-    tables = home / "artifacts" / "tables"
-    decisions = pd.read_parquet(tables / "cxr_decisions" / "__all__.parquet").set_index("site")
+    decisions = _read(home, "decisions")["decisions"].set_index("site")
     shifted = {s for s, pushed in _shifted_sites(home).items() if pushed}
     assert {"GO", "CONDITIONAL GO", "NO-GO"} <= set(decisions["decision"]), decisions["decision"]
     # Only sites without injected acquisition effects may be GO.

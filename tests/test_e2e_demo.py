@@ -5,8 +5,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from system_tools import require_tool
 
+from clinaudit.assets.resources import ClinauditHome, read_stored
 from clinaudit.orchestration.cli import main
+
+P = "multisite_cxr"
+SITES = {"vendor_dev", "site_a", "site_b", "site_c", "site_d", "site_e"}
+
+
+def _read(home: Path, stage: str, partition: str | None = None):
+    """What the pipeline stored for ``multisite_cxr/<stage>`` under the run directory ``home``."""
+    return read_stored(ClinauditHome(root=str(home)), f"{P}/{stage}", partition)
+
 
 # Sidecar feature name -> the ingest quality feature that measures it.
 FEATURE = {
@@ -19,65 +30,50 @@ FEATURE = {
 
 
 @pytest.fixture(scope="module")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("demo")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    mp.delenv("CLINAUDIT_PSEUDONYM_KEY", raising=False)
-    try:
-        assert main(["demo", "--scale", "tiny", "--home", str(home), "--workers", "1"]) == 0
-        # Second run: landed data is reused (never re-simulated or modified), ingest re-runs.
-        before = {p: p.stat().st_mtime_ns for p in (home / "landing").rglob("*") if p.is_file()}
-        assert main(["demo", "--scale", "tiny", "--home", str(home), "--workers", "1"]) == 0
-        after = {p: p.stat().st_mtime_ns for p in (home / "landing").rglob("*") if p.is_file()}
-        assert before == after
-    finally:
-        mp.undo()
-    return home
+def demo_home(tiny_demo) -> Path:
+    """``clinaudit demo --study multisite_cxr --scale tiny``, run twice (see conftest)."""
+    return tiny_demo(P)
 
 
 def _vendor_package(demo_home: Path) -> str:
     """The demo's embedded vendor model package directory."""
-    table = demo_home / "artifacts" / "tables" / "vendor_model" / "__all__.parquet"
-    return pd.read_parquet(table).iloc[0]["package_dir"]
+    return _read(demo_home, "model").source
 
 
 def _audit(demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> Path:
     """Run `clinaudit audit` on the demo landing area into a fresh run dir; return that dir."""
     out = tmp_path / "run"
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    args = ["audit", "--landing", str(demo_home / "landing"), "--out", str(out)]
+    args = ["audit", "--study", P, "--landing", str(demo_home / "landing"), "--out", str(out)]
     assert main([*args, *extra, "--workers", "1"]) == 0
     return out
 
 
 def test_demo_materializes_every_site(demo_home: Path) -> None:
-    tables = demo_home / "artifacts" / "tables"
-    sites = {"vendor_dev", "site_a", "site_b", "site_c", "site_d", "site_e"}
-    assert {p.stem for p in (tables / "cxr_validated_images").glob("*.parquet")} == sites
-    cohort = pd.read_parquet(tables / "cxr_cohort_summary" / "__all__.parquet")
-    assert set(cohort["site"]) == sites and (cohort["n_images"] > 0).all()
-    vendor = pd.read_parquet(tables / "cxr_validated_images" / "vendor_dev.parquet")
+    tables = demo_home / "artifacts" / "tables" / P
+    assert {p.stem for p in (tables / "validated").glob("*.parquet")} == SITES
+    cohort = _read(demo_home, "cohort")
+    assert set(cohort["site"]) == SITES and (cohort["n_images"] > 0).all()
+    vendor = _read(demo_home, "validated", "vendor_dev")
     assert set(vendor["split"]) == {"train", "test"}
     train = set(vendor.loc[vendor["split"] == "train", "patient_pseudonym"])
     test = set(vendor.loc[vendor["split"] == "test", "patient_pseudonym"])
     assert not train & test, "vendor train/test split must be patient-disjoint"
-    assert {p.stem for p in (tables / "cxr_predictions").glob("*.parquet")} == sites
-    model = pd.read_parquet(tables / "vendor_model" / "__all__.parquet").iloc[0]
-    assert model["mode"] == "embedded" and len(model["package_sha256"]) == 64
+    assert {p.stem for p in (tables / "predictions").glob("*.parquet")} == SITES
+    model = _read(demo_home, "model")
+    assert model.mode == "embedded" and len(model.identity) == 64
     assert (demo_home / "keys" / "pseudonym.key").stat().st_mode & 0o077 == 0
     assert (demo_home / "dagster_home" / "dagster.yaml").exists()
 
 
 def test_sites_differ_in_the_directions_the_simulator_intended(demo_home: Path) -> None:
     """Quality features measured by ingest move, versus vendor_dev, as the sidecar declares."""
-    tables = demo_home / "artifacts" / "tables" / "cxr_validated_images"
-    reference = pd.read_parquet(tables / "vendor_dev.parquet")
+    reference = _read(demo_home, "validated", "vendor_dev")
     checked = 0
     for sidecar in sorted((demo_home / "simulator_truth" / "cxr").glob("site_*/b0001.json")):
         site = sidecar.parent.name
         pushed = json.loads(sidecar.read_text())["pushed"]
-        table = pd.read_parquet(tables / f"{site}.parquet")
+        table = _read(demo_home, "validated", site)
         for name, direction in pushed.items():
             col = FEATURE[name]
             ratio = table[col].median() / reference[col].median()
@@ -94,15 +90,13 @@ def test_audit_command_with_a_vendor_package(
     demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`clinaudit audit --model PKG` on landed data: the package is verified, never retrained."""
-    tables = demo_home / "artifacts" / "tables"
     package = _vendor_package(demo_home)
     out = _audit(demo_home, tmp_path, monkeypatch, "--model", package, "--sites", "site_b,site_c")
-    model = pd.read_parquet(out / "artifacts" / "tables" / "vendor_model" / "__all__.parquet")
-    assert model.iloc[0]["mode"] == "package"
+    assert _read(out, "model").mode == "package"
     assert not (out / "artifacts" / "models").exists()  # nothing was trained
     for site in ("site_b", "site_c"):
-        mine = pd.read_parquet(out / "artifacts" / "tables" / "cxr_predictions" / f"{site}.parquet")
-        demo = pd.read_parquet(tables / "cxr_predictions" / f"{site}.parquet")
+        mine = _read(out, "predictions", site)
+        demo = _read(demo_home, "predictions", site)
         # Same model, same images: same scores. Pseudonyms differ: each run dir has its own key.
         assert not set(mine["patient_pseudonym"]) & set(demo["patient_pseudonym"])
         cols = [c for c in demo.columns if c != "patient_pseudonym"]
@@ -110,8 +104,8 @@ def test_audit_command_with_a_vendor_package(
 
 
 def test_audit_stage_outputs(demo_home: Path) -> None:
-    tables = demo_home / "artifacts" / "tables"
-    metrics = pd.read_parquet(tables / "cxr_metrics" / "__all__.parquet")
+    evidence = _read(demo_home, "evidence")
+    metrics = evidence["metrics"]
     assert set(metrics["group"]) == {
         "vendor_dev:test",
         "site_a",
@@ -124,18 +118,13 @@ def test_audit_stage_outputs(demo_home: Path) -> None:
     # Tiny cells: insufficient data is reported as such, never as a number.
     thin = metrics[metrics["status"] != "ok"]
     assert len(thin) > 0 and thin["auroc"].isna().all()
-    for name in ("cxr_calibration", "cxr_reliability", "cxr_worst_cells", "cxr_drift"):
-        assert (tables / name / "__all__.parquet").exists(), name
-    assert {p.stem for p in (tables / "cxr_site_metrics").glob("*.parquet")} == {
-        "vendor_dev",
-        "site_a",
-        "site_b",
-        "site_c",
-        "site_d",
-        "site_e",
-    }
-    metrics_json = (demo_home / "artifacts" / "audit" / "cxr_metrics.json").read_text()
-    assert json.loads(metrics_json)
+    assert {"calibration", "reliability", "worst_cells", "drift"} <= set(evidence.tables)
+    tables = demo_home / "artifacts" / "tables" / P
+    assert {p.stem for p in (tables / "partition_metrics").glob("*.parquet")} == SITES
+    assert json.loads(evidence.files["metrics.json"])  # an output of the stage, not a side file
+    # The settings the numbers were computed with travel with them (the report prints these).
+    settings = evidence.facts["settings"]
+    assert settings["p_adjust"] == "holm" and settings["drift"]["psi_major"] == 0.25
 
 
 def test_drift_matches_the_injected_site_effects(demo_home: Path) -> None:
@@ -143,7 +132,7 @@ def test_drift_matches_the_injected_site_effects(demo_home: Path) -> None:
     site stays within 15% of the reference on every quality feature (its small undeclared
     differences, e.g. 8% more noise, are real and may be significant, but are not large).
     The audit never reads the sidecar; this test does."""
-    drift = pd.read_parquet(demo_home / "artifacts" / "tables" / "cxr_drift" / "__all__.parquet")
+    drift = _read(demo_home, "evidence")["drift"]
     numeric = drift[drift["kind"] == "numeric"].set_index(["group", "feature"])
     for sidecar in sorted((demo_home / "simulator_truth" / "cxr").glob("site_*/b0001.json")):
         site = sidecar.parent.name
@@ -165,24 +154,23 @@ def _packages(home: Path) -> list[Path]:
 
 
 def test_demo_decides_every_site_under_the_shipped_policy(demo_home: Path) -> None:
-    from clinaudit.audit.policy import load_policy
+    from clinaudit.studies.multisite_cxr.policy import load_policy
 
-    tables = demo_home / "artifacts" / "tables"
-    decisions = pd.read_parquet(tables / "cxr_decisions" / "__all__.parquet")
+    decided = _read(demo_home, "decisions")
+    decisions = decided["decisions"]
     assert sorted(decisions["site"]) == ["site_a", "site_b", "site_c", "site_d", "site_e"]
     assert set(decisions["decision"]) <= {"GO", "CONDITIONAL GO", "NO-GO"}
     assert (decisions["policy_sha256"] == load_policy().sha256).all()
     assert decisions["reasons"].str.len().gt(10).all()
-    criteria = pd.read_parquet(tables / "cxr_decision_criteria" / "__all__.parquet")
+    assert decided.facts["policy_sha256"] == load_policy().sha256
+    criteria = decided["criteria"]
     assert set(criteria["site"]) == set(decisions["site"])
-    maps = json.loads(
-        (demo_home / "artifacts" / "mitigation" / "cxr_recalibration_maps.json").read_text()
-    )
+    recalibration = _read(demo_home, "mitigation_recalibration")
+    maps = json.loads(recalibration.files["recalibration_maps.json"])
     assert maps["version"] == 1
 
 
 def test_each_demo_run_writes_a_new_verified_signed_package(demo_home: Path) -> None:
-    import shutil
     import subprocess
 
     from clinaudit.reporting.verify import pdfsig_report, verify_pdf
@@ -193,29 +181,27 @@ def test_each_demo_run_writes_a_new_verified_signed_package(demo_home: Path) -> 
         verdict = verify_pdf(pkg / "report.pdf", package_dir=pkg)
         assert verdict.ok, [c for c in verdict.checks if not c.ok]
         assert verdict.is_development
-    if shutil.which("pdfsig"):
-        valid, text = pdfsig_report(packages[-1] / "report.pdf")
-        assert valid and "Signature is Valid" in text
-    if shutil.which("pdftotext"):
-        text = subprocess.run(
-            ["pdftotext", str(packages[-1] / "report.pdf"), "-"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        assert text.count("SIMULATED DATA") >= 5  # the band on every page
-        assert "GO" in text and "Executive summary" in text
+    require_tool("pdfsig", "poppler-utils")
+    valid, text = pdfsig_report(packages[-1] / "report.pdf")
+    assert valid and "Signature is Valid" in text
+    pdftotext = require_tool("pdftotext", "poppler-utils")
+    text = subprocess.run(
+        [pdftotext, str(packages[-1] / "report.pdf"), "-"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert text.count("SIMULATED DATA") >= 5  # the band on every page
+    assert "GO" in text and "Executive summary" in text
 
 
 def test_no_dicom_patient_identifier_reaches_the_report(demo_home: Path) -> None:
-    import shutil
     import subprocess
 
     import pydicom
 
-    if not shutil.which("pdftotext"):
-        pytest.skip("pdftotext (poppler-utils) not installed: run `make system-deps`")
+    pdftotext = require_tool("pdftotext", "poppler-utils")
     pdf = _packages(demo_home)[-1] / "report.pdf"
     text = subprocess.run(
-        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+        [pdftotext, str(pdf), "-"], capture_output=True, text=True, check=True
     ).stdout
     identifiers = set()
     for dcm in sorted((demo_home / "landing" / "cxr").rglob("*.dcm"))[::7]:
@@ -249,9 +235,9 @@ def test_audit_command_prints_decisions_under_a_user_policy(
     """`clinaudit audit --policy FILE`: the user's policy decides, and its hash is recorded."""
     import yaml
 
-    from clinaudit.audit.policy import load_policy, shipped_policies
+    from clinaudit.studies.multisite_cxr.policy import load_policy, shipped_policy
 
-    raw = yaml.safe_load(Path(shipped_policies()["multisite_cxr"]).read_text())
+    raw = yaml.safe_load(shipped_policy().read_text())
     raw["version"] = "1.0.1-strict"
     raw["criteria"]["auroc"]["floor"] = 0.99  # nothing passes: every site NO-GO
     policy = tmp_path / "strict.yaml"
@@ -260,7 +246,7 @@ def test_audit_command_prints_decisions_under_a_user_policy(
     out = _audit(demo_home, tmp_path, monkeypatch, "--model", package, "--policy", str(policy))
     printed = capsys.readouterr().out
     assert "decisions under policy clinaudit.multisite_cxr.site_deployment v1.0.1-strict" in printed
-    decisions = pd.read_parquet(out / "artifacts" / "tables" / "cxr_decisions" / "__all__.parquet")
+    decisions = _read(out, "decisions")["decisions"]
     assert (decisions["decision"] == "NO-GO").all()
     assert (decisions["policy_sha256"] == load_policy(policy).sha256).all()
     for site in decisions["site"]:
@@ -277,18 +263,50 @@ def test_scores_only_audit_decides_and_signs(
 
     scores = tmp_path / "scores"
     scores.mkdir()
-    for table in sorted((demo_home / "artifacts" / "tables" / "cxr_predictions").glob("*.parquet")):
-        pred = pd.read_parquet(table)
+    for site in sorted(SITES):
+        pred = _read(demo_home, "predictions", site)
         pred.rename(columns={"image_id": "Image Index"})[["Image Index", *FINDINGS]].to_csv(
-            scores / f"{table.stem}.csv", index=False
+            scores / f"{site}.csv", index=False
         )
     out = _audit(demo_home, tmp_path, monkeypatch, "--predictions", str(scores))
-    tables = out / "artifacts" / "tables"
-    retrained = pd.read_parquet(tables / "cxr_retrained_model" / "__all__.parquet").iloc[0]
+    retrained = _read(out, "mitigation_retraining")["retrained_model"].iloc[0]
     assert retrained["status"] == "not run" and "scores only" in retrained["reason"]
-    assert len(pd.read_parquet(tables / "cxr_decisions" / "__all__.parquet")) == 5
+    assert len(_read(out, "decisions")["decisions"]) == 5
     (package,) = sorted((out / "reports" / "multisite_cxr").iterdir())
     verdict = verify_pdf(package / "report.pdf", package_dir=package)
     assert verdict.ok, [c for c in verdict.checks if not c.ok]
     manifest = json.loads((package / "manifest.json").read_text())
     assert len(manifest["inputs"]["model_package"]) == 64  # hash of the scores files
+
+
+def test_a_site_left_out_of_the_audit_is_named_in_the_signed_report(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    """A site whose predictions went stale is left out of the cross-site audit, and the signed
+    report says which site and why (not only the Dagster metadata)."""
+    import shutil
+    import subprocess
+
+    import dagster as dg
+    from pipeline_helpers import materialize
+
+    from clinaudit.assets.resources import stored_path, write_value
+
+    copy = tmp_path / "home"
+    shutil.copytree(demo_home, copy, ignore=shutil.ignore_patterns("dagster_home"))
+    home = ClinauditHome(root=str(copy))
+    stale = _read(copy, "predictions", "site_c").iloc[:-3]  # new images landed, not yet scored
+    write_value(stored_path(home, dg.AssetKey([P, "predictions"]), "site_c"), stale)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(f"{P}_sites", sorted(SITES))
+        for stage in ("evidence", "mitigation_recalibration", "decisions", "monitoring", "package"):
+            assert materialize(home, instance, P, stage).success, stage
+    assert "site_c" not in set(_read(copy, "decisions")["decisions"]["site"])
+    assert "stale" in _read(copy, "evidence").facts["left_out"]["site_c"]
+    newest = sorted((copy / "reports" / P).iterdir())[-1]
+    pdftotext = require_tool("pdftotext", "poppler-utils")
+    text = subprocess.run(
+        [pdftotext, str(newest / "report.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "left out of this audit" in text
+    assert "site_c" in text and "predictions are stale" in text

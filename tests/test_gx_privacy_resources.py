@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinaudit.orchestration.resources import ClinauditHome, ensure_secret_file
+from clinaudit.assets.resources import ClinauditHome, ensure_secret_file
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.validation.gx_suite import LabelSuiteConfig, run_label_suite
 from clinaudit.validation.privacy import phi_leaks

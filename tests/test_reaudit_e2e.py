@@ -17,27 +17,29 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from clinaudit.assets.multisite_cxr_mitigation import read_decisions
-from clinaudit.assets.multisite_cxr_model import AuditedModel
+from clinaudit.assets.factory import partition_job
+from clinaudit.assets.resources import ClinauditHome, LandingWatch, StudyModel, read_stored
 from clinaudit.orchestration.automation import (
-    RETRAINING,
-    SOURCE_NAMES,
+    SOURCE_STAGES,
     StudyGraph,
     drain_automation,
     observe_sources,
 )
-from clinaudit.orchestration.definitions import ALL_ASSETS, build_defs
-from clinaudit.orchestration.resources import ClinauditHome
-from clinaudit.orchestration.runner import PipelineRunner, register_sites
-from clinaudit.orchestration.sensors import LandingWatch, cxr_landing_sensor
+from clinaudit.orchestration.definitions import build_defs, study_assets
+from clinaudit.orchestration.runner import PipelineRunner, register_partitions
+from clinaudit.orchestration.sensors import build_landing_sensor
 from clinaudit.sources.cxr_simulator import simulate_cohort, simulate_site_batch
+from clinaudit.studies import get_study
 
+STUDY = get_study("multisite_cxr")
 FIRST_SITES = ["vendor_dev", "site_a", "site_b", "site_c"]
 NEW_SITE = "site_d"
-PACKAGE = dg.AssetKey("cxr_audit_package")
-CROSS_SITE = {k.to_user_string() for k in StudyGraph.of(ALL_ASSETS).cross_site_keys}
+PACKAGE = dg.AssetKey(["multisite_cxr", "package"])
+GRAPH = StudyGraph.of(study_assets(STUDY), STUDY)
+CROSS_SITE = {k.to_user_string() for k in GRAPH.cross_site_keys}
+SOURCE_NAMES = {f"multisite_cxr/{s}" for s in SOURCE_STAGES}
 #: Re-audited on every accepted change (re-training is kept off that path: it runs nightly).
-REAUDITED = CROSS_SITE - {k.to_user_string() for k in RETRAINING}
+REAUDITED = CROSS_SITE - {k.to_user_string() for k in GRAPH.nightly_keys}
 
 
 def _latest_meta(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, object]:
@@ -55,7 +57,7 @@ def _count(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
 def reaudit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     tmp = tmp_path_factory.mktemp("reaudit")
     home = ClinauditHome(root=str(tmp / "var"))
-    model = AuditedModel(input_size=64, epochs=2)  # the CLI's tiny scale
+    model = StudyModel(study=STUDY.name, training={"scale": "tiny"})  # the CLI's tiny scale
     simulate_cohort(
         home.landing, truth_root=tmp / "truth", scale="tiny", sites=FIRST_SITES, workers=1
     )
@@ -63,16 +65,18 @@ def reaudit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
     mp.delenv("CLINAUDIT_PSEUDONYM_KEY", raising=False)
     (tmp / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp / "dagster_home")) as instance:
-        defs = build_defs(home, model)
-        runner = PipelineRunner(instance, home, model, workers=1, console_level="WARNING")
-        baseline = runner.run_all(register_sites(instance, home))
+        defs = build_defs(home, studies=[STUDY], models={STUDY.name: model})
+        runner = PipelineRunner(
+            instance, home, STUDY, model=model, workers=1, console_level="WARNING"
+        )
+        baseline = runner.run_all(register_partitions(instance, home, STUDY))
         assert not [r for r in baseline if r.blocking_failure], baseline
         # The baseline the automation starts from: the sources at the versions just audited.
-        missing = {k for k in CROSS_SITE if not _count(instance, dg.AssetKey(k))}
-        assert observe_sources(defs, instance)
+        missing = {k for k in CROSS_SITE if not _count(instance, dg.AssetKey(k.split("/")))}
+        assert observe_sources(defs, instance, STUDY)
         cursor, settle = drain_automation(defs, instance)
         old_package = _latest_meta(instance, PACKAGE) if _count(instance, PACKAGE) else None
-        counts = {k: _count(instance, dg.AssetKey(k)) for k in CROSS_SITE}
+        counts = {k: _count(instance, dg.AssetKey(k.split("/"))) for k in CROSS_SITE}
 
         simulate_site_batch(
             home.landing, truth_root=tmp / "truth", site=NEW_SITE, scale="tiny", workers=1
@@ -80,10 +84,10 @@ def reaudit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
         ctx = dg.build_sensor_context(
             instance=instance, resources={"home": home, "landing_watch": LandingWatch()}
         )
-        tick = cxr_landing_sensor(ctx)
+        tick = build_landing_sensor(STUDY, partition_job(STUDY))(ctx)
         for add in tick.dynamic_partitions_requests or []:  # applied as the daemon does
             instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
-        site_job = defs.resolve_job_def("cxr_site_job")
+        site_job = defs.resolve_job_def("multisite_cxr_partition_job")
         site_runs = [
             site_job.execute_in_process(
                 partition_key=req.partition_key, instance=instance, tags=req.tags
@@ -136,12 +140,12 @@ def test_one_cross_site_reaudit_covers_the_new_site(reaudit) -> None:
     instance = reaudit["instance"]
     for key in CROSS_SITE:
         again = 1 if key in REAUDITED else 0
-        assert _count(instance, dg.AssetKey(key)) == reaudit["counts"][key] + again, key
-    decisions = read_decisions(reaudit["home"])
-    assert decisions is not None and NEW_SITE in set(decisions["site"])
+        assert _count(instance, dg.AssetKey(key.split("/"))) == reaudit["counts"][key] + again
+    decisions = read_stored(reaudit["home"], "multisite_cxr/decisions")["decisions"]
+    assert NEW_SITE in set(decisions["site"])
     assert set(FIRST_SITES[1:]) <= set(decisions["site"])
-    metrics = _latest_meta(instance, dg.AssetKey("cxr_metrics"))
-    assert NEW_SITE in metrics["sites"]
+    evidence = _latest_meta(instance, dg.AssetKey(["multisite_cxr", "evidence"]))
+    assert NEW_SITE in evidence["sites"]
 
 
 def test_the_same_change_is_not_audited_twice(reaudit) -> None:

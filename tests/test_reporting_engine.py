@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from PIL import Image
 from pyhanko.pdf_utils.reader import PdfFileReader
+from system_tools import require_tool
 
 from clinaudit.reporting.package import (
     PackageExistsError,
@@ -320,8 +321,8 @@ def test_signed_package_verifies(package) -> None:
     assert embedded_files(reader)["manifest.json"] == (package.dir / "manifest.json").read_bytes()
 
 
-@pytest.mark.skipif(not HAS_PDFSIG, reason="poppler pdfsig not installed")
 def test_pdfsig_parses_valid_and_digest_mismatch(package, tmp_path: Path) -> None:
+    require_tool("pdfsig", "poppler-utils")
     valid, text = pdfsig_report(package.pdf_path)
     assert valid, text
     assert "Signature is Valid." in text

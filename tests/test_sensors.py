@@ -12,19 +12,24 @@ import pandas as pd
 import pytest
 from cxr_fixtures import make_manifest, nih_batch, tree_hashes
 
-from clinaudit.orchestration import sensors
+from clinaudit.assets.factory import partition_job
+from clinaudit.assets.resources import ClinauditHome, LandingWatch
+from clinaudit.orchestration import landing_plan
 from clinaudit.orchestration.definitions import build_defs
-from clinaudit.orchestration.resources import ClinauditHome
 from clinaudit.orchestration.sensors import (
     REFUSED_FILE,
     BatchObservation,
     LandingCursor,
-    LandingWatch,
-    cxr_landing_sensor,
+    build_landing_sensor,
     plan_tick,
 )
 from clinaudit.sources.landing import read_manifest, write_manifest
-from clinaudit.validation.site_ingest import BatchOutcome, SiteIngest
+from clinaudit.studies import get_study, registered_studies
+from clinaudit.validation.ingest_loop import BATCH_COLUMNS, PartitionIngest
+
+STUDY = get_study("multisite_cxr")
+cxr_landing_sensor = build_landing_sensor(STUDY, partition_job(STUDY))
+SITES = "multisite_cxr_sites"
 
 DAY = 86_400.0
 
@@ -64,14 +69,20 @@ def content_hash(d: Path) -> str:
     return read_manifest(d).content_hash
 
 
-def test_sensor_targets_the_site_job() -> None:
-    assert cxr_landing_sensor.job_name == "cxr_site_job"
-    assert cxr_landing_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert cxr_landing_sensor.minimum_interval_seconds == 30
-    job = build_defs().resolve_job_def("cxr_site_job")
-    assert job.partitions_def is not None and job.partitions_def.name == "cxr_sites"
+def test_every_study_has_a_landing_sensor_on_its_partition_job() -> None:
+    defs = build_defs()
+    for study in registered_studies():
+        sensor = defs.resolve_sensor_def(f"{study.name}_landing_sensor")
+        assert sensor.job_name == f"{study.name}_partition_job"
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert sensor.minimum_interval_seconds == 30
+        job = defs.resolve_job_def(f"{study.name}_partition_job")
+        assert job.partitions_def is not None
+        assert job.partitions_def.name == f"{study.name}_{study.partition_by}s"
+    job = defs.resolve_job_def("multisite_cxr_partition_job")
     keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
-    assert keys == {"cxr_validated_images", "cxr_quarantine", "cxr_predictions", "cxr_site_metrics"}
+    stages = ("validated", "quarantine", "batches", "predictions", "partition_metrics")
+    assert keys == {f"multisite_cxr/{s}" for s in stages}
 
 
 def test_requests_resolve_through_dagster_for_a_site_added_in_the_same_tick(home) -> None:
@@ -85,7 +96,7 @@ def test_requests_resolve_through_dagster_for_a_site_added_in_the_same_tick(home
         data = cxr_landing_sensor.evaluate_tick(ctx)
     [req] = data.run_requests
     assert req.tags["dagster/partition"] == "site_a"
-    assert req.tags["dagster/sensor_name"] == "cxr_landing_sensor"
+    assert req.tags["dagster/sensor_name"] == "multisite_cxr_landing_sensor"
     assert [r.partition_keys for r in data.dynamic_partitions_requests] == [["site_a"]]
 
 
@@ -121,8 +132,8 @@ def test_ready_batch_one_request_new_site_partition_and_redelivery(home, instanc
     assert req.run_key == f"site_a:b1:{content_hash(d)}"
     assert req.tags == {"clinaudit/site": "site_a", "clinaudit/batches": "b1"}
     [add] = first.dynamic_partitions_requests
-    assert add.partitions_def_name == "cxr_sites" and list(add.partition_keys) == ["site_a"]
-    assert instance.get_dynamic_partitions("cxr_sites") == ["site_a"]
+    assert add.partitions_def_name == SITES and list(add.partition_keys) == ["site_a"]
+    assert instance.get_dynamic_partitions(SITES) == ["site_a"]
 
     # Same batch, manifest re-exported (new timestamp, same files): same content, no run.
     write_manifest(
@@ -200,7 +211,7 @@ def test_corrupt_manifest_is_quarantined_and_other_sites_still_run(
 
     # Unchanged quarantined batches are not verified (hashed) again nor their record rewritten.
     stamp = (home.quarantine / "landing/cxr/site_b/b1.json").stat().st_mtime_ns
-    monkeypatch.setattr(sensors, "verify_batch", lambda *a, **k: pytest.fail("re-verified"))
+    monkeypatch.setattr(landing_plan, "verify_batch", lambda *a, **k: pytest.fail("re-verified"))
     later = tick(home, instance, result.cursor, grace=0)
     monkeypatch.undo()
     assert later.run_requests == []
@@ -225,13 +236,16 @@ def test_unsafe_names_are_reported_and_do_not_stop_the_scan(home, instance) -> N
 
 def test_already_ingested_content_starts_no_run(home, instance) -> None:
     d = batch(home, "site_a")
-    instance.add_dynamic_partitions("cxr_sites", ["site_a"])
-    # The data version cxr_ingest stores (SiteIngest.data_version), e.g. after `clinaudit demo`.
-    outcome = BatchOutcome("b1", "ingested", content_hash(d), True, 4, 4, 0)
-    version = SiteIngest("site_a", pd.DataFrame(), pd.DataFrame(), (outcome,)).data_version
+    instance.add_dynamic_partitions(SITES, ["site_a"])
+    # The data version ingest stores (PartitionIngest.data_version), e.g. after `clinaudit demo`.
+    row = ["site_a", "b1", "ingested", content_hash(d), True, 4, 4, 0]
+    batches = pd.DataFrame([row], columns=list(BATCH_COLUMNS))
+    version = PartitionIngest("site_a", pd.DataFrame(), pd.DataFrame(), batches).data_version
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
-            "cxr_validated_images", partition="site_a", tags={"dagster/data_version": version}
+            dg.AssetKey(["multisite_cxr", "validated"]),
+            partition="site_a",
+            tags={"dagster/data_version": version},
         )
     )
     result = tick(home, instance, None)

@@ -1,4 +1,8 @@
-"""The sepsis_ews audit core on tiny simulated cohorts: fairness = fairlearn, mitigation, plan."""
+"""The sepsis_ews audit core on tiny simulated cohorts: fairness = fairlearn, mitigation, plan.
+
+``run_sepsis_audit`` chains the pipeline's stage functions (evidence, mitigation, decisions,
+monitoring) in memory on one stays table.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,8 @@ import pandas as pd
 import pytest
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 
-from clinaudit.audit.policy import PolicyError
-from clinaudit.audit.sepsis_audit import FEATURES, run_sepsis_audit
-from clinaudit.audit.sepsis_decision import deployed_alerts
-from clinaudit.audit.sepsis_drift import card_drift, psi_against_quantiles
-from clinaudit.audit.sepsis_monitoring import PLAN_COLUMNS
-from clinaudit.audit.sepsis_policy import (
-    POLICY_ATTRIBUTES,
-    load_sepsis_policy,
-    sepsis_policy_from_bytes,
-)
+from clinaudit.audit.policy_base import Decision
+from clinaudit.audit.policy_yaml import PolicyError
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.tabular import predict_stays, train_tabular_vendor_model
 from clinaudit.sources import sepsis_tables
@@ -25,7 +21,14 @@ from clinaudit.sources.sepsis_simulator import (
     simulate_network,
     simulate_vendor_population,
 )
-from clinaudit.validation.sepsis_schema import validate_stays
+from clinaudit.studies import get_study
+from clinaudit.studies.sepsis_ews.decisions import deployed_alerts
+from clinaudit.studies.sepsis_ews.drift import card_drift, psi_against_quantiles
+from clinaudit.studies.sepsis_ews.monitoring import PLAN_COLUMNS
+from clinaudit.studies.sepsis_ews.policy import POLICY_ATTRIBUTES, SepsisPolicy
+from clinaudit.studies.sepsis_ews.result import run_sepsis_audit
+from clinaudit.studies.sepsis_ews.schema import validate_stays
+from clinaudit.studies.sepsis_ews.tables import FEATURES
 
 N_BOOT = 60
 SMALL = SepsisScale("small", 2_000, 1_000)
@@ -112,7 +115,7 @@ def test_mitigation_reduces_the_injected_gap_out_of_sample() -> None:
         method="group_thresholds", threshold=0.25,
     )  # fmt: skip
     assert gap(vendor_rule) > 0.15 and abs(gap(mitigated)) < gap(vendor_rule) / 2
-    assert res.recommendation in ("CONDITIONAL GO", "NO-GO")
+    assert res.recommendation in (Decision.CONDITIONAL_GO, Decision.NO_GO)
     assert any("race_ethnicity" in c for c in res.conditions) or res.recommendation == "NO-GO"
     assert res.caveats and any("Disparate treatment" in c for c in res.caveats)
 
@@ -169,7 +172,7 @@ def test_tables_report_every_section(tiny_result, vendor) -> None:
     assert burden["alerts_per_100_stay_days"] > 0 and burden["missed_per_1000_stays"] > 0
     assert tiny_result.cohort["hospital"].tolist()[-1] == "network"
     assert set(tiny_result.criteria["criterion"]) == {"auroc", "ece", "alert_rate", "tpr_gap"}
-    assert tiny_result.recommendation in ("GO", "CONDITIONAL GO", "NO-GO")
+    assert tiny_result.recommendation in set(Decision)
     assert tiny_result.reasons
 
 
@@ -215,19 +218,46 @@ def test_core_constants_match_the_stays_format() -> None:
 
 
 def test_policy_is_strict_and_names_every_problem() -> None:
-    policy = load_sepsis_policy()
+    policy = get_study("sepsis_ews").load_policy()
+    assert isinstance(policy, SepsisPolicy)
     assert policy.study == "sepsis_ews" and len(policy.sha256) == 64
     assert policy.analysis.reference_groups["race_ethnicity"] == "White"
     text = policy.text.replace("limit: 0.10", "limt: 0.10").replace(
         "attribute: largest", "attribute: eye"
     )
     with pytest.raises(PolicyError) as err:
-        sepsis_policy_from_bytes(text.encode())
+        SepsisPolicy.from_bytes(text.encode())
     keys = {p.key for p in err.value.problems}
     assert "criteria.fairness_gap.limt" in keys and "criteria.fairness_gap.limit" in keys
     text = policy.text.replace("psi_warn: 0.10", "psi_warn: 0.30")
     with pytest.raises(PolicyError, match="psi_warn < psi_action"):
-        sepsis_policy_from_bytes(text.encode())
+        SepsisPolicy.from_bytes(text.encode())
     bad_attribute = policy.text.replace("attribute: largest", "attribute: eye")
     with pytest.raises(PolicyError, match="mitigation.attribute"):
-        sepsis_policy_from_bytes(bad_attribute.encode())
+        SepsisPolicy.from_bytes(bad_attribute.encode())
+    other_study = policy.text.replace("study: sepsis_ews", "study: multisite_cxr")
+    with pytest.raises(PolicyError, match="study"):
+        SepsisPolicy.from_bytes(other_study.encode())
+
+
+def test_policy_describes_its_rules_in_plain_words() -> None:
+    policy = get_study("sepsis_ews").load_policy()
+    lines = policy.describe().splitlines()
+    assert lines[0].startswith("clinaudit.sepsis_ews.network_deployment version 1.0.0")
+    assert "lower CI bound of network AUROC ≥ 0.70" in lines[2]
+    assert "max-min TPR gap of each attribute ≤ 0.10" in lines[2]
+    disabled = policy.text.replace("  ece:\n    enabled: true", "  ece:\n    enabled: false")
+    assert "ECE" not in SepsisPolicy.from_bytes(disabled.encode()).describe().splitlines()[2]
+
+
+def test_the_threshold_source_is_stated(tiny, vendor) -> None:
+    stays, preds = tiny
+    card = run_sepsis_audit(stays, preds, card=vendor.card, n_boot=0)
+    assert card.summary["threshold_source"] == "model card"
+    assert card.summary["threshold"] == vendor.threshold
+    configured = run_sepsis_audit(stays, preds, card=vendor.card, threshold=0.2, n_boot=0)
+    assert (configured.summary["threshold"], configured.summary["threshold_source"]) == (
+        0.2,
+        "configured",
+    )
+    assert configured.settings["threshold"] == 0.2

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from clinaudit.assets.resources import ClinauditHome, read_stored, stored_partitions
 from clinaudit.orchestration.cli import main
 from clinaudit.reporting.verify import verify_pdf
 from clinaudit.sources.sepsis_simulator import land_network
@@ -17,27 +18,35 @@ def _audit(tmp_path: Path, landing: Path, name: str, *extra: str) -> tuple[int, 
     mp.setenv("DAGSTER_HOME", str(out / "dagster_home"))
     try:
         args = ["audit", "--study", "sepsis_ews", "--landing", str(landing), "--out", str(out)]
-        return main([*args, *extra]), out
+        return main([*args, *extra, "--workers", "1"]), out
     finally:
         mp.undo()
 
 
-def test_sepsis_audit_on_csv_stays_with_model_then_with_vendor_scores(tmp_path: Path) -> None:
-    landing = tmp_path / "landing"
-    land_network(landing, tmp_path / "truth", scale="tiny", seed=3, fmt="csv")
-    suffixes = {p.suffix for p in landing.rglob("stays.*")}
-    assert suffixes == {".csv"}
+@pytest.fixture(scope="module")
+def landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sepsis_cli")
+    land_network(root / "landing", root / "truth", scale="tiny", seed=3, fmt="csv")
+    assert {p.suffix for p in (root / "landing").rglob("stays.*")} == {".csv"}
+    return root / "landing"
+
+
+def test_audit_on_csv_stays_with_the_embedded_model_then_with_vendor_scores(
+    landing: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     status, out = _audit(tmp_path, landing, "model_run")
     assert status == 0
+    printed = capsys.readouterr().out
+    assert "decisions under policy" in printed and "signed audit PDF" in printed
     (package,) = sorted((out / "reports" / "sepsis_ews").iterdir())
     assert verify_pdf(package / "report.pdf", package_dir=package).ok
     manifest = json.loads((package / "manifest.json").read_text())
     assert any(k.startswith("sepsis_ews/") for k in manifest["inputs"])  # landed batch hashes
 
-    # The vendor's scores for the same stays, as a CSV: audited without any model.
-    predictions = pd.read_parquet(
-        out / "artifacts" / "tables" / "sepsis_predictions" / "__all__.parquet"
-    )
+    # The vendor's scores for the same stays, as one CSV: audited without any model.
+    home = ClinauditHome(root=str(out))
+    key = "sepsis_ews/predictions"
+    predictions = pd.concat([read_stored(home, key, h) for h in stored_partitions(home, key)])
     scores = tmp_path / "vendor_scores.csv"
     predictions[["stay_id", "score"]].to_csv(scores, index=False)
     status, out2 = _audit(
@@ -46,10 +55,23 @@ def test_sepsis_audit_on_csv_stays_with_model_then_with_vendor_scores(tmp_path: 
     assert status == 0
     (package2,) = sorted((out2 / "reports" / "sepsis_ews").iterdir())
     assert verify_pdf(package2 / "report.pdf", package_dir=package2).ok
+    model = read_stored(ClinauditHome(root=str(out2)), "sepsis_ews/model")
+    assert (model.mode, model.thresholds, model.threshold_source) == (
+        "scores",
+        {"sepsis": 0.1},
+        "configured",
+    )
 
 
-def test_sepsis_scores_without_threshold_is_refused(tmp_path: Path) -> None:
+def test_scores_without_a_threshold_are_refused_with_the_fix(
+    landing: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scores = tmp_path / "s.csv"
     scores.write_text("stay_id,score\nx,0.5\n")
-    status, _ = _audit(tmp_path, tmp_path / "landing", "run", "--predictions", str(scores))
-    assert status == 2
+    assert any(landing.rglob("manifest.json"))  # a ready landing: the refusal is the threshold's
+    status, out = _audit(tmp_path, landing, "run", "--predictions", str(scores))
+    assert status == 1
+    printed = capsys.readouterr().out
+    assert "model" in printed and "FAILED" in printed
+    assert "CLINAUDIT_SEPSIS_EWS_THRESHOLD" in printed and "--threshold" in printed
+    assert not (out / "reports" / "sepsis_ews").exists()  # nothing was decided or signed

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import re
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -11,23 +14,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clinaudit.audit.sepsis_audit import SepsisAuditResult, run_sepsis_audit
-from clinaudit.audit.sepsis_policy import load_sepsis_policy
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.tabular import predict_stays, train_tabular_vendor_model
-from clinaudit.reporting.cxr_view import SIMULATED_BAND, fmt_ci
+from clinaudit.reporting.kit import SIMULATED_BAND, fmt_ci
 from clinaudit.reporting.report_figures import write_figures
-from clinaudit.reporting.sepsis_report import (
-    SepsisProvenance,
-    build_sepsis_view,
-    render_sepsis_html,
-)
 from clinaudit.sources.sepsis_simulator import (
     SepsisScale,
     simulate_network,
     simulate_vendor_population,
 )
-from clinaudit.validation.sepsis_schema import ERROR_COLUMNS, validate_stays
+from clinaudit.studies import get_study
+from clinaudit.studies.sepsis_ews.report import (
+    SepsisProvenance,
+    build_sepsis_view,
+    render_sepsis_html,
+)
+from clinaudit.studies.sepsis_ews.result import run_sepsis_audit
+from clinaudit.studies.sepsis_ews.schema import ERROR_COLUMNS, validate_stays
 
 SECTIONS = ("summary", "cohort", "discrimination", "calibration", "fairness", "mitigation",
             "monitoring", "appendix")  # fmt: skip
@@ -42,6 +45,10 @@ PROVENANCE = SepsisProvenance(
 )
 
 
+def load_sepsis_policy():
+    return get_study("sepsis_ews").load_policy()
+
+
 @pytest.fixture(scope="module")
 def inputs():
     model = train_tabular_vendor_model(simulate_vendor_population("tiny", seed=0).stays, seed=0)
@@ -50,16 +57,27 @@ def inputs():
     policy = load_sepsis_policy()
     audited = run_sepsis_audit(stays, preds, card=model.card, policy=policy, n_boot=60)
     # Through Parquet and back, as the pipeline stores the tables (dtypes can change on the way).
-    tables = {k: _roundtrip(v) for k, v in audited.tables().items()}
-    result = SepsisAuditResult.from_tables(tables, _roundtrip(audited.decision_table()))
+    result = replace(
+        audited,
+        **{
+            f.name: _roundtrip(getattr(audited, f.name))
+            for f in dataclasses.fields(audited)
+            if isinstance(getattr(audited, f.name), pd.DataFrame)
+        },
+    )
     facts = {**model.card, "mode": "embedded", "model_sha256": model.model_sha256,
              "package_sha256": model.package_sha256}  # fmt: skip
     quarantine = pd.DataFrame(
         [["hosp_b", "2024-02", "hosp_b/2024-02/stays.csv", 7, "age", "negative_value",
           "age -3 is negative", "correct the value", "error", "-3"]], columns=list(ERROR_COLUMNS)
     )  # fmt: skip
-    landed = stays.assign(batch=stays["admit_month"])
-    return result, landed, quarantine, facts, policy
+    kept = (
+        stays.assign(batch=stays["admit_month"])
+        .groupby("hospital")
+        .agg(n_batches=("batch", "nunique"), n_stays=("stay_id", "size"))
+        .reset_index()
+    )
+    return result, kept, quarantine, facts, policy
 
 
 def _roundtrip(frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,12 +86,12 @@ def _roundtrip(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(buffer.getvalue()))
 
 
-def _view(inputs, **changes):
-    result, stays, quarantine, facts, policy = inputs
+def _view(inputs, left_out=None, **changes):
+    result, kept, quarantine, facts, policy = inputs
     result = replace(result, **changes) if changes else result
     return build_sepsis_view(
-        result, stays=stays, quarantine=quarantine, model=facts, policy=policy,
-        provenance=PROVENANCE,
+        result, kept=kept, quarantine=quarantine, model=facts, policy=policy,
+        provenance=PROVENANCE, left_out=left_out,
     )  # fmt: skip
 
 
@@ -145,22 +163,51 @@ def test_same_inputs_same_html_and_figures(inputs, html) -> None:
 
 
 def test_policy_of_another_text_is_refused(inputs) -> None:
-    result, stays, quarantine, facts, policy = inputs
+    result, kept, quarantine, facts, policy = inputs
     other = replace(policy, sha256="0" * 64)
     with pytest.raises(AuditInputError, match="policy"):
-        build_sepsis_view(result, stays=stays, quarantine=quarantine, model=facts, policy=other,
+        build_sepsis_view(result, kept=kept, quarantine=quarantine, model=facts, policy=other,
                           provenance=PROVENANCE)  # fmt: skip
+
+
+def test_settings_printed_are_those_the_run_used(inputs, html) -> None:
+    methods = _section(html, "appendix")
+    assert "from 60 bootstrap resamples of stays" in methods  # the run's n_boot, not the policy's
+    assert "1,000 bootstrap resamples" in methods  # the policy's, stated as the policy
+    result = inputs[0]
+    fewer = replace(result, settings={**result.settings, "min_pos": 7})
+    assert "fewer than 7 septic" in render_sepsis_html(_view(inputs, settings=fewer.settings))
+
+
+def test_hospitals_left_out_are_named(inputs, html) -> None:
+    assert "left out of this audit" not in html
+    why = "predictions are stale: 12 validated stays without a score (re-run the predictions)"
+    named = render_sepsis_html(_view(inputs, left_out={"hosp_e": why}))
+    appendix = _section(named, "appendix")
+    assert "Hospitals left out of this audit" in appendix and why in appendix
+    assert "hosp_e: " + why in _section(named, "cohort")
+
+
+def _pdftotext() -> str:
+    found = shutil.which("pdftotext")
+    if found is None:
+        message = "pdftotext is missing: install poppler-utils (make system-deps)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 def test_pdf_has_five_to_nine_pages_each_banded(inputs, tmp_path: Path) -> None:
     from weasyprint import HTML
 
+    pdftotext = _pdftotext()
     view = _view(inputs)
     write_figures(view.figures, tmp_path)
     document = HTML(string=render_sepsis_html(view), base_url=str(tmp_path)).render()
     pdf = tmp_path / "report.pdf"
     document.write_pdf(pdf)
-    out = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True,
+    out = subprocess.run([pdftotext, "-layout", str(pdf), "-"], check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
     pages = [p for p in out.split("\f") if p.strip()]
     assert 5 <= len(pages) <= 9 and len(pages) == len(document.pages)

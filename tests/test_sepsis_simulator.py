@@ -26,7 +26,7 @@ from clinaudit.sources.sepsis_tables import (
     STAY_COLUMNS,
     read_stays,
 )
-from clinaudit.validation.sepsis_schema import validate_stays
+from clinaudit.studies.sepsis_ews.schema import validate_stays
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +197,26 @@ def test_land_network_one_batch_per_hospital_month_and_truth_outside(tmp_path):
     latent = pd.read_parquet(tmp_path / "truth" / "sepsis_ews" / "latent.parquet")
     assert len(latent) == len(cohort.stays)
     assert not list((tmp_path / "landing").rglob("truth.json"))
+
+
+def test_the_study_lands_the_network_and_later_adds_only_new_months(tmp_path):
+    from clinaudit.sources.landing import scan_landing
+    from clinaudit.studies import get_study
+
+    study = get_study("sepsis_ews")
+    landing, truth = tmp_path / "landing", tmp_path / "truth"
+    first = study.simulate(landing, truth, scale="tiny", seed=0, workers=1, months=(1,))
+    before = {(b.site, b.batch) for b in scan_landing(landing, "sepsis_ews").batches}
+    hospitals = ("hosp_a", "hosp_b", "hosp_c", "hosp_d")
+    assert before == {(h, "2024-01") for h in hospitals}
+    assert first.unit == "stay" and sorted(first.partitions) == list(hospitals)
+    manifests = {p: p.read_bytes() for p in landing.rglob("manifest.json")}
+    later = study.simulate(landing, truth, scale="tiny", seed=0, workers=1, months=(1, 2))
+    after = {(b.site, b.batch) for b in scan_landing(landing, "sepsis_ews").batches}
+    assert after - before == {(h, "2024-02") for h in hospitals}
+    assert all(p.read_bytes() == data for p, data in manifests.items())  # landed: untouched
+    month2 = simulate_network("tiny", seed=0, months=(2,)).stays
+    assert later.partitions == month2.groupby("hospital").size().to_dict()  # only what is new
+    doc = json.loads((truth / "sepsis_ews" / "truth.json").read_text())
+    assert doc["disadvantaged"]["group"] == "Black"
+    assert doc["n_stays"] == len(simulate_network("tiny", seed=0, months=(1, 2)).stays)

@@ -7,12 +7,12 @@ import pytest
 
 from clinaudit.sources.sepsis_simulator import simulate_network
 from clinaudit.sources.sepsis_tables import STAY_COLUMNS, StaysFileError, read_stays
-from clinaudit.validation.errors import BatchStructureError
-from clinaudit.validation.sepsis_schema import (
+from clinaudit.studies.sepsis_ews.schema import (
     ERROR_COLUMNS,
     StaysStructureError,
     validate_stays,
 )
+from clinaudit.validation.errors import BatchStructureError
 
 
 @pytest.fixture(scope="module")

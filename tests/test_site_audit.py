@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinaudit.audit.site_audit import (
+from clinaudit.audit.partitions import UnitWords, usable_partitions
+from clinaudit.audit.reference_audit import (
     SCORE_PREFIX,
     drift_features,
     reference_label,
     run_site_audit,
     scored_frame,
-    usable_sites,
 )
 from clinaudit.audit.types import AuditInputError
 
@@ -72,20 +72,33 @@ def test_drift_reference_is_the_held_out_split() -> None:
     assert feats["ref"]["image_id"].tolist() == held_out
 
 
-def test_usable_sites_lists_stale_foreign_and_missing_sites_with_reasons() -> None:
+def test_usable_partitions_lists_stale_foreign_and_missing_sites_with_reasons() -> None:
     a_l, a_p = _site("a", 40, 1)
     b_l, b_p = _site("b", 40, 2)
     c_l, c_p = _site("c", 40, 3)
     d_l, _ = _site("d", 40, 4)
     b_l = pd.concat([b_l, _site("b2", 5, 5)[0]])  # new images landed, not yet scored
     c_p = c_p.assign(model_sha256="m2")
-    sites, left_out = usable_sites(
-        {"a": a_l, "b": b_l, "c": c_l, "d": d_l, "e": a_l.iloc[:0]},
-        {"a": a_p, "b": b_p, "c": c_p},
-        model_sha256="m1",
+
+    def identity(site: str) -> str:
+        if site == "f":
+            raise AuditInputError("scores", "no file", "one per site", "add f.csv")
+        return "m1"
+
+    sites, left_out = usable_partitions(
+        {"a": a_l, "b": b_l, "c": c_l, "d": d_l, "e": a_l.iloc[:0], "f": a_l},
+        {"a": a_p, "b": b_p, "c": c_p, "f": a_p},
+        id_column="image_id",
+        identity=identity,
     )
     assert sites == ["a"]
-    assert set(left_out) == {"b", "c", "d", "e"}
+    assert set(left_out) == {"b", "c", "d", "e", "f"}
     assert "stale" in left_out["b"] and "5 validated images without a prediction" in left_out["b"]
     assert "not the audited" in left_out["c"]
-    assert left_out["d"] == "no predictions yet" and left_out["e"] == "no validated images"
+    assert left_out["d"] == "no predictions yet (re-run the site's predictions)"
+    assert left_out["e"] == "no validated images"
+    assert left_out["f"] == "no scores for this site: add f.csv"  # left out, not a crash
+    stays = UnitWords("stay", "score", "hospital")
+    _, words = usable_partitions({"b": b_l}, {"b": b_p}, id_column="image_id", words=stays)
+    assert words["b"].startswith("predictions are stale: 5 validated stays without a score, 0")
+    assert words["b"].endswith("(re-run the hospital's predictions)")

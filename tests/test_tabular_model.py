@@ -24,12 +24,12 @@ from clinaudit.models.tabular import (
     canonical_skops_bytes,
     load_tabular_package,
     predict_stays,
-    read_sepsis_scores,
     save_tabular_package,
     train_tabular_vendor_model,
 )
 from clinaudit.sources.sepsis_simulator import simulate_network, simulate_vendor_population
 from clinaudit.sources.sepsis_tables import FEATURES
+from clinaudit.studies.sepsis_ews.scores import read_sepsis_scores, unmatched_score_ids
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,24 @@ def test_scores_csv_problems_are_named_by_line(tmp_path, network):
     (tmp_path / "cols.csv").write_text("stay,prob\nx,0.1\n")
     with pytest.raises(ScoresError, match="no 'stay_id' column"):
         read_sepsis_scores(tmp_path / "cols.csv", stays)
+
+
+def test_one_scores_file_for_the_network_skips_other_hospitals_and_reports_strangers(
+    tmp_path, network
+):
+    stays = network.head(6)
+    hosp_a, others = stays.iloc[:3], stays.iloc[3:]
+    ids = stays["stay_id"].tolist()
+    path = _scores_csv(tmp_path, [*ids, "ghost-1"], ["0.1", "0.2", "0.3", "0.4", "0.5", "x", "0.7"])
+    with pytest.raises(ScoresError, match="'x' is not a number"):  # a row of hosp_a's stays
+        read_sepsis_scores(path, stays, shared=True)
+    path = _scores_csv(tmp_path, [*ids, "ghost-1"], ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "x"])
+    scores = read_sepsis_scores(path, hosp_a, site="hosp_a", shared=True)
+    assert scores["stay_id"].tolist() == ids[:3] and scores["score"].tolist() == [0.1, 0.2, 0.3]
+    assert scores.attrs["n_other_rows"] == 4  # other hospitals' stays and the stranger: skipped
+    with pytest.raises(ScoresError, match="is not in the stays table") as err:
+        read_sepsis_scores(path, hosp_a, site="hosp_a")  # one file per hospital: an error
+    assert {p.row for p in err.value.problems if p.check == "unknown_id"} == {5, 6, 7, 8}
+    strangers = unmatched_score_ids(path, set(hosp_a["stay_id"]) | set(others["stay_id"]))
+    assert strangers[["row", "check", "value"]].values.tolist() == [[8, "unknown_id", "ghost-1"]]
+    assert "not a validated stay of any hospital" in strangers["message"].iloc[0]

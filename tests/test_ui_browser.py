@@ -24,18 +24,23 @@ from pathlib import Path
 
 import pytest
 
+from clinaudit.studies import registered_studies
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-GROUP = "multisite_cxr"
 LOCATION = "clinaudit"
-#: Stages of the study the UI must show, and edges (upstream, downstream) between them.
-EXPECTED_ASSETS = {"cxr_validated_images", "cxr_predictions", "cxr_metrics", "cxr_worst_cells"}
+#: Every registered study (one asset group each, keys prefixed with the study name).
+STUDIES = [s.name for s in registered_studies()]
+#: Stages every study's lineage must show, and edges (upstream, downstream) between them.
+EXPECTED_ASSETS = {"validated", "predictions", "evidence", "decisions", "package"}
 EXPECTED_EDGES = {
-    ("cxr_validated_images", "cxr_predictions"),
-    ("vendor_model", "cxr_predictions"),
-    ("cxr_predictions", "cxr_metrics"),
-    ("cxr_predictions", "cxr_worst_cells"),
+    ("validated", "predictions"),
+    ("model", "predictions"),
+    ("predictions", "evidence"),
+    ("evidence", "decisions"),
+    ("decisions", "monitoring"),
+    ("monitoring", "package"),
 }
 
 LINEAGE_QUERY = """
@@ -127,34 +132,44 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
-@pytest.fixture(scope="module")
-def lineage(webserver: str) -> dict[str, set[str]]:
-    """asset -> its upstream assets, as the webserver's GraphQL API reports them."""
+def _lineage(webserver: str, study: str) -> dict[str, set[str]]:
+    """stage -> its upstream stages in the study's group, as the GraphQL API reports them."""
     selector = {
-        "groupName": GROUP,
+        "groupName": study,
         "repositoryName": "__repository__",
         "repositoryLocationName": LOCATION,
     }
     nodes = graphql(webserver, LINEAGE_QUERY, {"group": selector})["assetNodes"]
-    assert {n["groupName"] for n in nodes} == {GROUP}
-    return {
-        "/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]}
-        for n in nodes
-    }
+    assert {n["groupName"] for n in nodes} == {study}
+    assert all(n["assetKey"]["path"][0] == study for n in nodes)  # keys prefixed by the study
+    for n in nodes:
+        assert all(d["path"][0] == study for d in n["dependencyKeys"])  # no cross-study edge
+    return {n["assetKey"]["path"][-1]: {d["path"][-1] for d in n["dependencyKeys"]} for n in nodes}
 
 
-def test_graphql_asset_lineage(lineage: dict[str, set[str]], webserver: str) -> None:
-    assert EXPECTED_ASSETS | {"vendor_model"} <= set(lineage)
-    assert {"cxr_predictions", "cxr_validated_images", "vendor_model"} <= lineage["cxr_metrics"]
-    assert {"cxr_validated_images", "vendor_model"} <= lineage["cxr_predictions"]
-    assert lineage["cxr_validated_images"] == set()  # the first stage reads landed files only
+@pytest.fixture(scope="module", params=STUDIES)
+def study_lineage(
+    request: pytest.FixtureRequest, webserver: str
+) -> tuple[str, dict[str, set[str]]]:
+    return request.param, _lineage(webserver, request.param)
+
+
+def test_graphql_asset_lineage(study_lineage, webserver: str) -> None:
+    study, lineage = study_lineage
+    assert EXPECTED_ASSETS | {"model", "model_source", "policy_source"} <= set(lineage)
+    assert {"predictions", "validated", "model", "batches"} <= lineage["evidence"]
+    assert {"validated", "model"} <= lineage["predictions"]
+    assert lineage["validated"] == set()  # the first stage reads landed files only
     assert all(up in lineage[down] for up, down in EXPECTED_EDGES)
     results = graphql(webserver, SENSORS_QUERY)["sensorsOrError"]["results"]
     sensors = {s["name"]: s for s in results}
-    assert set(sensors) == {"cxr_landing_sensor", "cxr_automation_sensor"}
+    assert {f"{s}_{kind}_sensor" for s in STUDIES for kind in ("landing", "automation")} == set(
+        sensors
+    )
     for sensor in sensors.values():
         assert sensor["sensorState"]["status"] == "RUNNING", sensor["name"]  # on by default
-    assert sensors["cxr_landing_sensor"]["targets"] == [{"pipelineName": "cxr_site_job"}]
+    landing = sensors[f"{study}_landing_sensor"]
+    assert landing["targets"] == [{"pipelineName": f"{study}_partition_job"}]
 
 
 # Each asset node is an SVG <foreignObject> whose text starts with the asset name; each edge is
@@ -201,7 +216,8 @@ def _edges(graph: dict, names: set[str]) -> set[tuple[str, str]]:
 @pytest.mark.skipif(
     CHROMEDRIVER is None, reason="chromedriver is not installed (apt install chromium-driver)"
 )
-def test_lineage_page_shows_assets_and_edges(webserver: str, lineage: dict[str, set[str]]) -> None:
+def test_lineage_page_shows_assets_and_edges(webserver: str, study_lineage) -> None:
+    study, lineage = study_lineage
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
@@ -218,7 +234,7 @@ def test_lineage_page_shows_assets_and_edges(webserver: str, lineage: dict[str, 
         options.add_argument(arg)
     driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
     try:
-        driver.get(f"{webserver}/locations/{LOCATION}/asset-groups/{GROUP}/lineage")
+        driver.get(f"{webserver}/locations/{LOCATION}/asset-groups/{study}/lineage")
         names = set(lineage)
 
         def drawn(drv):  # the graph is laid out asynchronously: wait for nodes and edges
@@ -244,8 +260,9 @@ def test_lineage_page_shows_assets_and_edges(webserver: str, lineage: dict[str, 
         assert EXPECTED_EDGES <= edges
         assert {(u, d) for u, d in api_edges if u in shown and d in shown} == edges
 
-        driver.get(f"{webserver}/assets/cxr_metrics")  # the asset page links its upstream assets
-        wanted = {f"{webserver}/assets/{a}" for a in lineage["cxr_metrics"]}
+        # The asset page links its upstream assets.
+        driver.get(f"{webserver}/assets/{study}/evidence")
+        wanted = {f"{webserver}/assets/{study}/{a}" for a in lineage["evidence"]}
 
         def linked(drv):
             hrefs = {a.get_attribute("href") for a in drv.find_elements("css selector", "a")}

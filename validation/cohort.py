@@ -6,8 +6,36 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
 
+from clinaudit.audit.schemas import (
+    OutputSchema,
+    count_field,
+    probability_field,
+    schema_columns,
+    validate_table,
+)
 from clinaudit.sources.cxr_labels import FINDINGS
+
+#: Prefix of the prevalence columns of the cohort summary (``prev_<finding>``).
+PREVALENCE_PREFIX = "prev_"
+
+
+class CohortSummary(OutputSchema):
+    """The cohort summary: one row per site (``NaN`` statistics for a site without images)."""
+
+    site: Series[str] = pa.Field(unique=True)
+    n_images: Series[int] = count_field()
+    n_patients: Series[int] = count_field()
+    n_quarantined: Series[int] = count_field()
+    age_median: Series[float] = pa.Field(nullable=True, ge=0.0)
+    female_share: Series[float] = probability_field()
+    ap_share: Series[float] = probability_field()
+    #: One column per finding (``prev_Effusion``, ...): positives / labelled images.
+    prevalence: Series[float] = pa.Field(
+        alias=rf"^{PREVALENCE_PREFIX}", regex=True, nullable=True, ge=0.0, le=1.0
+    )
 
 
 def prevalence_table(table: pd.DataFrame, findings: tuple[str, ...] = FINDINGS) -> pd.DataFrame:
@@ -45,7 +73,8 @@ def cohort_summary(
     Returns
     -------
     DataFrame
-        Sorted by site; prevalence columns are named ``prev_<finding>`` (0-1).
+        :class:`CohortSummary`, sorted by site; prevalence columns are named ``prev_<finding>``
+        (0-1).
     """
     rows = []
     for site in sorted(tables):
@@ -62,6 +91,10 @@ def cohort_summary(
         }
         prev = prevalence_table(t, findings) if len(t) else None
         for f in findings:
-            row[f"prev_{f}"] = float(prev.loc[f, "prevalence"]) if prev is not None else np.nan
+            row[PREVALENCE_PREFIX + f] = (
+                float(prev.loc[f, "prevalence"]) if prev is not None else np.nan
+            )
         rows.append(row)
-    return pd.DataFrame(rows)
+    # The columns also when there is no site (a table of no rows still has its columns).
+    columns = [*schema_columns(CohortSummary), *(PREVALENCE_PREFIX + f for f in findings)]
+    return validate_table(pd.DataFrame(rows, columns=columns), CohortSummary)

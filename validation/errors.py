@@ -9,11 +9,15 @@ Dagster asset checks and the audit report show.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from clinaudit.audit.schemas import OutputSchema, schema_columns, validate_table
 
 Severity = Literal["error", "warning"]
 SEVERITIES: tuple[str, ...] = ("error", "warning")
@@ -70,8 +74,26 @@ class QuarantineRecord:
         return f"[{self.severity}:{self.check}] {where}: {self.message}. Fix: {self.fix}"
 
 
-#: Column order of :func:`records_to_frame`.
+class QuarantineTable(OutputSchema):
+    """The quarantine table of :func:`records_to_frame`: one row per :class:`QuarantineRecord`."""
+
+    site: Series[str]
+    batch: Series[str]
+    file: Series[str]
+    row: Series[pd.Int64Dtype] = pa.Field(nullable=True)
+    column: Series[str] = pa.Field(nullable=True)
+    check: Series[str]
+    message: Series[str]
+    fix: Series[str]
+    severity: Series[str] = pa.Field(isin=list(SEVERITIES))
+
+    class Config:
+        ordered = True
+
+
+#: Column order of :func:`records_to_frame` (the record's fields, the schema's columns).
 RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(QuarantineRecord))
+assert RECORD_COLUMNS == schema_columns(QuarantineTable), "QuarantineTable != QuarantineRecord"
 
 
 class BatchStructureError(ValueError):
@@ -81,12 +103,19 @@ class BatchStructureError(ValueError):
     ----------
     records : sequence of QuarantineRecord
         At least one record, each with ``severity="error"``.
+    batch_facts : mapping, optional
+        What is known of the batch although it failed: ``content_hash`` and ``simulated`` from
+        its manifest, ``n_rows_in`` rows read.
     """
 
-    def __init__(self, records: Sequence[QuarantineRecord]) -> None:
+    def __init__(
+        self, records: Sequence[QuarantineRecord], *, batch_facts: Mapping[str, Any] | None = None
+    ) -> None:
         if not records:
             raise ValueError("BatchStructureError needs at least one QuarantineRecord")
         self.records: list[QuarantineRecord] = list(records)
+        #: What is known of the failed batch (``content_hash``, ``simulated``, ``n_rows_in``).
+        self.batch_facts: dict[str, Any] = dict(batch_facts or {})
         first = self.records[0]
         more = f" (and {len(self.records) - 1} more problems)" if len(self.records) > 1 else ""
         super().__init__(f"batch {first.site}/{first.batch} cannot be ingested: {first}{more}")
@@ -103,8 +132,8 @@ def records_to_frame(records: Iterable[QuarantineRecord]) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        Columns ``site, batch, file, row, column, check, message, fix, severity``; ``row`` is a
-        nullable integer column.
+        :class:`QuarantineTable`: columns ``site, batch, file, row, column, check, message, fix,
+        severity``; ``row`` is a nullable integer column.
 
     Examples
     --------
@@ -118,4 +147,33 @@ def records_to_frame(records: Iterable[QuarantineRecord]) -> pd.DataFrame:
     for col in RECORD_COLUMNS:
         if col != "row":
             frame[col] = frame[col].astype(object)
-    return frame
+    return validate_table(frame, QuarantineTable)
+
+
+#: Quarantine checks that mean the landed bytes are not what the sender's manifest promised.
+INTEGRITY_CHECKS: frozenset[str] = frozenset(
+    {
+        "manifest",
+        "integrity",
+        "hash_mismatch",
+        "file_missing",
+        "not_in_manifest",
+        "unlisted_file",
+        "label_file_missing",
+        "label_file_unlisted",
+    }
+)
+
+
+def records_markdown(frame: pd.DataFrame, limit: int = 25) -> str:
+    """Quarantine records as a markdown table (first ``limit`` rows), for the Dagster UI."""
+    if frame.empty:
+        return "No quarantine records."
+    cols = ["batch", "file", "row", "column", "check", "message", "fix"]
+    shown = frame[cols].head(limit).astype(object).fillna("")  # Int64 rows may be <NA>
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in shown.itertuples(index=False):
+        cells = [str(v).replace("|", "/").replace("\n", " ") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    more = len(frame) - limit
+    return "\n".join(lines) + (f"\n\n... and {more} more records." if more > 0 else "")

@@ -29,19 +29,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
-from clinaudit.sources.images import META_KEYS, ImageDecodeError, decode_image
+from clinaudit.sources.images import META_KEYS
 from clinaudit.sources.label_tables import (
     SPLIT_FILES,
     Layout,
@@ -51,11 +48,11 @@ from clinaudit.sources.label_tables import (
 )
 from clinaudit.sources.landing import Manifest, read_manifest, verify_batch
 from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
-from clinaudit.validation.quality import QUALITY_FEATURES, quality_features
+from clinaudit.validation.image_checks import Task, run_image_checks
+from clinaudit.validation.quality import QUALITY_FEATURES
 from clinaudit.validation.schemas import VALIDATED_COLUMNS, ValidatedImages, validate_frame
 
 _MIN_KEY_BYTES = 16
-_MAX_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -173,125 +170,6 @@ def _check_key(key: bytes) -> None:
             f"pseudonym_key must be at least {_MIN_KEY_BYTES} random bytes, got {got}; load the "
             "site key file (e.g. var/keys/pseudonym.key) and pass its bytes"
         )
-
-
-# One image task: (row position, relative file, manifest sha256 or None, manifest size or None).
-_Task = tuple[int, str, str | None, int | None]
-# Outcome: (row position, None, payload) on success or (row position, (check, message, fix), None).
-_Outcome = tuple[int, tuple[str, str, str] | None, dict[str, object] | None]
-
-
-def _check_one(batch_dir: Path, task: _Task, cfg: IngestConfig) -> _Outcome:
-    pos, rel, want_sha, want_size = task
-
-    def fail(check: str, message: str, fix: str) -> _Outcome:
-        return pos, (check, message, fix), None
-
-    if want_sha is None:
-        return fail(
-            "not_in_manifest",
-            "image is not listed in manifest.json, so its integrity cannot be checked",
-            "re-create manifest.json after every file of the batch is uploaded",
-        )
-    try:
-        with open(batch_dir / rel, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return fail(
-            "image_missing",
-            "image named by the label table is absent from the batch",
-            "upload the image, or remove its row from the label table",
-        )
-    except OSError as err:
-        return fail(
-            "image_unreadable",
-            f"image cannot be read ({type(err).__name__}: {err.strerror or err})",
-            "check that the path is a readable regular file",
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != want_sha or len(data) != want_size:
-        return fail(
-            "hash_mismatch",
-            f"file has {len(data)} bytes with sha256 {digest[:16]}..., manifest.json says "
-            f"{want_size} bytes with sha256 {want_sha[:16]}...; it was not decoded",
-            "re-upload the file (it was corrupted or changed after the manifest was written)",
-        )
-    try:
-        img = decode_image(data, name=rel, max_pixels=cfg.max_pixels)
-    except ImageDecodeError as err:
-        return fail(err.check, err.message, err.fix)
-    if img.photometric not in cfg.allowed_photometric:
-        return fail(
-            "photometric",
-            f"PhotometricInterpretation {img.photometric} is not allowed "
-            f"(allowed: {list(cfg.allowed_photometric)})",
-            "export the images with an allowed photometric interpretation",
-        )
-    if img.bits_stored not in cfg.allowed_bits:
-        return fail(
-            "bit_depth",
-            f"{img.bits_stored} bits stored is not allowed (allowed: {list(cfg.allowed_bits)})",
-            "export the images with one of the allowed bit depths",
-        )
-    short, long = min(img.rows, img.cols), max(img.rows, img.cols)
-    if short < cfg.min_size or long > cfg.max_size:
-        return fail(
-            "image_size",
-            f"image is {img.rows} x {img.cols} pixels; sides must lie within "
-            f"[{cfg.min_size}, {cfg.max_size}]",
-            "send the radiograph at its acquisition resolution (not a thumbnail or a mosaic)",
-        )
-    payload: dict[str, object] = {
-        "sha256": digest,
-        "image_format": img.format,
-        **quality_features(img),
-        **{f"meta_{k}": img.meta.get(k, "") for k in META_KEYS},
-    }
-    return pos, None, payload
-
-
-def _check_chunk(batch_dir: str, tasks: Sequence[_Task], cfg: IngestConfig) -> list[_Outcome]:
-    """Process-pool entry point: check a chunk of images, in order."""
-    base = Path(batch_dir)
-    return [_check_one(base, t, cfg) for t in tasks]
-
-
-def _run_tasks(
-    batch_dir: Path,
-    tasks: list[_Task],
-    cfg: IngestConfig,
-    progress: Callable[[int, int], None] | None,
-) -> list[_Outcome]:
-    total = len(tasks)
-    if total == 0:
-        if progress is not None:
-            progress(0, 0)
-        return []
-    size = max(1, min(_MAX_CHUNK, math.ceil(total / (cfg.workers * 8))))
-    chunks = [tasks[i : i + size] for i in range(0, total, size)]
-    results: list[list[_Outcome] | None] = [None] * len(chunks)
-    done = 0
-    if cfg.workers == 1 or len(chunks) == 1:
-        for i, chunk in enumerate(chunks):
-            results[i] = _check_chunk(str(batch_dir), chunk, cfg)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-    else:
-        # "spawn": safe inside a multi-threaded Dagster run process, and the same on every OS.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_check_chunk, str(batch_dir), chunk, cfg): i
-                for i, chunk in enumerate(chunks)
-            }
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                done += len(chunks[i])
-                if progress is not None:
-                    progress(done, total)
-    return [outcome for chunk in results if chunk is not None for outcome in chunk]
 
 
 def _structure(manifest: Manifest, batch_dir: Path) -> bytes:
@@ -420,10 +298,29 @@ def ingest_batch(
     batch_dir = Path(batch_dir)
     manifest = read_manifest(batch_dir)
     site, batch = manifest.site, manifest.batch
+    layout = config.layout or manifest.label_layout
+    if layout not in ("nih", "chexpert"):
+        raise BatchStructureError(
+            [
+                QuarantineRecord(
+                    site,
+                    batch,
+                    "manifest.json",
+                    None,
+                    "label_layout",
+                    "label_layout",
+                    f"label_layout {layout!r} is not a chest X-ray label layout ('nih' or "
+                    "'chexpert')",
+                    "land the batch under the study whose format it is, or re-export the labels "
+                    "in the NIH or CheXpert layout (docs/formats.md)",
+                )
+            ],
+            batch_facts={"content_hash": manifest.content_hash, "simulated": manifest.simulated},
+        )
     label_bytes = _structure(manifest, batch_dir)
     labels = read_label_table(
         batch_dir / manifest.label_file,
-        layout=config.layout or manifest.label_layout,
+        layout=layout,
         uncertainty=config.uncertainty,
         site=site,
         batch=batch,
@@ -453,11 +350,11 @@ def ingest_batch(
     records += _file_records(manifest, batch_dir, labels.referenced_files)
 
     table = labels.table.reset_index(drop=True)
-    tasks: list[_Task] = []
+    tasks: list[Task] = []
     for pos, rel in enumerate(table["file"].tolist()):
         entry = manifest.entry(rel)
         tasks.append((pos, rel, entry.sha256 if entry else None, entry.bytes if entry else None))
-    outcomes = _run_tasks(batch_dir, tasks, config, progress)
+    outcomes = run_image_checks(batch_dir, tasks, config, progress)
 
     keep: list[int] = []
     payloads: list[dict[str, object]] = []

@@ -1,0 +1,369 @@
+"""Input drift of local stays against a vendor's training-data *summary* (quantiles, missing rates).
+
+A tabular model card does not ship the training data, only per-feature quantiles at fixed levels
+(0.01, 0.05, ..., 0.99), the missing fraction, mean and standard deviation, and the share of each
+group of every protected attribute. :func:`card_drift` compares local stays with that summary.
+
+PSI against quantiles
+---------------------
+Bins are the card's distinct quantile values ``e_1 < ... < e_m`` (bins ``(-inf, e_1], ...,
+(e_m, inf)``, right-closed as in :mod:`clinaudit.audit.drift`) plus a *missing* bin. The local side
+is exact: ``F_loc(e)`` is the empirical CDF of the non-missing values. The card fixes its CDF only
+within bounds: at a value ``e`` that the card lists at levels ``L_e``, ``F(e) >= max L_e`` and
+``F(e-) <= min L_e``, and ``F(e)`` stays below the next listed level. For continuous features the
+bounds pin ``F(e)`` to the level; for integer-valued ones (SpO2, GCS, comorbidity index) a value
+that fills several quantiles is an atom of unknown size. The card CDF is taken as the point of
+those bounds closest to the local CDF, assuming the card's atom at ``e`` is no larger than the
+local one: ``F_card(e) = clip(F_loc(e), max L_e, min(next level, min L_e + p_loc(e)))``. The
+PSI ``sum (a - e) ln(a / e)`` (empty bins at ``epsilon``) is therefore the smallest PSI consistent
+with the card: identical distributions give ~0 even for integer features, and a flagged feature
+has drifted at least that much. Missingness enters through the missing bin and is also reported
+as a rate difference (labs are missing not at random).
+
+Composition (``kind="composition"``): PSI of the category shares of each protected attribute
+against the card's ``groups``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from clinaudit.audit.schemas import (
+    OutputSchema,
+    count_field,
+    difference_field,
+    probability_field,
+    schema_columns,
+    status_field,
+    validate_table,
+)
+from clinaudit.audit.types import STATUS_INSUFFICIENT, STATUS_OK, AuditInputError
+
+from .tables_schema import flags
+
+__all__ = [
+    "CARD_DRIFT_KINDS",
+    "CARD_PSI_LEVELS",
+    "DRIFT_COLUMNS",
+    "CardDrift",
+    "card_drift",
+    "psi_against_quantiles",
+    "window_psi",
+]
+
+CARD_DRIFT_KINDS: tuple[str, ...] = ("numeric", "composition")
+#: ``"not estimable"`` for a group with too few stays.
+CARD_PSI_LEVELS: tuple[str, ...] = ("none", "moderate", "major", "not estimable")
+
+
+class CardDrift(OutputSchema):
+    """The table of :func:`card_drift`: one row per (scope, group, feature).
+
+    A numeric row compares a feature's values with the card's quantiles and missing fraction
+    (``missing_rate`` and ``median`` local, ``card_*`` the card's, ``smd`` against the card's mean
+    and standard deviation); a ``composition`` row compares an attribute's group shares with the
+    card's and has only ``psi``. A group with fewer than ``min_rows`` stays has status
+    ``"insufficient data"``, PSI level ``"not estimable"`` and no numbers (``card_atoms`` missing
+    too, so that column is ``object`` when such a row is present).
+    """
+
+    scope: Series[str]
+    group: Series[str]
+    feature: Series[str]
+    kind: Series[str] = pa.Field(isin=list(CARD_DRIFT_KINDS))
+    status: Series[str] = status_field()
+    n: Series[int] = count_field()
+    missing_rate: Series[float] = probability_field()
+    card_missing_rate: Series[float] = probability_field()
+    missing_rate_change: Series[float] = difference_field()
+    median: Series[float] = pa.Field(nullable=True)
+    card_median: Series[float] = pa.Field(nullable=True)
+    smd: Series[float] = pa.Field(nullable=True)
+    # Every term (a - e) ln(a / e) of the PSI is >= 0.
+    psi: Series[float] = pa.Field(nullable=True, ge=0.0)
+    psi_level: Series[str] = pa.Field(isin=list(CARD_PSI_LEVELS))
+    missing_flag: Series[bool]
+    drifted: Series[bool]
+    # Whether the card lists a value at several quantiles (the PSI is then a lower bound).
+    card_atoms: Series[Any] = pa.Field(nullable=True)
+
+    @pa.check("card_atoms", name="flags")
+    @classmethod
+    def _card_atoms_are_flags(cls, values: pd.Series) -> bool | pd.Series:
+        return flags(values)
+
+    class Config:
+        ordered = True
+
+
+#: Column order of the drift table (its schema's).
+DRIFT_COLUMNS: tuple[str, ...] = schema_columns(CardDrift)
+
+
+def _psi(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> float:
+    e = np.where(expected > 0, expected, epsilon)
+    a = np.where(actual > 0, actual, epsilon)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _card_quantiles(summary: Mapping[str, Any], feature: str) -> tuple[np.ndarray, np.ndarray]:
+    quantiles = summary.get("quantiles")
+    if not isinstance(quantiles, Mapping) or not quantiles:
+        raise AuditInputError(
+            "training_data",
+            f"feature {feature!r} without quantiles",
+            "features[<name>] with 'quantiles' (level -> value) and 'missing_fraction'",
+            "pass the model card's training_data summary (sources.sepsis_tables.summarize_stays)",
+        )
+    levels = np.array([float(k) for k in quantiles], dtype=float)
+    values = np.array([float(v) for v in quantiles.values()], dtype=float)
+    order = np.argsort(levels)
+    levels, values = levels[order], values[order]
+    if np.any(np.diff(values) < 0) or not np.all((levels > 0) & (levels < 1)):
+        raise AuditInputError(
+            "training_data",
+            f"feature {feature!r} quantiles {dict(zip(levels, values, strict=True))}",
+            "levels in (0, 1) with non-decreasing values",
+            "re-export the model card",
+        )
+    return levels, values
+
+
+def psi_against_quantiles(
+    values: Any, summary: Mapping[str, Any], *, feature: str = "feature", epsilon: float = 1e-4
+) -> tuple[float, bool]:
+    """PSI of local values against a card's quantile summary (see the module docstring).
+
+    Parameters
+    ----------
+    values : array-like of shape (n,)
+        Local values; NaN = missing.
+    summary : mapping
+        ``quantiles`` (level -> value), ``missing_fraction``.
+    feature : str, keyword-only
+        Name used in errors.
+    epsilon : float, keyword-only
+        Proportion substituted for empty bins.
+
+    Returns
+    -------
+    psi : float
+    atoms : bool
+        Whether the card lists a value at several levels (an atom: the card's CDF is only
+        bounded there, so the PSI is a lower bound).
+
+    Examples
+    --------
+    >>> card = {"quantiles": {"0.25": 1.0, "0.5": 2.0, "0.75": 3.0}, "missing_fraction": 0.0}
+    >>> round(psi_against_quantiles([0.5, 1.5, 2.5, 3.5], card)[0], 6)
+    0.0
+    """
+    levels, q = _card_quantiles(summary, feature)
+    x = np.asarray(values, dtype=float)
+    missing = ~np.isfinite(x)
+    ok = np.sort(x[~missing])
+    edges = np.unique(q)
+    if ok.size:
+        f_loc = np.searchsorted(ok, edges, side="right") / ok.size
+        atom = f_loc - np.searchsorted(ok, edges, side="left") / ok.size
+    else:
+        f_loc, atom = np.zeros(edges.size), np.zeros(edges.size)
+    low = np.array([levels[q == e].max() for e in edges])
+    first = np.array([levels[q == e].min() for e in edges])
+    above = np.array([levels[q > e].min() if (q > e).any() else 1.0 for e in edges])
+    f_card = np.clip(f_loc, low, np.maximum(low, np.minimum(above, first + atom)))
+    miss_card = float(summary.get("missing_fraction", 0.0))
+    miss_loc = float(missing.mean()) if x.size else 0.0
+    expected = np.append(
+        np.diff(np.concatenate([[0.0], f_card, [1.0]])) * (1 - miss_card), miss_card
+    )
+    actual = np.append(np.diff(np.concatenate([[0.0], f_loc, [1.0]])) * (1 - miss_loc), miss_loc)
+    return _psi(expected, actual, epsilon), bool(edges.size < q.size)
+
+
+def window_psi(reference: Any, window: Any, *, n_bins: int = 10, epsilon: float = 1e-4) -> float:
+    """PSI of a monitoring window against a raw reference sample, with a missing bin.
+
+    Bins: interior edges at the reference quantiles ``1/k, ..., (k-1)/k`` of its non-missing
+    values (duplicates removed, right-closed, as in :func:`clinaudit.audit.drift.
+    population_stability_index`), plus one bin for missing values.
+
+    Examples
+    --------
+    >>> x = np.r_[np.arange(90.0), [np.nan] * 10]
+    >>> window_psi(x, x)
+    0.0
+    """
+    ref, win = np.asarray(reference, dtype=float), np.asarray(window, dtype=float)
+    if ref.size == 0 or win.size == 0:
+        raise AuditInputError("reference/window", "an empty sample", "values", "pass rows")
+    r_ok, w_ok = ref[np.isfinite(ref)], win[np.isfinite(win)]
+    inner = np.unique(np.quantile(r_ok, np.arange(1, n_bins) / n_bins)) if r_ok.size else []
+    k = len(inner) + 1
+
+    def props(ok: np.ndarray, n: int) -> np.ndarray:
+        counts = np.bincount(np.searchsorted(inner, ok, side="left"), minlength=k)
+        return np.append(counts, n - ok.size) / n
+
+    return _psi(props(r_ok, ref.size), props(w_ok, win.size), epsilon)
+
+
+def _card_median(summary: Mapping[str, Any], feature: str) -> float:
+    levels, values = _card_quantiles(summary, feature)
+    hit = np.flatnonzero(np.isclose(levels, 0.5))
+    return float(values[hit[0]]) if hit.size else np.nan
+
+
+def _level(psi: float, moderate: float, major: float) -> str:
+    return "major" if psi >= major else "moderate" if psi >= moderate else "none"
+
+
+def _numeric_rows(
+    frame: pd.DataFrame, features: Sequence[str], card: Mapping[str, Any], opts: dict[str, float]
+) -> list[dict[str, Any]]:
+    rows = []
+    for feature in features:
+        summary = card[feature]
+        x = pd.to_numeric(frame[feature], errors="coerce").to_numpy(dtype=float)
+        ok = x[np.isfinite(x)]
+        psi, atoms = psi_against_quantiles(x, summary, feature=feature)
+        miss = float(np.mean(~np.isfinite(x)))
+        change = miss - float(summary.get("missing_fraction", 0.0))
+        std = float(summary.get("std", np.nan))
+        mean = float(summary.get("mean", np.nan))
+        level = _level(psi, opts["psi_moderate"], opts["psi_major"])
+        flag = abs(change) >= opts["missing_rate_change"]
+        rows.append(
+            {
+                "feature": feature,
+                "kind": "numeric",
+                "status": STATUS_OK if ok.size else STATUS_INSUFFICIENT,
+                "n": int(x.size),
+                "missing_rate": miss,
+                "card_missing_rate": float(summary.get("missing_fraction", np.nan)),
+                "missing_rate_change": change,
+                "median": float(np.median(ok)) if ok.size else np.nan,
+                "card_median": _card_median(summary, feature),
+                "smd": (float(ok.mean()) - mean) / std if ok.size and std > 0 else np.nan,
+                "psi": psi,
+                "psi_level": level,
+                "missing_flag": bool(flag),
+                "drifted": bool(level != "none" or flag),
+                "card_atoms": atoms,
+            }
+        )
+    return rows
+
+
+def _composition_rows(
+    frame: pd.DataFrame, composition: Mapping[str, Mapping[str, float]], opts: dict[str, float]
+) -> list[dict[str, Any]]:
+    rows = []
+    for attribute, shares in composition.items():
+        if attribute not in frame.columns:
+            continue
+        local = frame[attribute].astype(str).value_counts(normalize=True)
+        cats = sorted(set(local.index) | set(map(str, shares)))
+        expected = np.array([float(shares.get(c, 0.0)) for c in cats])
+        actual = local.reindex(cats, fill_value=0.0).to_numpy(dtype=float)
+        psi = _psi(expected, actual, 1e-4)
+        level = _level(psi, opts["psi_moderate"], opts["psi_major"])
+        rows.append(
+            {
+                "feature": attribute,
+                "kind": "composition",
+                "status": STATUS_OK,
+                "n": len(frame),
+                "psi": psi,
+                "psi_level": level,
+                "missing_flag": False,
+                "drifted": level != "none",
+                "card_atoms": False,
+            }
+        )
+    return rows
+
+
+def card_drift(
+    stays: pd.DataFrame,
+    training_data: Mapping[str, Any],
+    *,
+    features: Sequence[str],
+    scopes: Sequence[str] = (),
+    psi_moderate: float = 0.1,
+    psi_major: float = 0.25,
+    missing_rate_change: float = 0.1,
+    min_rows: int = 30,
+) -> pd.DataFrame:
+    """Drift of the stays (all, and each group of each scope column) against a card's summary.
+
+    Parameters
+    ----------
+    stays : pandas.DataFrame
+        Local stays with the feature columns (NaN = not measured) and the scope columns.
+    training_data : mapping
+        The card's ``training_data``: ``features`` (name -> ``quantiles``, ``missing_fraction``,
+        ``mean``, ``std``) and optionally ``groups`` (attribute -> category -> share).
+    features : sequence of str, keyword-only
+        Features to compare (each must be in the summary).
+    scopes : sequence of str, keyword-only
+        Columns whose groups are also compared one by one (``hospital``, ``race_ethnicity``).
+    psi_moderate, psi_major : float, keyword-only
+        PSI levels reported as ``"moderate"`` / ``"major"`` (>=).
+    missing_rate_change : float, keyword-only
+        Absolute change of the missing rate that flags a feature (``missing_flag``).
+    min_rows : int, keyword-only
+        Groups with fewer stays get status ``"insufficient data"`` and no PSI.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :class:`CardDrift` (columns :data:`DRIFT_COLUMNS`), first ``scope="network"``
+        (``group="all"``), then each scope's groups in sorted order; composition rows for
+        ``network`` and the first scope. ``drifted``: PSI level not ``"none"`` or
+        ``missing_flag``.
+
+    Raises
+    ------
+    AuditInputError
+        If a feature or scope column is absent, or the summary lacks a feature's quantiles.
+    """
+    card = training_data.get("features") if isinstance(training_data, Mapping) else None
+    absent = [f for f in features if not isinstance(card, Mapping) or f not in card]
+    absent += [f for f in (*features, *scopes) if f not in stays.columns]
+    if absent:
+        raise AuditInputError(
+            "features/scopes",
+            f"{sorted(set(absent))} missing from the stays or from training_data['features']",
+            "every feature in both, every scope a column of the stays",
+            "pass the model card of the audited model and the validated stays table",
+        )
+    opts = {"psi_moderate": psi_moderate, "psi_major": psi_major}
+    opts["missing_rate_change"] = missing_rate_change
+    composition = training_data.get("groups") or {}
+    parts = [("network", "all", stays, True)]
+    for k, scope in enumerate(scopes):
+        for group, frame in stays.groupby(scope, sort=True):
+            parts.append((scope, str(group), frame, k == 0))
+    rows = []
+    for scope, group, frame, with_composition in parts:
+        if len(frame) < min_rows:
+            found = [
+                {"feature": f, "kind": "numeric", "status": STATUS_INSUFFICIENT, "n": len(frame),
+                 "psi_level": "not estimable", "missing_flag": False, "drifted": False}
+                for f in features
+            ]  # fmt: skip
+            rows += [{"scope": scope, "group": group, **r} for r in found]
+            continue
+        found = _numeric_rows(frame, features, card, opts)  # type: ignore[arg-type]
+        if with_composition:
+            found += _composition_rows(frame, composition, opts)
+        rows += [{"scope": scope, "group": group, **r} for r in found]
+    table = pd.DataFrame(rows).reindex(columns=list(DRIFT_COLUMNS)).reset_index(drop=True)
+    return validate_table(table, CardDrift)
