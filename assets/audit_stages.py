@@ -16,6 +16,7 @@ from clinaudit.reporting.study_package import write_study_package
 from clinaudit.studies.base import AuditData, Study
 
 from .stage_config import OWNERS, config_class, options_of
+from .stage_failures import explain_left_out
 from .stage_meta import package_metadata, stage_metadata
 
 if TYPE_CHECKING:
@@ -60,7 +61,17 @@ def evidence_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
             policy=policy,
             options=options_of(study, study.evaluate_options, config),
         )
-        for partition, why in dict(result.facts.get("left_out", {})).items():
+        seen = set(validated) | set(predictions)
+        left_out = dict(result.facts.get("left_out", {}))
+        left_out = explain_left_out(
+            context.instance,
+            sa.p,
+            left_out,
+            context.instance.get_dynamic_partitions(sa.partitions.name),
+            seen - set(left_out),
+        )
+        result = result.with_facts(left_out=left_out)
+        for partition, why in left_out.items():
             context.log.warning(f"{partition} left out of the audit: {why}")
         return _table_set_output(study, "evidence", _under_policy(result, policy))
 

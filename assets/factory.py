@@ -287,8 +287,8 @@ class StudyAssets:
                 "scores, or the embedded model; its identity, operating thresholds and card.",
             ),
             ins=ins,
-            deps=[self.key("model_source")],
-            required_resource_keys={model_res, "home"},
+            deps=[self.key("model_source"), self.key("policy_source")],
+            required_resource_keys={model_res, self.policy_res, "home"},
         )
         def model(context: dg.AssetExecutionContext, **inputs: Any) -> dg.Output[ModelRef]:
             reference = (inputs.get("reference") or {}).get(ref) if ref else None
@@ -297,10 +297,11 @@ class StudyAssets:
                 reference=reference,
                 dirs=context.resources.home.dirs(),
                 log=context.log.info,
+                policy=getattr(context.resources, self.policy_res).load(),
             )
             return dg.Output(
                 resolved,
-                data_version=dg.DataVersion(resolved.identity),
+                data_version=dg.DataVersion(resolved.version()),
                 metadata=stage_metadata(study, "model", resolved),
             )
 

@@ -3,9 +3,9 @@
 Defaults live here and nowhere else. Paths come from the resource config, else ``CLINAUDIT_HOME``
 (default ``./var``). Environment variables are read when a run uses a resource, never at import:
 a study's model and policy resources look at ``CLINAUDIT_<STUDY>_MODEL`` / ``_SCORES`` /
-``_THRESHOLD`` / ``_POLICY`` (``<STUDY>`` = the study name in capitals) for what their config
-leaves unset, so runs started by a sensor, the automation or the UI audit what ``clinaudit audit``
-was told to.
+``_THRESHOLD`` / ``_THRESHOLDS`` / ``_POLICY`` (``<STUDY>`` = the study name in capitals) for
+what their config leaves unset, so runs started by a sensor, the automation or the UI audit
+what ``clinaudit audit`` was told to.
 """
 
 from __future__ import annotations
@@ -162,9 +162,10 @@ class StudyModel(dg.ConfigurableResource):
 
     Set at most one of ``package_dir`` (a vendor model package, verified on load) and ``scores``
     (vendor scores: a folder of ``<partition>.csv`` or one CSV); with neither, the study's
-    embedded model. Unset fields fall back to ``CLINAUDIT_<STUDY>_MODEL`` / ``_SCORES`` /
-    ``_THRESHOLD`` when the resource is used. ``training``: settings of the embedded model
-    (e.g. ``scale``, the demo scale, and for an image model ``arch``, ``input_size``,
+    embedded model. ``thresholds``: with scores, the vendor's thresholds file (JSON, one
+    threshold per output). Unset fields fall back to ``CLINAUDIT_<STUDY>_MODEL`` / ``_SCORES`` /
+    ``_THRESHOLD`` / ``_THRESHOLDS`` when the resource is used. ``training``: settings of the
+    embedded model (e.g. ``scale``, the demo scale, and for an image model ``arch``, ``input_size``,
     ``epochs``); each study refuses settings it does not know. Defaults are the study's.
     """
 
@@ -172,6 +173,7 @@ class StudyModel(dg.ConfigurableResource):
     package_dir: str | None = None
     scores: str | None = None
     threshold: float | None = None
+    thresholds: str | None = None
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None
@@ -193,6 +195,13 @@ class StudyModel(dg.ConfigurableResource):
                     f"{study_env(self.study, 'threshold')}={raw!r} is not a number; set it to "
                     "the vendor's operating threshold (e.g. 0.35) or unset it"
                 ) from None
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ValueError(
+                f"{self.study} model threshold {threshold!r} is outside (0, 1): the operating "
+                "threshold is a probability (alert at score >= it); a percentage must be divided "
+                "by 100"
+            )
+        thresholds = self.thresholds or env.get(study_env(self.study, "thresholds")) or None
         package = self.package_dir or env.get(study_env(self.study, "model")) or None
         scores = self.scores or env.get(study_env(self.study, "scores")) or None
         if self.package_dir or self.scores:  # explicit config wins over the environment
@@ -201,6 +210,7 @@ class StudyModel(dg.ConfigurableResource):
             package_dir=package,
             scores=scores,
             threshold=threshold,
+            thresholds=thresholds,
             device=self.device,
             precision=self.precision,
             batch_size=self.batch_size,

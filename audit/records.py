@@ -244,6 +244,14 @@ class ModelRef(Record):
                 "take them from the model card or the configured threshold",
             )
 
+    def version(self) -> str:
+        """Data version of the model stage: the identity, and for vendor scores also the
+        operating thresholds (a new thresholds file or derivation rule re-audits)."""
+        if self.mode != "scores":
+            return self.identity
+        doc = json.dumps({k: float(v) for k, v in sorted(self.thresholds.items())})
+        return f"{self.identity}+thresholds:{hashlib.sha256(doc.encode()).hexdigest()[:16]}"
+
     def partition_identity(self, partition: str) -> str:
         """What every prediction of ``partition`` must carry as ``model_sha256``.
 

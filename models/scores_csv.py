@@ -269,8 +269,11 @@ def _check_probabilities(
         empty = text.str.lower().isin(_NAN_TEXT).to_numpy()
         finite = np.isfinite(numbers) & rows
         in_range = np.isfinite(numbers) & (numbers >= 0.0) & (numbers <= 1.0)
-        percent = bool(finite.any() and np.nanmax(np.where(finite, numbers, np.nan)) > 1.0)
-        percent = percent and bool(((numbers[finite] >= 0) & (numbers[finite] <= 100)).all())
+        shown = numbers[finite]
+        # The whole column on a 0-100 scale (most values above 1): percentages.
+        percent = bool(
+            shown.size and np.mean(shown > 1.0) > 0.5 and ((shown >= 0) & (shown <= 100)).all()
+        )
         for i in np.flatnonzero(~in_range & rows):
             raw = frame[column].iloc[i]
             if empty[i]:
@@ -281,14 +284,24 @@ def _check_probabilities(
                 fix = "write probabilities as decimal numbers, e.g. 0.37"
             else:
                 check, message = "out_of_range", f"probability {raw} is outside [0, 1]"
-                fix = (
-                    "values look like percentages: divide the column by 100"
-                    if percent
-                    else "write probabilities between 0 and 1 (apply the sigmoid to logits)"
-                )
+                fix = _range_fix(float(numbers[i]), percent)
             col.add(check, message, fix, row=i + 2, column=column)
         values[label] = numbers
     return values
+
+
+def _range_fix(value: float, percent_column: bool) -> str:
+    """The likely cause of a score outside [0, 1], and its fix."""
+    if percent_column:
+        return "the column looks like percentages: divide the column by 100"
+    if value < 0 or value <= 10:
+        return (
+            "looks like a logit (a raw model output): export probabilities, i.e. apply the "
+            "sigmoid 1 / (1 + exp(-x)) to the logits"
+        )
+    if value <= 100:
+        return f"looks like a percentage: write {value / 100:g} (probabilities are in [0, 1])"
+    return "not a probability nor a percentage: export the model's probabilities in [0, 1]"
 
 
 def read_scores(

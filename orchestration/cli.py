@@ -59,11 +59,46 @@ def _model(args: argparse.Namespace, study: Study) -> StudyModel:
         package_dir=str(Path(model).resolve()) if model else None,
         scores=str(Path(scores).resolve()) if scores else None,
         threshold=getattr(args, "threshold", None),
+        thresholds=_resolved(getattr(args, "thresholds", None)),
         device=args.device,
         precision=args.precision,
         seed=getattr(args, "seed", 0) or 0,
         training=training,
     )
+
+
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def _input_problems(args: argparse.Namespace) -> list[str]:
+    """Command-line inputs that are wrong before anything runs (each with its fix)."""
+    problems = []
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        hint = f" (a percentage? use {threshold / 100:g})" if 1.0 < threshold <= 100.0 else ""
+        problems.append(
+            f"--threshold {threshold:g} is outside (0, 1){hint}: the operating threshold is a "
+            "probability; alert at score >= threshold"
+        )
+    landing = getattr(args, "landing", None)
+    if landing and not Path(landing).is_dir():
+        problems.append(
+            f"--landing {landing}: no such directory (it is never created: check the path; the "
+            "landing directory holds <study dir>/<site>/<batch>/ folders, docs/formats.md)"
+        )
+    for option in ("model", "predictions", "thresholds", "policy"):
+        value = getattr(args, option, None)
+        if value and not Path(value).exists():
+            problems.append(f"--{option} {value}: no such file or directory")
+    if getattr(args, "model", None) and getattr(args, "predictions", None):
+        problems.append("give either --model PACKAGE_DIR or --predictions PATH, not both")
+    if getattr(args, "thresholds", None) and not getattr(args, "predictions", None):
+        problems.append(
+            "--thresholds goes with --predictions (a model package carries its thresholds in its "
+            "model card)"
+        )
+    return problems
 
 
 def _print_runs(runs: Sequence[StepRun]) -> int:
@@ -73,10 +108,11 @@ def _print_runs(runs: Sequence[StepRun]) -> int:
             state, detail = "SKIPPED", r.skipped_because
         else:
             state = "ok"
-            if not r.success:
-                state = "FAILED"
-            elif r.blocking_failure:
+            blocked = any(c.endswith("(ERROR)") for c in r.failed_checks)
+            if blocked:  # a blocking check failed (the run may count as failed for it)
                 state = "BLOCKED"
+            elif not r.success:
+                state = "FAILED"
             elif r.failed_checks:
                 state = "ok, warnings"
             detail = f"run {str(r.run_id)[:8]}"
@@ -118,9 +154,17 @@ def _print_outcome(
 
 def _run_study(args: argparse.Namespace, home: ClinauditHome, study: Study) -> int:
     from clinaudit.orchestration.runner import PipelineRunner, get_instance, register_partitions
+    from clinaudit.sources.landing import scan_landing
 
     t0 = time.perf_counter()
     instance = get_instance(home)
+    scan = scan_landing(home.landing, study.landing_dir)
+    for b in scan.batches:
+        if not b.ready:
+            print(
+                f"waiting for manifest: {b.site}/{b.batch} is not audited until its "
+                "manifest.json exists (write it last, after every file of the batch)"
+            )
     partitions = register_partitions(instance, home, study)
     if getattr(args, "sites", None):
         wanted = set(args.sites.split(","))
@@ -146,11 +190,17 @@ def _run_study(args: argparse.Namespace, home: ClinauditHome, study: Study) -> i
     runs = runner.ingest(partitions) if args.command == "ingest" else runner.run_all(partitions)
     bad = _print_runs(runs)
     _print_outcome(instance, home, study, runs)
-    print(f"tables           : {home.artifacts / 'tables' / study.name}")
-    print(f"quarantine       : {home.quarantine / study.landing_dir}")
+    for label, path in (
+        ("tables", home.artifacts / "tables" / study.name),
+        ("quarantine", home.quarantine / study.landing_dir),
+    ):
+        if path.exists():  # only what this run (or an earlier one) wrote
+            print(f"{label:<17}: {path}")
     print(f"Dagster home     : {instance.root_directory}  (browse it with `make ui`)")
     print(f"{study.name} finished in {time.perf_counter() - t0:.1f} s")
-    return 1 if bad else 0
+    if scan.refused:
+        print(f"{len(scan.refused)} landing directories were refused (named above): exit status 1")
+    return 1 if bad or scan.refused else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,8 +223,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    if getattr(args, "model", None) and getattr(args, "predictions", None):
-        print("give either --model PACKAGE_DIR or --predictions PATH, not both", file=sys.stderr)
+    problems = _input_problems(args)
+    for problem in problems:
+        print(f"clinaudit {args.command}: {problem}", file=sys.stderr)
+    if problems:
         return 2
     (study,) = _studies(args.study)
     return _run_study(args, _home(args), study)
@@ -259,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         help="operating threshold of vendor scores that come without one (alert at score >= it)",
+    )
+    p.add_argument(
+        "--thresholds",
+        help="with --predictions: JSON file of the vendor's operating threshold per output, "
+        '{"<finding>": <threshold>, ...} (docs/model_package.md)',
     )
     p.add_argument("--sites", help="comma-separated subset of sites / hospitals")
     p.add_argument("--policy", help="policy YAML (default: the policy shipped with the study)")

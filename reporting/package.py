@@ -104,10 +104,20 @@ def _check_segment(argument: str, value: str) -> None:
 
 
 def _git(*args: str) -> str | None:
+    """``git`` in clinaudit's own checkout only (read-only: no index refresh), else ``None``:
+    an installed clinaudit that happens to sit inside another repository must not cite that
+    repository's commit."""
     repo = Path(clinaudit.__file__).resolve().parent.parent
+    if not (repo / ".git").exists() or not (repo / "pyproject.toml").is_file():
+        return None
+    if 'name = "clinaudit"' not in (repo / "pyproject.toml").read_text(encoding="utf-8"):
+        return None
     try:
         proc = subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20
+            ["git", "--no-optional-locks", "-C", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return None

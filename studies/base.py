@@ -75,13 +75,15 @@ class ModelSpec:
 
     ``package_dir``: a vendor model package; ``scores``: vendor scores (a folder of
     ``<partition>.csv`` or one file); neither: the study's embedded model. ``threshold``: the
-    operating threshold of scores that come without a card. ``training``: study-specific
-    settings of the embedded model (architecture, epochs, scale, ...).
+    operating threshold of scores that come without a card; ``thresholds``: a JSON file of the
+    vendor's operating threshold per target (scores of a multi-output model). ``training``:
+    study-specific settings of the embedded model (architecture, epochs, scale, ...).
     """
 
     package_dir: str | None = None
     scores: str | None = None
     threshold: float | None = None
+    thresholds: str | None = None
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None
@@ -325,9 +327,18 @@ class Study(ABC):
 
     @abstractmethod
     def resolve_model(
-        self, spec: ModelSpec, *, reference: pd.DataFrame | None, dirs: RunDirs, log: Log
+        self,
+        spec: ModelSpec,
+        *,
+        reference: pd.DataFrame | None,
+        dirs: RunDirs,
+        log: Log,
+        policy: Any = None,
     ) -> ModelRef:
-        """Verify (package), hash (scores) or train/reuse (embedded) what is audited."""
+        """Verify (package), hash (scores) or train/reuse (embedded) what is audited.
+
+        ``policy`` is the study's loaded policy, for rules that set operating thresholds
+        (e.g. how thresholds of vendor scores without the vendor's are derived)."""
 
     @abstractmethod
     def predict(

@@ -347,3 +347,48 @@ def test_monitoring_plan_refuses_decisions_of_another_policy() -> None:
     m, c, r, d = _tables({"go": {}, "cond": {}, "nogo": {}})
     with pytest.raises(AuditInputError, match="decisions made under policy sha256"):
         monitoring_plan(other, decisions, drift=d, metrics=m, calibration=c, recalibration=r)
+
+
+def test_a_criterion_the_reference_fails_too_is_marked_and_said_in_the_reasons() -> None:
+    """Reference self-check: sensitivity fails on the reference group as at the site, so it
+    cannot discriminate between sites; a criterion only the site fails is not marked."""
+    low = {("Effusion", "sensitivity_ci_low"): 0.2, ("Effusion", "sensitivity"): 0.3}
+    bad_site = low | {("Pneumothorax", "auroc_ci_low"): 0.5}
+    metrics, calibration, recal, drift = _tables({"site_a": bad_site, "vendor_dev:test": low})
+    recal["status"] = "insufficient data"  # no rescue: the failures stay
+    d = decide_sites(
+        load_policy(), metrics=metrics, calibration=calibration, recalibration=recal,
+        drift=drift, sites=["site_a"], reference="vendor_dev:test",
+    )  # fmt: skip
+    crit = d.criteria.set_index(["criterion", "finding"])
+    assert bool(crit.loc[("sensitivity", "Effusion"), "fails_at_reference"])
+    assert not bool(crit.loc[("auroc", "Pneumothorax"), "fails_at_reference"])
+    reasons = d.decision("site_a"), str(d.table["reasons"].iloc[0])
+    assert reasons[0] == "NO-GO"
+    assert "sensitivity lower CI for Effusion 0.20 < 0.50" in reasons[1]
+    assert "fails on the vendor's reference split too: cannot discriminate" in reasons[1]
+    assert reasons[1].count("cannot discriminate") == 1  # not on the AUROC failure
+    ref = d.reference.set_index(["criterion", "finding"])
+    assert set(ref["site"]) == {"vendor_dev:test"}
+    assert bool(ref.loc[("sensitivity", "Effusion"), "fails_at_reference"])
+    assert int(ref["fails_at_reference"].sum()) == 1
+    # Without a reference group nothing is marked.
+    plain = decide_sites(
+        load_policy(), metrics=metrics, calibration=calibration, recalibration=recal,
+        drift=drift, sites=["site_a"],
+    )  # fmt: skip
+    assert not plain.criteria["fails_at_reference"].any() and plain.reference.empty
+
+
+def test_derived_thresholds_are_named_on_the_sensitivity_rows() -> None:
+    low = {("Effusion", "sensitivity_ci_low"): 0.2}
+    metrics, calibration, recal, drift = _tables({"site_a": low})
+    recal["status"] = "insufficient data"
+    d = decide_sites(
+        load_policy(), metrics=metrics, calibration=calibration, recalibration=recal,
+        drift=drift, sites=["site_a"], derived_thresholds=True,
+    )  # fmt: skip
+    sens = d.criteria[d.criteria["criterion"] == "sensitivity"]
+    assert sens["evidence"].str.contains("derived on the reference (not the vendor", regex=False).all()
+    reasons = str(d.table["reasons"].iloc[0])
+    assert "sensitivity lower CI for Effusion (at the derived threshold) 0.20 < 0.50" in reasons

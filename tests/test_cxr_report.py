@@ -270,3 +270,30 @@ def test_report_names_the_sites_left_out_of_the_audit(synthetic_inputs) -> None:
     assert "Sites left out of this audit" in html
     plain = render_cxr_html(build_cxr_view(synthetic_inputs), report_environment())
     assert "left out of this audit" not in plain
+
+
+def test_page_one_states_the_thresholds_the_sites_left_out_and_the_reference_self_check(
+    synthetic_inputs,
+) -> None:
+    """Page 1 (the executive summary) says where the operating thresholds come from, names a
+    site left out with its reason, and flags criteria the model fails on its own reference."""
+    crit = synthetic_inputs.criteria
+    row = crit[crit["criterion"] == "sensitivity"].iloc[[0]].copy()
+    row["site"], row["value"], row["limit"] = "vendor_dev:test", 0.12, 0.5
+    row["passed_before"], row["fails_at_reference"] = False, True
+    derived = "derived by the audit, not the vendor: the highest threshold giving 80% sensitivity"
+    inputs = replace(
+        synthetic_inputs,
+        threshold_source=derived,
+        reference_check=row,
+        left_out={"site_z": "its predictions stage failed: scores/site_z.csv line 3"},
+    )
+    html = render_cxr_html(build_cxr_view(inputs), report_environment())
+    summary = html.split('<section id="executive-summary">')[1].split("</section>")[0]
+    assert f'<p class="notice warn">Operating thresholds: {derived}.</p>' in summary
+    assert "Reference self-check failed: on the vendor&#39;s own reference split " in summary
+    assert "(vendor_dev:test) the model fails 1 blocking criteria" in summary
+    assert f"(sensitivity for {row['finding'].iloc[0]} 0.12 vs limit 0.50)" in summary
+    assert "Not audited (1 landed sites): site_z: its predictions stage failed" in summary
+    plain = render_cxr_html(build_cxr_view(synthetic_inputs), report_environment())
+    assert "Reference self-check failed" not in plain and "Not audited" not in plain

@@ -254,11 +254,17 @@ def test_audit_command_prints_decisions_under_a_user_policy(
     assert "signed audit PDF" in printed and "VERIFIED" in printed
 
 
-def test_scores_only_audit_decides_and_signs(
-    demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Vendor scores instead of a model: same stages, no re-training, a verified package."""
-    from clinaudit.reporting.verify import verify_pdf
+def _page_one(pdf: Path) -> str:
+    import subprocess
+
+    pdftotext = require_tool("pdftotext", "poppler-utils")
+    return subprocess.run(
+        [pdftotext, "-l", "1", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _scores_folder(demo_home: Path, tmp_path: Path) -> Path:
+    """The demo's predictions written as vendor scores CSVs (one per site)."""
     from clinaudit.sources.cxr_labels import FINDINGS
 
     scores = tmp_path / "scores"
@@ -268,15 +274,60 @@ def test_scores_only_audit_decides_and_signs(
         pred.rename(columns={"image_id": "Image Index"})[["Image Index", *FINDINGS]].to_csv(
             scores / f"{site}.csv", index=False
         )
-    out = _audit(demo_home, tmp_path, monkeypatch, "--predictions", str(scores))
+    return scores
+
+
+def test_scores_only_audit_with_the_vendor_thresholds_decides_as_the_model_does(
+    demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vendor scores + the vendor's thresholds file: same stages, no re-training, a verified
+    package, and the decisions of the audit of the model itself (same scores, same operating
+    points); page 1 says where the thresholds come from."""
+    from clinaudit.reporting.verify import verify_pdf
+
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(dict(_read(demo_home, "model").thresholds)))
+    scores = _scores_folder(demo_home, tmp_path)
+    out = _audit(
+        demo_home,
+        tmp_path,
+        monkeypatch,
+        "--predictions",
+        str(scores),
+        "--thresholds",
+        str(thresholds),
+    )
     retrained = _read(out, "mitigation_retraining")["retrained_model"].iloc[0]
     assert retrained["status"] == "not run" and "scores only" in retrained["reason"]
-    assert len(_read(out, "decisions")["decisions"]) == 5
+    mine = _read(out, "decisions")["decisions"].set_index("site")
+    model = _read(demo_home, "decisions")["decisions"].set_index("site")
+    pd.testing.assert_series_equal(mine["decision"], model["decision"])
+    pd.testing.assert_series_equal(mine["reasons"], model["reasons"])
     (package,) = sorted((out / "reports" / "multisite_cxr").iterdir())
     verdict = verify_pdf(package / "report.pdf", package_dir=package)
     assert verdict.ok, [c for c in verdict.checks if not c.ok]
     manifest = json.loads((package / "manifest.json").read_text())
     assert len(manifest["inputs"]["model_package"]) == 64  # hash of the scores files
+    page = " ".join(_page_one(package / "report.pdf").split())
+    assert "Operating thresholds: the vendor's thresholds file thresholds.json" in page
+
+
+def test_scores_only_audit_without_thresholds_states_the_derived_rule_on_page_one(
+    demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thresholds file: never 0.5 silently; the rule used is on page 1 and in the reasons."""
+    scores = _scores_folder(demo_home, tmp_path)
+    out = _audit(demo_home, tmp_path, monkeypatch, "--predictions", str(scores))
+    model = _read(out, "model")
+    assert model.threshold_source.startswith("derived by the audit, not the vendor")
+    assert set(model.thresholds.values()) != {0.5}
+    criteria = _read(out, "decisions")["criteria"]
+    sens = criteria[criteria["criterion"] == "sensitivity"]
+    assert len(sens) and sens["evidence"].str.contains("derived on the reference").all()
+    (package,) = sorted((out / "reports" / "multisite_cxr").iterdir())
+    page = " ".join(_page_one(package / "report.pdf").split())
+    assert "Operating thresholds: derived by the audit, not the vendor" in page
+    assert "80% sensitivity on the reference test split" in page
 
 
 def test_a_site_left_out_of_the_audit_is_named_in_the_signed_report(
@@ -310,3 +361,5 @@ def test_a_site_left_out_of_the_audit_is_named_in_the_signed_report(
     ).stdout
     assert "left out of this audit" in text
     assert "site_c" in text and "predictions are stale" in text
+    page = " ".join(_page_one(newest / "report.pdf").split())
+    assert "Not audited (1 landed sites): site_c" in page

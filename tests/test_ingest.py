@@ -104,18 +104,21 @@ def test_bad_images_are_quarantined_and_the_rest_ingested(tmp_path: Path) -> Non
     (images / "tiny.dcm").write_bytes(dicom_bytes(np.zeros((32, 32), np.uint16)))
     _append_row(d, nih_row("tiny.dcm", patient="MRN00010"))
     _append_row(d, nih_row("absent.dcm", patient="MRN00011"))
+    _append_row(d, nih_row("late.dcm", patient="MRN00012"))
     (images / "stray.dcm").write_bytes(good)
     make_manifest(d)
     # After the manifest: one image replaced by another valid DICOM, one deleted.
     (images / "00000002_000.dcm").write_bytes(good)
     (images / "00000003_000.dcm").unlink()
+    # Landed after the manifest, named by the label table: present but unlisted.
+    (images / "late.dcm").write_bytes(good)
     res = ingest_batch(d, pseudonym_key=KEY)
     assert res.table["image_id"].tolist() == [
         "00000000_000.dcm",
         "00000004_000.dcm",
         "00000005_000.dcm",
     ]
-    assert res.n_rows_in == 9 and res.n_images_ok == 3
+    assert res.n_rows_in == 10 and res.n_images_ok == 3
     checks = _checks(res)
     assert checks == {
         "images/00000001_000.dcm": "corrupt_dicom",
@@ -123,13 +126,17 @@ def test_bad_images_are_quarantined_and_the_rest_ingested(tmp_path: Path) -> Non
         "images/00000003_000.dcm": "image_missing",
         "images/trunc.png": "corrupt_image",
         "images/tiny.dcm": "image_size",
-        "images/absent.dcm": "not_in_manifest",
+        # Neither on disk nor in the manifest: one bad row (re-creating the manifest cannot
+        # help), not a manifest problem that would block the whole site.
+        "images/absent.dcm": "image_missing",
+        "images/late.dcm": "not_in_manifest",
         "images/stray.dcm": "image_unreferenced",
     }
     q = res.quarantine.set_index("file")
     assert q.loc["images/00000001_000.dcm", "row"] == 3  # data row 2 -> line 3
     assert q.loc["images/trunc.png", "row"] == 8
     assert "was not decoded" in q.loc["images/00000002_000.dcm", "message"]
+    assert "remove its row from the label table" in q.loc["images/absent.dcm", "fix"]
     assert q.loc["images/stray.dcm", "severity"] == "warning"
     assert set(q.loc[q["severity"] == "error", "check"]) == set(checks.values()) - {
         "image_unreferenced"

@@ -89,6 +89,25 @@ def test_percentages_get_a_specific_fix(tmp_path):
     assert all("percentages: divide the column by 100" in p.fix for p in problems)
 
 
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        (1.5, "looks like a logit"),  # a raw output just above 1: the sigmoid, not "percent"
+        (-0.7, "looks like a logit"),
+        (87.0, "looks like a percentage: write 0.87"),
+        (450.0, "not a probability nor a percentage"),
+    ],
+)
+def test_one_out_of_range_score_gets_the_fix_that_matches_its_value(tmp_path, value, hint):
+    scores = _scores()
+    scores.loc[1, "Mass"] = value
+    path = tmp_path / "s.csv"
+    scores.to_csv(path, index=False)
+    (problem,) = _problems(path)
+    assert (problem.check, problem.row, problem.column) == ("out_of_range", 3, "Mass")
+    assert hint in problem.fix, problem.fix
+
+
 def test_missing_finding_column_and_duplicate_ids(tmp_path):
     scores = pd.concat([_scores(), _scores().iloc[[0]]]).rename(
         columns={"Pleural_Thickening": "Pleural Thickening"}

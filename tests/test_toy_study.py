@@ -157,7 +157,7 @@ class ToyStudy(Study):
     def model_fingerprint(self, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
         return "toy-logistic-v1", {"mode": spec.mode}
 
-    def resolve_model(self, spec, *, reference, dirs, log) -> ModelRef:
+    def resolve_model(self, spec, *, reference, dirs, log, policy=None) -> ModelRef:
         identity = hashlib.sha256(b"toy-logistic-v1").hexdigest()
         return ModelRef(
             study=NAME, kind=self.model_kind, mode="embedded", identity=identity,

@@ -39,6 +39,14 @@ def _check_one(batch_dir: Path, task: Task, cfg: IngestConfig) -> Outcome:
     def fail(check: str, message: str, fix: str) -> Outcome:
         return pos, (check, message, fix), None
 
+    if want_sha is None and not (batch_dir / rel).exists():
+        # Neither landed nor promised: one bad row of the label table, not a broken manifest.
+        return fail(
+            "image_missing",
+            "image named by the label table is absent from the batch (and not listed in "
+            "manifest.json)",
+            "upload the image and re-create manifest.json, or remove its row from the label table",
+        )
     if want_sha is None:
         return fail(
             "not_in_manifest",

@@ -31,12 +31,13 @@ import pandas as pd
 from clinaudit.audit.calibration import CalibrationTable
 from clinaudit.audit.discrimination import DiscriminationTable
 from clinaudit.audit.drift import DriftTable
-from clinaudit.audit.policy_base import Criterion, Decision
+from clinaudit.audit.policy_base import Criterion
 from clinaudit.audit.recalibration import RecalibrationContract
 from clinaudit.audit.schemas import require_columns, schema_columns, validate_table
 from clinaudit.audit.types import STATUS_OK, AuditInputError
 from clinaudit.models.finetune_guard import RetrainingContract
 
+from .decision_rules import LABELS, ci_text, conditions, decide, fmt
 from .decisions_schema import (
     CRITERION_ORDER,
     MITIGATION_RECALIBRATION,
@@ -50,8 +51,6 @@ from .policy import SITE_RECALIBRATION, Policy
 DECISION_COLUMNS: tuple[str, ...] = schema_columns(DecisionsTable)
 CRITERIA_COLUMNS: tuple[str, ...] = schema_columns(CriteriaTable)
 MMD_FEATURE = "__mmd__"
-_LABELS = {"auroc": "AUROC", "ece": "ECE", "sensitivity": "sensitivity"}
-_STAT_SUFFIX = {"ci_low": " lower CI", "ci_high": " upper CI", "estimate": ""}
 _STAT_COLUMN = {"ci_low": "_ci_low", "ci_high": "_ci_high", "estimate": ""}
 
 
@@ -65,10 +64,14 @@ class Decisions:
         One row per site (:class:`DecisionsTable`), sorted by site.
     criteria : DataFrame
         One row per (site, criterion, finding) (:class:`CriteriaTable`).
+    reference : DataFrame
+        The reference self-check: the blocking criteria evaluated on the reference group before
+        mitigation (:class:`CriteriaTable` columns; empty without a reference group).
     """
 
     table: pd.DataFrame
     criteria: pd.DataFrame
+    reference: pd.DataFrame
 
     def decision(self, site: str) -> str:
         """The decision of ``site``."""
@@ -149,21 +152,6 @@ def _passes(value: float, limit: float, comparator: str) -> bool:
     return bool(value >= limit) if comparator == ">=" else bool(value <= limit)
 
 
-def _fmt(value: float, limit: float | None = None) -> str:
-    """Two decimals, more when needed so that a value never prints equal to a different limit."""
-    if not np.isfinite(value):
-        return "n/a"
-    for digits in (2, 3, 4):
-        text = f"{value:.{digits}f}"
-        if limit is None or value == limit or text != f"{limit:.{digits}f}":
-            return text
-    return f"{value:.6f}"
-
-
-def _ci_text(estimate: float, low: float, high: float) -> str:
-    return f"{_fmt(estimate)} [{_fmt(low)}, {_fmt(high)}]"
-
-
 def _threshold_row(
     site: str, key: str, finding: str, crit: Criterion, row: Any, prefix: str
 ) -> dict[str, Any]:
@@ -175,7 +163,7 @@ def _threshold_row(
         "site": site, "criterion": key, "finding": finding, "value": value, "ci_low": low,
         "ci_high": high, "limit": crit.threshold, "comparator": comparator,
         "passed_before": passed, "value_after": value, "passed_after": passed, "mitigation": "",
-        "evidence": f"{_LABELS[key]} {_ci_text(estimate, low, high)}", "blocking": True,
+        "evidence": f"{LABELS[key]} {ci_text(estimate, low, high)}", "blocking": True,
         "estimate": estimate,
     }  # fmt: skip
 
@@ -217,7 +205,7 @@ def _apply_recalibration(rows: list[dict[str, Any]], recal: Any, policy: Policy)
         raw = float(getattr(recal, "site_threshold_raw", np.nan))
         if key == "sensitivity" and np.isfinite(raw):
             where += f", site threshold {raw:.3g} on the raw score"
-        row["evidence"] += f"; after site recalibration ({where}): {_ci_text(est, low, high)}"
+        row["evidence"] += f"; after site recalibration ({where}): {ci_text(est, low, high)}"
 
 
 def _retraining_evidence(row: dict[str, Any], retrained: list[Any], policy: Policy) -> None:
@@ -226,7 +214,7 @@ def _retraining_evidence(row: dict[str, Any], retrained: list[Any], policy: Poli
     for r in retrained:
         if str(r.status) != STATUS_OK:
             continue
-        ci = _ci_text(
+        ci = ci_text(
             float(r.auroc_after), float(r.auroc_after_ci_low), float(r.auroc_after_ci_high)
         )
         counts = policy.retrained_model_counts and str(r.split) == "test"
@@ -285,7 +273,7 @@ def _drift_rows(site: str, policy: Policy, drift: pd.DataFrame) -> list[dict[str
         ["psi", "feature"], ascending=[False, True]
     )
     shown = [
-        f"{f} {_fmt(float(p))}" for f, p in zip(flagged["feature"], flagged["psi"], strict=True)
+        f"{f} {fmt(float(p))}" for f, p in zip(flagged["feature"], flagged["psi"], strict=True)
     ]
     evidence = "PSI " + "/".join(rule.psi_levels) + ": " + (", ".join(shown) if shown else "none")
     n = float(len(flagged))
@@ -308,82 +296,8 @@ def _site_row(
         "site": site, "criterion": key, "finding": "", "value": value, "ci_low": np.nan,
         "ci_high": np.nan, "limit": limit, "comparator": comparator, "passed_before": passed,
         "value_after": value, "passed_after": passed, "mitigation": "", "evidence": evidence,
-        "blocking": False, "estimate": value,
+        "blocking": False, "estimate": value, "fails_at_reference": False,
     }  # fmt: skip
-
-
-# ---------------------------------------------------------------- decision and text
-
-
-def _label(row: dict[str, Any], policy: Policy) -> str:
-    key = row["criterion"]
-    if key in _LABELS:
-        stat = getattr(policy.criteria, key).statistic
-        return f"{_LABELS[key]}{_STAT_SUFFIX[stat]} for {row['finding']}"
-    return {"data_sufficiency": "data sufficiency", "drift_psi": "input drift (PSI)",
-            "drift_mmd": "input drift (MMD)"}[key]  # fmt: skip
-
-
-def _failure_text(row: dict[str, Any], policy: Policy) -> str:
-    """E.g. ``AUROC lower CI for Pneumothorax 0.42 < 0.60`` (with the after-mitigation value)."""
-    key, limit = row["criterion"], row["limit"]
-    if key == "data_sufficiency":
-        return f"insufficient evidence for {row['finding']}: {row['evidence']}"
-    if key.startswith("drift"):
-        return f"{_label(row, policy)}: {row['evidence']}"
-    broken = {">=": "<", "<=": ">"}[row["comparator"]]
-    text = f"{_label(row, policy)} {_fmt(row['value'], limit)} {broken} {_fmt(limit)}"
-    if row["mitigation"]:
-        after = row["value_after"]
-        if row["passed_after"]:
-            ok = f"{_fmt(after, limit)} {row['comparator']} {_fmt(limit)}"
-            text += f", {ok} after {row['mitigation']}"
-        elif np.isfinite(after):
-            text += f" ({_fmt(after, limit)} after {row['mitigation']}, still failing)"
-        else:
-            text += f" ({row['mitigation']} not available)"
-    return text
-
-
-def _decide(rows: list[dict[str, Any]], policy: Policy) -> tuple[str, str]:
-    blocking = [r for r in rows if r["blocking"]]
-    failed = [r for r in blocking if not r["passed_after"]]
-    if failed:
-        no_go = Decision.NO_GO
-        return no_go.value, f"{no_go}: " + "; ".join(_failure_text(r, policy) for r in failed)
-    rescued = [r for r in blocking if not r["passed_before"]]
-    drifted = [r for r in rows if not r["blocking"] and not r["passed_before"]]
-    decision = Decision.CONDITIONAL_GO if rescued else Decision.GO
-    if drifted:
-        decision = Decision.worst([decision, policy.drift.max_decision])
-    if not rescued and not drifted:
-        return Decision.GO.value, f"GO: all {len(rows)} criteria pass without mitigation"
-    parts = [_failure_text(r, policy) for r in rescued + drifted]
-    if decision is Decision.GO:  # drift.max_decision: GO -> drift is reported, not limiting
-        return decision.value, "GO: all blocking criteria pass; noted, not limiting: " + "; ".join(
-            parts
-        )
-    return decision.value, f"{decision}: " + "; ".join(parts)
-
-
-def _conditions(decision: str, rows: list[dict[str, Any]], policy: Policy) -> str:
-    m = policy.monitoring
-    if decision == Decision.NO_GO:
-        return f"not deployed; {m.not_deployed_action}"
-    parts = []
-    for mitigation, what in (
-        (MITIGATION_RECALIBRATION, "deploy with the site recalibration map and site threshold for"),
-        (MITIGATION_RETRAINING, "deploy the re-trained model version (own approval needed) for"),
-    ):
-        findings = sorted({r["finding"] for r in rows if r["mitigation"] == mitigation})
-        if findings:
-            parts.append(f"{what} {', '.join(findings)}")
-    drifted = [_label(r, policy) for r in rows if not r["blocking"] and not r["passed_before"]]
-    if drifted:
-        parts.append(f"monitor the input drift flagged at audit ({', '.join(drifted)})")
-    chain = " -> ".join(m.escalation)
-    parts.append(f"follow the monitoring plan {m.cadence(decision)}; escalation {chain}")
-    return "; ".join(parts)
 
 
 def _grouped(frame: pd.DataFrame) -> dict[tuple[str, str], list[Any]]:
@@ -418,6 +332,8 @@ def decide_sites(
     drift: pd.DataFrame | None,
     retraining: pd.DataFrame | None = None,
     sites: Sequence[str],
+    reference: str | None = None,
+    derived_thresholds: bool = False,
 ) -> Decisions:
     """Decide GO / CONDITIONAL GO / NO-GO for each site under ``policy``.
 
@@ -442,6 +358,13 @@ def decide_sites(
         after mitigation only when ``policy.retrained_model_counts``).
     sites : sequence of str
         Sites to decide (groups of ``metrics``; not the reference group).
+    reference : str, optional
+        The reference group of ``metrics`` (e.g. ``"vendor_dev:test"``): its blocking criteria
+        are evaluated too (before mitigation; :attr:`Decisions.reference`), and a site criterion
+        that also fails there is marked ``fails_at_reference`` and said so in the reasons.
+    derived_thresholds : bool
+        The operating thresholds were derived by the audit (vendor scores without the vendor's):
+        sensitivity criteria say "at the derived threshold" in the reasons and evidence.
 
     Returns
     -------
@@ -473,17 +396,25 @@ def decide_sites(
         "recalibration": _index("recalibration", recalibration, keys) if use_recal else None,
         "retraining": None if retraining is None else _grouped(retraining),
     }
+    ref_rows = _reference_rows(reference, policy, idx, metrics)
+    ref_failed = {(r["criterion"], r["finding"]) for r in ref_rows if r["fails_at_reference"]}
+    tag = " (at the derived threshold)" if derived_thresholds else ""
     all_rows, decisions = [], []
     for site in _check_sites(sites, metrics):
         rows = [
             r for f in sorted(policy.critical_findings) for r in _finding_rows(site, f, policy, idx)
         ]
+        for r in rows:
+            r["fails_at_reference"] = (r["criterion"], r["finding"]) in ref_failed
+            r["threshold_tag"] = tag
+            if tag and r["criterion"] == "sensitivity":
+                r["evidence"] += "; at the threshold derived on the reference (not the vendor's)"
         rows += _drift_rows(site, policy, drift)
         rows.sort(key=lambda r: (CRITERION_ORDER.index(r["criterion"]), r["finding"]))
-        decision, reasons = _decide(rows, policy)
+        decision, reasons = decide(rows, policy)
         decisions.append({
             "site": site, "decision": decision, "reasons": reasons,
-            "conditions": _conditions(decision, rows, policy), "n_criteria": len(rows),
+            "conditions": conditions(decision, rows, policy), "n_criteria": len(rows),
             "n_failed_before": sum(not r["passed_before"] for r in rows),
             "n_failed_after": sum(not r["passed_after"] for r in rows),
             "policy_id": policy.policy_id, "policy_version": policy.version,
@@ -491,7 +422,30 @@ def decide_sites(
         })  # fmt: skip
         all_rows += rows
     table = pd.DataFrame(decisions, columns=list(DECISION_COLUMNS))
-    criteria = pd.DataFrame(all_rows, columns=list(CRITERIA_COLUMNS))
-    criteria = criteria.astype({"passed_before": bool, "passed_after": bool})
+    criteria = _criteria_frame(all_rows)
     validate_table(table, DecisionsTable)
-    return Decisions(table=table, criteria=validate_table(criteria, CriteriaTable))
+    return Decisions(table=table, criteria=criteria, reference=_criteria_frame(ref_rows))
+
+
+def _criteria_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(CRITERIA_COLUMNS))
+    flags = {"passed_before": bool, "passed_after": bool, "fails_at_reference": bool}
+    return validate_table(frame.astype(flags), CriteriaTable)
+
+
+def _reference_rows(
+    reference: str | None, policy: Policy, idx: dict[str, Any], metrics: pd.DataFrame
+) -> list[dict[str, Any]]:
+    """The reference self-check: blocking criteria of the reference group, before mitigation
+    (``fails_at_reference`` = failed there); none when there is no reference group."""
+    if reference is None or reference not in set(metrics["group"].astype(str)):
+        return []
+    plain = {**idx, "recalibration": None, "retraining": None}
+    rows = [
+        r
+        for f in sorted(policy.critical_findings)
+        for r in _finding_rows(reference, f, policy, plain)
+    ]
+    for r in rows:
+        r["fails_at_reference"] = bool(r["blocking"] and not r["passed_before"])
+    return rows

@@ -9,8 +9,11 @@
     and the report): per (site, criterion, finding) the value compared with the limit, its
     interval, pass/fail before and after mitigation, the mitigation and the evidence in words.
 ``CriteriaTable(CriteriaContract)``
-    The whole criteria table: contract C plus ``blocking`` (drift rows never block on their own)
-    and ``estimate`` (the point estimate; ``value`` may be a CI bound).
+    The whole criteria table: contract C plus ``blocking`` (drift rows never block on their own),
+    ``estimate`` (the point estimate; ``value`` may be a CI bound) and ``fails_at_reference``
+    (the blocking criterion also fails, before mitigation, on the vendor's reference split: it
+    cannot discriminate between sites). The reference self-check table has the same columns, one
+    row per (criterion, critical finding) of the reference group (``site`` = its label).
 
 ``value``, ``ci_low``, ``ci_high``, ``value_after`` and ``estimate`` are ``NaN`` where a number
 does not exist (no interval for data sufficiency and drift, a mitigation that was not available,
@@ -86,6 +89,7 @@ class CriteriaTable(CriteriaContract):
 
     blocking: Series[bool]
     estimate: Series[float] = pa.Field(nullable=True)
+    fails_at_reference: Series[bool]
 
     class Config:
         ordered = True

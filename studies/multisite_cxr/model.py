@@ -23,7 +23,7 @@ import pandas as pd
 from clinaudit.audit.records import ModelRef
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.devices import select_device
-from clinaudit.models.evaluation import per_label_auroc
+from clinaudit.models.evaluation import fit_operating_thresholds, per_label_auroc
 from clinaudit.models.inference import (
     ImageFileLoader,
     default_batch_size,
@@ -32,6 +32,7 @@ from clinaudit.models.inference import (
 )
 from clinaudit.models.package import CARD_FILE, load_package, package_sha256
 from clinaudit.models.scores_csv import read_vendor_scores
+from clinaudit.models.thresholds_file import read_thresholds_file
 from clinaudit.models.training import TrainConfig
 from clinaudit.models.vendor_model import VendorTrainingSpec, train_vendor_model
 from clinaudit.sources.cxr_labels import FINDINGS
@@ -40,6 +41,7 @@ from clinaudit.studies.base import ModelSpec, RunDirs
 
 __all__ = [
     "auroc_markdown",
+    "derived_thresholds",
     "model_fingerprint",
     "predict_site",
     "resolve_model",
@@ -49,7 +51,6 @@ __all__ = [
 
 KIND = "image_multilabel"
 LANDING_DIR = "cxr"
-SCORES_THRESHOLD_SOURCE = "0.5: vendor scores came without operating thresholds"
 #: Settings of the embedded model a run may change (``StudyModel.training``); ``scale`` is the
 #: demo scale, which sets the others' defaults (:data:`SCALE_TRAINING`).
 TRAINING_KEYS = ("arch", "input_size", "epochs", "scale")
@@ -101,7 +102,12 @@ def model_fingerprint(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
         files = scores_files(str(spec.scores))
         digests = {f.name: sha256_file(f) for f in files.values()}
         version = "scores:" + ",".join(f"{k}={v[:16]}" for k, v in sorted(digests.items()))
-        return version, {"mode": spec.mode, "scores_files": digests}
+        meta: dict[str, Any] = {"mode": spec.mode, "scores_files": digests}
+        if spec.thresholds:
+            digest = sha256_file(Path(spec.thresholds))
+            version += f";thresholds={digest[:16]}"
+            meta["thresholds_file"] = {str(Path(spec.thresholds).resolve()): digest}
+        return version, meta
     doc = json.dumps(asdict(training_spec(spec)), sort_keys=True, default=str)
     meta = {"mode": spec.mode, "training_spec": json.loads(doc)}
     return "embedded-spec:" + hashlib.sha256(doc.encode()).hexdigest(), meta
@@ -149,26 +155,52 @@ def resolve_model(
     dirs: RunDirs,
     log: Callable[[str], None],
     reference_site: str,
+    policy: Any = None,
 ) -> ModelRef:
     """Verify the package, hash the scores files, or train / reuse the embedded model.
+
+    Vendor scores are judged at the vendor's thresholds file (``spec.thresholds``); without one,
+    at thresholds derived on the reference site's test split under the policy's rule
+    (:func:`derived_thresholds`), and the threshold source says so.
 
     Raises
     ------
     AuditInputError
         If one operating threshold is configured: the 14 findings have one each, from the model
-        card (never a single number applied to every finding, silently or not).
+        card or the vendor's thresholds file (never a single number applied to every finding,
+        silently or not); if a thresholds file comes with a model package (its card has them);
+        if thresholds must be derived and the reference test split cannot give them.
+    ThresholdsFileError
+        If the thresholds file is missing, not JSON, or lacks / misnames a finding or has a value
+        outside (0, 1).
     """
     if spec.threshold is not None:
         raise AuditInputError(
             "threshold",
             repr(spec.threshold),
             "no single threshold: multisite_cxr judges each finding at the operating threshold "
-            "of the model card (0.5 for vendor scores)",
-            "unset --threshold / CLINAUDIT_MULTISITE_CXR_THRESHOLD",
+            "of the model card or of the vendor's thresholds file",
+            "unset --threshold / CLINAUDIT_MULTISITE_CXR_THRESHOLD (vendor scores: pass "
+            "--thresholds FILE with one threshold per finding)",
+        )
+    if spec.thresholds and spec.mode != "scores":
+        raise AuditInputError(
+            "thresholds",
+            str(spec.thresholds),
+            "a thresholds file only with vendor scores (a model package's card has them)",
+            "unset --thresholds / CLINAUDIT_MULTISITE_CXR_THRESHOLDS",
         )
     if spec.mode == "scores":
         files = scores_files(str(spec.scores))
         identity, digests = _scores_identity(files)
+        if spec.thresholds:
+            vendor = read_thresholds_file(spec.thresholds, FINDINGS)
+            thresholds, source = dict(vendor), vendor.source()
+        else:
+            thresholds, source = derived_thresholds(
+                files, reference, reference_site=reference_site, policy=policy
+            )
+        log(f"operating thresholds: {source}")
         return ModelRef(
             study="multisite_cxr",
             kind=KIND,
@@ -176,8 +208,8 @@ def resolve_model(
             identity=identity,
             source=str(Path(str(spec.scores)).resolve()),
             targets=FINDINGS,
-            thresholds={f: 0.5 for f in FINDINGS},
-            threshold_source=SCORES_THRESHOLD_SOURCE,
+            thresholds=thresholds,
+            threshold_source=source,
             card={
                 "mode": "vendor scores only (no model package)",
                 "scores_files": {files[k].name: d for k, d in digests.items()},
@@ -209,6 +241,91 @@ def resolve_model(
     if not result.reused:
         facts.update({"n_train": result.n_train, "n_val": result.n_val})
     return _package_ref(result.package_dir, facts, "embedded")
+
+
+def derived_thresholds(
+    files: dict[str, Path],
+    reference: pd.DataFrame | None,
+    *,
+    reference_site: str,
+    policy: Any,
+) -> tuple[dict[str, float], str]:
+    """Thresholds of vendor scores that came without the vendor's: per finding, the highest
+    threshold giving the policy's ``derived_threshold_sensitivity`` on the reference test split.
+
+    Returns
+    -------
+    (dict, str)
+        Finding -> threshold, and the rule in words (printed on the report's first page).
+
+    Raises
+    ------
+    AuditInputError
+        If the reference site is not ingested, has no scores file or no test split, or a finding
+        has no positive image of a finding at all (its threshold is undefined).
+    """
+    target = getattr(policy, "derived_threshold_sensitivity", None)
+    fix = "pass the vendor's operating thresholds: --thresholds FILE (docs/model_package.md)"
+    if target is None:
+        raise AuditInputError("policy", "none", "the study policy (its threshold rule)", fix)
+    path = files.get(reference_site) or files.get("*")
+    if reference is None or path is None:
+        what = "not ingested" if reference is None else f"without a {reference_site}.csv"
+        raise AuditInputError(
+            "thresholds",
+            f"no vendor thresholds, and the reference site {reference_site!r} is {what}",
+            "the vendor's thresholds, or the reference test split to derive them on",
+            fix,
+        )
+    preds, _ = read_vendor_scores(
+        path, label_table=reference, site=reference_site, batch="reference"
+    )
+    scores = preds.set_index("image_id").loc[reference["image_id"], list(FINDINGS)]
+    labels = reference[list(FINDINGS)].to_numpy(float)
+    test = (reference["split"] == "test").to_numpy() if "split" in reference else None
+    if test is None or not test.any():
+        raise AuditInputError(
+            "thresholds",
+            f"no vendor thresholds, and the reference site {reference_site!r} has no test split",
+            "the vendor's thresholds, or a reference test split to derive them on",
+            fix,
+        )
+    thresholds, widened, none = {}, [], []
+    for j, finding in enumerate(FINDINGS):
+        for rows, name in ((test, "test"), (np.ones_like(test), "all")):
+            if (labels[rows, j] == 1).any():
+                thresholds.update(
+                    fit_operating_thresholds(
+                        labels[rows, j : j + 1],
+                        scores.to_numpy(float)[rows, j : j + 1],
+                        target_sensitivity=float(target),
+                        labels=[finding],
+                    )
+                )
+                widened += [finding] if name == "all" else []
+                break
+        else:
+            none.append(finding)
+    if none:
+        raise AuditInputError(
+            "thresholds",
+            f"no vendor thresholds, and the reference site {reference_site!r} has no positive "
+            f"image of {none}, so no threshold reaches a sensitivity for them",
+            "the vendor's operating threshold of every finding",
+            fix,
+        )
+    source = (
+        f"derived by the audit, not the vendor: no thresholds file came with the scores, so each "
+        f"finding is judged at the highest threshold giving {float(target):.0%} sensitivity on "
+        f"the reference test split ({reference_site}, {int(test.sum())} images; policy rule "
+        "scores_without_thresholds.reference_sensitivity)"
+    )
+    if widened:
+        source += (
+            f"; {', '.join(widened)} had no positive in that split: derived on all "
+            f"{len(reference)} labelled reference images"
+        )
+    return thresholds, source
 
 
 def auroc_markdown(auroc: dict[str, float], positives: dict[str, int]) -> str:

@@ -77,6 +77,11 @@ SCHEMA: Mapping[str, Field] = {
         "option_list", "[site_recalibration] or []", options=(SITE_RECALIBRATION,)
     ),
     "retrained_model_counts": leaf("bool", default=False),
+    # Scores-only audits without the vendor's thresholds file: the rule that derives each
+    # finding's threshold on the reference test split (never 0.5 silently).
+    "scores_without_thresholds": section(
+        required=False, reference_sensitivity=leaf("fraction", default=0.80)
+    ),
     "monitoring": section(
         cadence=section(go=leaf("str", "monthly"), conditional_go=leaf("str", "weekly")),
         escalation=leaf("str_list", "[site AI lead, governance committee chair]"),
@@ -157,6 +162,10 @@ class Policy(PolicyBase):
         Subset of ``("site_recalibration",)``.
     retrained_model_counts : bool
         Whether a re-trained model's AUROC may rescue discrimination (default no).
+    derived_threshold_sensitivity : float
+        Vendor scores without a thresholds file: each finding is judged at the highest threshold
+        reaching this sensitivity on the reference site's test split (key
+        ``scores_without_thresholds.reference_sensitivity``, default 0.80).
     monitoring : MonitoringPolicy
     """
 
@@ -168,6 +177,7 @@ class Policy(PolicyBase):
     drift: DriftRule
     allowed_mitigations: tuple[str, ...]
     retrained_model_counts: bool
+    derived_threshold_sensitivity: float
     monitoring: MonitoringPolicy
 
     def allows(self, mitigation: str) -> bool:
@@ -246,6 +256,7 @@ def _build(cls: type[Policy], v: dict[str, Any], *, text: str, sha256: str, sour
         drift=DriftRule(tuple(d["features"]), tuple(d["psi_levels"]), d["mmd"], d["max_decision"]),
         allowed_mitigations=tuple(v["allowed_mitigations"]),
         retrained_model_counts=v["retrained_model_counts"],
+        derived_threshold_sensitivity=v["scores_without_thresholds"]["reference_sensitivity"],
         monitoring=monitoring,
         text=text,
         sha256=sha256,
@@ -294,6 +305,9 @@ def describe_policy(policy: Policy) -> str:
         f"Allowed mitigations: {', '.join(policy.allowed_mitigations) or 'none'}.",
         "A re-trained model counts toward the decision: "
         + ("yes." if policy.retrained_model_counts else "no (a new model version, own approval)."),
+        "Vendor scores without the vendor's thresholds file are judged at the threshold giving "
+        f"{policy.derived_threshold_sensitivity:.0%} sensitivity on the reference test split "
+        "(derived by the audit, not the vendor's operating point).",
         f"Monitoring: {m.cadence_go} for GO sites, {m.cadence_conditional_go} for CONDITIONAL GO "
         f"sites; escalation {' -> '.join(m.escalation)}; suspend after "
         f"{m.suspend_after_consecutive_actions} consecutive windows past an action threshold.",

@@ -38,12 +38,7 @@ from clinaudit.validation.quality import QUALITY_FEATURES
 from .decisions_schema import CriteriaContract, DecisionsTable
 from .monitoring import MonitoringContract
 from .report_appendix import checklist_items, checklist_table, methods_notes
-from .report_plan import (
-    critical_findings,
-    executive_summary,
-    mitigation_section,
-    site_plans,
-)
+from .report_plan import critical_findings, mitigation_section, site_plans
 from .report_sections import (
     calibration_section,
     cohort_section,
@@ -51,6 +46,7 @@ from .report_sections import (
     drift_section,
     ordered_groups,
 )
+from .report_summary import executive_summary
 from .report_view import SIMULATED_BAND, Appendix, CxrReportView, PolicyInfo
 
 __all__ = [
@@ -127,7 +123,9 @@ class CxrReportInputs:
     did not run, and the report says so. ``drift_features`` are the features drawn in the PSI
     figure; ``psi_moderate`` / ``psi_major``, ``drift_p_adjust`` and ``alpha`` are the settings
     the drift stage ran with, ``p_adjust`` the discrimination stage's multiplicity adjustment;
-    ``left_out`` names the sites landed but not audited, with the reason.
+    ``left_out`` names the sites landed but not audited, with the reason; ``threshold_source``
+    says where the operating thresholds come from and ``reference_check`` is the decisions'
+    reference self-check (both on page 1).
     """
 
     study_title: str
@@ -150,6 +148,8 @@ class CxrReportInputs:
     drift_p_adjust: str
     alpha: float
     left_out: Mapping[str, str] = field(default_factory=dict)
+    threshold_source: str = ""
+    reference_check: pd.DataFrame | None = None
     recalibration: pd.DataFrame | None = None
     retraining: pd.DataFrame | None = None
     retraining_summary: Mapping[str, Any] | None = None
@@ -266,8 +266,16 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
             inputs.metrics,
             inputs.drift,
             inputs.retraining_summary,
+            threshold_source=inputs.threshold_source,
+            reference_check=inputs.reference_check,
+            left_out=inputs.left_out,
         ),
-        cohort=cohort_section(inputs.cohort, quarantine, _reference_site(inputs.metrics)),
+        cohort=cohort_section(
+            inputs.cohort,
+            quarantine,
+            _reference_site(inputs.metrics),
+            audited=list(inputs.decisions["site"].astype(str)),
+        ),
         discrimination=discrimination,
         calibration=calibration,
         drift=drift,

@@ -106,6 +106,8 @@ def report_content(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         drift_p_adjust=str(drift["p_adjust"]),
         alpha=float(drift["alpha"]),
         left_out=bundle.provenance.left_out,
+        threshold_source=bundle.model.threshold_source,
+        reference_check=bundle.decisions.tables.get("reference_check"),
         recalibration=recal["recalibration"],
         retraining=retrain["retraining"] if len(retrain["retraining"]) else None,
         retraining_summary=retraining_summary(

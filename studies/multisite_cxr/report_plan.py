@@ -1,4 +1,5 @@
-"""Decision parts of the multisite_cxr report: executive summary, mitigations, per-site plans."""
+"""Decision parts of the multisite_cxr report: mitigations and per-site plans (page 1:
+:mod:`.report_summary`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import pandas as pd
 from clinaudit.audit.policy_base import Decision
 from clinaudit.audit.types import AuditInputError
 
-from .report_sections import MMD_FEATURE, cell_index, metric_text
+from .report_sections import cell_index, metric_text
 from .report_view import (
     DECISIONS,
     Cell,
-    DecisionRow,
-    ExecutiveSummary,
     MitigationSection,
     SitePlan,
     Table,
@@ -45,103 +44,6 @@ def decision_style(decision: str, site: str) -> tuple[str, str]:
             "regenerate cxr_decisions with clinaudit.studies.multisite_cxr.decisions",
         )
     return DECISIONS[decision]
-
-
-def executive_summary(
-    decisions: pd.DataFrame,
-    criteria: pd.DataFrame,
-    worst: pd.DataFrame,
-    metrics: pd.DataFrame,
-    drift: pd.DataFrame,
-    retraining_summary: Mapping[str, Any] | None,
-) -> ExecutiveSummary:
-    """Per-site decisions, the 3-5 findings that drove them and the overall ask."""
-    rows = []
-    for _, d in decisions.sort_values("site", kind="stable").iterrows():
-        css, ask = decision_style(str(d["decision"]), str(d["site"]))
-        rows.append(
-            DecisionRow(
-                site=str(d["site"]),
-                decision=str(d["decision"]),
-                css=css,
-                ask=ask,
-                reasons=str(d["reasons"]),
-                conditions=str(d["conditions"]) or "none",
-                criteria_failed=f"{int(d['n_failed_before'])} → {int(d['n_failed_after'])} "
-                f"of {int(d['n_criteria'])}",
-            )
-        )
-    counts = decisions["decision"].value_counts()
-    overview = (
-        f"{len(rows)} sites audited: "
-        + ", ".join(f"{int(counts.get(k, 0))} {k}" for k in DECISIONS)
-        + f". Policy {decisions['policy_id'].iloc[0]} v{decisions['policy_version'].iloc[0]}."
-    )
-    findings = _worst_findings(worst, metrics, 2) + _criteria_findings(criteria, 2)
-    findings += _drift_findings(drift) + _retraining_findings(retraining_summary)
-    return ExecutiveSummary(overview=overview, decisions=tuple(rows), findings=tuple(findings[:5]))
-
-
-def _worst_findings(worst: pd.DataFrame, metrics: pd.DataFrame, k: int) -> list[str]:
-    idx = cell_index(metrics)
-    out = []
-    for _, w in worst.sort_values("rank").head(k).iterrows():
-        m = idx[(str(w["group"]), str(w["target"]))]
-        out.append(
-            f"Worst cell #{int(w['rank'])}, {w['group']} / {w['target']}: AUROC "
-            f"{metric_text(m, 'auroc')} against {fmt_num(w['auroc_reference'])} on the reference; "
-            f"sensitivity at the vendor threshold {fmt_num(w['sensitivity'])} against "
-            f"{fmt_num(w['sensitivity_reference'])}; ECE "
-            f"{fmt_ci(w['ece'], w['ece_ci_low'], w['ece_ci_high'], 3)}."
-        )
-    return out
-
-
-def _criteria_findings(criteria: pd.DataFrame, k: int) -> list[str]:
-    failed = criteria[~criteria["passed_before"].astype(bool)]
-    if failed.empty:
-        return ["Every policy criterion passed at every site before mitigation."]
-    n_sites = criteria["site"].nunique()
-    groups = failed.groupby(["criterion", "finding"], sort=True)
-    ranked = sorted(groups, key=lambda kv: (-kv[1]["site"].nunique(), kv[0]))
-    out = []
-    for (criterion, finding), part in ranked[:k]:
-        sites = sorted(part["site"].unique())
-        rescued = sorted(part.loc[part["passed_after"].astype(bool), "site"].unique())
-        what = criterion_label(str(criterion)) + (f" for {finding}" if finding else "")
-        if not _blocking(part.iloc[0]):
-            after = "not blocking on its own: it requires monitoring"
-        elif rescued:
-            after = f"passes after mitigation at {', '.join(rescued)}"
-        else:
-            after = "no allowed mitigation rescued it"
-        out.append(
-            f"{what[:1].upper() + what[1:]} failed at {len(sites)} of {n_sites} sites "
-            f"({', '.join(sites)}); {after}."
-        )
-    return out
-
-
-def _drift_findings(drift: pd.DataFrame) -> list[str]:
-    mmd = drift[(drift["feature"] == MMD_FEATURE) & drift["drifted"].astype(bool)]
-    if mmd.empty:
-        return []
-    sites = sorted(mmd["group"].astype(str))
-    return [
-        f"Multivariate input drift (MMD test, adjusted p < 0.05) at {len(sites)} sites "
-        f"({', '.join(sites)}): deployed sites need drift monitoring (Section 5)."
-    ]
-
-
-def _retraining_findings(summary: Mapping[str, Any] | None) -> list[str]:
-    if summary is None:
-        return []
-    verdict = "accepted" if summary["accepted"] else "refused by the regression guard"
-    regress = ", ".join(summary["regressions"]) or "none"
-    return [
-        f"Focused re-training at {summary['retrained_site']} was {verdict} (regressions: "
-        f"{regress}); a re-trained model needs its own approval and does not change decisions."
-    ]
 
 
 def mitigation_section(
@@ -395,7 +297,7 @@ def criterion_label(key: str) -> str:
     return CRITERION_LABELS.get(key, key.replace("_", " "))
 
 
-def _blocking(c: pd.Series) -> bool:
+def blocking_row(c: pd.Series) -> bool:
     """Whether a failed criterion blocks deployment (column ``blocking``; drift does not)."""
     if "blocking" in c.index and c["blocking"] is not None and not pd.isna(c["blocking"]):
         return bool(c["blocking"])
@@ -415,7 +317,7 @@ def _required(c: pd.Series) -> str:
 
 
 def _after(c: pd.Series) -> Cell:
-    if not _blocking(c):
+    if not blocking_row(c):
         return Cell("not blocking: monitored", "warn")
     if bool(c["passed_after"]):
         return Cell(f"passes after {c['mitigation']}: {_value(c['value_after'])}", "pass")

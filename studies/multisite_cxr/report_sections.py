@@ -55,8 +55,14 @@ def _human(check: str) -> str:
     return check.replace("_", " ")
 
 
-def cohort_section(cohort: pd.DataFrame, quarantine: pd.DataFrame, reference: str) -> CohortSection:
-    """Sites, counts, demographics, prevalence and validation results."""
+def cohort_section(
+    cohort: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    reference: str,
+    audited: Sequence[str] | None = None,
+) -> CohortSection:
+    """Sites, counts, demographics, prevalence and validation results; ``audited`` are the
+    decided sites (a validated site left out of the audit is counted apart)."""
     cohort = cohort.sort_values("site", kind="stable")
     q = quarantine.copy()
     demo_rows = []
@@ -91,11 +97,18 @@ def cohort_section(cohort: pd.DataFrame, quarantine: pd.DataFrame, reference: st
     )
     n_images, n_patients = int(cohort["n_images"].sum()), int(cohort["n_patients"].sum())
     deployment = [s for s in sites if s != reference]
+    decided = deployment if audited is None else [s for s in deployment if s in set(audited)]
     text = (
-        f"{len(deployment)} candidate sites ({', '.join(deployment)}) were audited against the "
-        f"vendor's development site {reference}, whose held-out test split is the reference. "
-        f"After validation the audit holds {n_images:,} images of {n_patients:,} patients."
+        f"{len(decided)} candidate sites ({', '.join(decided) or 'none'}) were audited against "
+        f"the vendor's development site {reference}, whose held-out test split is the reference. "
+        f"After validation the landed data hold {n_images:,} images of {n_patients:,} patients."
     )
+    if len(decided) < len(deployment):
+        skipped = [s for s in deployment if s not in set(decided)]
+        text += (
+            f" {len(skipped)} validated sites were left out of the audit ({', '.join(skipped)}; "
+            "the reasons are on page 1 and in Appendix A)."
+        )
     return CohortSection(
         text=text,
         demographics=demographics,

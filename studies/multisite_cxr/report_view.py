@@ -65,6 +65,8 @@ class ExecutiveSummary:
     overview: str
     decisions: tuple[DecisionRow, ...]
     findings: tuple[str, ...]
+    #: (css class, text): operating thresholds, reference self-check, sites not audited.
+    notices: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,11 @@ from typing import Any
 import pandas as pd
 
 from clinaudit.audit.records import ModelRef, TableSet
-from clinaudit.audit.reference_audit import drifted_sites, mean_auroc_by_group
+from clinaudit.audit.reference_audit import (
+    drifted_sites,
+    mean_auroc_by_group,
+    reference_label,
+)
 from clinaudit.reporting.figures import (
     auroc_heatmap,
     drift_bars,
@@ -144,10 +148,21 @@ class MultisiteCxr(Study):
         return cxr_model.model_fingerprint(spec)
 
     def resolve_model(
-        self, spec: ModelSpec, *, reference: pd.DataFrame | None, dirs: RunDirs, log: Any
+        self,
+        spec: ModelSpec,
+        *,
+        reference: pd.DataFrame | None,
+        dirs: RunDirs,
+        log: Any,
+        policy: Any = None,
     ) -> ModelRef:
         return cxr_model.resolve_model(
-            spec, reference=reference, dirs=dirs, log=log, reference_site=REFERENCE_SITE
+            spec,
+            reference=reference,
+            dirs=dirs,
+            log=log,
+            reference_site=REFERENCE_SITE,
+            policy=policy,
         )
 
     def predict(
@@ -194,8 +209,13 @@ class MultisiteCxr(Study):
             drift=evidence["drift"],
             retraining=retraining if len(retraining) else None,
             sites=sorted(g for g in metrics["group"].unique() if ":" not in str(g)),
+            reference=reference_label(REFERENCE_SITE),
+            derived_thresholds=str(evidence.fact("settings")["thresholds_from"]).startswith(
+                "derived"
+            ),
         )
-        return TableSet({"decisions": decided.table, "criteria": decided.criteria})
+        tables = {"decisions": decided.table, "criteria": decided.criteria}
+        return TableSet({**tables, "reference_check": decided.reference})
 
     def monitor(
         self,
@@ -208,7 +228,7 @@ class MultisiteCxr(Study):
     ) -> TableSet:
         plan = monitoring_plan(
             policy,
-            Decisions(decisions["decisions"], decisions["criteria"]),
+            Decisions(decisions["decisions"], decisions["criteria"], decisions["reference_check"]),
             drift=evidence["drift"],
             metrics=evidence["metrics"],
             calibration=evidence["calibration"],

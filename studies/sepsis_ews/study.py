@@ -188,8 +188,21 @@ class SepsisEws(Study):
         return sepsis_model.model_fingerprint(spec)
 
     def resolve_model(
-        self, spec: ModelSpec, *, reference: pd.DataFrame | None, dirs: RunDirs, log: Log
+        self,
+        spec: ModelSpec,
+        *,
+        reference: pd.DataFrame | None,
+        dirs: RunDirs,
+        log: Log,
+        policy: Any = None,
     ) -> ModelRef:
+        if spec.thresholds:
+            raise AuditInputError(
+                "thresholds",
+                str(spec.thresholds),
+                "no thresholds file: sepsis_ews has one output, with one operating threshold",
+                "pass --threshold VALUE (or CLINAUDIT_SEPSIS_EWS_THRESHOLD), not --thresholds",
+            )
         return sepsis_model.resolve_model(spec, dirs=dirs, log=log)
 
     def predict(
