@@ -273,7 +273,8 @@ def drift_table(
         ``psi_noise_bound`` is the PSI that sampling noise alone reaches at the row's sizes;
         ``psi_level`` is ``"moderate"``/``"major"`` only when the PSI reaches the cut-off and
         exceeds that bound. ``drifted`` is true when the PSI level is not ``"none"`` or the
-        adjusted p-value is below ``alpha``. Sorted by group, then features in the given order, the MMD row last.
+        adjusted p-value is below ``alpha``. Sorted by group, then features in the given order,
+        the MMD row last.
 
     Examples
     --------

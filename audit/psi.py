@@ -195,10 +195,12 @@ def psi_noise_bound(
     True
     """
     e = np.asarray(expected, dtype=float)
-    if e.ndim != 1 or e.size < 1 or not np.isfinite(e).all() or (e < 0).any() or e.sum() <= 0:
+    # Proportions built as differences of a CDF may be -1e-17 instead of 0.
+    if e.ndim != 1 or e.size < 1 or not np.isfinite(e).all() or (e < -1e-9).any() or e.sum() <= 0:
         raise AuditInputError(
             "expected", repr(e), "a 1-D vector of proportions", "pass the reference's bin shares"
         )
+    e = np.clip(e, 0.0, None)
     e = e / e.sum()
     check_positive_int("n_sample", n_sample)
     if n_reference is not None:
