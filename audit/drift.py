@@ -10,11 +10,21 @@ category frequencies. Multivariate: MMD^2 (unbiased) with a Gaussian kernel on t
 standardized by the reference mean/std, bandwidth by the median heuristic on the pooled sample,
 and a permutation test whose permutations all come from one kernel matrix (``K @ P.T``).
 
-PSI: ``sum_i (a_i - e_i) ln(a_i / e_i)`` with ``e`` the reference and ``a`` the group proportions.
-Numeric bins have interior edges at the reference quantiles ``1/k, ..., (k-1)/k`` (duplicates
-removed), bin ``i`` = ``(e_{i-1}, e_i]``, open-ended at both ends. An empty bin's proportion is
-replaced by ``DriftConfig.psi_epsilon`` (default 1e-4) before the logarithm, so PSI stays finite;
-proportions are not renormalised afterwards.
+PSI: ``sum_i (a_i - e_i) ln(a_i / e_i)`` with ``e`` the reference and ``a`` the group proportions
+(:mod:`clinaudit.audit.psi`). Numeric bins have interior edges at the reference quantiles
+``1/k, ..., (k-1)/k`` (duplicates removed), bin ``i`` = ``(e_{i-1}, e_i]``, open-ended at both
+ends. An empty bin's proportion is replaced by ``DriftConfig.psi_epsilon`` (default 1e-4) before
+the logarithm, so PSI stays finite; proportions are not renormalised afterwards.
+
+PSI levels are calibrated to sample size. The cut-offs ``psi_moderate`` / ``psi_major`` (0.1 /
+0.25) are large-sample rules: two samples of a few hundred rows from one distribution often reach
+PSI 0.1 by chance. Each row therefore also carries ``psi_noise_bound``, the ``1 - alpha / m``
+quantile of the PSI's null distribution at the row's ``n`` and ``n_reference`` (``m`` = features
+tested in the group, so the chance that a clean group gets any PSI level is at most ``alpha``),
+from a parametric bootstrap of ``psi_noise_draws`` draws of both sides' counts from the
+reference's bin proportions (:func:`~clinaudit.audit.psi.psi_noise_bound`, seeded per
+(group, feature) from ``seed``). A level counts only when the PSI reaches the cut-off AND exceeds
+the bound; otherwise it is ``"none"`` (the raw ``psi`` stays in the table).
 
 Missing values: numeric ``NaN`` rows are dropped per feature (counted in ``n_missing``); a missing
 categorical value is its own category ``"<missing>"``. The MMD uses rows complete on all numeric
@@ -40,6 +50,12 @@ from .bootstrap import derive_rng
 from .drift_schema import DriftTable
 from .mmd import MMDResult, gaussian_kernel_median, mmd_permutation_test, permutation_indicators
 from .multiplicity import P_ADJUST_METHODS, PAdjust, adjust_pvalues
+from .psi import (
+    population_stability_index,
+    psi_from_proportions,
+    psi_noise_bound,
+    quantile_bin_proportions,
+)
 from .schemas import schema_columns, validate_table
 from .types import (
     ALL_GROUP,
@@ -61,6 +77,7 @@ __all__ = [
     "mmd_permutation_test",
     "permutation_indicators",
     "population_stability_index",
+    "psi_noise_bound",
 ]
 
 MISSING_CATEGORY = "<missing>"
@@ -77,9 +94,14 @@ class DriftConfig:
     psi_epsilon : float
         Proportion substituted for empty bins in PSI.
     psi_moderate, psi_major : float
-        PSI levels reported as ``"moderate"`` (>=) and ``"major"`` (>=).
+        PSI cut-offs of the levels ``"moderate"`` (>=) and ``"major"`` (>=); a level counts only
+        when the PSI also exceeds its noise bound.
+    psi_noise_draws : int
+        Parametric-bootstrap draws of the PSI noise bound (its ``1 - alpha / m`` quantile, ``m``
+        the features tested in the group, needs ``psi_noise_draws >= m / alpha - 1``).
     alpha : float
-        Significance level applied to the adjusted p-values.
+        Significance level applied to the adjusted p-values, and the per-group false-alarm rate
+        of the PSI levels (Bonferroni over the group's features).
     p_adjust : {"holm", "bh", "none"}
         Multiplicity adjustment: across all (group, feature) tests, and across the groups' MMD
         tests (two families).
@@ -97,6 +119,7 @@ class DriftConfig:
     psi_epsilon: float = 1e-4
     psi_moderate: float = 0.1
     psi_major: float = 0.25
+    psi_noise_draws: int = 2000
     alpha: float = 0.05
     p_adjust: PAdjust = "holm"
     n_perm: int = 1000
@@ -107,6 +130,7 @@ class DriftConfig:
     def __post_init__(self) -> None:
         check_positive_int("psi_bins", self.psi_bins, minimum=2)
         check_positive_int("n_perm", self.n_perm)
+        check_positive_int("psi_noise_draws", self.psi_noise_draws)
         check_positive_int("mmd_max_rows", self.mmd_max_rows, minimum=2)
         check_positive_int("min_rows", self.min_rows, minimum=2)
         check_option("p_adjust", self.p_adjust, P_ADJUST_METHODS)
@@ -123,58 +147,6 @@ class DriftConfig:
             )
         if not 0.0 < self.alpha < 1.0:
             raise AuditInputError("alpha", repr(self.alpha), "a float in (0, 1)", "e.g. 0.05")
-
-
-def _psi_from_props(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> float:
-    e = np.where(expected > 0, expected, epsilon)
-    a = np.where(actual > 0, actual, epsilon)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def population_stability_index(
-    reference: np.ndarray, sample: np.ndarray, *, n_bins: int = 10, epsilon: float = 1e-4
-) -> float:
-    """PSI of a numeric sample against a reference, bins from reference quantiles.
-
-    Bins are ``(-inf, q_1], (q_1, q_2], ..., (q_last, inf)``. When the reference's minimum is
-    itself a bin edge (a point mass at the minimum, e.g. a site's fixed pixel spacing), sample
-    values below that minimum get a bin of their own (the reference has none there: ``epsilon``);
-    otherwise a sample entirely below a constant reference would share its bin and score PSI 0.
-    Values above a point mass at the maximum already fall in the empty top bin.
-
-    Parameters
-    ----------
-    reference, sample : array-like of shape (n_ref,), (n,)
-        Finite values.
-    n_bins : int, keyword-only
-        Quantile bins of the reference (fewer when quantiles coincide).
-    epsilon : float, keyword-only
-        Proportion used for empty bins.
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> x = np.arange(100.0)
-    >>> population_stability_index(x, x)
-    0.0
-    """
-    ref = np.asarray(reference, float)
-    smp = np.asarray(sample, float)
-    inner = np.unique(np.quantile(ref, np.arange(1, n_bins) / n_bins))
-    lo = ref.min()
-    split_below = inner.size > 0 and inner[0] == lo
-    k = inner.size + 1 + int(split_below)
-
-    def bins(x: np.ndarray) -> np.ndarray:
-        idx = np.searchsorted(inner, x, side="left")
-        return np.where(x < lo, inner.size + 1, idx) if split_below else idx
-
-    e = np.bincount(bins(ref), minlength=k) / ref.size
-    a = np.bincount(bins(smp), minlength=k) / smp.size
-    return _psi_from_props(e, a, epsilon)
 
 
 #: Column order of the table (the schema's).
@@ -199,24 +171,43 @@ def _feature_row(
     return row
 
 
-def _psi_level(psi: float, config: DriftConfig) -> str:
+def _psi_level(psi: float, bound: float, config: DriftConfig) -> str:
+    """Cut-off level of a PSI that exceeds its noise bound; ``"none"`` within the bound."""
     if not np.isfinite(psi):
         return "n/a"
+    if not psi > bound:
+        return "none"
     if psi >= config.psi_major:
         return "major"
     return "moderate" if psi >= config.psi_moderate else "none"
 
 
-def _numeric_row(site: np.ndarray, ref: np.ndarray, config: DriftConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Noise:
+    """What the PSI noise bound of one row needs besides the proportions and sizes."""
+
+    quantile: float
+    key: str
+    config: DriftConfig
+
+    def columns(self, e: np.ndarray, a: np.ndarray, n: int, n_ref: int) -> dict[str, float]:
+        c = self.config
+        bound = psi_noise_bound(
+            e, n, n_ref, quantile=self.quantile, draws=c.psi_noise_draws,
+            rng=derive_rng(c.seed, self.key), epsilon=c.psi_epsilon,
+        )  # fmt: skip
+        return {"psi": float(psi_from_proportions(e, a, c.psi_epsilon)), "psi_noise_bound": bound}
+
+
+def _numeric_row(site: np.ndarray, ref: np.ndarray, noise: _Noise) -> dict[str, Any]:
     ks = ks_2samp(site, ref, method="asymp")
     ref_sd = float(np.std(ref, ddof=1))
     pooled_sd = float(np.sqrt((np.var(site, ddof=1) + np.var(ref, ddof=1)) / 2.0))
     diff = float(np.mean(site) - np.mean(ref))
+    e, a = quantile_bin_proportions(ref, site, n_bins=noise.config.psi_bins)
     return dict(
         test="ks",
-        psi=population_stability_index(
-            ref, site, n_bins=config.psi_bins, epsilon=config.psi_epsilon
-        ),
+        **noise.columns(e, a, site.size, ref.size),
         statistic=float(ks.statistic),
         p_value=float(ks.pvalue),
         wasserstein_norm=float(wasserstein_distance(site, ref)) / ref_sd if ref_sd > 0 else np.nan,
@@ -226,7 +217,7 @@ def _numeric_row(site: np.ndarray, ref: np.ndarray, config: DriftConfig) -> dict
     )
 
 
-def _categorical_row(site: np.ndarray, ref: np.ndarray, config: DriftConfig) -> dict[str, Any]:
+def _categorical_row(site: np.ndarray, ref: np.ndarray, noise: _Noise) -> dict[str, Any]:
     cats = sorted(set(site.tolist()) | set(ref.tolist()))
     site_counts = pd.Series(site).value_counts().reindex(cats, fill_value=0).to_numpy(float)
     ref_counts = pd.Series(ref).value_counts().reindex(cats, fill_value=0).to_numpy(float)
@@ -235,7 +226,7 @@ def _categorical_row(site: np.ndarray, ref: np.ndarray, config: DriftConfig) -> 
     n_total = table.sum()
     return dict(
         test="chi2",
-        psi=_psi_from_props(ref_counts / ref.size, site_counts / site.size, config.psi_epsilon),
+        **noise.columns(ref_counts / ref.size, site_counts / site.size, site.size, ref.size),
         statistic=float(res.statistic),
         p_value=float(res.pvalue),
         cramers_v=float(np.sqrt(res.statistic / n_total)) if len(cats) > 1 else 0.0,
@@ -279,8 +270,11 @@ def drift_table(
     pandas.DataFrame
         Columns of :class:`DriftTable` (checked before it is returned); ``kind`` is
         ``"numeric"``, ``"categorical"`` or ``"multivariate"`` (feature ``"__mmd__"``).
-        ``drifted`` is true when the PSI level is not ``"none"`` or the adjusted p-value is below
-        ``alpha``. Sorted by group, then features in the given order, the MMD row last.
+        ``psi_noise_bound`` is the PSI that sampling noise alone reaches at the row's sizes;
+        ``psi_level`` is ``"moderate"``/``"major"`` only when the PSI reaches the cut-off and
+        exceeds that bound. ``drifted`` is true when the PSI level is not ``"none"`` or the
+        adjusted p-value is below ``alpha``. Sorted by group, then features in the given order,
+        the MMD row last.
 
     Examples
     --------
@@ -351,31 +345,24 @@ def drift_table(
     ref_num = {c: reference[c].to_numpy(float) for c in numeric}
     ref_cat = {c: _as_categorical(reference[c]) for c in categorical}
     for g in sorted(set(group_arr.tolist())):
-        mask = group_arr == g
-        part = data.loc[mask]
+        part = data.loc[group_arr == g]
+        specs: list[tuple[str, str, tuple[int, int, int], Callable[..., dict[str, Any]]]] = []
         for col in numeric:
             site = part[col].to_numpy(float)
             ok_site, ok_ref = site[~np.isnan(site)], ref_num[col][~np.isnan(ref_num[col])]
             sizes = (ok_site.size, ok_ref.size, int(site.size - ok_site.size))
-            rows.append(
-                _feature_row(
-                    (g, col, "numeric", "ks"),
-                    sizes,
-                    config,
-                    partial(_numeric_row, ok_site, ok_ref, config),
-                )
-            )
+            specs.append((col, "numeric", sizes, partial(_numeric_row, ok_site, ok_ref)))
         for col in categorical:
             site = _as_categorical(part[col])
             sizes = (site.size, ref_cat[col].size, int(np.sum(site == MISSING_CATEGORY)))
-            rows.append(
-                _feature_row(
-                    (g, col, "categorical", "chi2"),
-                    sizes,
-                    config,
-                    partial(_categorical_row, site, ref_cat[col], config),
-                )
-            )
+            specs.append((col, "categorical", sizes, partial(_categorical_row, site, ref_cat[col])))
+        # PSI noise bounds: Bonferroni over the features tested in this group.
+        m = sum(min(sizes[:2]) >= config.min_rows for _, _, sizes, _ in specs)
+        quantile = 1.0 - config.alpha / max(m, 1)
+        for col, kind, sizes, compute in specs:
+            noise = _Noise(quantile, f"psi:{g}:{col}", config)
+            test = "ks" if kind == "numeric" else "chi2"
+            rows.append(_feature_row((g, col, kind, test), sizes, config, partial(compute, noise)))
         if numeric:
             rows.append(_mmd_row(g, part, reference, numeric, config))
     table = pd.DataFrame(rows, columns=list(_COLUMNS))
@@ -388,7 +375,8 @@ def drift_table(
         p_adj[idx] = adjust_pvalues(table["p_value"].to_numpy(float)[idx], method=config.p_adjust)
     table["p_adj"] = p_adj
     table["significant"] = table["p_adj"] < config.alpha
-    table["psi_level"] = [_psi_level(v, config) for v in table["psi"].to_numpy(float)]
+    psi, bound = table["psi"].to_numpy(float), table["psi_noise_bound"].to_numpy(float)
+    table["psi_level"] = [_psi_level(p, b, config) for p, b in zip(psi, bound, strict=True)]
     table["drifted"] = table["significant"] | table["psi_level"].isin(["moderate", "major"])
     table = table.astype({"n": "int64", "n_reference": "int64", "n_missing": "int64"})
     return validate_table(table, DriftTable)

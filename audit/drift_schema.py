@@ -4,9 +4,11 @@ One row per (group, feature), then one multivariate row (feature ``"__mmd__"``) 
 with status ``"insufficient data"`` (fewer than ``min_rows`` non-missing rows on a side) carries
 its counts and ``NaN`` statistics (``psi_level`` ``"n/a"``, ``significant`` False). Columns that
 do not apply to a row's kind are ``NaN``: ``wasserstein_norm``, ``smd``, ``mean`` and
-``reference_mean`` for numeric features, ``cramers_v`` for categorical ones, ``psi`` for both
-but not the MMD row, ``mmd_bandwidth`` for the MMD row. The column order of the schema is the
-order of the table.
+``reference_mean`` for numeric features, ``cramers_v`` for categorical ones, ``psi`` and
+``psi_noise_bound`` for both but not the MMD row, ``mmd_bandwidth`` for the MMD row.
+``psi_level`` is ``"none"`` when the PSI does not exceed ``psi_noise_bound`` (the PSI that
+sampling noise alone reaches at the row's sample sizes), whatever the cut-offs. The column order
+of the schema is the order of the table.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class DriftTable(OutputSchema):
     n_missing: Series[int] = count_field()
     # Every term (a - e) ln(a / e) of the PSI is >= 0.
     psi: Series[float] = pa.Field(nullable=True, ge=0.0)
+    # The PSI that sampling noise alone reaches at this row's n and n_reference (NaN where psi is).
+    psi_noise_bound: Series[float] = pa.Field(nullable=True, ge=0.0)
     psi_level: Series[str] = pa.Field(isin=list(PSI_LEVELS))
     # KS distance, chi-square statistic or unbiased MMD^2 (which can be slightly negative).
     statistic: Series[float] = pa.Field(nullable=True)

@@ -223,6 +223,7 @@ def report_inputs(base: dict[str, pd.DataFrame], *, simulated: bool = True) -> C
         p_adjust="holm",
         drift_p_adjust="holm",
         alpha=0.05,
+        psi_noise_draws=2000,
     )
 
 

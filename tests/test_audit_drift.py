@@ -1,4 +1,5 @@
-"""Drift core: KS/chi-square/Wasserstein equal scipy, PSI and MMD against slow loops, errors."""
+"""Drift core: KS/chi-square/Wasserstein equal scipy, PSI and MMD against slow loops, errors,
+PSI levels calibrated to sample size (noise bound, false alarms and power by simulation)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
+from scipy.stats import binom, chi2_contingency, ks_2samp, wasserstein_distance
 
+from clinaudit.audit.bootstrap import derive_rng
 from clinaudit.audit.drift import (
     DriftConfig,
     drift_table,
     mmd_permutation_test,
     permutation_indicators,
     population_stability_index,
+    psi_noise_bound,
 )
+from clinaudit.audit.psi import psi_from_proportions, quantile_bin_proportions
 from clinaudit.audit.serialize import metrics_to_json
 from clinaudit.audit.types import AuditInputError
 
@@ -183,3 +187,148 @@ def test_psi_sees_a_shift_out_of_a_constant_reference() -> None:
     tied = np.round(rng.gamma(1.0, 1.0, 500), 0)  # point mass at the minimum (0)
     low = tied - 1.0
     assert abs(population_stability_index(tied, low) - _slow_psi(tied, low, 10, 1e-4)) < 1e-12
+
+
+# ------------------------------------------------------------------ PSI levels calibrated to n
+def _cxr_columns(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, np.ndarray]:
+    """Five numeric image features (one with ties) and one categorical, ``shift`` SDs on the
+    first."""
+    return {
+        "mean_intensity": rng.normal(0.5 + 0.1 * shift, 0.1, n),
+        "contrast": rng.gamma(4.0, 0.05, n),
+        "sharpness": np.round(rng.normal(50.0, 10.0, n)),
+        "noise": rng.uniform(0.0, 1.0, n),
+        "entropy": rng.lognormal(0.0, 0.5, n),
+        "manufacturer": rng.choice(np.array(["Agfa", "GE", "Philips", "Siemens"]), n,
+                                   p=[0.1, 0.4, 0.2, 0.3]),
+    }  # fmt: skip
+
+
+def _cxr_like(rng: np.random.Generator, n: int, shift: float = 0.0) -> pd.DataFrame:
+    return pd.DataFrame(_cxr_columns(rng, n, shift))
+
+
+NUMERIC = ["mean_intensity", "contrast", "sharpness", "noise", "entropy"]
+
+
+def _rule(ref, site, *, draws: int, seed: int, key: str) -> dict[str, tuple[float, float]]:
+    """Per feature (psi, noise bound) computed from the documented rule with the public core
+    functions: bins of :func:`quantile_bin_proportions` or category shares, quantile
+    ``1 - 0.05 / m``, the bound's generator ``derive_rng(seed, f"psi:{group}:{feature}")``."""
+    m = len(NUMERIC) + 1
+    n_ref, n = len(ref["noise"]), len(site["noise"])
+    out = {}
+    for col in [*NUMERIC, "manufacturer"]:
+        r, x = np.asarray(ref[col]), np.asarray(site[col])
+        if col in NUMERIC:
+            e, a = quantile_bin_proportions(r, x)
+        else:
+            cats = np.unique(np.concatenate([r, x]))
+            e = np.array([np.sum(r == c) for c in cats]) / n_ref
+            a = np.array([np.sum(x == c) for c in cats]) / n
+        bound = psi_noise_bound(
+            e, n, n_ref, quantile=1 - 0.05 / m, draws=draws,
+            rng=derive_rng(seed, f"psi:{key}:{col}"),
+        )  # fmt: skip
+        out[col] = (psi_from_proportions(e, a), bound)
+    return out
+
+
+def test_clean_site_with_psi_above_cutoff_is_not_flagged() -> None:
+    """The user's report: a clean site (n=400) against a reference (n=200) from the same
+    distribution reaches PSI > 0.1 by chance; that is within the noise bound, so no level."""
+    rng = np.random.default_rng(1)  # mean_intensity reaches PSI 0.146 by chance
+    ref, site = _cxr_like(rng, 200), _cxr_like(rng, 400).assign(site="clean")
+    table = drift_table(site, ref, groups="site", config=DriftConfig(n_perm=99))
+    feats = table[table["kind"] != "multivariate"].set_index("feature")
+    assert feats.loc["mean_intensity", "psi"] > 0.1, "the scenario needs a chance PSI > 0.1"
+    assert (feats["psi_level"] == "none").all()
+    # Noise alone passes 0.1 over 10 bins at these sizes (3 degrees of freedom of 4 categories
+    # give less).
+    assert (feats.loc[NUMERIC, "psi_noise_bound"] > 0.1).all()
+    big = feats[feats["psi"] > 0.1]
+    assert (big["psi"] <= big["psi_noise_bound"]).all()
+    assert (feats["drifted"] == feats["significant"]).all()
+    # The table's bound is the documented one (m = 6 features, seed 0, "psi:<group>:<feature>").
+    rule = _rule(ref, site, draws=2000, seed=0, key="clean")
+    for col, (psi, bound) in rule.items():
+        assert abs(feats.loc[col, "psi"] - psi) < 1e-12
+        assert feats.loc[col, "psi_noise_bound"] == bound
+    mmd = table[table["kind"] == "multivariate"].iloc[0]
+    assert np.isnan(mmd["psi_noise_bound"]) and mmd["psi_level"] == "n/a"
+
+
+def test_noise_bound_is_deterministic_and_shrinks_with_n() -> None:
+    rng = np.random.default_rng(1)
+    ref = _cxr_like(rng, 300)
+    data = pd.concat(
+        [_cxr_like(rng, n).assign(site=f"n{n}") for n in (100, 1000)], ignore_index=True
+    )
+    cfg = DriftConfig(n_perm=50, seed=7)
+    a = drift_table(data, ref, groups="site", config=cfg)
+    pd.testing.assert_frame_equal(a, drift_table(data, ref, groups="site", config=cfg))
+    bound = a[a["kind"] != "multivariate"].pivot(
+        index="feature", columns="group", values="psi_noise_bound"
+    )
+    assert (bound["n100"] > bound["n1000"]).all()
+    e = np.full(10, 0.1)
+    one = psi_noise_bound(e, 400, 200, quantile=0.99, rng=np.random.default_rng(3))
+    assert one == psi_noise_bound(e, 400, 200, quantile=0.99, rng=np.random.default_rng(3))
+    # An exact reference (a summary without n) has only the sample's noise.
+    exact = psi_noise_bound(e, 400, None, quantile=0.99, rng=np.random.default_rng(3))
+    assert exact < one
+
+
+def test_noise_bound_is_the_documented_order_statistic() -> None:
+    """Slow reference: B PSIs of multinomial draws, the floor((B+1)(1-q))-th largest."""
+    e = np.array([0.5, 0.3, 0.15, 0.05, 0.0])
+    draws, q = 199, 0.95
+    rng = np.random.default_rng(11)
+    site = rng.multinomial(50, e / e.sum(), size=draws) / 50
+    ref = rng.multinomial(80, e / e.sum(), size=draws) / 80
+    null = sorted(
+        sum(
+            ((a or 1e-4) - (r or 1e-4)) * math.log((a or 1e-4) / (r or 1e-4))
+            for a, r in zip(site[i], ref[i], strict=True)
+        )
+        for i in range(draws)
+    )
+    rank = math.floor((draws + 1) * (1 - q))  # 10
+    got = psi_noise_bound(e, 50, 80, quantile=q, draws=draws, rng=np.random.default_rng(11))
+    assert abs(got - null[draws - rank]) < 1e-12
+    with pytest.raises(AuditInputError, match=r"draws: received 50 .* at least 199 draws"):
+        psi_noise_bound(e, 50, 80, quantile=0.995, draws=50, rng=np.random.default_rng(0))
+    with pytest.raises(AuditInputError, match=r"expected: received"):
+        psi_noise_bound([0.5, -0.1], 50, 80, quantile=0.9, rng=np.random.default_rng(0))
+
+
+def test_site_flag_false_alarm_and_power_by_simulation() -> None:
+    """Per-site flag = any feature at a PSI level (moderate or major), 6 features, fresh
+    reference and site each replicate. Clean sites: flagged at most 5% of the time at every n
+    (the count must not exceed the 99th percentile of Binomial(R, 0.05)); a 0.5 SD shift of one
+    feature: flagged at least 80% of the time at n >= 400 (count not below the 1st percentile of
+    Binomial(R, 0.8)). The old fixed cut-off flags most clean sites at n = 200. The rule's
+    false-alarm guarantee holds for any number of draws (exchangeability), so 300 keep it fast;
+    bench/bench_drift_noise.py measures the default 2000 through drift_table."""
+    r_null, r_shift, draws = 100, 40, 300
+    rng = np.random.default_rng(20240614)
+    pooled = 0
+    for n in (200, 400, 1000, 2000):
+        alarms = old_alarms = hits = 0
+        for r in range(r_null + (r_shift if n >= 400 else 0)):
+            shift = 0.5 if r >= r_null else 0.0
+            ref, site = _cxr_columns(rng, n), _cxr_columns(rng, n, shift)
+            rule = _rule(ref, site, draws=draws, seed=r, key=f"{n}")
+            flag = any(p >= 0.1 and p > b for p, b in rule.values())
+            if shift:
+                hits += flag
+            else:
+                alarms += flag
+                old_alarms += any(p >= 0.1 for p, _ in rule.values())
+        assert alarms <= binom.ppf(0.99, r_null, 0.05), (n, alarms)
+        pooled += alarms
+        if n == 200:
+            assert old_alarms > 0.5 * r_null, old_alarms  # the problem this rule fixes
+        else:
+            assert hits >= binom.ppf(0.01, r_shift, 0.8), (n, hits)
+    assert pooled <= binom.ppf(0.99, 4 * r_null, 0.05), pooled

@@ -168,7 +168,7 @@ def test_broken_drift_tables_are_refused_naming_the_column() -> None:
 
 
 def test_a_producer_bug_is_caught_by_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(drift_module, "_psi_level", lambda psi, config: "huge")
+    monkeypatch.setattr(drift_module, "_psi_level", lambda psi, bound, config: "huge")
     with pytest.raises(SchemaErrors, match="DriftTable") as info:
         _drift()
     assert set(info.value.failure_cases["column"]) == {"psi_level"}

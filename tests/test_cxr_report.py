@@ -250,9 +250,13 @@ def test_report_states_the_settings_the_run_used(synthetic_inputs) -> None:
         p_adjust="bh",
         drift_p_adjust="none",
         alpha=0.01,
+        psi_noise_draws=750,
     )
     html = render_cxr_html(build_cxr_view(inputs), report_environment())
     assert "moderate above 0.2, major above 0.4" in html  # methods
+    assert "the 1 - 0.01/m quantile of a parametric bootstrap with B = 750 draws" in html
+    assert "750 simulated draws, at most 1% chance" in html  # drift section
+    assert "within that noise bound is not flagged" in html
     assert "PSI (population stability index) above 0.2 is a moderate shift" in html  # drift
     assert "dashed lines: moderate 0.2, major 0.4" in html  # figure caption
     assert "the Benjamini–Hochberg method (false discovery rate 1%)" in html

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+from scipy.stats import binom
 
 from clinaudit.audit.policy_base import Decision
 from clinaudit.audit.policy_yaml import PolicyError
@@ -261,3 +262,53 @@ def test_the_threshold_source_is_stated(tiny, vendor) -> None:
         "configured",
     )
     assert configured.settings["threshold"] == 0.2
+
+
+def _card_population(rng: np.random.Generator, n: int, shift: float = 0.0) -> pd.DataFrame:
+    """Stays with integer (atoms in the card), continuous and 30%-missing features; ``shift``
+    SDs on heart rate."""
+    lactate = rng.lognormal(0.5, 0.5, n)
+    lactate[rng.random(n) < 0.3] = np.nan
+    return pd.DataFrame(
+        {
+            "heart_rate": np.round(rng.normal(90 + 15 * shift, 15, n)),
+            "spo2": np.clip(np.round(rng.normal(96, 2, n)), 70, 100),
+            "lactate": lactate,
+            "resp_rate": rng.normal(20, 4, n),
+            "sex": rng.choice(["F", "M"], n),
+            "sepsis": rng.random(n) < 0.1,
+        }
+    )
+
+
+def test_card_drift_levels_need_the_psi_to_exceed_its_noise_bound() -> None:
+    """Local stays (n = 300) drawn from the card's own population are not flagged (at most 5% of
+    replicates: the 99th percentile of Binomial(R, 0.05)); a 0.5 SD heart-rate shift is (at
+    least 80%: the 1st percentile of Binomial(R, 0.8))."""
+    features = ["heart_rate", "spo2", "lactate", "resp_rate"]
+    rng = np.random.default_rng(14)
+    card = sepsis_tables.summarize_stays(_card_population(rng, 3000), features=features)
+    reps, alarms, hits = 20, 0, 0
+    for r in range(reps):
+        clean = card_drift(_card_population(rng, 300), card, features=features, seed=r)
+        shifted = card_drift(_card_population(rng, 300, 0.5), card, features=features, seed=r)
+        assert clean["psi_noise_bound"].notna().all() and (clean["psi_noise_bound"] > 0).all()
+        assert (clean["psi_level"].eq("none") | clean["psi"].gt(clean["psi_noise_bound"])).all()
+        alarms += bool(clean["psi_level"].isin(["moderate", "major"]).any())
+        hits += bool(shifted.set_index("feature").loc["heart_rate", "psi_level"] != "none")
+    assert alarms <= binom.ppf(0.99, reps, 0.05), alarms
+    assert hits >= binom.ppf(0.01, reps, 0.8), hits
+    # Composition rows get a bound too (the card's n_stays), and a card without counts is exact:
+    # only the local side is noise, so its bound is smaller.
+    local = _card_population(rng, 300)
+    card["groups"] = {"sex": {"F": 0.5, "M": 0.5}}
+    with_n = card_drift(local, card, features=features)
+    assert with_n.query("kind == 'composition'")["psi_noise_bound"].notna().all()
+    exact = {**card, "features": {f: {k: v for k, v in s.items() if k != "n"}
+                                  for f, s in card["features"].items()}}  # fmt: skip
+    del exact["n_stays"]
+    no_n = card_drift(local, exact, features=features)
+    assert (no_n["psi_noise_bound"] < with_n["psi_noise_bound"]).all()
+    pd.testing.assert_frame_equal(with_n, card_drift(local, card, features=features))
+    with pytest.raises(AuditInputError, match="alpha"):
+        card_drift(local, card, features=features, alpha=1.5)

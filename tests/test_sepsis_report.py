@@ -177,6 +177,13 @@ def test_settings_printed_are_those_the_run_used(inputs, html) -> None:
     result = inputs[0]
     fewer = replace(result, settings={**result.settings, "min_pos": 7})
     assert "fewer than 7 septic" in render_sepsis_html(_view(inputs, settings=fewer.settings))
+    # The drift flagging rule: the noise bound's draws and alpha the run used.
+    assert "the 1 - 0.05/m quantile of a parametric bootstrap with B = 2,000 draws" in methods
+    extra = {**result.settings["extra"], "psi_noise_draws": 500, "psi_noise_alpha": 0.01}
+    other = render_sepsis_html(_view(inputs, settings={**result.settings, "extra": extra}))
+    assert "1 - 0.01/m quantile of a parametric bootstrap with B = 500 draws" in other
+    assert "flagged with probability at most 1%" in other
+    assert "within the PSI that sampling noise alone reaches" in _section(html, "monitoring")
 
 
 def test_hospitals_left_out_are_named(inputs, html) -> None:

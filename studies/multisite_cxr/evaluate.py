@@ -94,6 +94,7 @@ class CxrAuditOptions:
     ece_tolerance: float = 0.05
     psi_moderate: float = 0.1
     psi_major: float = 0.25
+    psi_noise_draws: int = 2000
     alpha: float = 0.05
     n_perm: int = 1000
 
@@ -108,6 +109,7 @@ class CxrAuditOptions:
             drift=DriftConfig(
                 psi_moderate=self.psi_moderate,
                 psi_major=self.psi_major,
+                psi_noise_draws=self.psi_noise_draws,
                 alpha=self.alpha,
                 n_perm=self.n_perm,
                 seed=self.seed,

@@ -121,11 +121,11 @@ class CxrReportInputs:
     ``quarantine`` is every site's quarantine table concatenated (or a site -> table mapping);
     ``recalibration`` / ``retraining`` (+ ``retraining_summary``) are ``None`` when that stage
     did not run, and the report says so. ``drift_features`` are the features drawn in the PSI
-    figure; ``psi_moderate`` / ``psi_major``, ``drift_p_adjust`` and ``alpha`` are the settings
-    the drift stage ran with, ``p_adjust`` the discrimination stage's multiplicity adjustment;
-    ``left_out`` names the sites landed but not audited, with the reason; ``threshold_source``
-    says where the operating thresholds come from and ``reference_check`` is the decisions'
-    reference self-check (both on page 1).
+    figure; ``psi_moderate`` / ``psi_major``, ``psi_noise_draws``, ``drift_p_adjust`` and
+    ``alpha`` are the settings the drift stage ran with, ``p_adjust`` the discrimination stage's
+    multiplicity adjustment; ``left_out`` names the sites landed but not audited, with the reason;
+    ``threshold_source`` says where the operating thresholds come from and ``reference_check`` is
+    the decisions' reference self-check (both on page 1).
     """
 
     study_title: str
@@ -147,6 +147,7 @@ class CxrReportInputs:
     p_adjust: str
     drift_p_adjust: str
     alpha: float
+    psi_noise_draws: int
     left_out: Mapping[str, str] = field(default_factory=dict)
     threshold_source: str = ""
     reference_check: pd.DataFrame | None = None
@@ -246,6 +247,8 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
         features=inputs.drift_features,
         psi_moderate=inputs.psi_moderate,
         psi_major=inputs.psi_major,
+        psi_noise_draws=inputs.psi_noise_draws,
+        alpha=inputs.alpha,
         simulated=inputs.simulated,
         p_adjust=inputs.drift_p_adjust,
     )
@@ -314,6 +317,7 @@ def _appendix(inputs: CxrReportInputs) -> Appendix:
             inputs.recalibration,
             psi_moderate=inputs.psi_moderate,
             psi_major=inputs.psi_major,
+            psi_noise_draws=inputs.psi_noise_draws,
             simulated=inputs.simulated,
             p_adjust=inputs.p_adjust,
             drift_p_adjust=inputs.drift_p_adjust,

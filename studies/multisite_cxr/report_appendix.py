@@ -124,6 +124,7 @@ def methods_notes(
     *,
     psi_moderate: float,
     psi_major: float,
+    psi_noise_draws: int,
     simulated: bool,
     p_adjust: str,
     drift_p_adjust: str,
@@ -175,7 +176,12 @@ def methods_notes(
         MethodNote(
             "Drift",
             f"PSI over reference-quantile bins (moderate above {psi_moderate}, major above "
-            f"{psi_major}); two-sample KS test for numeric and chi-square for categorical "
+            f"{psi_major}). A feature is flagged only when its PSI exceeds both the cut-off and "
+            "the PSI that sampling noise alone reaches at this site's and the reference's "
+            f"sample sizes (the 1 - {alpha:g}/m quantile of a parametric bootstrap with "
+            f"B = {psi_noise_draws:,} draws from the reference's bin proportions; m = features "
+            f"tested at the site, so a site without drift is flagged with probability at most "
+            f"{100 * alpha:g}%). Two-sample KS test for numeric and chi-square for categorical "
             "features; kernel MMD (Gaussian kernel, median-distance bandwidth, standardised "
             "features) with a permutation p-value.",
         ),

@@ -105,6 +105,7 @@ def report_content(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         p_adjust=str(settings["p_adjust"]),
         drift_p_adjust=str(drift["p_adjust"]),
         alpha=float(drift["alpha"]),
+        psi_noise_draws=int(drift["psi_noise_draws"]),
         left_out=bundle.provenance.left_out,
         threshold_source=bundle.model.threshold_source,
         reference_check=bundle.decisions.tables.get("reference_check"),

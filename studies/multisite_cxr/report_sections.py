@@ -350,11 +350,13 @@ def drift_section(
     features: Sequence[str],
     psi_moderate: float,
     psi_major: float,
+    psi_noise_draws: int,
+    alpha: float,
     simulated: bool,
     p_adjust: str,
 ) -> DriftSection:
     """PSI bars of the image features and, per site, the drifted features and the MMD test
-    (levels and multiplicity adjustment: the settings the drift stage ran with)."""
+    (levels, noise bound and multiplicity adjustment: the settings the drift stage ran with)."""
     figure = FigureFile(
         name="drift_psi.svg",
         data=drift_svg(
@@ -404,7 +406,11 @@ def drift_section(
     text = (
         f"Each site's image-quality features, model scores and acquisition metadata are compared "
         f"with the vendor's reference sample. PSI (population stability index) above "
-        f"{psi_moderate} is a moderate shift, above {psi_major} a major one; KS and chi-square "
+        f"{psi_moderate} is a moderate shift, above {psi_major} a major one, but only where it "
+        "also exceeds the PSI that sampling noise alone reaches at the site's and the reference's "
+        f"sample sizes ({psi_noise_draws:,} simulated draws, at most {100 * alpha:g}% chance "
+        "that a site without drift is flagged): a PSI above a cut-off but within that noise "
+        "bound is not flagged. KS and chi-square "
         f"tests are {multiplicity_words(p_adjust).adjusted}; a kernel MMD permutation test checks "
         "all features jointly."
     )

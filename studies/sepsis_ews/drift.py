@@ -20,6 +20,19 @@ with the card: identical distributions give ~0 even for integer features, and a 
 has drifted at least that much. Missingness enters through the missing bin and is also reported
 as a rate difference (labs are missing not at random).
 
+PSI levels calibrated to sample size
+------------------------------------
+The cut-offs ``psi_moderate`` / ``psi_major`` are large-sample rules, and the card's 1% and 5%
+tail bins hold only a few stays of a hospital. Each row carries ``psi_noise_bound``: the
+``1 - alpha / m`` quantile of the PSI that sampling noise alone gives at the group's ``n`` and
+the card's ``n`` (``m`` = features and attributes compared in that (scope, group), so a group
+without drift gets any PSI level with probability at most ``alpha``), by a parametric bootstrap
+(:func:`clinaudit.audit.psi.psi_noise_bound`) from the card's bin proportions ``e`` above; a card
+feature without ``n`` (composition: without ``n_stays``) is taken as exact, so only the local
+side is drawn. The null PSI is computed on the drawn bin counts without the atom adjustment,
+which can only lower the real PSI, so the bound errs towards not flagging noise. A level counts
+only when the PSI reaches the cut-off AND exceeds the bound.
+
 Composition (``kind="composition"``): PSI of the category shares of each protected attribute
 against the card's ``groups``.
 """
@@ -27,6 +40,7 @@ against the card's ``groups``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +48,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from clinaudit.audit.bootstrap import derive_rng
+from clinaudit.audit.psi import psi_from_proportions, psi_noise_bound
 from clinaudit.audit.schemas import (
     OutputSchema,
     count_field,
@@ -68,9 +84,11 @@ class CardDrift(OutputSchema):
     A numeric row compares a feature's values with the card's quantiles and missing fraction
     (``missing_rate`` and ``median`` local, ``card_*`` the card's, ``smd`` against the card's mean
     and standard deviation); a ``composition`` row compares an attribute's group shares with the
-    card's and has only ``psi``. A group with fewer than ``min_rows`` stays has status
-    ``"insufficient data"``, PSI level ``"not estimable"`` and no numbers (``card_atoms`` missing
-    too, so that column is ``object`` when such a row is present).
+    card's and has only ``psi`` and ``psi_noise_bound``. ``psi_level`` is ``"none"`` unless the
+    PSI exceeds ``psi_noise_bound`` (the PSI that sampling noise alone reaches at the group's and
+    the card's sizes). A group with fewer than ``min_rows`` stays has status ``"insufficient
+    data"``, PSI level ``"not estimable"`` and no numbers (``card_atoms`` missing too, so that
+    column is ``object`` when such a row is present).
     """
 
     scope: Series[str]
@@ -87,6 +105,8 @@ class CardDrift(OutputSchema):
     smd: Series[float] = pa.Field(nullable=True)
     # Every term (a - e) ln(a / e) of the PSI is >= 0.
     psi: Series[float] = pa.Field(nullable=True, ge=0.0)
+    # The PSI that sampling noise alone reaches at this group's and the card's n.
+    psi_noise_bound: Series[float] = pa.Field(nullable=True, ge=0.0)
     psi_level: Series[str] = pa.Field(isin=list(CARD_PSI_LEVELS))
     missing_flag: Series[bool]
     drifted: Series[bool]
@@ -104,12 +124,6 @@ class CardDrift(OutputSchema):
 
 #: Column order of the drift table (its schema's).
 DRIFT_COLUMNS: tuple[str, ...] = schema_columns(CardDrift)
-
-
-def _psi(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> float:
-    e = np.where(expected > 0, expected, epsilon)
-    a = np.where(actual > 0, actual, epsilon)
-    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def _card_quantiles(summary: Mapping[str, Any], feature: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +178,15 @@ def psi_against_quantiles(
     >>> round(psi_against_quantiles([0.5, 1.5, 2.5, 3.5], card)[0], 6)
     0.0
     """
+    expected, actual, atoms = _card_bins(values, summary, feature)
+    return float(psi_from_proportions(expected, actual, epsilon)), atoms
+
+
+def _card_bins(
+    values: Any, summary: Mapping[str, Any], feature: str
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Card (``expected``) and local (``actual``) proportions of the quantile bins + the missing
+    bin, and whether the card has atoms (see the module docstring)."""
     levels, q = _card_quantiles(summary, feature)
     x = np.asarray(values, dtype=float)
     missing = ~np.isfinite(x)
@@ -184,7 +207,7 @@ def psi_against_quantiles(
         np.diff(np.concatenate([[0.0], f_card, [1.0]])) * (1 - miss_card), miss_card
     )
     actual = np.append(np.diff(np.concatenate([[0.0], f_loc, [1.0]])) * (1 - miss_loc), miss_loc)
-    return _psi(expected, actual, epsilon), bool(edges.size < q.size)
+    return expected, actual, bool(edges.size < q.size)
 
 
 def window_psi(reference: Any, window: Any, *, n_bins: int = 10, epsilon: float = 1e-4) -> float:
@@ -211,7 +234,7 @@ def window_psi(reference: Any, window: Any, *, n_bins: int = 10, epsilon: float 
         counts = np.bincount(np.searchsorted(inner, ok, side="left"), minlength=k)
         return np.append(counts, n - ok.size) / n
 
-    return _psi(props(r_ok, ref.size), props(w_ok, win.size), epsilon)
+    return float(psi_from_proportions(props(r_ok, ref.size), props(w_ok, win.size), epsilon))
 
 
 def _card_median(summary: Mapping[str, Any], feature: str) -> float:
@@ -220,25 +243,53 @@ def _card_median(summary: Mapping[str, Any], feature: str) -> float:
     return float(values[hit[0]]) if hit.size else np.nan
 
 
-def _level(psi: float, moderate: float, major: float) -> str:
-    return "major" if psi >= major else "moderate" if psi >= moderate else "none"
+@dataclass(frozen=True)
+class _Flagging:
+    """The options that turn a PSI into a level: cut-offs, noise-bound draws, alpha, seed."""
+
+    psi_moderate: float
+    psi_major: float
+    missing_rate_change: float
+    psi_noise_draws: int
+    alpha: float
+    seed: int
+
+    def columns(
+        self, psi: float, e: np.ndarray, n: int, n_card: Any, quantile: float, key: str
+    ) -> dict[str, Any]:
+        """``psi``, ``psi_noise_bound`` and ``psi_level`` of one row (``n_card`` None: exact)."""
+        n_ref = int(n_card) if isinstance(n_card, int | float) and n_card >= 1 else None
+        bound = psi_noise_bound(
+            e, max(n, 1), n_ref, quantile=quantile, draws=self.psi_noise_draws,
+            rng=derive_rng(self.seed, key),
+        )  # fmt: skip
+        level = "none"
+        if psi > bound and psi >= self.psi_moderate:
+            level = "major" if psi >= self.psi_major else "moderate"
+        return {"psi": psi, "psi_noise_bound": bound, "psi_level": level}
 
 
 def _numeric_rows(
-    frame: pd.DataFrame, features: Sequence[str], card: Mapping[str, Any], opts: dict[str, float]
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    card: Mapping[str, Any],
+    opts: _Flagging,
+    noise: tuple[float, str],
 ) -> list[dict[str, Any]]:
+    quantile, where = noise
     rows = []
     for feature in features:
         summary = card[feature]
         x = pd.to_numeric(frame[feature], errors="coerce").to_numpy(dtype=float)
         ok = x[np.isfinite(x)]
-        psi, atoms = psi_against_quantiles(x, summary, feature=feature)
+        e, a, atoms = _card_bins(x, summary, feature)
+        psi = float(psi_from_proportions(e, a))
+        cols = opts.columns(psi, e, x.size, summary.get("n"), quantile, f"psi:{where}:{feature}")
         miss = float(np.mean(~np.isfinite(x)))
         change = miss - float(summary.get("missing_fraction", 0.0))
         std = float(summary.get("std", np.nan))
         mean = float(summary.get("mean", np.nan))
-        level = _level(psi, opts["psi_moderate"], opts["psi_major"])
-        flag = abs(change) >= opts["missing_rate_change"]
+        flag = abs(change) >= opts.missing_rate_change
         rows.append(
             {
                 "feature": feature,
@@ -251,10 +302,9 @@ def _numeric_rows(
                 "median": float(np.median(ok)) if ok.size else np.nan,
                 "card_median": _card_median(summary, feature),
                 "smd": (float(ok.mean()) - mean) / std if ok.size and std > 0 else np.nan,
-                "psi": psi,
-                "psi_level": level,
+                **cols,
                 "missing_flag": bool(flag),
-                "drifted": bool(level != "none" or flag),
+                "drifted": bool(cols["psi_level"] != "none" or flag),
                 "card_atoms": atoms,
             }
         )
@@ -262,8 +312,13 @@ def _numeric_rows(
 
 
 def _composition_rows(
-    frame: pd.DataFrame, composition: Mapping[str, Mapping[str, float]], opts: dict[str, float]
+    frame: pd.DataFrame,
+    composition: Mapping[str, Mapping[str, float]],
+    n_card: Any,
+    opts: _Flagging,
+    noise: tuple[float, str],
 ) -> list[dict[str, Any]]:
+    quantile, where = noise
     rows = []
     for attribute, shares in composition.items():
         if attribute not in frame.columns:
@@ -272,18 +327,18 @@ def _composition_rows(
         cats = sorted(set(local.index) | set(map(str, shares)))
         expected = np.array([float(shares.get(c, 0.0)) for c in cats])
         actual = local.reindex(cats, fill_value=0.0).to_numpy(dtype=float)
-        psi = _psi(expected, actual, 1e-4)
-        level = _level(psi, opts["psi_moderate"], opts["psi_major"])
+        psi = float(psi_from_proportions(expected, actual, 1e-4))
+        key = f"psi:{where}:{attribute}"
+        cols = opts.columns(psi, expected, len(frame), n_card, quantile, key)
         rows.append(
             {
                 "feature": attribute,
                 "kind": "composition",
                 "status": STATUS_OK,
                 "n": len(frame),
-                "psi": psi,
-                "psi_level": level,
+                **cols,
                 "missing_flag": False,
-                "drifted": level != "none",
+                "drifted": cols["psi_level"] != "none",
                 "card_atoms": False,
             }
         )
@@ -300,6 +355,9 @@ def card_drift(
     psi_major: float = 0.25,
     missing_rate_change: float = 0.1,
     min_rows: int = 30,
+    psi_noise_draws: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Drift of the stays (all, and each group of each scope column) against a card's summary.
 
@@ -315,19 +373,27 @@ def card_drift(
     scopes : sequence of str, keyword-only
         Columns whose groups are also compared one by one (``hospital``, ``race_ethnicity``).
     psi_moderate, psi_major : float, keyword-only
-        PSI levels reported as ``"moderate"`` / ``"major"`` (>=).
+        PSI cut-offs of the levels ``"moderate"`` / ``"major"`` (>=); a level counts only when the
+        PSI also exceeds its noise bound.
     missing_rate_change : float, keyword-only
         Absolute change of the missing rate that flags a feature (``missing_flag``).
     min_rows : int, keyword-only
         Groups with fewer stays get status ``"insufficient data"`` and no PSI.
+    psi_noise_draws : int, keyword-only
+        Parametric-bootstrap draws of each row's PSI noise bound.
+    alpha : float, keyword-only
+        Chance that a (scope, group) without drift gets any PSI level (Bonferroni over its rows:
+        the noise bound is the ``1 - alpha / m`` quantile).
+    seed : int, keyword-only
+        Seed of the noise bounds (one stream per scope, group and feature).
 
     Returns
     -------
     pandas.DataFrame
         :class:`CardDrift` (columns :data:`DRIFT_COLUMNS`), first ``scope="network"``
         (``group="all"``), then each scope's groups in sorted order; composition rows for
-        ``network`` and the first scope. ``drifted``: PSI level not ``"none"`` or
-        ``missing_flag``.
+        ``network`` and the first scope. ``psi_noise_bound``: the PSI that sampling noise alone
+        reaches at the sizes. ``drifted``: PSI level not ``"none"`` or ``missing_flag``.
 
     Raises
     ------
@@ -344,8 +410,9 @@ def card_drift(
             "every feature in both, every scope a column of the stays",
             "pass the model card of the audited model and the validated stays table",
         )
-    opts = {"psi_moderate": psi_moderate, "psi_major": psi_major}
-    opts["missing_rate_change"] = missing_rate_change
+    if not 0.0 < alpha < 1.0:
+        raise AuditInputError("alpha", repr(alpha), "a float in (0, 1)", "e.g. 0.05")
+    opts = _Flagging(psi_moderate, psi_major, missing_rate_change, psi_noise_draws, alpha, seed)
     composition = training_data.get("groups") or {}
     parts = [("network", "all", stays, True)]
     for k, scope in enumerate(scopes):
@@ -361,9 +428,15 @@ def card_drift(
             ]  # fmt: skip
             rows += [{"scope": scope, "group": group, **r} for r in found]
             continue
-        found = _numeric_rows(frame, features, card, opts)  # type: ignore[arg-type]
+        m = len(features) + (
+            sum(a in frame.columns for a in composition) if with_composition else 0
+        )
+        noise = (1.0 - alpha / max(m, 1), f"{scope}:{group}")
+        found = _numeric_rows(frame, features, card, opts, noise)  # type: ignore[arg-type]
         if with_composition:
-            found += _composition_rows(frame, composition, opts)
+            found += _composition_rows(
+                frame, composition, training_data.get("n_stays"), opts, noise
+            )
         rows += [{"scope": scope, "group": group, **r} for r in found]
     table = pd.DataFrame(rows).reindex(columns=list(DRIFT_COLUMNS)).reset_index(drop=True)
     return validate_table(table, CardDrift)

@@ -66,11 +66,16 @@ EVIDENCE_TABLES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class SepsisEvaluateOptions:
-    """Run configuration of the evidence stage: the bootstrap seed, and ``n_boot`` to override
-    the policy's replicates (``None``: the policy's)."""
+    """Run configuration of the evidence stage: the bootstrap seed, ``n_boot`` to override
+    the policy's replicates (``None``: the policy's), and the PSI noise bound of the drift
+    against the card (``psi_noise_draws`` parametric-bootstrap draws; a (scope, group) without
+    drift gets any PSI level with probability at most ``psi_noise_alpha``). The policy file has
+    no key for these two, so their defaults live here and the report states the values used."""
 
     seed: int = 0
     n_boot: int | None = None
+    psi_noise_draws: int = 2000
+    psi_noise_alpha: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,8 @@ def audit_settings(
             "psi_moderate": policy.drift.psi_moderate,
             "psi_major": policy.drift.psi_major,
             "missing_rate_change": policy.drift.missing_rate_change,
+            "psi_noise_draws": int(o.psi_noise_draws),
+            "psi_noise_alpha": float(o.psi_noise_alpha),
         },
     )
 
@@ -189,6 +196,7 @@ def _drift(frame: pd.DataFrame, card: Mapping[str, Any] | None, s: AuditSettings
         scopes=("hospital", *(x for x in s.attributes if x != "age_band")),
         psi_moderate=s.extra["psi_moderate"], psi_major=s.extra["psi_major"],
         missing_rate_change=s.extra["missing_rate_change"],
+        psi_noise_draws=s.extra["psi_noise_draws"], alpha=s.extra["psi_noise_alpha"], seed=s.seed,
     )  # fmt: skip
 
 

@@ -84,6 +84,20 @@ def _tripod_table() -> Table:
     )
 
 
+def psi_noise_words(extra: Mapping[str, Any]) -> str:
+    """The drift flagging rule in plain words, from the settings the run used."""
+    alpha, draws = float(extra["psi_noise_alpha"]), int(extra["psi_noise_draws"])
+    cut = f"{extra['psi_moderate']:g} moderate, {extra['psi_major']:g} major"
+    return (
+        f"A feature is flagged only when its PSI exceeds both the cut-off ({cut}) and the PSI "
+        "that sampling noise alone reaches at the group's and the card's numbers of stays: the "
+        f"1 - {alpha:g}/m quantile of a parametric bootstrap with B = {draws:,} draws from the "
+        "card's bin proportions (m = features and attributes compared in that group, so a group "
+        f"without drift is flagged with probability at most {100 * alpha:g}%; a card without "
+        "stay counts is taken as exact). A larger PSI within that bound is reported, not flagged."
+    )
+
+
 def _methods(res: SepsisAuditResult, policy: SepsisPolicy) -> tuple[MethodNote, ...]:
     s, a = res.summary, res.settings  # the settings the numbers were computed with
     level = f"{100 * s['ci_level']:.0f}%"
@@ -122,8 +136,8 @@ def _methods(res: SepsisAuditResult, policy: SepsisPolicy) -> tuple[MethodNote, 
             "and group shares, not data. PSI uses the card's distinct quantiles as bins plus "
             "a missing bin; where the card lists one value at several quantiles (integer "
             "features) its CDF is only bounded, and the bound closest to the local data is "
-            "used, so PSI is a lower bound. Monitoring compares each window with this "
-            "audit's own stays.",
+            f"used, so PSI is a lower bound. {psi_noise_words(a['extra'])} Monitoring compares "
+            "each window with this audit's own stays.",
         ),
         MethodNote(
             "Limitations",

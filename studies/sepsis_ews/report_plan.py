@@ -294,7 +294,9 @@ def monitoring_section(res: SepsisAuditResult, policy: SepsisPolicy) -> Section:
         drift_text = (
             "Inputs are compared with the vendor's training-data summary (quantiles and missing "
             "rates in the model card) for the network, each hospital and each group; labs are "
-            "missing not at random, so missing rates are compared too."
+            "missing not at random, so missing rates are compared too. A PSI above a cut-off "
+            "but within the PSI that sampling noise alone reaches at the group's size is shown, "
+            "not flagged (see Methods)."
         )
     rule = (
         f"Deployed rule: {s['deployed_rule']}. Inputs are checked {m.cadence_inputs}, outcomes "
