@@ -52,11 +52,12 @@ def evidence_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         validated: dict,
         predictions: dict,
         batches: dict,
+        quarantine: dict,
         model: ModelRef,
     ) -> dg.Output[TableSet]:
         policy = getattr(context.resources, policy_res).load()
         result = study.evaluate(
-            AuditData(validated, predictions, model, batches),
+            AuditData(validated, predictions, model, batches, quarantine),
             policy=policy,
             options=options_of(study, study.evaluate_options, config),
         )
@@ -87,12 +88,13 @@ def mitigation_asset(sa: "StudyAssets", index: int) -> dg.AssetsDefinition:
         validated: dict,
         predictions: dict,
         batches: dict,
+        quarantine: dict,
         model: ModelRef,
     ) -> dg.Output[TableSet]:
         policy = getattr(context.resources, policy_res).load()
         result = stage.run(
             evidence,
-            AuditData(validated, predictions, model, batches),
+            AuditData(validated, predictions, model, batches, quarantine),
             policy=policy,
             options=options_of(study, stage.options_type, config),
             dirs=context.resources.home.dirs(),
@@ -156,6 +158,7 @@ def monitoring_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         validated: dict,
         predictions: dict,
         batches: dict,
+        quarantine: dict,
         model: ModelRef,
         **mitigations: TableSet,
     ) -> dg.Output[TableSet]:
@@ -164,7 +167,7 @@ def monitoring_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
             evidence,
             _by_name(mitigations, names),
             decisions,
-            AuditData(validated, predictions, model, batches),
+            AuditData(validated, predictions, model, batches, quarantine),
             policy=policy,
         )
         return _table_set_output(study, "monitoring", _under_policy(result, policy))

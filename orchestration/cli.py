@@ -74,7 +74,7 @@ def _print_runs(runs: Sequence[StepRun]) -> int:
         else:
             state = "ok"
             if not r.success:
-                state = "FAILED"
+                state = "BLOCKED" if r.blocked_by_check else "FAILED"
             elif r.blocking_failure:
                 state = "BLOCKED"
             elif r.failed_checks:
@@ -84,8 +84,10 @@ def _print_runs(runs: Sequence[StepRun]) -> int:
                 detail += f"  failed checks: {', '.join(r.failed_checks)}"
         where = r.partition or "(all)"
         print(f"  {r.stage:<26} {where:<12} {state:<14} {detail}")
-        if r.error:
+        if r.error and not r.blocked_by_check:
             print(f"      error: {r.error.splitlines()[0][:400]}")
+        for reason in r.block_reasons:
+            print(f"      blocked: {reason[:400]}")
     return sum(r.blocking_failure for r in runs)
 
 
