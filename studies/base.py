@@ -348,7 +348,10 @@ class Study(ABC):
         log: Log,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Scores of every validated row of one partition (each row carries
-        ``model_sha256 == model.partition_identity(partition)``), and metadata facts."""
+        ``model_sha256 == model.partition_identity(partition)``), and metadata facts.
+
+        A study with ``predict_reads_quarantine = True`` also gets ``quarantine=`` (the
+        partition's ingest records, a DataFrame) as a keyword argument."""
 
     def partition_metrics(
         self, table: pd.DataFrame, predictions: pd.DataFrame, model: ModelRef, *, partition: str

@@ -16,9 +16,13 @@
    passed, through :func:`clinaudit.validation.schemas.validate_frame`.
 
 A row with any error is quarantined (kept in the errors table, never dropped silently); the other
-rows proceed. A table without the required columns cannot be validated at all and raises
-:class:`StaysStructureError` (a :class:`~clinaudit.validation.errors.BatchStructureError`) with one
-record per missing column.
+rows proceed. A table without the required columns
+(:data:`~clinaudit.sources.sepsis_tables.REQUIRED_COLUMNS`: what a scores-only audit needs) cannot
+be validated at all and raises :class:`StaysStructureError` (a
+:class:`~clinaudit.validation.errors.BatchStructureError`) with one record per missing column. An
+optional column (:data:`~clinaudit.sources.sepsis_tables.OPTIONAL_COLUMNS`) that is present is
+checked like any other; one that is absent stays absent from the valid rows, with one
+``absent_column`` warning (a model-package audit then names the card features it lacks).
 """
 
 from __future__ import annotations
@@ -427,11 +431,13 @@ def validate_stays(
     Returns
     -------
     valid : pandas.DataFrame
-        Rows without errors, columns ``STAY_COLUMNS`` (typed, validated by :class:`SepsisStays`;
-        ``simulated`` is False when the input has no such column).
+        Rows without errors, columns ``STAY_COLUMNS`` less the optional ones the input lacks
+        (typed, validated by :class:`SepsisStays`; ``simulated`` is False when the input has no
+        such column).
     errors : pandas.DataFrame
         One row per problem, :class:`StayQuarantine` (quarantine record + ``value``);
-        ``severity == "error"`` rows removed their table row, warnings (ignored columns) did not.
+        ``severity == "error"`` rows removed their table row, warnings (ignored or absent
+        optional columns) did not; ``stay_id`` is the id of the row a record is about.
 
     Raises
     ------
