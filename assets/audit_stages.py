@@ -53,11 +53,12 @@ def evidence_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         validated: dict,
         predictions: dict,
         batches: dict,
+        quarantine: dict,
         model: ModelRef,
     ) -> dg.Output[TableSet]:
         policy = getattr(context.resources, policy_res).load()
         result = study.evaluate(
-            AuditData(validated, predictions, model, batches),
+            AuditData(validated, predictions, model, batches, quarantine),
             policy=policy,
             options=options_of(study, study.evaluate_options, config),
         )
@@ -98,12 +99,13 @@ def mitigation_asset(sa: "StudyAssets", index: int) -> dg.AssetsDefinition:
         validated: dict,
         predictions: dict,
         batches: dict,
+        quarantine: dict,
         model: ModelRef,
     ) -> dg.Output[TableSet]:
         policy = getattr(context.resources, policy_res).load()
         result = stage.run(
             evidence,
-            AuditData(validated, predictions, model, batches),
+            AuditData(validated, predictions, model, batches, quarantine),
             policy=policy,
             options=options_of(study, stage.options_type, config),
             dirs=context.resources.home.dirs(),
@@ -167,6 +169,7 @@ def monitoring_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         validated: dict,
         predictions: dict,
         batches: dict,
+        quarantine: dict,
         model: ModelRef,
         **mitigations: TableSet,
     ) -> dg.Output[TableSet]:
@@ -175,7 +178,7 @@ def monitoring_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
             evidence,
             _by_name(mitigations, names),
             decisions,
-            AuditData(validated, predictions, model, batches),
+            AuditData(validated, predictions, model, batches, quarantine),
             policy=policy,
         )
         return _table_set_output(study, "monitoring", _under_policy(result, policy))

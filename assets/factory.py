@@ -89,6 +89,7 @@ class StudyAssets:
             "validated": self.input("validated", all_partitions=True),
             "predictions": self.input("predictions", all_partitions=True),
             "batches": self.input("batches", all_partitions=True),
+            "quarantine": self.input("quarantine", all_partitions=True),
             "model": self.input("model"),
         }
 
@@ -310,6 +311,9 @@ class StudyAssets:
     # ---------------------------------------------------------------- per-partition stages
     def _predictions(self) -> dg.AssetsDefinition:
         study, model_res = self.study, self.model_res
+        ins = {"validated": self.input("validated"), "model": self.input("model")}
+        if study.predict_reads_quarantine:
+            ins["quarantine"] = self.input("quarantine")
 
         @dg.asset(
             **self.common(
@@ -318,11 +322,14 @@ class StudyAssets:
                 "model package (or scores file) that produced it.",
             ),
             partitions_def=self.partitions,
-            ins={"validated": self.input("validated"), "model": self.input("model")},
+            ins=ins,
             required_resource_keys={model_res, "home"},
         )
         def predictions(
-            context: dg.AssetExecutionContext, validated: pd.DataFrame, model: ModelRef
+            context: dg.AssetExecutionContext,
+            validated: pd.DataFrame,
+            model: ModelRef,
+            **quarantine: pd.DataFrame,
         ) -> dg.Output[pd.DataFrame]:
             scores, facts = study.predict(
                 model,
@@ -331,6 +338,7 @@ class StudyAssets:
                 spec=getattr(context.resources, model_res).spec(),
                 dirs=context.resources.home.dirs(),
                 log=context.log.info,
+                **quarantine,
             )
             return dg.Output(scores, metadata=metadata_values(facts))
 

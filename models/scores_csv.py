@@ -10,7 +10,8 @@ empty/NaN, non-numeric or out-of-range probabilities. Problems are
 they join an ingest's quarantine table. Any error raises :class:`ScoresError`; warnings are returned
 with the scores. A study names its id column and words in :class:`IdRules`; with
 ``others="ignore"`` one file may serve several partitions (rows of ids outside the partition are
-skipped and counted: the caller must check them against every partition).
+skipped and counted: the caller must check them against every partition). Rows of the ids passed
+as ``set_aside`` (units quarantined at ingest) are set aside and counted, never unknown ids.
 
 :func:`read_vendor_scores` reads the ``multisite_cxr`` format: ``Image Index`` (the NIH column
 name) and one probability column (in ``[0, 1]``, never percent) per finding, named exactly as
@@ -27,7 +28,7 @@ import csv
 import difflib
 import os
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -106,19 +107,11 @@ class ProblemCollector:
         for (check, column), count in self._counts.items():
             if count > self.cap:
                 fix, severity = self._fixes[(check, column)]
+                message = f"{count - self.cap} more row(s) with the same problem (not listed)"
                 out.append(
-                    QuarantineRecord(
-                        self.site,
-                        self.batch,
-                        self.file,
-                        None,
-                        column,
-                        check,
-                        f"{count - self.cap} more row(s) with the same problem (not listed)",
-                        fix,
-                        severity,  # type: ignore[arg-type]
-                    )
-                )
+                    QuarantineRecord(self.site, self.batch, self.file, None, column, check,
+                                     message, fix, severity)  # type: ignore[arg-type]
+                )  # fmt: skip
         return out
 
     @property
@@ -156,12 +149,19 @@ class IdRules:
 @dataclass(frozen=True)
 class ScoresRead:
     """A validated scores file: ``values[label]`` aligned with the expected ids, the warnings,
-    the file's sha256 and the rows skipped as ids of other partitions (``others="ignore"``)."""
+    the file's sha256, the rows skipped as ids of other partitions (``others="ignore"``) and the
+    rows set aside as ids in ``set_aside`` (``set_aside_ids``: those ids, in file order)."""
 
     values: Mapping[str, np.ndarray]
     warnings: tuple[QuarantineRecord, ...]
     sha256: str
     n_other_rows: int = 0
+    set_aside_ids: tuple[str, ...] = ()
+
+    @property
+    def n_set_aside(self) -> int:
+        """Rows set aside (ids quarantined at ingest)."""
+        return len(self.set_aside_ids)
 
 
 def suggest_column(name: str, columns: list[str]) -> str:
@@ -207,7 +207,11 @@ def _exact_columns(
 
 
 def _check_ids(
-    frame: pd.DataFrame, expected: pd.Series, col: ProblemCollector, rules: IdRules
+    frame: pd.DataFrame,
+    expected: pd.Series,
+    col: ProblemCollector,
+    rules: IdRules,
+    set_aside: frozenset[str],
 ) -> tuple[pd.Series, np.ndarray]:
     """Stripped ids of the file, and which rows score an expected id."""
     ids = frame[rules.column].str.strip()
@@ -235,7 +239,7 @@ def _check_ids(
     used = ids.isin(known).to_numpy()
     if rules.others == "error":
         for unit_id, line in zip(ids, lines, strict=True):
-            if unit_id and unit_id not in known:
+            if unit_id and unit_id not in known and unit_id not in set_aside:
                 col.add(
                     "unknown_id",
                     f"{rules.unit} id {unit_id!r} is not in the {rules.table}",
@@ -314,6 +318,7 @@ def read_scores(
     batch: str,
     max_per_check: int = 20,
     resolve_columns: Callable[[list[str], ProblemCollector], dict[str, str]] | None = None,
+    set_aside: Collection[str] = (),
 ) -> ScoresRead:
     """Read and validate a scores CSV against the ids it must cover (the study-neutral core).
 
@@ -334,6 +339,9 @@ def read_scores(
     resolve_columns : callable, optional
         ``resolve(columns, collector) -> {label: column}`` (aliases, warnings for extra columns);
         default: each label is a column of that exact name, other columns are ignored.
+    set_aside : collection of str, optional
+        Ids of units quarantined at ingest (not in ``expected``): their rows are not scores of
+        the table, not unknown ids and not checked; they are counted in ``ScoresRead``.
 
     Returns
     -------
@@ -345,7 +353,7 @@ def read_scores(
     ScoresError
         If there is any error; ``.problems`` holds all problems (errors and warnings).
     ValueError
-        If ``expected`` has duplicate ids.
+        If ``expected`` has duplicate ids, or an id is both expected and set aside.
 
     Examples
     --------
@@ -358,6 +366,10 @@ def read_scores(
     duplicated = expected[expected.duplicated()].tolist()
     if duplicated:
         raise ValueError(f"expected ids repeat {duplicated[:5]}; validate the table first")
+    aside = frozenset(map(str, set_aside))
+    both = sorted(aside & set(expected))[:5]
+    if both:
+        raise ValueError(f"ids {both} are both expected and set aside; pass each in one only")
     resolve = resolve_columns or _exact_columns(labels, rules)
     col = ProblemCollector(site, batch, str(path), max_per_check)
     frame = _read_raw(path, col)
@@ -373,8 +385,9 @@ def read_scores(
         resolve(list(frame.columns), col)
         raise ScoresError(path, col.finish())
     found = resolve(list(frame.columns), col)
-    ids, used = _check_ids(frame, expected, col, rules)
-    rows = used if rules.others == "ignore" else np.ones(len(frame), dtype=bool)
+    ids, used = _check_ids(frame, expected, col, rules, aside)
+    skipped = ids.isin(aside).to_numpy()
+    rows = used if rules.others == "ignore" else ~skipped
     values = _check_probabilities(frame, found, rows, col, rules.unit)
     problems = col.finish()
     if col.has_errors:
@@ -385,7 +398,8 @@ def read_scores(
         values={label: values[label][order] for label in labels},
         warnings=tuple(problems),
         sha256=sha256_file(path),
-        n_other_rows=int((~used & ids.ne("").to_numpy()).sum()),
+        n_other_rows=int((~used & ~skipped & ids.ne("").to_numpy()).sum()),
+        set_aside_ids=tuple(ids[skipped]),
     )
 
 

@@ -108,11 +108,10 @@ def _print_runs(runs: Sequence[StepRun]) -> int:
             state, detail = "SKIPPED", r.skipped_because
         else:
             state = "ok"
-            blocked = any(c.endswith("(ERROR)") for c in r.failed_checks)
-            if blocked:  # a blocking check failed (the run may count as failed for it)
+            if not r.success:
+                state = "BLOCKED" if r.blocked_by_check else "FAILED"
+            elif r.blocking_failure:
                 state = "BLOCKED"
-            elif not r.success:
-                state = "FAILED"
             elif r.failed_checks:
                 state = "ok, warnings"
             detail = f"run {str(r.run_id)[:8]}"
@@ -120,8 +119,10 @@ def _print_runs(runs: Sequence[StepRun]) -> int:
                 detail += f"  failed checks: {', '.join(r.failed_checks)}"
         where = r.partition or "(all)"
         print(f"  {r.stage:<26} {where:<12} {state:<14} {detail}")
-        if r.error:
+        if r.error and not r.blocked_by_check:
             print(f"      error: {r.error.splitlines()[0][:400]}")
+        for reason in r.block_reasons:
+            print(f"      blocked: {reason[:400]}")
     return sum(r.blocking_failure for r in runs)
 
 

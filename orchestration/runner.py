@@ -69,6 +69,14 @@ class StepRun:
     failed_checks: tuple[str, ...] = ()
     skipped_because: str | None = None
     error: str | None = None
+    #: Why each failed blocking check failed (its ``reason`` metadata), e.g. the refused file.
+    block_reasons: tuple[str, ...] = ()
+
+    @property
+    def blocked_by_check(self) -> bool:
+        """The run stopped because a blocking (ERROR) check failed, not because of an error."""
+        checked = any(c.endswith("(ERROR)") for c in self.failed_checks)
+        return checked and (self.error is None or "DagsterAssetCheckFailedError" in self.error)
 
     @property
     def blocking_failure(self) -> bool:
@@ -104,6 +112,16 @@ def _failed_checks(result: dg.ExecuteInProcessResult) -> tuple[str, ...]:
         if not e.passed
     ]
     return tuple(sorted(failed))
+
+
+def _block_reasons(result: dg.ExecuteInProcessResult) -> tuple[str, ...]:
+    """``"<check>: <reason>"`` of every failed ERROR check that states a ``reason``."""
+    out = []
+    for e in result.get_asset_check_evaluations():
+        reason = e.metadata.get("reason")
+        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR and reason is not None:
+            out.append(f"{e.check_name}: {reason.value}")
+    return tuple(sorted(out))
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str | None:
@@ -172,6 +190,7 @@ class PipelineRunner:
             result.success,
             _failed_checks(result),
             error=_first_error(result),
+            block_reasons=_block_reasons(result),
         )
 
     def _skip(self, stages: Sequence[str], why: str) -> list[StepRun]:
@@ -194,7 +213,10 @@ class PipelineRunner:
         for p in partitions:
             prior = by_partition.get(p)
             if prior is not None and prior.blocking_failure:
-                why = "ingest failed" if not prior.success else ", ".join(prior.failed_checks)
+                checks = prior.success or prior.blocked_by_check
+                why = ", ".join(prior.failed_checks) if checks else "ingest failed"
+                if prior.block_reasons:
+                    why += f" ({'; '.join(prior.block_reasons)})"
                 out.append(StepRun("predictions", p, None, False, (), f"blocked: {why}"))
                 continue
             out.append(self._run("predictions", p))

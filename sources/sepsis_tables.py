@@ -12,6 +12,10 @@ units and examples, is in ``docs/sepsis_formats.md``; this module is its single 
   unit, summary statistic and the physically possible range); labs may be missing (blank / NaN);
 * the outcome ``sepsis`` (0/1) and, optionally, ``simulated`` (true for simulator output).
 
+:data:`REQUIRED_COLUMNS` is what every table must have (what a scores-only audit needs);
+:data:`OPTIONAL_COLUMNS` may be left out (the model features but ``age``, the window end).
+``docs/sepsis_formats.md`` lists the same two sets (``tests/test_sepsis_contract.py`` checks it).
+
 :func:`summarize_stays` describes a table (size, prevalence, per-feature quantiles and missing rate,
 group composition): the training-data summary of a vendor model card.
 
@@ -100,16 +104,33 @@ ATTRIBUTES: tuple[str, ...] = tuple(CATEGORIES)
 ID_COLUMNS: tuple[str, ...] = ("stay_id", "hospital", "admit_month")
 WINDOW_COLUMNS: tuple[str, ...] = ("window_hours", "window_end_hour")
 LABEL = "sepsis"
-#: Columns every stays table must have, in canonical order.
-REQUIRED_COLUMNS: tuple[str, ...] = (
+#: Canonical column order of the format (required and optional columns).
+FORMAT_COLUMNS: tuple[str, ...] = (
     *ID_COLUMNS,
     *WINDOW_COLUMNS,
     *ATTRIBUTES,
     *FEATURES,
     LABEL,
 )
-#: Canonical column order of a validated stays table.
-STAY_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "simulated", "source_row")
+#: Columns every stays table must have: what a scores-only audit needs (ids, hospital, month,
+#: window, protected groups, the outcome and ``age``, which defines the age band). A table
+#: without one of them is refused whole.
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    *ID_COLUMNS,
+    "window_hours",
+    *ATTRIBUTES,
+    *REQUIRED_VALUES,
+    LABEL,
+)
+#: Columns a table may leave out: the window end (blank = not recorded), every model feature but
+#: ``age`` (absent = not available; a model-package audit needs its card's features) and
+#: ``simulated``. A present optional column is validated like any other.
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    *(c for c in FORMAT_COLUMNS if c not in REQUIRED_COLUMNS),
+    "simulated",
+)
+#: Canonical column order of a validated stays table (an absent optional column stays absent).
+STAY_COLUMNS: tuple[str, ...] = (*FORMAT_COLUMNS, "simulated", "source_row")
 #: Quantiles of each feature recorded in a training-data summary.
 QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 

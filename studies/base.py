@@ -154,12 +154,14 @@ class CheckOutcome:
 @dataclass(frozen=True)
 class AuditData:
     """Everything the cross-partition stages read: per partition the validated table, its
-    predictions and what ingest read (batch records), and the audited model."""
+    predictions, what ingest read (batch records) and its quarantine records, and the audited
+    model."""
 
     validated: Mapping[str, pd.DataFrame]
     predictions: Mapping[str, pd.DataFrame]
     model: ModelRef
     batches: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    quarantine: Mapping[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def simulated(self) -> bool:
@@ -255,6 +257,11 @@ class Study(ABC):
     identifiers: ClassVar[tuple[str, ...]] = ()
     #: Name of the policy file inside the package and in its manifest's inputs.
     policy_attachment: ClassVar[str] = "policy"
+    #: The predictions stage also reads the partition's quarantine records and passes them to
+    #: ``predict`` as ``quarantine=`` (a DataFrame): for studies whose scores files may score
+    #: rows quarantined at ingest (set them aside, see ``models.scores_csv.read_scores``) or
+    #: that explain a partition whose table was refused.
+    predict_reads_quarantine: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -352,7 +359,10 @@ class Study(ABC):
         log: Log,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Scores of every validated row of one partition (each row carries
-        ``model_sha256 == model.partition_identity(partition)``), and metadata facts."""
+        ``model_sha256 == model.partition_identity(partition)``), and metadata facts.
+
+        A study with ``predict_reads_quarantine = True`` also gets ``quarantine=`` (the
+        partition's ingest records, a DataFrame) as a keyword argument."""
 
     def partition_metrics(
         self, table: pd.DataFrame, predictions: pd.DataFrame, model: ModelRef, *, partition: str

@@ -19,7 +19,7 @@ from clinaudit.validation.ingest_loop import PartitionIngest
 
 from .base import CheckOutcome, CheckSpec, IngestOptions
 
-__all__ = ["GENERIC_CHECKS", "generic_outcomes"]
+__all__ = ["GENERIC_CHECKS", "generic_outcomes", "structure_reason"]
 
 GENERIC_CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(
@@ -50,6 +50,38 @@ def _of_checks(records: pd.DataFrame, checks: frozenset[str]) -> pd.DataFrame:
     return records[records["check"].isin(checks)] if len(records) else records
 
 
+def _refused(ingest: PartitionIngest) -> pd.DataFrame:
+    q = ingest.quarantine
+    return q[q["batch"].astype(str).isin(ingest.failed_batches)] if len(q) else q
+
+
+def structure_reason(ingest: PartitionIngest, limit: int = 3) -> str:
+    """Why the partition has no usable rows, in one line naming each refused file and problem
+    (``""`` when rows were ingested and no batch was refused).
+
+    Examples
+    --------
+    >>> structure_reason(ingest)  # doctest: +SKIP
+    "batch b1 refused: hosp_a/b1/stays.csv: required column 'wbc' is absent"
+    """
+    q, failed = ingest.quarantine, ingest.failed_batches
+    parts = []
+    for batch in failed[:limit]:
+        recs = q[(q["batch"].astype(str) == batch) & (q["severity"] == "error")] if len(q) else q
+        shown = recs.head(4)
+        problems = [
+            f"{file}: {'; '.join(part['message'].astype(str))}"
+            for file, part in shown.groupby(shown["file"].astype(str), sort=True)
+        ]
+        more = f" (and {len(recs) - 4} more)" if len(recs) > 4 else ""
+        parts.append(f"batch {batch} refused: {'; '.join(problems) or 'unreadable'}{more}")
+    if len(failed) > limit:
+        parts.append(f"and {len(failed) - limit} more refused batch(es)")
+    if not failed and not len(ingest.table):
+        parts.append(f"no row passed validation ({ingest.n_rows_in} received, all quarantined)")
+    return "; ".join(parts)
+
+
 def generic_outcomes(
     ingest: PartitionIngest,
     options: IngestOptions,
@@ -64,7 +96,13 @@ def generic_outcomes(
         CheckOutcome(
             "batch_structure",
             not ingest.failed_batches and len(ingest.table) > 0,
-            metadata={"failed_batches": ingest.failed_batches, "n_rows": len(ingest.table)},
+            metadata={
+                "failed_batches": ingest.failed_batches,
+                "n_rows": len(ingest.table),
+                # What a later stage blocked by this check says (file and problem).
+                "reason": structure_reason(ingest) or "none",
+                "problems": records_markdown(_refused(ingest)),
+            },
         ),
         CheckOutcome(
             "manifest_integrity",

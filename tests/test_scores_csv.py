@@ -145,3 +145,28 @@ def test_many_identical_problems_are_capped_with_a_count(tmp_path):
         read_vendor_scores(path, label_table=table, site="s", batch="b", max_per_check=5)
     mass = [p for p in err.value.problems if p.column == "Mass"]
     assert len(mass) == 6 and mass[-1].row is None and "25 more row(s)" in mass[-1].message
+
+
+def test_rows_of_set_aside_ids_are_counted_not_unknown_and_not_checked(tmp_path):
+    from clinaudit.models.scores_csv import IdRules, read_scores
+
+    rules = IdRules("stay_id", "stay", "stays table", "name it", "fix the id", "add rows")
+    path = tmp_path / "s.csv"
+    # "q1" was quarantined at ingest: its row is set aside even with a bad score.
+    path.write_text("stay_id,score\ns1,0.2\nq1,150\ns2,0.7\n")
+    expected = pd.Series(["s2", "s1"])
+    read = read_scores(
+        path, expected=expected, rules=rules, labels=("score",), site="h", batch="",
+        set_aside={"q1"},
+    )  # fmt: skip
+    assert read.values["score"].tolist() == [0.7, 0.2]
+    assert read.set_aside_ids == ("q1",) and read.n_set_aside == 1 and read.n_other_rows == 0
+    # Without it, the same row is an unknown id (and its score out of range): the file fails.
+    with pytest.raises(ScoresError) as err:
+        read_scores(path, expected=expected, rules=rules, labels=("score",), site="h", batch="")
+    assert {p.check for p in err.value.problems} == {"unknown_id", "out_of_range"}
+    with pytest.raises(ValueError, match="both expected and set aside"):
+        read_scores(
+            path, expected=expected, rules=rules, labels=("score",), site="h", batch="",
+            set_aside={"s1"},
+        )  # fmt: skip

@@ -69,7 +69,8 @@ def inputs():
              "package_sha256": model.package_sha256}  # fmt: skip
     quarantine = pd.DataFrame(
         [["hosp_b", "2024-02", "hosp_b/2024-02/stays.csv", 7, "age", "negative_value",
-          "age -3 is negative", "correct the value", "error", "-3"]], columns=list(ERROR_COLUMNS)
+          "age -3 is negative", "correct the value", "error", "-3", ""]],
+        columns=list(ERROR_COLUMNS),
     )  # fmt: skip
     kept = (
         stays.assign(batch=stays["admit_month"])

@@ -132,12 +132,13 @@ def test_blank_labs_are_allowed(tmp_path, stays):
 
 
 def test_missing_required_columns_raise_a_structural_error(tmp_path, stays):
-    frame = stays.drop(columns=["sepsis", "spo2"]).rename(columns={"race_ethnicity": "race"})
+    # spo2 is optional (a scores-only audit needs no model feature), age is not.
+    frame = stays.drop(columns=["sepsis", "age", "spo2"]).rename(columns={"race_ethnicity": "race"})
     with pytest.raises(StaysStructureError) as err:
         validate_stays(frame, source="upload.csv")
     assert isinstance(err.value, BatchStructureError)
     columns = [r.column for r in err.value.records]
-    assert columns == ["race_ethnicity", "spo2", "sepsis"]
+    assert columns == ["race_ethnicity", "age", "sepsis"]
     assert all(r.check == "missing_column" for r in err.value.records)
     assert "found 'race'" in err.value.records[0].message
     assert str(err.value).startswith("upload.csv: the stays table cannot be validated")

@@ -29,7 +29,7 @@ from clinaudit.studies.base import AuditData
 
 from .decisions import disadvantaged_groups
 from .drift import card_drift
-from .ingest import duplicate_stays, quarantine_frame
+from .ingest import INGESTED_COLUMNS, duplicate_stays, quarantine_frame, refused_tables
 from .policy import SepsisPolicy
 from .tables import (
     FEATURES,
@@ -82,15 +82,18 @@ class SepsisEvaluateOptions:
 class AuditedStays:
     """The scored stays of the audit and what was left out of it.
 
-    ``frame``: stays with ``score`` and ``model_sha256`` (hospitals sorted, then batch and line);
-    ``left_out``: hospital -> why it is not audited; ``excluded``: quarantine-like records of the
-    stays left out of audited hospitals (stay ids landed at several hospitals).
+    ``frame``: stays with ``score`` and ``model_sha256`` (hospitals sorted, then batch and line;
+    every format column, NaN where a hospital left an optional column out); ``left_out``:
+    hospital -> why it is not audited; ``excluded``: quarantine-like records of the stays left
+    out of audited hospitals (stay ids landed at several hospitals); ``absent_features``:
+    audited hospital -> model features its stays table left out (none: not listed).
     """
 
     frame: pd.DataFrame
     hospitals: tuple[str, ...]
     left_out: Mapping[str, str] = field(default_factory=dict)
     excluded: pd.DataFrame = field(default_factory=quarantine_frame)
+    absent_features: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def usable_hospitals(
@@ -118,8 +121,17 @@ def audited_stays(data: AuditData) -> AuditedStays:
         If no hospital can be audited (each hospital's reason is in the message).
     """
     hospitals, left_out = usable_hospitals(data.validated, data.predictions, data.model)
+    for h, why in left_out.items():
+        refused = refused_tables(data.quarantine.get(h))
+        if refused and not len(data.validated.get(h, ())):
+            left_out[h] = f"{why}: its stays table was refused at ingest: {refused}"
     stays = [data.validated[h] for h in hospitals]
+    absent = {
+        h: tuple(f for f in FEATURES if f not in data.validated[h].columns) for h in hospitals
+    }
     joined = pd.concat(stays, ignore_index=True) if stays else pd.DataFrame()
+    if len(joined):  # an optional column one hospital left out is NaN for its stays
+        joined = joined.reindex(columns=list(INGESTED_COLUMNS))
     excluded = quarantine_frame()
     if len(joined):
         dup, excluded = duplicate_stays(joined, by="hospital")
@@ -137,8 +149,12 @@ def audited_stays(data: AuditData) -> AuditedStays:
     keep = set(joined["stay_id"].astype(str))
     preds = pd.concat([data.predictions[h] for h in hospitals], ignore_index=True)
     preds = preds[preds["stay_id"].astype(str).isin(keep)]
+    # Each hospital's scores carry its own file's sha256 (checked by usable_hospitals); audited
+    # together they are the scores of the audited model (a folder: the hash of its files).
+    preds = preds.assign(model_sha256=data.model.identity)
     frame = scored_stays(joined.drop(columns=["batch"]), preds)
-    return AuditedStays(frame, tuple(hospitals), dict(sorted(left_out.items())), excluded)
+    absent = {h: absent[h] for h in hospitals if absent[h]}
+    return AuditedStays(frame, tuple(hospitals), dict(sorted(left_out.items())), excluded, absent)
 
 
 def audit_settings(
@@ -185,14 +201,21 @@ def _fairness(frame: pd.DataFrame, s: AuditSettings) -> FairnessResult:
     )  # fmt: skip
 
 
-def _drift(frame: pd.DataFrame, card: Mapping[str, Any] | None, s: AuditSettings) -> pd.DataFrame:
+def _drift(
+    frame: pd.DataFrame,
+    card: Mapping[str, Any] | None,
+    s: AuditSettings,
+    absent: Mapping[str, tuple[str, ...]],
+) -> pd.DataFrame:
     td = (card or {}).get("training_data")
     if not td:
         return pd.DataFrame()
+    # A feature some hospital left out has no drift rows (its NaN are not missing values).
+    gone = set().union(*absent.values())
     return card_drift(
         # age_band is a binning of the feature age: comparing its groups with the whole training
         # population would flag age by construction.
-        frame, td, features=FEATURES,
+        frame, td, features=[f for f in FEATURES if f not in gone],
         scopes=("hospital", *(x for x in s.attributes if x != "age_band")),
         psi_moderate=s.extra["psi_moderate"], psi_major=s.extra["psi_major"],
         missing_rate_change=s.extra["missing_rate_change"],
@@ -221,6 +244,7 @@ def evidence(
     card: Mapping[str, Any] | None,
     settings: AuditSettings,
     unmatched_scores: pd.DataFrame | None = None,
+    intake: Mapping[str, Any] | None = None,
 ) -> TableSet:
     """The evidence tables of the audited stays, with the settings and facts behind them.
 
@@ -233,14 +257,18 @@ def evidence(
     settings : AuditSettings, keyword-only
         From :func:`audit_settings`.
     unmatched_scores : pandas.DataFrame, optional, keyword-only
-        Rows of a network-wide scores file that belong to no validated stay (records).
+        Rows of a network-wide scores file that belong to no validated or quarantined stay.
+    intake : mapping, optional, keyword-only
+        ``rows_quarantined`` and ``scores_set_aside`` (hospital -> count): rows quarantined at
+        ingest and the vendor scores set aside as theirs (recorded in ``facts["intake"]`` with
+        the audited hospitals' ``absent_features``).
 
     Returns
     -------
     TableSet
         :data:`EVIDENCE_TABLES`, ``excluded_stays`` and ``unmatched_scores`` (records, possibly
         empty); facts ``settings``, ``left_out``, ``hospitals``, ``cohort``, ``references``,
-        ``stays_digest``, ``threshold`` and ``threshold_source``.
+        ``stays_digest``, ``threshold``, ``threshold_source`` and ``intake``.
     """
     frame, s = audited.frame, settings
     missing = [c for c in (*s.attributes, *FEATURES) if c not in frame.columns]
@@ -265,7 +293,7 @@ def evidence(
         "composition": composition_table(frame, s.attributes, card),
         "disadvantaged": disadvantaged_groups(fairness),
         "discrimination": discrimination_table(frame, card, s),
-        "drift": _drift(frame, card, s),
+        "drift": _drift(frame, card, s, audited.absent_features),
         "fairness_gaps": fairness.gaps,
         "fairness_rates": fairness.rates,
         "reliability": reliability,
@@ -284,6 +312,11 @@ def evidence(
         "cohort": cohort_facts(frame, card),
         "references": dict(fairness.reference),
         "stays_digest": stays_digest(frame),
+        "intake": {
+            "rows_quarantined": dict((intake or {}).get("rows_quarantined", {})),
+            "scores_set_aside": dict((intake or {}).get("scores_set_aside", {})),
+            "absent_features": {h: list(f) for h, f in audited.absent_features.items()},
+        },
     }
     return TableSet(tables, facts)
 

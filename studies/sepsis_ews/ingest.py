@@ -46,6 +46,11 @@ __all__ = [
     "finish_hospital",
     "hospital_summary",
     "ingest_stays_batch",
+    "absent_columns",
+    "ingested_columns",
+    "n_rows_quarantined",
+    "quarantined_stays",
+    "refused_tables",
     "quarantine_frame",
 ]
 
@@ -88,11 +93,19 @@ def empty_stays() -> pd.DataFrame:
     )
 
 
+def ingested_columns(stays: pd.DataFrame) -> pd.DataFrame:
+    """``stays`` with its columns in the canonical order of :data:`INGESTED_COLUMNS` (an optional
+    column the sender left out stays absent; batches that differ give the union)."""
+    return stays.loc[:, [c for c in INGESTED_COLUMNS if c in stays.columns]]
+
+
 def quarantine_frame(frame: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Quarantine records as :class:`~.schema.StayQuarantine` (``value`` ``""`` if absent)."""
+    """Quarantine records as :class:`~.schema.StayQuarantine` (``value`` and ``stay_id`` ``""``
+    if absent)."""
     out = records_to_frame([]) if frame is None else frame.copy()
-    if "value" not in out.columns:
-        out["value"] = pd.Series([""] * len(out), index=out.index, dtype=object)
+    for column in ("value", "stay_id"):
+        if column not in out.columns:
+            out[column] = pd.Series([""] * len(out), index=out.index, dtype=object)
     return validate_table(out.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True), StayQuarantine)
 
 
@@ -135,7 +148,9 @@ def _site_mismatch(valid: pd.DataFrame, site: str, batch: str, source: str) -> p
                          "land each hospital's stays under its own site directory")
         for r in other.itertuples()
     ]  # fmt: skip
-    return records_to_frame(rows).assign(value=other["hospital"].astype(str).to_numpy())
+    return records_to_frame(rows).assign(
+        value=other["hospital"].astype(str).to_numpy(), stay_id=other["stay_id"].to_numpy()
+    )
 
 
 def ingest_stays_batch(ref: BatchRef) -> BatchIngest:
@@ -177,12 +192,46 @@ def ingest_stays_batch(ref: BatchRef) -> BatchIngest:
     valid = valid[valid["hospital"].astype(str) == site]
     frames = [f for f in (quarantine_frame(records_to_frame(records)), errors, mismatch) if len(f)]
     return BatchIngest(
-        table=valid.assign(batch=batch).loc[:, list(INGESTED_COLUMNS)],
+        table=ingested_columns(valid.assign(batch=batch)),
         quarantine=quarantine_frame(pd.concat(frames, ignore_index=True) if frames else None),
         content_hash=manifest.content_hash,
         simulated=manifest.simulated,
         n_rows_in=len(raw),
     )
+
+
+def quarantined_stays(quarantine: pd.DataFrame | None) -> frozenset[str]:
+    """Stay ids of the rows quarantined at ingest (error records about a row that has an id)."""
+    q = quarantine_frame(quarantine)
+    rows = q[(q["severity"] == "error") & q["row"].notna() & q["stay_id"].ne("")]
+    return frozenset(rows["stay_id"].astype(str))
+
+
+def n_rows_quarantined(quarantine: pd.DataFrame | None) -> int:
+    """Rows quarantined at ingest (a row with several problems counts once)."""
+    q = quarantine_frame(quarantine)
+    rows = q[(q["severity"] == "error") & q["row"].notna()]
+    return len(rows.drop_duplicates(["batch", "row"]))
+
+
+def refused_tables(quarantine: pd.DataFrame | None, limit: int = 4) -> str:
+    """Each batch refused whole and why, in one line naming the file (``""`` when none)."""
+    q = quarantine_frame(quarantine)
+    refused = q[(q["severity"] == "error") & q["row"].isna()]
+    parts = []
+    for (batch, file), recs in refused.groupby(["batch", "file"], sort=True):
+        missing = recs.loc[recs["check"] == "missing_column", "column"].astype(str).tolist()
+        if missing:
+            parts.append(f"{file} (batch {batch}) lacks required columns {missing}")
+        else:
+            parts.append(f"{file} (batch {batch}): {'; '.join(recs['message'].head(limit))}")
+    return "; ".join(parts)
+
+
+def absent_columns(quarantine: pd.DataFrame | None) -> tuple[str, ...]:
+    """Optional columns some batch left out (its ``absent_column`` warnings), sorted."""
+    q = quarantine_frame(quarantine)
+    return tuple(sorted(set(q.loc[q["check"] == "absent_column", "column"].astype(str))))
 
 
 def duplicate_stays(stays: pd.DataFrame, *, by: str = "batch") -> tuple[pd.Series, pd.DataFrame]:
@@ -215,13 +264,18 @@ def duplicate_stays(stays: pd.DataFrame, *, by: str = "batch") -> tuple[pd.Serie
                          "land each stay once (all copies are quarantined until fixed)")
         for r in stays[dup].itertuples()
     ]  # fmt: skip
-    records = records_to_frame(rows).assign(value=stays.loc[dup, "stay_id"].to_numpy())
+    ids = stays.loc[dup, "stay_id"].to_numpy()
+    records = records_to_frame(rows).assign(value=ids, stay_id=ids)
     return dup, quarantine_frame(records)
 
 
 def finish_hospital(ingest: PartitionIngest) -> PartitionIngest:
     """Quarantine stay ids landed in several batches of the hospital; uniform record columns."""
-    ingest = replace(ingest, quarantine=quarantine_frame(ingest.quarantine))
+    ingest = replace(
+        ingest,
+        table=ingested_columns(ingest.table),
+        quarantine=quarantine_frame(ingest.quarantine),
+    )
     if ingest.table.empty:
         return ingest
     dup, records = duplicate_stays(ingest.table)

@@ -47,6 +47,7 @@ from clinaudit.sources.landing import sha256_file
 from clinaudit.sources.sepsis_simulator import simulate_vendor_population
 from clinaudit.studies.base import Log, ModelSpec, RunDirs
 
+from .ingest import absent_columns, n_rows_quarantined, quarantined_stays, refused_tables
 from .scores import StayScores, read_sepsis_scores
 from .tables import TARGET
 
@@ -196,18 +197,63 @@ def resolve_model(spec: ModelSpec, *, dirs: RunDirs, log: Log) -> ModelRef:
     )  # fmt: skip
 
 
+def _no_stays(hospital: str, quarantine: pd.DataFrame | None) -> AuditInputError:
+    refused = refused_tables(quarantine)
+    why = (
+        f"its stays table was refused at ingest: {refused}"
+        if refused
+        else f"every row was quarantined at ingest ({n_rows_quarantined(quarantine)} rows)"
+        if quarantine is not None and n_rows_quarantined(quarantine)
+        else "ingest kept no stay"
+    )
+    return AuditInputError(
+        "stays", f"no validated stay of hospital {hospital!r}: {why}",
+        "at least one validated stay to score",
+        "fix the stays table named above (see its quarantine report under "
+        f"quarantine/{STUDY}/{hospital}/) and land it again; the scores are not the problem",
+    )  # fmt: skip
+
+
+def _check_features(model: ModelRef, stays: pd.DataFrame, hospital: str, absent: tuple) -> None:
+    features = [str(f) for f in model.card.get("features", ())]
+    missing = [f for f in features if f not in stays.columns or f in absent]
+    if missing:
+        batches = sorted(set(stays["batch"].astype(str))) if "batch" in stays else []
+        raise AuditInputError(
+            "stays", f"hospital {hospital!r} (batches {batches}) without the model card's "
+            f"feature column(s) {missing}",
+            f"every feature the model card lists: {features}",
+            f"add the column(s) {missing} to the hospital's stays table (docs/sepsis_formats.md) "
+            "and land it again, or audit the vendor's scores instead (a scores-only audit needs "
+            "no model feature)",
+        )  # fmt: skip
+
+
 def predict_hospital(
-    model: ModelRef, stays: pd.DataFrame, *, hospital: str, log: Log
+    model: ModelRef,
+    stays: pd.DataFrame,
+    *,
+    hospital: str,
+    log: Log,
+    quarantine: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One score per validated stay of ``hospital`` (:class:`~.scores.StayScores`).
+
+    ``quarantine``: the hospital's ingest records. Scores of stays quarantined there are set
+    aside and counted (``facts["n_set_aside"]``), never taken for unknown stays; a hospital
+    without a validated stay is refused naming the refused stays table.
 
     Raises
     ------
     AuditInputError
-        The package or scores file changed since the model stage recorded it.
+        No validated stay (naming the refused stays file and why), a model package whose card
+        lists features the stays table lacks (naming them), or a package or scores file that
+        changed since the model stage recorded it.
     ScoresError
         A scores file with problems (each named by line, column and fix).
     """
+    if not len(stays):
+        raise _no_stays(hospital, quarantine)
     expected = model.partition_identity(hospital)
     facts: dict[str, Any] = {"n_stays": len(stays), "mode": model.mode}
     if model.mode == "scores":
@@ -219,9 +265,12 @@ def predict_hospital(
                 f"the file the model stage recorded ({expected})",
                 f"re-materialize {STUDY}/model, then this hospital's predictions",
             )  # fmt: skip
-        scores = read_sepsis_scores(path, stays, site=hospital, shared=shared)
+        aside = quarantined_stays(quarantine) - set(stays["stay_id"].astype(str))
+        scores = read_sepsis_scores(path, stays, site=hospital, shared=shared, set_aside=aside)
         facts["n_other_rows"] = int(scores.attrs.pop("n_other_rows", 0))
+        facts["n_set_aside"] = int(scores.attrs.pop("n_set_aside", 0))
     else:
+        _check_features(model, stays, hospital, absent_columns(quarantine))
         package = load_tabular_package(model.source)
         if package.package_sha256 != expected:
             raise AuditInputError(

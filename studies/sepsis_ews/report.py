@@ -153,7 +153,9 @@ def _attachments(
     result: SepsisAuditResult, quarantine: pd.DataFrame, model: Mapping[str, Any]
 ) -> dict[str, bytes]:
     out = {f"tables/{k}.csv": _csv(v) for k, v in result.tables().items()}
-    out["tables/quarantine.csv"] = _csv(quarantine)
+    # The package's table keeps its published columns (the stay id of a record is in the
+    # quarantine reports under quarantine/; a duplicate's id is its value).
+    out["tables/quarantine.csv"] = _csv(quarantine.drop(columns=["stay_id"], errors="ignore"))
     if len(result.unmatched_scores):
         out["tables/unmatched_scores.csv"] = _csv(result.unmatched_scores)
     decision = {

@@ -154,7 +154,17 @@ def _methods(res: SepsisAuditResult, policy: SepsisPolicy) -> tuple[MethodNote, 
     return tuple(notes)
 
 
-def _batches_table(batches: Mapping[str, str]) -> Table:
+def _intake_note(intake: Mapping[str, Any]) -> str:
+    """What of these batches was set aside: stays quarantined and their vendor scores."""
+    rows = sum(dict(intake.get("rows_quarantined", {})).values())
+    aside = sum(dict(intake.get("scores_set_aside", {})).values())
+    if not rows:
+        return ""
+    scores = f"; {aside} vendor score(s) of them were set aside" if aside else ""
+    return f" {rows} stays of these batches were quarantined at ingest and not audited{scores}."
+
+
+def _batches_table(batches: Mapping[str, str], intake: Mapping[str, Any]) -> Table:
     """Every input batch with the first 24 hex digits of its hash, two batches per row."""
     items = [
         (name.removeprefix(f"{STUDY}/"), digest[:24]) for name, digest in sorted(batches.items())
@@ -171,7 +181,7 @@ def _batches_table(batches: Mapping[str, str]) -> Table:
         caption=f"Table D.2 The {len(items)} landed batches behind this audit (manifest content "
         "hashes).",
         note="The full sha256 of every batch, the model and the policy are listed in "
-        "the embedded, signed manifest.json (inputs).",
+        f"the embedded, signed manifest.json (inputs).{_intake_note(intake)}",
         css="compact",
     )
 
@@ -203,7 +213,7 @@ def appendix(
         tripod=_tripod_table(),
         policy=policy.rule_lines(),
         provenance=prov,
-        inputs=_batches_table(p.input_batches),
+        inputs=_batches_table(p.input_batches, res.intake),
         model_card=card_table,
         signature_note=note,
         left_out=left_out_table(left_out, "Hospital"),

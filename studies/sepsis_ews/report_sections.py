@@ -7,6 +7,7 @@ final text cells and figure files (formats in :mod:`clinaudit.reporting.kit`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -31,6 +32,35 @@ METRIC_NAMES = {"tpr": "TPR", "fpr": "FPR", "ppv": "PPV", "selection_rate": "ale
 
 
 # --------------------------------------------------------------------------- 2 cohort
+def intake_notes(intake: Mapping[str, Any]) -> list[str]:
+    """What ingest set aside: stays quarantined (and their vendor scores), absent features."""
+    notes = []
+    rows = dict(intake.get("rows_quarantined", {}))
+    aside = dict(intake.get("scores_set_aside", {}))
+    if rows:
+        where = ", ".join(f"{h} {n}" for h, n in sorted(rows.items()))
+        n_aside = sum(aside.values())
+        scores = (
+            f"; their {n_aside} vendor score(s) were set aside (not audited, not taken for "
+            "unknown stays)"
+            if n_aside
+            else ""
+        )
+        notes.append(
+            f"{sum(rows.values())} stays were quarantined at ingest ({where}; Table 2.3, records "
+            f"in tables/quarantine.csv) and are not audited{scores}. The audit runs on the "
+            "other stays."
+        )
+    absent = dict(intake.get("absent_features", {}))
+    if absent:
+        named = "; ".join(f"{h}: {', '.join(f)}" for h, f in sorted(absent.items()))
+        notes.append(
+            f"Optional model-feature columns absent from the stays table ({named}): no drift "
+            "against the model card is computed for them."
+        )
+    return notes
+
+
 def _quality_table(kept: pd.DataFrame, quarantine: pd.DataFrame) -> Table:
     rows: list[list[str | Cell]] = []
     by_hospital = kept.set_index(kept["hospital"].astype(str))
@@ -165,8 +195,10 @@ def cohort_section(
     if n_unmatched:
         notes.append(
             f"{n_unmatched} rows of the vendor's network-wide scores file belong to no validated "
-            "stay and are not audited (records in tables/unmatched_scores.csv)."
+            "stay (nor to a stay quarantined at ingest) and are not audited (records in "
+            "tables/unmatched_scores.csv)."
         )
+    notes += intake_notes(res.intake)
     return Section(
         "cohort",
         "2 Cohort and data quality",

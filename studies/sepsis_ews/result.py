@@ -113,7 +113,9 @@ class SepsisAuditResult:
     summary : settings and identities (threshold, model sha256, policy sha256, seed, ...).
     settings : the evidence stage's settings (``AuditSettings.to_facts``).
     excluded_stays, unmatched_scores : records of stays left out of audited hospitals and of
-        network-wide scores that belong to no validated stay (usually empty).
+        network-wide scores that belong to no validated or quarantined stay (usually empty).
+    intake : the evidence stage's ``intake`` facts: rows quarantined at ingest and vendor scores
+        set aside as theirs, per hospital, and the model features a hospital left out.
 
     Every table has the columns of its producer's schema (:data:`TABLE_SCHEMAS`), checked when
     the result is made.
@@ -142,6 +144,7 @@ class SepsisAuditResult:
     settings: dict[str, Any] = field(default_factory=dict)
     excluded_stays: pd.DataFrame = field(default_factory=pd.DataFrame)
     unmatched_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+    intake: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse a table without a column of its producer's schema (:data:`TABLE_SCHEMAS`;
@@ -183,6 +186,7 @@ class SepsisAuditResult:
             settings=dict(evidence.fact("settings")),
             excluded_stays=evidence["excluded_stays"],
             unmatched_scores=evidence["unmatched_scores"],
+            intake=dict(evidence.facts.get("intake", {})),
         )
 
     @classmethod

@@ -16,9 +16,13 @@
    passed, through :func:`clinaudit.validation.schemas.validate_frame`.
 
 A row with any error is quarantined (kept in the errors table, never dropped silently); the other
-rows proceed. A table without the required columns cannot be validated at all and raises
-:class:`StaysStructureError` (a :class:`~clinaudit.validation.errors.BatchStructureError`) with one
-record per missing column.
+rows proceed. A table without the required columns
+(:data:`~clinaudit.sources.sepsis_tables.REQUIRED_COLUMNS`: what a scores-only audit needs) cannot
+be validated at all and raises :class:`StaysStructureError` (a
+:class:`~clinaudit.validation.errors.BatchStructureError`) with one record per missing column. An
+optional column (:data:`~clinaudit.sources.sepsis_tables.OPTIONAL_COLUMNS`) that is present is
+checked like any other; one that is absent stays absent from the valid rows, with one
+``absent_column`` warning (a model-package audit then names the card features it lacks).
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ from clinaudit.sources.sepsis_tables import (
     AGE_BAND_LOWER,
     CATEGORIES,
     FEATURES,
+    FORMAT_COLUMNS,
     LABEL,
+    OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     REQUIRED_VALUES,
     SPEC_BY_NAME,
     STAY_COLUMNS,
+    WINDOW_COLUMNS,
     age_band,
 )
 from clinaudit.validation.errors import (
@@ -62,7 +69,9 @@ _FALSE_TEXT = {"false", "0", "no"}
 
 class StayQuarantine(QuarantineTable):
     """The study's quarantine records: :class:`~clinaudit.validation.errors.QuarantineTable`
-    plus the offending ``value`` as text (``""`` when a record is not about one value).
+    plus the offending ``value`` as text (``""`` when a record is not about one value) and the
+    ``stay_id`` of the row it is about (``""`` when it is about no row, or the row has no id):
+    a score of a quarantined stay is set aside, not taken for an unknown id.
 
     The errors of :func:`validate_stays`, every ingest record
     (:func:`~clinaudit.studies.sepsis_ews.ingest.quarantine_frame`), the stays left out as landed
@@ -70,6 +79,7 @@ class StayQuarantine(QuarantineTable):
     """
 
     value: Series[str]
+    stay_id: Series[str]
 
 
 #: Columns of the errors table: the quarantine record columns plus the offending value.
@@ -78,7 +88,8 @@ ERROR_COLUMNS: tuple[str, ...] = schema_columns(StayQuarantine)
 
 def _feature(name: str) -> object:
     spec = SPEC_BY_NAME[name]
-    return pa.Field(ge=spec.low, le=spec.high, nullable=name not in REQUIRED_VALUES)
+    required = name in REQUIRED_COLUMNS
+    return pa.Field(ge=spec.low, le=spec.high, nullable=not required, required=required)
 
 
 def _category(name: str) -> object:
@@ -86,13 +97,15 @@ def _category(name: str) -> object:
 
 
 class SepsisStays(pa.DataFrameModel):
-    """Validated stays table: one row per ICU stay, canonical columns and order."""
+    """Validated stays table: one row per ICU stay, canonical columns and order; an optional
+    column (:data:`~clinaudit.sources.sepsis_tables.OPTIONAL_COLUMNS`) the sender left out stays
+    absent."""
 
     stay_id: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
     hospital: Series[str] = pa.Field(str_length={"min_value": 1})
     admit_month: Series[str] = pa.Field(str_matches=_MONTH_RE.pattern)
     window_hours: Series[float] = pa.Field(gt=0.0, le=72.0)
-    window_end_hour: Series[float] = pa.Field(ge=0.0, nullable=True)
+    window_end_hour: Series[float] = pa.Field(ge=0.0, nullable=True, required=False)
     sex: Series[str] = _category("sex")
     race_ethnicity: Series[str] = _category("race_ethnicity")
     age_band: Series[str] = _category("age_band")
@@ -194,10 +207,22 @@ def _check_columns(frame: pd.DataFrame, source: str, site: str, batch: str) -> N
                 "missing_column",
                 f"required column {column!r} is absent{hint}",
                 f"add every required column, named exactly: {list(REQUIRED_COLUMNS)} "
-                "(docs/sepsis_formats.md)",
+                "(docs/sepsis_formats.md; the model features but age are optional)",
             )
         )
     raise StaysStructureError(source, records)
+
+
+def _absent_optional(frame: pd.DataFrame, p: _Problems) -> None:
+    """One warning per optional format column the table leaves out (it stays absent)."""
+    for column in (c for c in OPTIONAL_COLUMNS if c in FORMAT_COLUMNS and c not in frame):
+        p.warn(
+            column,
+            "absent_column",
+            f"optional column {column!r} is absent: a scores-only audit proceeds without it",
+            f"add {column!r} if the audit uses a model package whose card lists it "
+            "(docs/sepsis_formats.md)",
+        )
 
 
 def _check_ids(text: pd.DataFrame, p: _Problems) -> None:
@@ -299,9 +324,9 @@ def _check_range(values: pd.Series, column: str, p: _Problems) -> None:
 
 
 def _check_numbers(frame: pd.DataFrame, text: pd.DataFrame, p: _Problems) -> pd.DataFrame:
-    columns = (*FEATURES, "window_hours", "window_end_hour", LABEL)
+    columns = [c for c in (*FEATURES, *WINDOW_COLUMNS, LABEL) if c in text]
     numbers = pd.DataFrame({c: _numbers(frame[c], text[c], c, p) for c in columns})
-    for column in FEATURES:
+    for column in (c for c in FEATURES if c in numbers):
         _check_range(numbers[column], column, p)
     hours = numbers["window_hours"]
     for pos in np.flatnonzero(((hours <= 0) | (hours > 72)).to_numpy()):
@@ -314,7 +339,7 @@ def _check_numbers(frame: pd.DataFrame, text: pd.DataFrame, p: _Problems) -> pd.
             "write the prediction window length in hours",
             v,
         )
-    end = numbers["window_end_hour"]
+    end = numbers.get("window_end_hour", pd.Series(np.nan, index=numbers.index))
     for pos in np.flatnonzero((end < 0).to_numpy()):
         v = end.iloc[pos]
         p.add(
@@ -356,11 +381,12 @@ def _check_consistency(numbers: pd.DataFrame, text: pd.DataFrame, p: _Problems) 
             "correct the age or the age band",
             given.iloc[pos],
         )
-    gcs = numbers["gcs"]
+    gcs = numbers.get("gcs", pd.Series(np.nan, index=numbers.index))
     for pos in np.flatnonzero((gcs.notna() & (gcs != gcs.round())).to_numpy()):
         v = gcs.iloc[pos]
         p.add(pos, "gcs", "not_integer", f"GCS {v:g} is not a whole number", "write 3-15", v)
-    sbp, mean_ap = numbers["sbp"], numbers["map"]
+    absent = pd.Series(np.nan, index=numbers.index)
+    sbp, mean_ap = numbers.get("sbp", absent), numbers.get("map", absent)
     for pos in np.flatnonzero((mean_ap > sbp).to_numpy()):
         v = mean_ap.iloc[pos]
         p.add(
@@ -405,11 +431,13 @@ def validate_stays(
     Returns
     -------
     valid : pandas.DataFrame
-        Rows without errors, columns ``STAY_COLUMNS`` (typed, validated by :class:`SepsisStays`;
-        ``simulated`` is False when the input has no such column).
+        Rows without errors, columns ``STAY_COLUMNS`` less the optional ones the input lacks
+        (typed, validated by :class:`SepsisStays`; ``simulated`` is False when the input has no
+        such column).
     errors : pandas.DataFrame
         One row per problem, :class:`StayQuarantine` (quarantine record + ``value``);
-        ``severity == "error"`` rows removed their table row, warnings (ignored columns) did not.
+        ``severity == "error"`` rows removed their table row, warnings (ignored or absent
+        optional columns) did not; ``stay_id`` is the id of the row a record is about.
 
     Raises
     ------
@@ -437,8 +465,8 @@ def validate_stays(
             f"column {extra!r} is not in the format and is ignored",
             "remove it, or check its spelling against docs/sepsis_formats.md",
         )
-    text = pd.DataFrame({c: _text(frame[c]) for c in REQUIRED_COLUMNS if c not in FEATURES})
-    text = text.assign(**{c: _text(frame[c]) for c in FEATURES})
+    _absent_optional(frame, p)
+    text = pd.DataFrame({c: _text(frame[c]) for c in FORMAT_COLUMNS if c in frame})
     _check_ids(text, p)
     _check_categories(text, p)
     numbers = _check_numbers(frame, text, p)
@@ -447,12 +475,14 @@ def validate_stays(
     good = np.array(sorted(set(range(len(frame))) - p.bad_rows), dtype=int)
     typed = pd.DataFrame({c: text[c] for c in ("stay_id", "hospital", "admit_month", *CATEGORIES)})
     typed = typed.assign(**{c: numbers[c] for c in numbers}, simulated=simulated, source_row=lines)
-    typed = typed.iloc[good].loc[:, list(STAY_COLUMNS)]
+    typed = typed.iloc[good].loc[:, [c for c in STAY_COLUMNS if c in typed]]
     typed[LABEL] = typed[LABEL].astype(int)
     valid, schema_records = validate_frame(SepsisStays, typed, site=site, batch=batch, file=source)
     records = p.records + schema_records
     errors = records_to_frame(records)
     errors["value"] = pd.Series(p.values + [""] * len(schema_records), dtype=object)
+    id_of_line = dict(zip(lines.tolist(), text["stay_id"], strict=True))
+    errors["stay_id"] = [id_of_line.get(r, "") if pd.notna(r) else "" for r in errors["row"]]
     errors = errors.sort_values("row", kind="stable", na_position="first")
     errors = errors.loc[:, list(ERROR_COLUMNS)].reset_index(drop=True)
     return valid.reset_index(drop=True), validate_table(errors, StayQuarantine)

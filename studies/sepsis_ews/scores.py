@@ -9,8 +9,10 @@ line (header = line 1), the column and the fix, and any error raises
 :class:`~clinaudit.models.scores_csv.ScoresError`.
 
 With one file for the network, a hospital's predictions skip the rows of other hospitals'
-stays; :func:`unmatched_score_ids` then lists the rows whose stay belongs to no validated stay of
-any hospital, so the evidence stage reports them (they are never dropped silently).
+stays; :func:`unmatched_score_ids` then lists the rows whose stay belongs to no validated or
+quarantined stay of any hospital, so the evidence stage reports them (they are never dropped
+silently). Rows of stays quarantined at ingest are set aside and counted
+(:func:`count_set_aside`): the audit runs on the other stays and the report says so.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ __all__ = [
     "SCORES_COLUMN",
     "SCORES_ID",
     "StayScores",
+    "count_set_aside",
     "read_sepsis_scores",
+    "score_ids",
     "unmatched_score_ids",
 ]
 
@@ -75,6 +79,7 @@ def read_sepsis_scores(
     batch: str = "",
     shared: bool = False,
     max_per_check: int = 20,
+    set_aside: Iterable[str] = (),
 ) -> pd.DataFrame:
     """Read a vendor's ``stay_id,score`` CSV and check it against the stays it must cover.
 
@@ -91,12 +96,15 @@ def read_sepsis_scores(
         with :func:`unmatched_score_ids`); otherwise they are errors.
     max_per_check : int
         Problems listed per (check, column); the rest are counted.
+    set_aside : iterable of str
+        Stay ids quarantined at ingest: their rows are set aside and counted, not unknown ids.
 
     Returns
     -------
     pandas.DataFrame
         ``stay_id, score, model_sha256`` in ``stays`` order; ``model_sha256`` is the CSV's sha256.
-        ``attrs["n_other_rows"]``: rows skipped as other hospitals' stays.
+        ``attrs["n_other_rows"]``: rows skipped as other hospitals' stays;
+        ``attrs["n_set_aside"]``: rows set aside as quarantined stays.
 
     Raises
     ------
@@ -120,6 +128,7 @@ def read_sepsis_scores(
         site=site,
         batch=batch,
         max_per_check=max_per_check,
+        set_aside=set_aside,
     )
     out = pd.DataFrame(
         {
@@ -129,25 +138,12 @@ def read_sepsis_scores(
         }
     )
     out.attrs["n_other_rows"] = read.n_other_rows
+    out.attrs["n_set_aside"] = read.n_set_aside
     return out
 
 
-def unmatched_score_ids(path: str | os.PathLike[str], known: Iterable[str]) -> pd.DataFrame:
-    """Rows of a network-wide scores file whose stay is none of ``known`` (quarantine records).
-
-    Parameters
-    ----------
-    path : path
-        The scores CSV (validated per hospital by :func:`read_sepsis_scores`).
-    known : iterable of str
-        Stay ids of every validated stay of every hospital.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One quarantine record per such row (:class:`~.schema.StayQuarantine`: check
-        ``unknown_id``, its line, the id in ``value``); empty when every row belongs to a
-        validated stay.
+def score_ids(path: str | os.PathLike[str]) -> pd.Series:
+    """The stripped stay ids of a scores file, one per row (index: row position).
 
     Raises
     ------
@@ -166,16 +162,58 @@ def unmatched_score_ids(path: str | os.PathLike[str], known: Iterable[str]) -> p
         record = QuarantineRecord("*", "", str(path), None, SCORES_ID, "missing_column",
                                   f"no {SCORES_ID!r} column", _rules(True).missing_fix)  # fmt: skip
         raise ScoresError(path, [record])
-    ids = frame[SCORES_ID].str.strip()
-    bad = np.flatnonzero((~ids.isin(set(known)) & ids.ne("")).to_numpy())
+    return frame[SCORES_ID].str.strip().reset_index(drop=True)
+
+
+def unmatched_score_ids(
+    path: str | os.PathLike[str], known: Iterable[str], *, set_aside: Iterable[str] = ()
+) -> pd.DataFrame:
+    """Rows of a network-wide scores file whose stay is none of ``known`` (quarantine records).
+
+    Parameters
+    ----------
+    path : path
+        The scores CSV (validated per hospital by :func:`read_sepsis_scores`).
+    known : iterable of str
+        Stay ids of every validated stay of every hospital.
+    set_aside : iterable of str, keyword-only
+        Stay ids quarantined at ingest: their rows are set aside (count them with
+        :func:`count_set_aside`), not unmatched.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One quarantine record per such row (:class:`~.schema.StayQuarantine`: check
+        ``unknown_id``, its line, the id in ``value``); empty when every row belongs to a
+        validated or quarantined stay.
+
+    Raises
+    ------
+    ScoresError
+        If the file cannot be read or has no ``stay_id`` column.
+    """
+    ids = score_ids(path)
+    bad = np.flatnonzero((~ids.isin(set(known) | set(set_aside)) & ids.ne("")).to_numpy())
     records = [
         QuarantineRecord(
             "*", "", str(path), int(i) + 2, SCORES_ID, "unknown_id",
-            f"stay id {ids.iloc[i]!r} is not a validated stay of any hospital",
-            "score only landed, validated stays (a stay quarantined at ingest has no audited "
-            "score), or fix the id",
+            f"stay id {ids.iloc[i]!r} is neither a validated nor a quarantined stay of any "
+            "hospital",
+            "score only landed stays, or fix the id",
         )
         for i in bad
     ]  # fmt: skip
-    frame = records_to_frame(records).assign(value=[str(ids.iloc[i]) for i in bad])
+    unknown = [str(ids.iloc[i]) for i in bad]
+    frame = records_to_frame(records).assign(value=unknown, stay_id=unknown)
     return validate_table(frame, StayQuarantine)
+
+
+def count_set_aside(path: str | os.PathLike[str], set_aside: Iterable[str]) -> int:
+    """Rows of a scores file whose stay id is one of ``set_aside`` (stays quarantined at ingest).
+
+    Examples
+    --------
+    >>> count_set_aside("scores.csv", {"HA-202401-00007"})  # doctest: +SKIP
+    1
+    """
+    return int(score_ids(path).isin(set(set_aside)).sum())

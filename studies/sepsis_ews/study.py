@@ -60,10 +60,12 @@ from .ingest import (
     finish_hospital,
     hospital_summary,
     ingest_stays_batch,
+    n_rows_quarantined,
+    quarantined_stays,
 )
 from .policy import SepsisPolicy
 from .report import TITLE, sepsis_report
-from .scores import unmatched_score_ids
+from .scores import count_set_aside, unmatched_score_ids
 from .simulate import land_simulated_network
 from .stage_meta import describe
 from .stages import decision_tables, mitigation_tables, monitoring_tables
@@ -134,6 +136,7 @@ class SepsisEws(Study):
     page_budget = (7, 9)
     identifiers = ("stay_id",)
     policy_attachment = "audit_policy"
+    predict_reads_quarantine = True
 
     # ------------------------------------------------------------------ ingest
     def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
@@ -214,8 +217,13 @@ class SepsisEws(Study):
         spec: ModelSpec,
         dirs: RunDirs,
         log: Log,
+        quarantine: pd.DataFrame | None = None,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        return sepsis_model.predict_hospital(model, table, hospital=partition, log=log)
+        """Scores of the hospital's validated stays; those of stays quarantined at ingest are
+        set aside (``quarantine``: its ingest records)."""
+        return sepsis_model.predict_hospital(
+            model, table, hospital=partition, log=log, quarantine=quarantine
+        )
 
     # ------------------------------------------------------------------ audit
     def evaluate(self, data: AuditData, *, policy: Any, options: Any) -> TableSet:
@@ -233,6 +241,7 @@ class SepsisEws(Study):
             card=dict(model.card) or None,
             settings=settings,
             unmatched_scores=_unmatched_scores(data),
+            intake=_intake(data),
         )
 
     def decide(
@@ -290,17 +299,45 @@ class SepsisEws(Study):
         return SimSummary(dict(landed), self.unit, time.perf_counter() - t0)
 
 
+def _scores_file(model: ModelRef, key: str) -> Path:
+    """The scores file the model stage recorded under ``key`` (``"*"``: the network's)."""
+    path = Path(model.source) if key == "*" else Path(model.source) / f"{key}.csv"
+    if sha256_file(path) != model.scores_files[key]:
+        raise AuditInputError(
+            "scores", f"{path} changed since the model stage",
+            f"the file with sha256 {model.scores_files[key]}",
+            "re-materialize sepsis_ews/model and the predictions",
+        )  # fmt: skip
+    return path
+
+
+def _quarantined(data: AuditData) -> dict[str, frozenset[str]]:
+    return {h: quarantined_stays(q) for h, q in sorted(data.quarantine.items())}
+
+
 def _unmatched_scores(data: AuditData) -> pd.DataFrame | None:
-    """Rows of a network-wide scores file that belong to no validated stay of any hospital."""
+    """Rows of a network-wide scores file that belong to no validated or quarantined stay of
+    any hospital."""
     model = data.model
     if model.mode != "scores" or "*" not in model.scores_files:
         return None
-    path = Path(model.source)
-    if sha256_file(path) != model.scores_files["*"]:
-        raise AuditInputError(
-            "scores", f"{path} changed since the model stage",
-            f"the file with sha256 {model.scores_files['*']}",
-            "re-materialize sepsis_ews/model and the predictions",
-        )  # fmt: skip
     known = {str(s) for t in data.validated.values() for s in t["stay_id"]}
-    return unmatched_score_ids(path, known)
+    aside = set().union(*_quarantined(data).values())
+    return unmatched_score_ids(_scores_file(model, "*"), known, set_aside=aside)
+
+
+def _intake(data: AuditData) -> dict[str, Any]:
+    """Per hospital the rows quarantined at ingest and the vendor scores set aside as theirs."""
+    quarantined = _quarantined(data)
+    rows = {h: n_rows_quarantined(q) for h, q in sorted(data.quarantine.items())}
+    aside: dict[str, int] = {}
+    model = data.model
+    if model.mode == "scores":
+        for h, ids in quarantined.items():
+            key = h if h in model.scores_files else "*" if "*" in model.scores_files else None
+            if ids and key is not None:
+                aside[h] = count_set_aside(_scores_file(model, key), ids)
+    return {
+        "rows_quarantined": {h: n for h, n in rows.items() if n},
+        "scores_set_aside": {h: n for h, n in aside.items() if n},
+    }
