@@ -14,33 +14,41 @@ import dagster as dg
 __all__ = ["explain_left_out"]
 
 
-def _error_line(record: dg.EventLogRecord) -> str:
-    event = record.event_log_entry.dagster_event
-    data = getattr(event, "event_specific_data", None) if event is not None else None
-    error = getattr(data, "error", None)
-    while error is not None and error.cls_name in (
-        "DagsterExecutionStepExecutionError",
-        "DagsterUserCodeExecutionError",
+def _error_line(record: dg.EventLogEntry) -> str:
+    """The first line of a step failure's error (its cause's, when Dagster wrapped it)."""
+    event = record.dagster_event
+    error = getattr(event.event_specific_data, "error", None) if event is not None else None
+    while (
+        error is not None
+        and error.cause is not None
+        and error.cls_name
+        in (
+            "DagsterExecutionStepExecutionError",
+            "DagsterUserCodeExecutionError",
+        )
     ):
-        if error.cause is None:
-            break
         error = error.cause
     return error.message.strip().splitlines()[0][:400] if error is not None else "no message"
 
 
 def _latest_failure(
     instance: dg.DagsterInstance, key: dg.AssetKey, partition: str
-) -> dg.EventLogRecord | None:
-    """The latest failed materialization of ``key`` / ``partition`` if it is newer than its
-    latest materialization (a later success means the failure no longer matters)."""
+) -> dg.EventLogEntry | None:
+    """The step failure of the latest run planned to materialize ``key`` / ``partition``, if
+    that run failed after the partition's latest materialization (a later success means the
+    failure no longer matters)."""
+    planned = instance.event_log_storage.get_latest_planned_materialization_info(key, partition)
+    if planned is None:
+        return None
     where = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition])
-    failed = instance.fetch_failed_materializations(where, limit=1).records
-    if not failed:
-        return None
     done = instance.fetch_materializations(where, limit=1).records
-    if done and done[0].storage_id > failed[0].storage_id:
+    if done and done[0].storage_id > planned.storage_id:
         return None
-    return failed[0]
+    run = instance.get_run_by_id(planned.run_id)
+    if run is None or run.status != dg.DagsterRunStatus.FAILURE:
+        return None
+    failures = instance.all_logs(planned.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    return failures[0] if failures else None
 
 
 def explain_left_out(

@@ -13,13 +13,8 @@ with the scores. A study names its id column and words in :class:`IdRules`; with
 skipped and counted: the caller must check them against every partition). Rows of the ids passed
 as ``set_aside`` (units quarantined at ingest) are set aside and counted, never unknown ids.
 
-:func:`read_vendor_scores` reads the ``multisite_cxr`` format: ``Image Index`` (the NIH column
-name) and one probability column (in ``[0, 1]``, never percent) per finding, named exactly as
-``clinaudit.sources.cxr_labels.FINDINGS`` (CheXpert's ``Pleural Effusion`` is accepted for
-``Effusion``); other columns are ignored with a warning::
-
-    Image Index,Atelectasis,Cardiomegaly,...,Hernia
-    00000001_000.png,0.12,0.80,...,0.01
+:func:`clinaudit.models.vendor_scores.read_vendor_scores` reads the ``multisite_cxr`` format
+(``Image Index`` + one probability column per finding) with this core.
 """
 
 from __future__ import annotations
@@ -36,8 +31,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from clinaudit.models.inference import ID_COLUMNS, predictions_frame
-from clinaudit.sources.cxr_labels import CHEXPERT_ALIASES, FINDINGS
 from clinaudit.sources.landing import sha256_file
 from clinaudit.validation.errors import QuarantineRecord
 
@@ -47,7 +40,7 @@ __all__ = [
     "ScoresError",
     "ScoresRead",
     "read_scores",
-    "read_vendor_scores",
+    "score_ids",
     "suggest_column",
 ]
 
@@ -403,122 +396,25 @@ def read_scores(
     )
 
 
-# --------------------------------------------------------------------------- multisite_cxr
-CXR_IDS = IdRules(
-    column=ID_COLUMN,
-    unit="image",
-    table="label table",
-    missing_fix=f"name the image id column {ID_COLUMN!r} (header line 1)",
-    unknown_fix="score only images of this site/batch, or fix the id spelling",
-    unscored_fix="add a row for every image of the label table",
-)
-
-
-def _finding_columns(
-    labels: tuple[str, ...],
-) -> Callable[[list[str], ProblemCollector], dict[str, str]]:
-    """label -> CSV column that holds it (CheXpert aliases accepted, extra columns warned)."""
-
-    def resolve(columns: list[str], col: ProblemCollector) -> dict[str, str]:
-        aliases = {finding: alias for alias, finding in CHEXPERT_ALIASES.items()}
-        found: dict[str, str] = {}
-        for label in labels:
-            if label in columns:
-                found[label] = label
-            elif aliases.get(label) in columns:
-                found[label] = aliases[label]
-                col.add(
-                    "alias",
-                    f"column {aliases[label]!r} read as finding {label!r} (CheXpert name)",
-                    f"name the column {label!r} to silence this warning",
-                    column=aliases[label],
-                    severity="warning",
-                )
-            else:
-                col.add(
-                    "missing_column",
-                    f"no probability column for finding {label!r}{suggest_column(label, columns)}",
-                    f"add a column named exactly {label!r} with one probability per image",
-                    column=label,
-                )
-        used = set(found.values()) | {ID_COLUMN}
-        for extra in (c for c in columns if c not in used):
-            col.add(
-                "extra_column",
-                f"column {extra!r} is not a finding and is ignored",
-                "remove it or check its spelling against the finding names",
-                column=extra,
-                severity="warning",
-            )
-        return found
-
-    return resolve
-
-
-def read_vendor_scores(
-    path: str | os.PathLike[str],
-    *,
-    label_table: pd.DataFrame,
-    labels: tuple[str, ...] = FINDINGS,
-    site: str,
-    batch: str,
-    max_per_check: int = 20,
-) -> tuple[pd.DataFrame, list[QuarantineRecord]]:
-    """Read and validate a vendor scores CSV against the label table it must cover.
-
-    Parameters
-    ----------
-    path : path
-        The CSV (``Image Index`` + one probability column per label).
-    label_table : pandas.DataFrame
-        Exactly the images the CSV must score (e.g. the validated images of the site), with
-        ``image_id``, ``site`` and ``patient_pseudonym``.
-    labels : tuple of str
-        Findings that must be scored, in output order.
-    site, batch : str
-        Recorded in every problem (for the quarantine table).
-    max_per_check : int
-        At most this many problems per (check, column) are listed; the rest are counted.
-
-    Returns
-    -------
-    predictions : pandas.DataFrame
-        Rows in label-table order, validated by the ``Predictions`` schema; ``model_sha256`` is
-        the sha256 of the CSV file.
-    warnings : list of QuarantineRecord
-        Non-blocking problems (ignored columns, alias names).
+def score_ids(path: str | os.PathLike[str], column: str, missing_fix: str) -> pd.Series:
+    """The stripped ids of a scores file's ``column``, one per row (index: row position), e.g.
+    to count the rows of units quarantined at ingest.
 
     Raises
     ------
     ScoresError
-        If there is any error; ``.problems`` holds all problems (errors and warnings).
-    ValueError
-        If ``label_table`` lacks the identifier columns or has duplicate image ids.
-
-    Examples
-    --------
-    >>> preds, warnings = read_vendor_scores(  # doctest: +SKIP
-    ...     "scores.csv", label_table=table, site="site_a", batch="b001")
+        If the file cannot be read or has no ``column`` (``missing_fix`` is the fix).
     """
-    missing = [c for c in ID_COLUMNS if c not in label_table.columns]
-    if missing:
-        raise ValueError(
-            f"label_table lacks columns {missing} (has {list(label_table.columns)}); pass the "
-            "validated images table"
-        )
-    duplicated = label_table["image_id"][label_table["image_id"].duplicated()].tolist()
-    if duplicated:
-        raise ValueError(f"label_table has duplicate image ids {duplicated[:5]}; ingest first")
-    read = read_scores(
-        path,
-        expected=label_table["image_id"].astype(str),
-        rules=CXR_IDS,
-        labels=labels,
-        site=site,
-        batch=batch,
-        max_per_check=max_per_check,
-        resolve_columns=_finding_columns(labels),
-    )
-    probs = np.column_stack([read.values[label] for label in labels])
-    table = label_table.reset_index(drop=True)
-    return predictions_frame(table, probs, labels, read.sha256), list(read.warnings)
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        record = QuarantineRecord("*", "", str(path), None, None, "read", str(err),
+                                  "export the scores again as UTF-8 CSV")  # fmt: skip
+        raise ScoresError(path, [record]) from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if column not in frame.columns:
+        record = QuarantineRecord("*", "", str(path), None, column, "missing_column",
+                                  f"no {column!r} column", missing_fix)  # fmt: skip
+        raise ScoresError(path, [record])
+    return frame[column].str.strip().reset_index(drop=True)

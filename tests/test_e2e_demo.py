@@ -363,3 +363,63 @@ def test_a_site_left_out_of_the_audit_is_named_in_the_signed_report(
     assert "site_c" in text and "predictions are stale" in text
     page = " ".join(_page_one(newest / "report.pdf").split())
     assert "Not audited (1 landed sites): site_c" in page
+
+
+def test_a_quarantined_image_never_breaks_a_scores_only_audit(
+    demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """One image truncated before the sender wrote the manifest (quarantined at ingest) whose
+    vendor score is in the site's scores file: the site is still audited on its other images,
+    the score is set aside and counted, and the report says so. Another site's scores file with
+    a percentage in it fails that site's predictions: the terminal prints the one-line error
+    with the fix, and page 1 names the site with that reason."""
+    import shutil
+
+    from cxr_fixtures import make_manifest
+
+    landing = tmp_path / "landing"
+    shutil.copytree(demo_home / "landing", landing)
+    (batch,) = sorted((landing / "cxr" / "site_b").iterdir())
+    victim = sorted((batch / "images").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:300])  # truncated at the sender
+    (batch / "manifest.json").unlink()
+    make_manifest(batch)
+    scores = _scores_folder(demo_home, tmp_path)
+    bad = pd.read_csv(scores / "site_c.csv")
+    bad.loc[1, "Effusion"] = 87.0
+    bad.to_csv(scores / "site_c.csv", index=False)
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(dict(_read(demo_home, "model").thresholds)))
+    out = tmp_path / "run"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    args = ["audit", "--study", P, "--landing", str(landing), "--out", str(out),
+            "--predictions", str(scores), "--thresholds", str(thresholds),
+            "--workers", "1"]  # fmt: skip
+    assert main(args) == 1  # site_c's predictions failed
+    printed = capsys.readouterr().out
+    assert "predictions" in printed and "site_c" in printed and "FAILED" in printed
+    line = next(x for x in printed.splitlines() if x.strip().startswith("error:") and "site_c" in x)
+    assert "column 'Effusion'" in line and "looks like a percentage: write 0.87" in line
+    decisions = _read(out, "decisions")["decisions"]
+    assert "site_b" in set(decisions["site"]) and "site_c" not in set(decisions["site"])
+    evidence = _read(out, "evidence")
+    before = _read(demo_home, "evidence").facts["intake"]["images_quarantined"]
+    after = evidence.facts["intake"]["images_quarantined"]
+    assert after["site_b"] == before.get("site_b", 0) + 1  # the simulator's bad rows + ours
+    assert evidence.facts["intake"]["scores_set_aside"] == {"site_b": 1}
+    assert "its predictions stage failed" in evidence.facts["left_out"]["site_c"]
+    (package,) = sorted((out / "reports" / P).iterdir())
+    text = " ".join(_page_one(package / "report.pdf").split())
+    assert "Not audited (1 landed sites): site_c: its predictions stage failed" in text
+    pdftotext = require_tool("pdftotext", "poppler-utils")
+    import subprocess
+
+    full = subprocess.run(
+        [pdftotext, str(package / "report.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    full = " ".join(full.split())
+    assert (
+        "Quarantined at ingest and not audited: site_b 1 image (the vendor's scores of 1 set"
+        in full
+    )
+    assert "4 candidate sites" in full and "site_c; the reasons are on page 1" in full

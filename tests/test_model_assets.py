@@ -1,5 +1,6 @@
 """multisite_cxr model + predictions in-process on a tiny cohort: embedded, package, scores."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -105,9 +106,18 @@ def test_scores_mode_uses_vendor_csv_and_rejects_bad_ids(
     scores_dir = tmp_path / "scores"
     scores_dir.mkdir()
     scores.to_csv(scores_dir / "site_c.csv", index=False)
-    model = StudyModel(study=STUDY, scores=str(scores_dir))
+    # Without the vendor's thresholds, and without the reference site's scores to derive them on,
+    # the model stage refuses (never 0.5 silently) and says what to pass.
+    derive = _run(home, StudyModel(study=STUDY, scores=str(scores_dir)), instance, "model")
+    assert not derive.success
+    error = derive.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert "without a vendor_dev.csv" in error and "--thresholds FILE" in error
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(dict(_model(home).thresholds)))
+    model = StudyModel(study=STUDY, scores=str(scores_dir), thresholds=str(thresholds))
     assert _run(home, model, instance, "model").success
     assert _model(home).scores_files.keys() == {"site_c"}
+    assert _model(home).threshold_source.startswith("the vendor's thresholds file")
     assert _run(home, model, instance, "predictions", "site_c").success
     got = read_stored(home, f"{STUDY}/predictions", "site_c")
     np.testing.assert_allclose(got[list(FINDINGS)].to_numpy(), preds[list(FINDINGS)].to_numpy())

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinaudit.models.scores_csv import ScoresError, read_vendor_scores
+from clinaudit.models.scores_csv import ScoresError
+from clinaudit.models.vendor_scores import read_vendor_scores
 from clinaudit.sources.cxr_labels import FINDINGS
 
 IDS = ["a.png", "b.png", "c.png"]

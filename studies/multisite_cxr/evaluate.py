@@ -34,9 +34,13 @@ from clinaudit.audit.reference_audit import (
 from clinaudit.audit.schemas import OutputSchema, probability_field, validate_table
 from clinaudit.audit.serialize import metrics_to_json
 from clinaudit.audit.worst_cells import WorstCellsConfig
+from clinaudit.models.scores_csv import ID_COLUMN, score_ids
+from clinaudit.models.vendor_scores import quarantined_image_ids
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.studies.base import AuditData
 from clinaudit.validation.quality import QUALITY_FEATURES
+
+from .model import scores_files
 
 __all__ = [
     "CATEGORICAL_DRIFT",
@@ -148,6 +152,33 @@ def audited_sites(
     return sites, left_out, {s: data.model.partition_identity(s) for s in sites}
 
 
+def intake(data: AuditData) -> dict[str, dict[str, int]]:
+    """Per site the images quarantined at ingest (image problems and refused label rows) and,
+    for vendor scores, how many of the site's score rows were set aside as theirs."""
+    quarantined: dict[str, int] = {}
+    aside: dict[str, int] = {}
+    for site, q in sorted(data.quarantine.items()):
+        errors = q[q["severity"] == "error"] if len(q) else q.iloc[0:0]
+        images = quarantined_image_ids(errors)
+        # A label-table row (with its line) or an image file without one counts once.
+        lined = errors[errors["row"].notna()] if len(errors) else errors
+        unlined = errors[errors["row"].isna() & errors["file"].astype(str).isin(images)]
+        n = len(lined.drop_duplicates(["batch", "row"])) + len(
+            unlined.drop_duplicates(["batch", "file"])
+        )
+        if n:
+            quarantined[site] = n
+        model = data.model
+        if images and model.mode == "scores":
+            key = site if site in model.scores_files else "*"
+            path = scores_files(model.source).get(key)
+            if path is not None:
+                ids = score_ids(path, ID_COLUMN, "name the image id column 'Image Index'")
+                if int(ids.isin(images).sum()):
+                    aside[site] = int(ids.isin(images).sum())
+    return {"images_quarantined": quarantined, "scores_set_aside": aside}
+
+
 def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOptions) -> TableSet:
     """The cross-site evidence: metrics, calibration, reliability, worst cells and drift."""
     config = options.core()
@@ -182,6 +213,7 @@ def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOpt
         facts={
             "sites": sites,
             "left_out": left_out,
+            "intake": intake(data),
             "reference_group": reference_label(reference_site),
             "simulated": data.simulated,
             "settings": settings(config, data.model),

@@ -31,10 +31,10 @@ from clinaudit.models.inference import (
     predictions_frame,
 )
 from clinaudit.models.package import CARD_FILE, load_package, package_sha256
-from clinaudit.models.scores_csv import read_vendor_scores
 from clinaudit.models.thresholds_file import read_thresholds_file
 from clinaudit.models.training import TrainConfig
 from clinaudit.models.vendor_model import VendorTrainingSpec, train_vendor_model
+from clinaudit.models.vendor_scores import quarantined_image_ids, read_vendor_scores
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.landing import image_paths, sha256_file
 from clinaudit.studies.base import ModelSpec, RunDirs
@@ -278,7 +278,7 @@ def derived_thresholds(
             fix,
         )
     preds, _ = read_vendor_scores(
-        path, label_table=reference, site=reference_site, batch="reference"
+        path, label_table=reference, site=reference_site, batch="reference", others="ignore"
     )
     scores = preds.set_index("image_id").loc[reference["image_id"], list(FINDINGS)]
     labels = reference[list(FINDINGS)].to_numpy(float)
@@ -344,10 +344,13 @@ def predict_site(
     spec: ModelSpec,
     dirs: RunDirs,
     log: Callable[[str], None],
+    quarantine: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Scores of one site: the vendor's CSV checked against the site's images, or the package
-    run on every validated image (each file re-hashed as it is read)."""
+    """Scores of one site: the vendor's CSV checked against the site's images (the scores of
+    images ``quarantine`` refused at ingest set aside and counted), or the package run on every
+    validated image (each file re-hashed as it is read)."""
     t0 = time.perf_counter()
+    n_aside = 0
     if model.mode == "scores":
         path = scores_files(model.source).get(site) or scores_files(model.source).get("*")
         if path is None or sha256_file(path) != model.partition_identity(site):
@@ -356,9 +359,15 @@ def predict_site(
                 "the model stage hashed it; re-materialize multisite_cxr/model"
             )
         batches = ",".join(sorted(table["batch"].unique()))
-        preds, warnings = read_vendor_scores(path, label_table=table, site=site, batch=batches)
+        aside = quarantined_image_ids(quarantine)
+        preds, warnings = read_vendor_scores(
+            path, label_table=table, site=site, batch=batches, set_aside=aside
+        )
         for w in warnings:
             log(f"warning: {w}")
+        n_aside = int(preds.attrs.pop("n_set_aside", 0))
+        if n_aside:
+            log(f"{site}: scores of {n_aside} images quarantined at ingest set aside")
         device = "n/a (vendor scores)"
     else:
         pkg = load_package(model.source, expected_labels=FINDINGS)
@@ -396,6 +405,7 @@ def predict_site(
         "n_images": len(preds),
         "model_sha256": str(preds["model_sha256"].iloc[0]) if len(preds) else "",
         "device": device,
+        "scores_set_aside": n_aside if model.mode == "scores" else 0,
         "seconds": round(seconds, 2),
         "images_per_second": round(len(preds) / seconds, 1) if seconds > 0 else 0.0,
         "mean_auroc_point": float(np.nanmean(list(auroc.values()))),

@@ -151,6 +151,7 @@ class CxrReportInputs:
     left_out: Mapping[str, str] = field(default_factory=dict)
     threshold_source: str = ""
     reference_check: pd.DataFrame | None = None
+    intake: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     recalibration: pd.DataFrame | None = None
     retraining: pd.DataFrame | None = None
     retraining_summary: Mapping[str, Any] | None = None
@@ -278,6 +279,7 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
             quarantine,
             _reference_site(inputs.metrics),
             audited=list(inputs.decisions["site"].astype(str)),
+            intake=inputs.intake,
         ),
         discrimination=discrimination,
         calibration=calibration,

@@ -108,6 +108,7 @@ def report_content(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         psi_noise_draws=int(drift["psi_noise_draws"]),
         left_out=bundle.provenance.left_out,
         threshold_source=bundle.model.threshold_source,
+        intake=dict(evidence.facts.get("intake", {})),
         reference_check=bundle.decisions.tables.get("reference_check"),
         recalibration=recal["recalibration"],
         retraining=retrain["retraining"] if len(retrain["retraining"]) else None,

@@ -6,7 +6,7 @@ Each builder turns the pipeline tables into final text cells (formats in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -60,9 +60,11 @@ def cohort_section(
     quarantine: pd.DataFrame,
     reference: str,
     audited: Sequence[str] | None = None,
+    intake: Mapping[str, Mapping[str, int]] | None = None,
 ) -> CohortSection:
     """Sites, counts, demographics, prevalence and validation results; ``audited`` are the
-    decided sites (a validated site left out of the audit is counted apart)."""
+    decided sites (a validated site left out of the audit is counted apart); ``intake`` the
+    evidence stage's images quarantined and vendor scores set aside per site."""
     cohort = cohort.sort_values("site", kind="stable")
     q = quarantine.copy()
     demo_rows = []
@@ -109,12 +111,29 @@ def cohort_section(
             f" {len(skipped)} validated sites were left out of the audit ({', '.join(skipped)}; "
             "the reasons are on page 1 and in Appendix A)."
         )
+    text += _intake_text(intake or {})
     return CohortSection(
         text=text,
         demographics=demographics,
         prevalence=prevalence,
         quarantine=_quarantine_table(q, sites),
     )
+
+
+def _intake_text(intake: Mapping[str, Mapping[str, int]]) -> str:
+    """E.g. " Quarantined at ingest and not audited: site_b 1 image (its vendor score set
+    aside)." (empty when nothing was quarantined)."""
+    quarantined, aside = dict(intake.get("images_quarantined", {})), intake.get("scores_set_aside")
+    if not quarantined:
+        return ""
+    parts = []
+    for site, n in sorted(quarantined.items()):
+        text = f"{site} {n} image{'s' if n != 1 else ''}"
+        k = int((aside or {}).get(site, 0))
+        if k:
+            text += f" (the vendor's scores of {k} set aside, not audited)"
+        parts.append(text)
+    return f" Quarantined at ingest and not audited: {'; '.join(parts)}."
 
 
 def _split(total: int, n: int) -> tuple[int, ...]:

@@ -121,6 +121,7 @@ class MultisiteCxr(Study):
         ),
     )
     sort_by = ("batch", "image_id")
+    predict_reads_quarantine = True  # vendor scores of quarantined images are set aside
     page_budget = (5, 9)
     identifiers = ("Patient ID", "PatientID", "PatientName")
     policy_attachment = "decision_policy"
@@ -174,8 +175,11 @@ class MultisiteCxr(Study):
         spec: ModelSpec,
         dirs: RunDirs,
         log: Any,
+        quarantine: pd.DataFrame | None = None,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        return cxr_model.predict_site(model, table, site=partition, spec=spec, dirs=dirs, log=log)
+        return cxr_model.predict_site(
+            model, table, site=partition, spec=spec, dirs=dirs, log=log, quarantine=quarantine
+        )
 
     def partition_metrics(
         self, table: pd.DataFrame, predictions: pd.DataFrame, model: ModelRef, *, partition: str

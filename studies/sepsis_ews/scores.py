@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +26,8 @@ import pandera.pandas as pa
 from pandera.typing import Series
 
 from clinaudit.audit.schemas import OutputSchema, probability_field, validate_table
-from clinaudit.models.scores_csv import IdRules, ScoresError, read_scores
+from clinaudit.models.scores_csv import IdRules, read_scores
+from clinaudit.models.scores_csv import score_ids as read_score_ids
 from clinaudit.validation.errors import QuarantineRecord, records_to_frame
 
 from .schema import StayQuarantine
@@ -150,19 +150,7 @@ def score_ids(path: str | os.PathLike[str]) -> pd.Series:
     ScoresError
         If the file cannot be read or has no ``stay_id`` column.
     """
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        record = QuarantineRecord("*", "", str(path), None, None, "read", str(err),
-                                  "export the scores again as UTF-8 CSV")  # fmt: skip
-        raise ScoresError(path, [record]) from err
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if SCORES_ID not in frame.columns:
-        record = QuarantineRecord("*", "", str(path), None, SCORES_ID, "missing_column",
-                                  f"no {SCORES_ID!r} column", _rules(True).missing_fix)  # fmt: skip
-        raise ScoresError(path, [record])
-    return frame[SCORES_ID].str.strip().reset_index(drop=True)
+    return read_score_ids(path, SCORES_ID, _rules(True).missing_fix)
 
 
 def unmatched_score_ids(
