@@ -37,7 +37,9 @@ CXR_IDS = IdRules(
     unit="image",
     table="label table",
     missing_fix=f"name the image id column {ID_COLUMN!r} (header line 1)",
-    unknown_fix="score only images of this site/batch, or fix the id spelling",
+    unknown_fix="score only images of this site/batch, or fix the id spelling; an image whose "
+    "label row was refused at ingest (see the site's quarantine report) is not audited: drop "
+    "its score, or fix the row and land the batch again",
     unscored_fix="add a row for every image of the label table",
 )
 
