@@ -216,4 +216,6 @@ def test_one_scores_file_for_the_network_skips_other_hospitals_and_reports_stran
     assert {p.row for p in err.value.problems if p.check == "unknown_id"} == {5, 6, 7, 8}
     strangers = unmatched_score_ids(path, set(hosp_a["stay_id"]) | set(others["stay_id"]))
     assert strangers[["row", "check", "value"]].values.tolist() == [[8, "unknown_id", "ghost-1"]]
-    assert "not a validated stay of any hospital" in strangers["message"].iloc[0]
+    assert (
+        "neither a validated nor a quarantined stay of any hospital" in strangers["message"].iloc[0]
+    )
