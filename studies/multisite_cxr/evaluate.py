@@ -35,7 +35,7 @@ from clinaudit.audit.schemas import OutputSchema, probability_field, validate_ta
 from clinaudit.audit.serialize import metrics_to_json
 from clinaudit.audit.worst_cells import WorstCellsConfig
 from clinaudit.models.scores_csv import ID_COLUMN, score_ids
-from clinaudit.models.vendor_scores import quarantined_image_ids
+from clinaudit.models.vendor_scores import CXR_IDS, quarantined_image_ids
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.studies.base import AuditData
 from clinaudit.validation.quality import QUALITY_FEATURES
@@ -155,27 +155,26 @@ def audited_sites(
 def intake(data: AuditData) -> dict[str, dict[str, int]]:
     """Per site the images quarantined at ingest (image problems and refused label rows) and,
     for vendor scores, how many of the site's score rows were set aside as theirs."""
+    model = data.model
+    files = scores_files(model.source) if model.mode == "scores" else {}
     quarantined: dict[str, int] = {}
     aside: dict[str, int] = {}
     for site, q in sorted(data.quarantine.items()):
-        errors = q[q["severity"] == "error"] if len(q) else q.iloc[0:0]
+        errors = q[q["severity"] == "error"]
         images = quarantined_image_ids(errors)
         # A label-table row (with its line) or an image file without one counts once.
-        lined = errors[errors["row"].notna()] if len(errors) else errors
+        lined = errors[errors["row"].notna()]
         unlined = errors[errors["row"].isna() & errors["file"].astype(str).isin(images)]
         n = len(lined.drop_duplicates(["batch", "row"])) + len(
             unlined.drop_duplicates(["batch", "file"])
         )
         if n:
             quarantined[site] = n
-        model = data.model
-        if images and model.mode == "scores":
-            key = site if site in model.scores_files else "*"
-            path = scores_files(model.source).get(key)
-            if path is not None:
-                ids = score_ids(path, ID_COLUMN, "name the image id column 'Image Index'")
-                if int(ids.isin(images).sum()):
-                    aside[site] = int(ids.isin(images).sum())
+        path = files.get(site if site in model.scores_files else "*")
+        if images and path is not None:
+            n_aside = int(score_ids(path, ID_COLUMN, CXR_IDS.missing_fix).isin(images).sum())
+            if n_aside:
+                aside[site] = n_aside
     return {"images_quarantined": quarantined, "scores_set_aside": aside}
 
 
