@@ -188,7 +188,7 @@ def _objective(t: np.ndarray, eta: np.ndarray) -> float:
     return float(np.sum(t * eta - np.logaddexp(0.0, eta)))
 
 
-def _fit_logistic(
+def fit_logistic(
     x: np.ndarray, t: np.ndarray, *, intercept: bool, max_iter: int = 100, tol: float = 1e-10
 ) -> np.ndarray | None:
     """Newton ascent of ``sum t * eta - log(1 + e^eta)``; ``eta = design @ beta``.
@@ -244,12 +244,12 @@ def fit_map(method: str, p: np.ndarray, y: np.ndarray) -> RecalibrationMap | Non
         return IsotonicMap(x=tuple(map(float, xs)), y=tuple(map(float, ys)), n_fit=n)
     t = _smoothed_targets(y)
     if method == "temperature":
-        beta = _fit_logistic(logit(p), t, intercept=False)
+        beta = fit_logistic(logit(p), t, intercept=False)
         if beta is None or beta[0] <= 0.0:
             return None
         return TemperatureMap(temperature=float(1.0 / beta[0]), n_fit=n)
     if method == "platt":
-        beta = _fit_logistic(logit(p), t, intercept=True)
+        beta = fit_logistic(logit(p), t, intercept=True)
         if beta is None or beta[1] <= 0.0:
             return None
         return PlattMap(intercept=float(beta[0]), slope=float(beta[1]), n_fit=n)
