@@ -162,8 +162,9 @@ def fit_temperature(y_true: Any, logits: Any) -> TemperatureFit:
     Raises
     ------
     AuditInputError
-        On invalid input, one class only, or a fit with ``1 / T <= 0`` (the logits rank
-        negatives above positives: check the sign of the score and the label coding).
+        On invalid input, one class only, perfectly separated classes (no finite maximum), or a
+        fit with ``1 / T <= 0`` (the logits rank negatives above positives: check the sign of
+        the score and the label coding).
 
     Examples
     --------
@@ -179,6 +180,13 @@ def fit_temperature(y_true: Any, logits: Any) -> TemperatureFit:
             f"only class {int(y[0])}",
             "both classes",
             "fit on a labelled calibration split",
+        )
+    if z[y == 0.0].max() < z[y == 1.0].min():
+        raise AuditInputError(
+            "logits",
+            "logits that separate the classes perfectly (every abnormal above every normal)",
+            "overlapping classes (the likelihood then has a finite maximum)",
+            "fit on a larger calibration split; with perfect separation no finite temperature fits",
         )
     inverse = fit_logistic(z, y, intercept=False)
     if inverse is None or not inverse[0] > 0.0:

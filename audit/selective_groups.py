@@ -1,9 +1,11 @@
 """Selective prediction by subgroup, on held-out data, and the labelling arithmetic behind it.
 
 * :func:`recertify_subgroups` re-runs the auto-clear certificate of ``audit/selective.py`` inside
-  every subgroup (sex, age band, view, site, ...). Each subgroup is tested at ``delta / m``
-  (Bonferroni over the ``m`` subgroups tested), so the guarantee holds for all of them at once
-  with probability ``>= 1 - delta``. A subgroup whose own certified threshold is lower than the
+  every subgroup (sex, age band, view, site, ...). With ``multiplicity="bonferroni"`` each
+  subgroup is tested at ``delta / m`` (``m`` subgroups), so the guarantee holds for all of them
+  at once with probability ``>= 1 - delta``; with ``"none"`` each subgroup has its own
+  ``1 - delta`` guarantee (group-conditional, as Mondrian conformal prediction gives), which
+  needs fewer labels per group. A subgroup whose own certified threshold is lower than the
   global one gets its own (abstention is widened there); one with no certifiable threshold gets
   none (nothing in it is auto-cleared). A threshold is never raised above the global one.
 * :func:`row_thresholds` turns that table into each row's threshold (the lowest over its groups).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -30,7 +32,7 @@ from .selective import (
     certify_clear_threshold,
     clopper_pearson,
 )
-from .types import AuditInputError, as_1d, check_ci_level, group_key
+from .types import AuditInputError, as_1d, check_ci_level, check_option, group_key
 
 __all__ = [
     "LabelPlan",
@@ -63,6 +65,7 @@ def recertify_subgroups(
     threshold: float | None,
     alpha: float,
     delta: float,
+    multiplicity: Literal["bonferroni", "none"] = "bonferroni",
     grid: Any = None,
 ) -> pd.DataFrame:
     """Re-certify the auto-clear threshold in every subgroup; widen abstention where one fails.
@@ -77,8 +80,10 @@ def recertify_subgroups(
         The global certified threshold (``None``: nothing to re-certify; every action is
         ``"no auto-clear"``).
     alpha, delta : float
-        As for :func:`~clinaudit.audit.selective.certify_clear_threshold`; each subgroup is tested
-        at ``delta / m``.
+        As for :func:`~clinaudit.audit.selective.certify_clear_threshold`.
+    multiplicity : {"bonferroni", "none"}
+        Each subgroup is tested at ``delta / m`` (all guarantees at once) or at ``delta`` (each
+        group's own guarantee).
     grid : array-like, optional
         Candidate thresholds for the subgroup's own certificate.
 
@@ -109,7 +114,8 @@ def recertify_subgroups(
         raise AuditInputError(
             "attributes", "no subgroup attribute", "at least one", "pass e.g. {'sex': sex}"
         )
-    m = len(cells)
+    check_option("multiplicity", multiplicity, ("bonferroni", "none"))
+    m = len(cells) if multiplicity == "bonferroni" else 1
     rows = []
     for name, group, mask in cells:
         yg, pg = y[mask], p[mask]

@@ -315,3 +315,8 @@ def test_clopper_pearson_one_sided_bound_matches_the_zero_miss_rule() -> None:
 def test_docstring_examples_run(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_perfect_separation_is_named_not_fitted() -> None:
+    with pytest.raises(AuditInputError, match="separate the classes perfectly"):
+        fit_temperature([0, 0, 1, 1], [-2.0, -1.0, 1.0, 2.0])

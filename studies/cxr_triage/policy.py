@@ -62,6 +62,7 @@ SCHEMA: dict[str, Field] = {
         alpha=leaf("fraction", "0.01"),
         delta=leaf("fraction", "0.05"),
         subgroups=leaf("option_list", default=[], options=SUBGROUP_ATTRIBUTES),
+        subgroup_multiplicity=leaf("option", default="none", options=("none", "bonferroni")),
     ),
     "flag": section(
         ppv=leaf("fraction", "0.80"), delta=leaf("fraction", "0.05"), min_flagged=leaf("int", "30")
@@ -138,11 +139,13 @@ class CalibrationSettings:
 
 @dataclass(frozen=True)
 class CertificateSettings:
-    """``P(miss rate <= alpha) >= 1 - delta``, re-certified over ``subgroups``."""
+    """``P(miss rate <= alpha) >= 1 - delta``, re-certified over ``subgroups`` (each group at
+    ``delta``, or at ``delta / m`` with ``subgroup_multiplicity = "bonferroni"``)."""
 
     alpha: float
     delta: float
     subgroups: tuple[str, ...]
+    subgroup_multiplicity: str
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ class TriagePolicy(PolicyBase):
             labels=LabelSettings(tuple(lab["critical"]), float(lab["critical_weight"])),
             scope=ScopeSettings(**{**sc, "views": tuple(sc["views"])}),
             calibration=CalibrationSettings(**values["calibration"]),
-            certificate=CertificateSettings(cert["alpha"], cert["delta"], tuple(cert["subgroups"])),
+            certificate=CertificateSettings(**{**cert, "subgroups": tuple(cert["subgroups"])}),
             flag=FlagSettings(**values["flag"]),
             workload=WorkloadSettings(**values["workload"]),
             criteria=TriageCriteria(
@@ -306,7 +309,12 @@ class TriagePolicy(PolicyBase):
             f"fraction <= {s.max_clipped_fraction:g}, dynamic range >= {s.min_dynamic_range:g}; "
             "anything else is uncertain by rule and never cleared.",
             f"Auto-clear certificate: P(miss rate <= {cert.alpha:g}) >= {1 - cert.delta:g} "
-            f"(Learn-then-Test, fixed sequence), re-certified per group of {groups}.",
+            f"(Learn-then-Test, fixed sequence), re-certified per group of {groups} ("
+            + (
+                "all groups at once, Bonferroni)."
+                if cert.subgroup_multiplicity == "bonferroni"
+                else "each group's own guarantee)."
+            ),
             f"Flag: P(PPV >= {f.ppv:g}) >= {1 - f.delta:g}.",
             f"Capacity {w.radiologists} radiologists x {w.hours_per_day:g} h x "
             f"{w.reads_per_hour:g} reads/h = {w.reads_per_day:,.0f} reads/day; inflow "
