@@ -114,3 +114,34 @@ def test_bad_scored_tables_are_named() -> None:
     with pytest.raises(AuditInputError, match="test studies with 1 class"):
         certify_triage(one_class, POLICY)
     assert set(SCORED_COLUMNS) <= set(scored.columns)
+
+
+def _small_workload(**changes):
+    from dataclasses import replace
+
+    w = replace(POLICY.workload, simulated_pile=5000, daily_inflow=300, inflow_days=5, n_draws=20)
+    return replace(POLICY, workload=replace(w, **changes))
+
+
+def test_throughput_resamples_a_small_pile_and_compares_three_policies(result) -> None:
+    from clinaudit.studies.cxr_triage.throughput import double_verdict, simulate_throughput
+
+    pile = result.rows[result.rows["split"] == "pile"]
+    policy = _small_workload()
+    run = simulate_throughput(pile, policy, seed=0)
+    assert run.resampled and run.n_landed == 2000 and run.n_pile == 5000
+    table = run.table
+    assert set(table["policy"]) == {"fifo", "priority", "priority_autoclear"}
+    assert (table["n_pile"] == 5000).all() and (table["reads_per_day"] == 1080.0).all()
+    fifo = table[table["policy"] == "fifo"].set_index("metric")
+    assert fifo.loc["days_to_clear_pile", "estimate"] == pytest.approx(5000 / 1080)
+    auto = table[table["policy"] == "priority_autoclear"].set_index("metric")
+    assert auto.loc["auto_cleared_share", "estimate"] > 0
+    verdict = double_verdict(table)
+    assert list(verdict["metric"]) == [
+        "effective_throughput_multiplier",
+        "abnormal_yield_ratio_vs_fifo",
+    ]
+    assert (verdict["doubles"] == (verdict["ci_low"] >= 2)).all()
+    again = simulate_throughput(pile, policy, seed=0).table
+    pd.testing.assert_frame_equal(table, again)

@@ -71,6 +71,7 @@ SCHEMA: dict[str, Field] = {
         radiologists=leaf("int", "3"),
         hours_per_day=leaf("number", "6"),
         reads_per_hour=leaf("number", "60"),
+        simulated_pile=leaf("int", "30000"),
         daily_inflow=leaf("int", "900"),
         inflow_days=leaf("int", "20"),
         aging_cap_days=leaf("number", "3.0"),
@@ -164,6 +165,7 @@ class WorkloadSettings:
     radiologists: int
     hours_per_day: float
     reads_per_hour: float
+    simulated_pile: int
     daily_inflow: int
     inflow_days: int
     aging_cap_days: float
