@@ -145,3 +145,61 @@ def test_throughput_resamples_a_small_pile_and_compares_three_policies(result) -
     assert (verdict["doubles"] == (verdict["ci_low"] >= 2)).all()
     again = simulate_throughput(pile, policy, seed=0).table
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_decision_goes_with_auto_clear_when_every_criterion_passes(result) -> None:
+    from clinaudit.studies.cxr_triage.decisions import decide_triage
+
+    table, criteria = decide_triage(result, POLICY)
+    assert list(criteria["criterion"]) == [
+        "certified", "test_miss_rate", "auroc", "ece", "normals_cleared",
+    ]  # fmt: skip
+    assert criteria["passed"].all(), criteria
+    row = table.iloc[0]
+    assert row["decision"] == "GO" and row["mode"] == "priority + auto-clear"
+    assert "re-read 5% of cleared studies" in row["conditions"]
+    assert row["policy_sha256"] == POLICY.sha256
+    miss = criteria.set_index("criterion").loc["test_miss_rate"]
+    upper = result.test_outcomes.set_index("metric").loc["miss_rate", "ci_high"]
+    assert miss["value"] == upper and miss["statistic"] == "ci_high"
+
+
+def test_no_certificate_means_priority_ordering_only() -> None:
+    from clinaudit.studies.cxr_triage.decisions import decide_triage
+
+    res = certify_triage(_scored(1, n=900, pile=100), POLICY, seed=0)
+    table, criteria = decide_triage(res, POLICY)
+    row = table.iloc[0]
+    assert row["decision"] == "CONDITIONAL GO" and row["mode"] == "priority ordering only"
+    assert "no threshold certifiable" in row["reasons"] and "at least 299" in row["reasons"]
+    assert not criteria.set_index("criterion").loc["certified", "passed"]
+
+
+def test_a_poor_model_is_no_go() -> None:
+    from clinaudit.studies.cxr_triage.decisions import decide_triage
+
+    scored = _scored(3, n=9000, pile=100)
+    noise = np.random.default_rng(99).normal(0, 40.0, len(scored))  # not _scored's stream
+    res = certify_triage(scored.assign(logit_abnormal=scored["logit_abnormal"] + noise), POLICY)
+    table, criteria = decide_triage(res, POLICY)
+    assert table.iloc[0]["decision"] == "NO-GO"
+    assert not criteria.set_index("criterion").loc["auroc", "passed"]
+
+
+def test_monitoring_plan_sizes_the_re_read_alarm(result) -> None:
+    from clinaudit.studies.cxr_triage.monitoring import monitoring_plan
+
+    plan = monitoring_plan(
+        result, POLICY, cleared_per_day=200.0, mode="priority + auto-clear", n_sims=200
+    ).set_index("item")
+    assert plan.loc["re-reads per day", "value"] == pytest.approx(10.0)
+    r0 = plan.loc["null false-omission rate", "value"]
+    assert 0 < r0 < 0.05
+    fast, slow = (
+        plan.loc["re-reads to alarm at 3x", "value"],
+        plan.loc["re-reads to alarm at 2x", "value"],
+    )
+    assert fast < slow
+    assert POLICY.monitoring.fallback in plan.loc["on alarm", "detail"]
+    off = monitoring_plan(result, POLICY, cleared_per_day=0.0, mode="priority ordering only")
+    assert "off" in off.set_index("item").loc["auto-clear", "detail"]

@@ -1,0 +1,148 @@
+"""The go / no-go of study ``cxr_triage`` under its policy.
+
+Criteria (``criteria`` table, one row each, the statistic and threshold the policy names):
+
+* safety: ``certified`` (an auto-clear threshold was certified), ``test_miss_rate`` (miss rate of
+  the cleared bucket on the held-out test split), ``auroc`` and ``ece`` (after temperature
+  scaling, on the test split);
+* benefit: ``normals_cleared`` (share of normal test studies the rule clears).
+
+Decision (one row, the deployment of the triage rule in the reporting queue):
+
+* NO-GO when AUROC or ECE fails: the scores are not good enough even to order the queue;
+* CONDITIONAL GO, *priority ordering only*, when ordering is sound but auto-clear is not: no
+  certificate, the held-out miss rate fails, or too few normals are cleared to be worth it;
+* GO, *priority + auto-clear*, when every enabled criterion passes. Subgroups whose certificate
+  failed keep auto-clear off (or a lower threshold) and are listed as conditions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from clinaudit.audit.policy_base import COMPARATORS, Criterion, Decision
+
+from .certify import TriageCertification
+from .policy import TriagePolicy
+
+__all__ = ["CRITERIA_COLUMNS", "DECISION_COLUMNS", "decide_triage"]
+
+CRITERIA_COLUMNS = (
+    "criterion",
+    "kind",
+    "enabled",
+    "statistic",
+    "comparator",
+    "threshold",
+    "value",
+    "passed",
+    "detail",
+)
+DECISION_COLUMNS = ("scope", "decision", "mode", "reasons", "conditions", "policy_sha256")
+SAFETY = ("certified", "test_miss_rate", "auroc", "ece")
+
+
+def _value(row: pd.Series, stat: str, base: str) -> float:
+    return float(row[base if stat == "estimate" else f"{base}_{stat}"])
+
+
+def _outcome(cert: TriageCertification, metric: str, stat: str) -> float:
+    row = cert.test_outcomes.set_index("metric").loc[metric]
+    return float(row["estimate" if stat == "estimate" else stat])
+
+
+def _row(name: str, crit: Criterion, cmp: str, value: float, detail: str) -> tuple:
+    ok = value >= crit.threshold if cmp == ">=" else value <= crit.threshold
+    passed = bool(ok) if crit.enabled and not math.isnan(value) else (not crit.enabled)
+    kind = "safety" if name in SAFETY else "benefit"
+    return (name, kind, crit.enabled, crit.statistic, cmp, crit.threshold, value, passed, detail)
+
+
+def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFrame:
+    """Every criterion with the value it was judged on (see the module docstring)."""
+    c = policy.criteria
+    after = cert.calibration[cert.calibration["group"].str.startswith("after")].iloc[0]
+    disc = cert.discrimination.iloc[0]
+    certified = cert.certificate.certified
+    rows = [
+        (
+            "certified", "safety", c.certified, "exists", "=", math.nan,
+            cert.certificate.threshold if certified else math.nan,
+            certified or not c.certified,
+            (
+                f"clear below {cert.certificate.threshold:.4f}: miss rate <= "
+                f"{cert.certificate.alpha:g} with probability >= {1 - cert.certificate.delta:g} "
+                f"({cert.certificate.n_abnormal} abnormal calibration studies)"
+                if certified
+                else f"no threshold certifiable with {cert.certificate.n_abnormal} abnormal "
+                f"calibration studies (at least {cert.certificate.min_abnormal} needed)"
+            ),
+        ),
+        _row(
+            "test_miss_rate", c.test_miss_rate, "<=",
+            _outcome(cert, "miss_rate", c.test_miss_rate.statistic),
+            "abnormal test studies cleared / abnormal test studies",
+        ),
+        _row(
+            "auroc", c.auroc, ">=", _value(disc, c.auroc.statistic, "auroc"),
+            f"test AUROC of P(abnormal), {int(disc['n'])} studies",
+        ),
+        _row(
+            "ece", c.ece, "<=", _value(after, c.ece.statistic, "ece_width"),
+            f"equal-width ECE after temperature scaling (T = {cert.temperature.temperature:.3f})",
+        ),
+        _row(
+            "normals_cleared", c.normals_cleared, ">=",
+            _outcome(cert, "normals_cleared", c.normals_cleared.statistic),
+            "normal test studies cleared / normal test studies",
+        ),
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(CRITERIA_COLUMNS))
+
+
+def _phrase(r: pd.Series) -> str:
+    if r["criterion"] == "certified":
+        return str(r["detail"])
+    cmp = COMPARATORS.get(r["comparator"], r["comparator"])
+    return f"{r['criterion']} {r['statistic']} {r['value']:.3f} (needs {cmp} {r['threshold']:g})"
+
+
+def _conditions(cert: TriageCertification) -> list[str]:
+    if cert.subgroups.empty or not cert.certificate.certified:
+        return []
+    out = []
+    for r in cert.subgroups.itertuples():
+        if r.action == "no auto-clear":
+            out.append(f"{r.attribute} {r.group}: no auto-clear (certificate failed)")
+        elif r.action == "widen":
+            out.append(f"{r.attribute} {r.group}: auto-clear below {r.threshold:.4f} only")
+    return out
+
+
+def decide_triage(
+    cert: TriageCertification, policy: TriagePolicy
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The decision row and the criteria behind it (see the module docstring)."""
+    criteria = criteria_table(cert, policy)
+    failed = criteria[criteria["enabled"] & ~criteria["passed"]]
+    names = set(failed["criterion"])
+    reasons = "; ".join(_phrase(r) for _, r in failed.iterrows())
+    conditions = _conditions(cert)
+    if names & {"auroc", "ece"}:
+        decision, mode = Decision.NO_GO, "none"
+    elif names:
+        decision, mode = Decision.CONDITIONAL_GO, "priority ordering only"
+        conditions = ["no auto-clear: every study is read, in order of value", *conditions]
+    else:
+        decision, mode = Decision.GO, "priority + auto-clear"
+        reasons = "every enabled criterion passes"
+    reread = f"re-read {policy.monitoring.reread_fraction:.0%} of cleared studies"
+    if mode == "priority + auto-clear":
+        conditions.append(f"{reread}; on alarm: {policy.monitoring.fallback}")
+    table = pd.DataFrame(
+        [("all sites", decision.value, mode, reasons, "; ".join(conditions), policy.sha256)],
+        columns=list(DECISION_COLUMNS),
+    )
+    return table, criteria
