@@ -145,6 +145,14 @@ def test_throughput_resamples_a_small_pile_and_compares_three_policies(result) -
     assert (verdict["doubles"] == (verdict["ci_low"] >= 2)).all()
     again = simulate_throughput(pile, policy, seed=0).table
     pd.testing.assert_frame_equal(table, again)
+    curves = run.curves
+    assert set(curves["policy"]) == {"fifo", "priority", "priority_autoclear"}
+    for _, c in curves.groupby("policy"):
+        assert c["abnormal_read"].is_monotonic_increasing
+        assert c["pile_left"].is_monotonic_decreasing and c["pile_left"].iloc[-1] == 0
+        assert c["pile_left"].iloc[0] <= 5000
+    first = curves[curves["day"] == 2].set_index("policy")
+    assert first.loc["priority", "abnormal_read"] > first.loc["fifo", "abnormal_read"]
 
 
 def test_decision_goes_with_auto_clear_when_every_criterion_passes(result) -> None:

@@ -24,7 +24,13 @@ import pandas as pd
 
 from clinaudit.audit.bootstrap import derive_rng
 from clinaudit.audit.triage_outcomes import compare_policies
-from clinaudit.audit.triage_queue import QueueConfig, daily_inflow
+from clinaudit.audit.triage_queue import (
+    POLICIES,
+    QueueConfig,
+    QueueRun,
+    daily_inflow,
+    simulate_queue,
+)
 from clinaudit.audit.types import AuditInputError
 
 from .policy import TriagePolicy
@@ -38,12 +44,15 @@ _NEEDED = ("p_abnormal", "p_critical", "bucket", "priority")
 class Throughput:
     """The policy comparison and how its backlog was built.
 
-    ``table``: :func:`compare_policies`'s long table; ``n_landed``: pile studies landed;
+    ``table``: :func:`compare_policies`'s long table; ``curves``: per policy and working day,
+    the expected abnormal and critical studies read so far (sum of calibrated probabilities over
+    studies read by then) and the backlog still unread; ``n_landed``: pile studies landed;
     ``resampled``: whether the backlog was resampled up to ``n_pile``; ``n_inflow``: simulated
     inflow studies.
     """
 
     table: pd.DataFrame
+    curves: pd.DataFrame
     n_landed: int
     n_pile: int
     resampled: bool
@@ -77,24 +86,56 @@ def simulate_throughput(pile: pd.DataFrame, policy: TriagePolicy, *, seed: int =
     idx = np.concatenate([backlog, inflow])
     studies = pile.iloc[idx]
     p_abnormal = studies["p_abnormal"].to_numpy(float)
+    p_critical = np.minimum(studies["p_critical"].to_numpy(float), p_abnormal)
+    arrival = np.concatenate([np.zeros(backlog.size), arrivals])
+    priority, bucket = studies["priority"].to_numpy(float), studies["bucket"].to_numpy(str)
+    config = QueueConfig(
+        reads_per_day=w.reads_per_day,
+        aging_cap_days=w.aging_cap_days,
+        reread_fraction=policy.monitoring.reread_fraction,
+        first_days=float(w.first_days),
+    )
     table = compare_policies(
-        np.concatenate([np.zeros(backlog.size), arrivals]),
-        studies["priority"].to_numpy(float),
-        studies["bucket"].to_numpy(str),
+        arrival,
+        priority,
+        bucket,
         p_abnormal,
-        np.minimum(studies["p_critical"].to_numpy(float), p_abnormal),
-        config=QueueConfig(
-            reads_per_day=w.reads_per_day,
-            aging_cap_days=w.aging_cap_days,
-            reread_fraction=policy.monitoring.reread_fraction,
-            first_days=float(w.first_days),
-        ),
+        p_critical,
+        config=config,
         n_draws=w.n_draws,
         seed=seed,
         ci_level=policy.calibration.ci_level,
     )
+    runs = [
+        simulate_queue(arrival, priority, bucket, policy=name, config=config, seed=seed)
+        for name in POLICIES
+    ]
+    curves = pd.concat([_curve(run, p_abnormal, p_critical) for run in runs], ignore_index=True)
     return Throughput(
-        table, n_landed, int(backlog.size), resampled, int(arrivals.size), w.inflow_days
+        table, curves, n_landed, int(backlog.size), resampled, int(arrivals.size), w.inflow_days
+    )
+
+
+def _curve(run: QueueRun, p_abnormal: np.ndarray, p_critical: np.ndarray) -> pd.DataFrame:
+    """Expected abnormal / critical studies read by the end of each working day, and the
+    backlog (pile studies neither read nor auto-cleared) left then."""
+    done = np.where(run.read, run.completion_day, np.inf)
+    order = np.argsort(done, kind="stable")
+    finite = done[np.isfinite(done)]
+    days = np.arange(0, int(np.ceil(finite.max())) + 1 if finite.size else 1)
+    k = np.searchsorted(done[order], days, side="right")  # studies read by the end of day d
+    cum_abn = np.concatenate([[0.0], np.cumsum(np.where(run.read, p_abnormal, 0.0)[order])])
+    cum_crit = np.concatenate([[0.0], np.cumsum(np.where(run.read, p_critical, 0.0)[order])])
+    pile_read = np.concatenate([[0], np.cumsum((run.in_pile & run.read)[order])])
+    cleared = int((run.in_pile & run.auto_cleared).sum())
+    return pd.DataFrame(
+        {
+            "policy": run.policy,
+            "day": days,
+            "abnormal_read": cum_abn[k],
+            "critical_read": cum_crit[k],
+            "pile_left": int(run.in_pile.sum()) - cleared - pile_read[k],
+        }
     )
 
 
