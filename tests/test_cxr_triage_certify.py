@@ -211,3 +211,26 @@ def test_monitoring_plan_sizes_the_re_read_alarm(result) -> None:
     assert POLICY.monitoring.fallback in plan.loc["on alarm", "detail"]
     off = monitoring_plan(result, POLICY, cleared_per_day=0.0, mode="priority ordering only")
     assert "off" in off.set_index("item").loc["auto-clear", "detail"]
+
+
+def test_evidence_round_trips_through_its_tables(result) -> None:
+    from clinaudit.audit.records import TableSet
+    from clinaudit.studies.cxr_triage.decisions import decide_triage
+    from clinaudit.studies.cxr_triage.evidence import certification_of, evidence_tableset
+    from clinaudit.studies.cxr_triage.throughput import simulate_throughput
+
+    pile = result.rows[result.rows["split"] == "pile"]
+    thr = simulate_throughput(pile, _small_workload(), seed=0)
+    ts = evidence_tableset(result, thr, simulated=True, left_out={}, settings={"seed": 0})
+    assert isinstance(ts, TableSet) and ts.facts["throughput"]["resampled"]
+    back = certification_of(ts)
+    assert back.certificate == result.certificate
+    assert back.flag == result.flag and back.label_plan == result.label_plan
+    assert back.temperature == result.temperature
+    a, _ = decide_triage(back, POLICY)
+    b, _ = decide_triage(result, POLICY)
+    pd.testing.assert_frame_equal(a, b)
+    assert list(ts["verdict"]["metric"]) == [
+        "effective_throughput_multiplier",
+        "abnormal_yield_ratio_vs_fifo",
+    ]

@@ -1,0 +1,111 @@
+"""The evidence of study ``cxr_triage`` as one :class:`~clinaudit.audit.records.TableSet`.
+
+Tables: ``certificate``, ``temperature`` and ``flag`` (one row each: the frozen results of
+``audit/selective.py`` as columns), ``subgroups``, ``rows`` (every test and pile study with its
+bucket), ``test_outcomes``, ``discrimination``, ``calibration``, ``reliability``, ``label_plan``,
+``throughput`` (the policy comparison), ``curves`` and ``verdict``. Facts: the settings and
+checks of :func:`~clinaudit.studies.cxr_triage.certify.certify_triage` and how the backlog of the
+throughput simulation was built. :func:`certification_of` rebuilds the typed result, so the
+decision, monitoring and memo stages read exactly what the evidence stage stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from clinaudit.audit.records import TableSet
+from clinaudit.audit.selective import Certificate, FlagRule, TemperatureFit
+from clinaudit.audit.selective_groups import LabelPlan
+
+from .certify import TriageCertification
+from .throughput import Throughput, double_verdict
+
+__all__ = ["certification_of", "evidence_tableset"]
+
+
+def _one_row(obj: Any) -> pd.DataFrame:
+    values = {k: (math.nan if v is None else v) for k, v in dataclasses.asdict(obj).items()}
+    return pd.DataFrame([values])
+
+
+def _record(cls: type, frame: pd.DataFrame, optional: tuple[str, ...] = ()) -> Any:
+    row = frame.iloc[0].to_dict()
+    for name in optional:
+        if isinstance(row[name], float) and math.isnan(row[name]):
+            row[name] = None
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    return cls(**{k: (int(v) if fields[k] == "int" else v) for k, v in row.items()})
+
+
+def evidence_tableset(
+    cert: TriageCertification,
+    throughput: Throughput,
+    *,
+    simulated: bool,
+    left_out: Mapping[str, str],
+    settings: Mapping[str, Any],
+) -> TableSet:
+    """Everything the later stages and the memo need, typed as tables and facts."""
+    critical = cert.temperature_critical
+    temperature = _one_row(cert.temperature).assign(
+        critical_temperature=critical.temperature if critical else math.nan
+    )
+    facts = {
+        **cert.facts,
+        "simulated": simulated,
+        "left_out": dict(left_out),
+        "settings": dict(settings),
+        "throughput": {
+            "n_landed": throughput.n_landed,
+            "n_pile": throughput.n_pile,
+            "resampled": throughput.resampled,
+            "n_inflow": throughput.n_inflow,
+            "inflow_days": throughput.inflow_days,
+        },
+    }
+    tables = {
+        "certificate": _one_row(cert.certificate),
+        "temperature": temperature,
+        "flag": _one_row(cert.flag),
+        "subgroups": cert.subgroups,
+        "rows": cert.rows,
+        "test_outcomes": cert.test_outcomes,
+        "discrimination": cert.discrimination,
+        "calibration": cert.calibration,
+        "reliability": cert.reliability,
+        "label_plan": _one_row(cert.label_plan),
+        "throughput": throughput.table,
+        "curves": throughput.curves,
+        "verdict": double_verdict(throughput.table),
+    }
+    return TableSet(tables, facts)
+
+
+def certification_of(evidence: TableSet) -> TriageCertification:
+    """The typed certification stored in ``evidence`` (the inverse of the tables above)."""
+    temp = evidence["temperature"]
+    crit_t = float(temp["critical_temperature"].iloc[0])
+    critical = (
+        None
+        if math.isnan(crit_t)
+        else TemperatureFit(crit_t, 0, math.nan, math.nan)  # only T is used downstream
+    )
+    return TriageCertification(
+        temperature=_record(TemperatureFit, temp.drop(columns="critical_temperature")),
+        temperature_critical=critical,
+        certificate=_record(Certificate, evidence["certificate"], ("threshold",)),
+        flag=_record(FlagRule, evidence["flag"], ("threshold",)),
+        subgroups=evidence["subgroups"],
+        rows=evidence["rows"],
+        test_outcomes=evidence["test_outcomes"],
+        discrimination=evidence["discrimination"],
+        calibration=evidence["calibration"],
+        reliability=evidence["reliability"],
+        label_plan=_record(LabelPlan, evidence["label_plan"]),
+        facts={k: v for k, v in evidence.facts.items() if k not in ("throughput",)},
+    )
