@@ -160,7 +160,9 @@ def patient_split(df: pd.DataFrame, test_images: int, rng: np.random.Generator) 
     return df["Patient ID"].isin(test_ids).to_numpy()
 
 
-def nih_labels_csv(df: pd.DataFrame, *, native_px: int, spacing_mm: float) -> str:
+def nih_labels_csv(
+    df: pd.DataFrame, *, native_px: int, spacing_mm: float, unlabelled: bool = False
+) -> str:
     """The text of ``labels.csv`` in the NIH layout: one row per image of ``df``.
 
     Parameters
@@ -171,11 +173,14 @@ def nih_labels_csv(df: pd.DataFrame, *, native_px: int, spacing_mm: float) -> st
         Written as the original image width and height.
     spacing_mm : float
         Written as the original pixel spacing (x and y).
+    unlabelled : bool
+        Leave ``Finding Labels`` empty on every row (a pile nobody has labelled yet).
 
     Returns
     -------
     str
-        ``NIH_HEADER``, then the rows; the written (noisy) labels, ``No Finding`` when none.
+        ``NIH_HEADER``, then the rows; the written (noisy) labels, ``No Finding`` when none
+        (empty when ``unlabelled``).
     """
     n_images, native, spacing = len(df), native_px, spacing_mm
     buf = io.StringIO()
@@ -184,6 +189,8 @@ def nih_labels_csv(df: pd.DataFrame, *, native_px: int, spacing_mm: float) -> st
     written = df[[f"written_{f}" for f in FINDINGS]].to_numpy()
     for i in range(n_images):
         labels = "|".join(f for f, v in zip(FINDINGS, written[i], strict=True) if v) or NO_FINDING
+        if unlabelled:
+            labels = ""
         writer.writerow(
             [
                 df["Image Index"].iat[i],

@@ -1,6 +1,7 @@
 """Deterministic multi-site chest X-ray cohort simulator writing real formats into landing.
 
-For each site batch it writes ``<landing>/cxr/<site>/<batch>/``::
+For each site batch it writes ``<landing>/cxr/<site>/<batch>/`` (``cxr`` is the default
+``landing_dir``; another study's landing folder can be named instead)::
 
     images/<Image Index>        DICOM (DX or CR), one per image
     labels.csv                  NIH ChestX-ray14 ``Data_Entry_2017.csv`` layout (11 columns)
@@ -10,7 +11,9 @@ For each site batch it writes ``<landing>/cxr/<site>/<batch>/``::
 
 and, for tests only, the truth sidecar ``<truth>/cxr/<site>/<batch>.json`` (profile as applied,
 declared shift directions versus ``vendor_dev``) and ``<batch>.csv`` (per image true and written
-labels, severity per finding, acquisition values).
+labels, severity per finding, acquisition values). An *unlabelled* batch (``unlabelled=True``)
+writes an empty ``Finding Labels`` on every row and no split files; its sidecar still holds the
+true labels.
 
 Patients, views and labels are sampled in :mod:`~clinaudit.sources.cxr_population` (a Gaussian
 copula of latent disease factors; label noise on the written labels only) and rendered by
@@ -75,6 +78,7 @@ class SiteSummary:
     images_per_second: float
     n_train: int = 0
     n_test: int = 0
+    unlabelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,15 +213,19 @@ def simulate_site_batch(
     test_images: int | None = None,
     workers: int | None = None,
     reference: SiteProfile | None = None,
+    landing_dir: str = STUDY,
+    unlabelled: bool = False,
+    patient_block: int | None = None,
 ) -> SiteSummary:
     """Simulate one site batch and land it (images, labels.csv, split files, manifest last).
 
     Parameters
     ----------
     landing_root : path
-        Landing root; the batch goes to ``<landing_root>/cxr/<site>/<batch>/``.
+        Landing root; the batch goes to ``<landing_root>/<landing_dir>/<site>/<batch>/``.
     truth_root : path
-        Where the truth sidecar goes (``<truth_root>/cxr/<site>/<batch>.json`` and ``.csv``).
+        Where the truth sidecar goes (``<truth_root>/<landing_dir>/<site>/<batch>.json`` and
+        ``.csv``).
     site : str or SiteProfile
         A name from ``DEFAULT_SITES`` or a custom profile (e.g. a new site for an e2e test).
     n_images : int, optional
@@ -236,6 +244,18 @@ def simulate_site_batch(
         written do not depend on it.
     reference : SiteProfile, optional
         Reference for the sidecar's declared shift directions (default ``vendor_dev``).
+    landing_dir : str
+        The study's landing folder (default ``"cxr"``, multisite_cxr's); also the manifest's
+        ``study`` and the truth sidecar's sub-folder.
+    unlabelled : bool
+        Write ``labels.csv`` with an empty ``Finding Labels`` on every row (a pile nobody has
+        labelled yet; every other column as usual) and no split files. The truth sidecar still
+        holds the true and the would-be written labels.
+    patient_block : int, optional
+        Which block of 100,000 patient ids (0-9) the batch draws from; default: from the batch
+        name's trailing number (``b0001`` -> 0). Give distinct blocks to batches of one site whose
+        names end in the same number (e.g. ``dev-0001`` and ``pile-0001``) so that their patients
+        and image names do not collide.
 
     Returns
     -------
@@ -245,20 +265,32 @@ def simulate_site_batch(
     ------
     LandingError
         If the batch directory already holds a manifest (landed data is immutable) or leftover
-        files of an interrupted write.
+        files of an interrupted write, or ``landing_dir`` is not a safe directory name.
+    ValueError
+        If ``test_images`` is given for an unlabelled batch, or ``patient_block`` is not 0-9.
     """
     t0 = time.perf_counter()
     profile = _resolve_site(site)
     sc = _resolve_scale(scale)
     validate_name("site", profile.name)
     validate_name("batch", batch)
+    validate_name("landing_dir", landing_dir)
     if n_images is None:
         n_images = sc.n_images(profile.name)
     if n_images < 1:
         raise ValueError(f"n_images={n_images}; expected at least 1 image")
-    if test_images is None and profile.name == REFERENCE_SITE:
+    if unlabelled and test_images is not None:
+        raise ValueError(
+            f"test_images={test_images} for an unlabelled batch; split files need labels. Leave "
+            "test_images=None, or land the labelled split as its own batch"
+        )
+    if test_images is None and profile.name == REFERENCE_SITE and not unlabelled:
         test_images = sc.vendor_test
-    batch_dir = Path(landing_root) / STUDY / profile.name / batch
+    if patient_block is None:
+        patient_block = _batch_slot(batch)
+    elif not (isinstance(patient_block, int) and 0 <= patient_block <= 9):
+        raise ValueError(f"patient_block={patient_block!r}; expected an integer 0-9 or None")
+    batch_dir = Path(landing_root) / landing_dir / profile.name / batch
     if (batch_dir / MANIFEST_NAME).exists():
         raise LandingError(
             batch_dir,
@@ -277,7 +309,7 @@ def simulate_site_batch(
     entropy = (int(seed), _crc(profile.name), _crc(batch))
     rng = np.random.default_rng(np.random.SeedSequence(entropy))
     df = sample_population(profile, n_images, rng)
-    pid_base = _site_number(profile) * 1_000_000 + _batch_slot(batch) * 100_000
+    pid_base = _site_number(profile) * 1_000_000 + patient_block * 100_000
     df.insert(0, "Patient ID", pid_base + 1 + df.pop("patient_idx"))
     df.insert(
         0,
@@ -336,7 +368,8 @@ def simulate_site_batch(
                 results.extend(part)
     hashes = {f"images/{name}": digest for name, digest, _ in results}
     hashes["labels.csv"] = _write_text(
-        batch_dir / "labels.csv", nih_labels_csv(df, native_px=native, spacing_mm=spacing)
+        batch_dir / "labels.csv",
+        nih_labels_csv(df, native_px=native, spacing_mm=spacing, unlabelled=unlabelled),
     )
 
     split = np.full(n_images, "", dtype=object)
@@ -355,7 +388,7 @@ def simulate_site_batch(
         n_train, n_test = len(train_names), len(test_names)
     write_manifest(
         batch_dir,
-        study=STUDY,
+        study=landing_dir,
         site=profile.name,
         batch=batch,
         label_file="labels.csv",
@@ -366,7 +399,7 @@ def simulate_site_batch(
     )
 
     # Truth sidecar (tests only).
-    truth_dir = Path(truth_root) / STUDY / profile.name
+    truth_dir = Path(truth_root) / landing_dir / profile.name
     truth_dir.mkdir(parents=True, exist_ok=True)
     acq = pd.DataFrame([a for _, _, a in results])
     truth = df.drop(columns=["study_date"]).copy()
@@ -398,10 +431,20 @@ def simulate_site_batch(
         "label_noise": {
             "miss_rate": profile.label_miss_rate,
             "false_rate": profile.label_false_rate,
-            "applies_to": "labels.csv only; true_* columns of the sidecar CSV are noise-free",
+            "applies_to": (
+                "labels.csv has no labels (unlabelled pile); written_* columns of the sidecar CSV "
+                "are what the site's readers would write (true labels with this noise)"
+                if unlabelled
+                else "labels.csv only; true_* columns of the sidecar CSV are noise-free"
+            ),
         },
         "split": {"train_val": n_train, "test": n_test},
     }
+    # Keys added only when set, so a default batch's sidecar stays byte-identical.
+    if unlabelled:
+        doc["unlabelled"] = True
+    if landing_dir != STUDY:
+        doc["landing_dir"] = landing_dir
     (truth_dir / f"{batch}.json").write_text(
         json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8"
     )
@@ -418,6 +461,7 @@ def simulate_site_batch(
         images_per_second=n_images / seconds,
         n_train=n_train,
         n_test=n_test,
+        unlabelled=bool(unlabelled),
     )
 
 
@@ -430,13 +474,14 @@ def simulate_cohort(
     sites: Sequence[str] | None = None,
     batch: str = "b0001",
     workers: int | None = None,
+    landing_dir: str = STUDY,
 ) -> CohortSummary:
     """Simulate the vendor site and the deployment sites of ``scale`` into ``landing_root``.
 
     Parameters
     ----------
     landing_root, truth_root : path
-        Landing root (``<landing_root>/cxr/<site>/<batch>/``) and truth sidecar root.
+        Landing root (``<landing_root>/<landing_dir>/<site>/<batch>/``) and truth sidecar root.
     scale : {"tiny", "demo", "full"} or CohortScale
         Cohort sizes.
     seed : int
@@ -447,6 +492,8 @@ def simulate_cohort(
         Batch name for every site.
     workers : int, optional
         Rendering processes (see :func:`simulate_site_batch`).
+    landing_dir : str
+        The landing folder (default ``"cxr"``; see :func:`simulate_site_batch`).
 
     Returns
     -------
@@ -476,6 +523,7 @@ def simulate_cohort(
             seed=seed,
             batch=batch,
             workers=workers,
+            landing_dir=landing_dir,
         )
         for name in names
     ]

@@ -21,7 +21,10 @@ NIH ``Data_Entry_2017.csv``
     unknown columns are listed in ``ignored_columns``. The image file is ``images/<Image Index>``.
     ``Finding Labels`` is ``|``-separated FINDINGS names or ``No Finding`` (alone). ``Patient Age``
     is a number of years, or the older NIH form ``058Y`` (``M``/``W``/``D`` suffixes are converted
-    to years). All 14 findings are labelled 0/1.
+    to years). All 14 findings are labelled 0/1. An empty (or blank) ``Finding Labels`` means the
+    row is *not labelled*: it is quarantined (``unknown_finding``) unless the reader is called with
+    ``allow_unlabelled=True`` (a pile of unlabelled studies), which keeps it with all 14 findings
+    NaN.
 
 CheXpert ``train.csv`` / ``valid.csv``
     Required: ``Path, Sex, Age, Frontal/Lateral, AP/PA``; every other named column is an
@@ -102,6 +105,9 @@ class LabelTableResult:
         FINDINGS without a column (NaN in every row).
     referenced_files : frozenset of str
         Image files named by any row, quarantined rows included (relative to the batch dir).
+    n_unlabelled_rows : int
+        Rows of ``table`` that are not labelled at all (NIH with ``allow_unlabelled``: empty
+        ``Finding Labels``, every finding NaN); 0 otherwise.
     """
 
     table: pd.DataFrame
@@ -111,6 +117,7 @@ class LabelTableResult:
     n_rows: int = 0
     unlabelled_findings: tuple[str, ...] = field(default=())
     referenced_files: frozenset[str] = field(default=frozenset())
+    n_unlabelled_rows: int = 0
 
 
 def read_label_table(
@@ -123,6 +130,7 @@ def read_label_table(
     data: bytes | None = None,
     batch_dir: str | os.PathLike[str] | None = None,
     known_files: Collection[str] | None = None,
+    allow_unlabelled: bool = False,
 ) -> LabelTableResult:
     """Read an NIH or CheXpert label table into the canonical label table.
 
@@ -144,6 +152,11 @@ def read_label_table(
     known_files : collection of str, optional
         Relative paths that exist in the batch (e.g. the manifest's); used for the CheXpert prefix
         rule instead of looking at the file system.
+    allow_unlabelled : bool
+        NIH only: keep rows with an empty ``Finding Labels`` as *not labelled* (all 14 findings
+        NaN) instead of quarantining them. For a pile of studies nobody has labelled yet; a study
+        whose evidence needs a label on every row leaves it ``False``. A CheXpert table is
+        unaffected.
 
     Returns
     -------
@@ -191,7 +204,7 @@ def read_label_table(
         check_columns(header, NIH_REQUIRED, site=site, batch=batch, file=name)
         known = set(NIH_REQUIRED) | set(NIH_OPTIONAL)
         ignored = [h for h in header if h and h not in known]
-        nih_rows(header, records, acc)
+        nih_rows(header, records, acc, allow_unlabelled=allow_unlabelled)
         labelled = FINDINGS
     else:
         check_columns(header, CHEXPERT_REQUIRED, site=site, batch=batch, file=name)
@@ -222,6 +235,9 @@ def read_label_table(
     table, schema_records = validate_frame(
         CanonicalLabels, table, site=site, batch=batch, file=name
     )
+    n_unlabelled_rows = 0
+    if layout == "nih" and allow_unlabelled:
+        n_unlabelled_rows = int(table[list(FINDINGS)].isna().all(axis=1).sum())
     records_out = sorted(
         acc.records + schema_records, key=lambda r: (r.row is None, r.row or 0, r.column or "")
     )
@@ -233,6 +249,7 @@ def read_label_table(
         n_rows=len(records),
         unlabelled_findings=unlabelled,
         referenced_files=frozenset(acc.referenced),
+        n_unlabelled_rows=n_unlabelled_rows,
     )
 
 

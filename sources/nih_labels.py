@@ -7,6 +7,7 @@ the parser of its rows.
 from __future__ import annotations
 
 import difflib
+import math
 
 from clinaudit.sources.cxr_labels import FINDINGS, NO_FINDING
 from clinaudit.sources.label_rows import RowCollector, padded_records, parse_age_sex, parse_view
@@ -39,8 +40,19 @@ NIH_OPTIONAL: tuple[str, ...] = (
 _KNOWN_LABELS = (*FINDINGS, NO_FINDING)
 
 
-def nih_rows(header: list[str], records: list[tuple[int, list[str]]], acc: RowCollector) -> None:
-    """Parse the NIH data rows into ``acc`` (rows, quarantine records, referenced files)."""
+def nih_rows(
+    header: list[str],
+    records: list[tuple[int, list[str]]],
+    acc: RowCollector,
+    *,
+    allow_unlabelled: bool = False,
+) -> None:
+    """Parse the NIH data rows into ``acc`` (rows, quarantine records, referenced files).
+
+    An empty (or blank) ``Finding Labels`` field means the row is *not labelled*. By default such
+    a row is quarantined (``unknown_finding``); with ``allow_unlabelled=True`` it is kept with all
+    14 findings NaN.
+    """
     idx = {name: header.index(name) for name in NIH_REQUIRED}
     for line, fields in padded_records(records, len(header), acc):
 
@@ -100,9 +112,25 @@ def nih_rows(header: list[str], records: list[tuple[int, list[str]]], acc: RowCo
         )
         view, ok_view = parse_view(acc, line, get("View Position"), "View Position")
         labels = dict.fromkeys(FINDINGS, 0.0)
-        names = [n.strip() for n in get("Finding Labels").split("|")]
+        finding_text = get("Finding Labels")
+        names = [n.strip() for n in finding_text.split("|")]
         unknown = [n for n in names if n not in _KNOWN_LABELS]
-        if unknown:
+        unlabelled = not finding_text
+        if unlabelled and allow_unlabelled:
+            labels = dict.fromkeys(FINDINGS, math.nan)
+        elif unlabelled:
+            acc.record(
+                line,
+                "Finding Labels",
+                "unknown_finding",
+                "Finding Labels is empty: the row is not labelled, and this ingest needs a "
+                "label on every row",
+                f"write the findings separated by '|', or {NO_FINDING!r} for a normal study; a "
+                "pile of unlabelled studies belongs to a study that accepts them (ingest with "
+                "IngestConfig(allow_unlabelled=True), e.g. cxr_triage)",
+            )
+            ok = False
+        elif unknown:
             close = difflib.get_close_matches(unknown[0], _KNOWN_LABELS, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             acc.record(

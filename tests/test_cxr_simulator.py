@@ -218,6 +218,31 @@ def test_refuses_to_overwrite_landed_batch(tmp_path: Path) -> None:
     assert verify_batch(s2.batch_dir, read_manifest(s2.batch_dir)).ok
 
 
+def test_landing_dir_and_unlabelled_batches(tmp_path: Path) -> None:
+    summary = simulate_cohort(tmp_path / "l", truth_root=tmp_path / "t", scale="tiny",
+                              sites=["site_a"], landing_dir="other_study", workers=1)  # fmt: skip
+    batch = summary.site("site_a").batch_dir
+    assert batch == tmp_path / "l" / "other_study" / "site_a" / "b0001"
+    assert read_manifest(batch).study == "other_study" and not (tmp_path / "l" / "cxr").exists()
+    side = json.loads((tmp_path / "t" / "other_study" / "site_a" / "b0001.json").read_text())
+    assert side["landing_dir"] == "other_study" and "unlabelled" not in side
+    # The reference site unlabelled: no split files, empty Finding Labels, truth kept.
+    s = simulate_site_batch(tmp_path / "l", truth_root=tmp_path / "t", site=REFERENCE_SITE,
+                            n_images=8, scale="tiny", unlabelled=True)  # fmt: skip
+    assert s.unlabelled and (s.n_train, s.n_test) == (0, 0)
+    assert sorted(p.name for p in s.batch_dir.iterdir()) == [
+        "images",
+        "labels.csv",
+        "manifest.json",
+    ]
+    df = pd.read_csv(s.batch_dir / "labels.csv", keep_default_na=False)
+    assert list(df.columns) == NIH_COLUMNS and (df["Finding Labels"] == "").all()
+    truth = pd.read_csv(tmp_path / "t" / "cxr" / REFERENCE_SITE / "b0001.csv")
+    assert truth["Image Index"].tolist() == df["Image Index"].tolist()
+    assert {f"true_{f}" for f in FINDINGS} <= set(truth.columns)
+    assert json.loads(s.truth_json.read_text())["unlabelled"] is True
+
+
 def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["--out", str(tmp_path / "l"), "--truth", str(tmp_path / "t"), "--scale", "tiny",
                "--sites", "site_d", "--workers", "1"])  # fmt: skip

@@ -23,6 +23,7 @@ from cxr_fixtures import (
 from pandera.errors import SchemaErrors
 
 from clinaudit.sources.chexpert_labels import CHEXPERT_REQUIRED
+from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.landing import LandingError, read_manifest
 from clinaudit.validation.errors import BatchStructureError
 from clinaudit.validation.ingest import IngestConfig, ingest_batch, pseudonymise
@@ -261,3 +262,27 @@ def test_chexpert_png_batch(tmp_path: Path) -> None:
     assert res.labelled_findings == ("Cardiomegaly", "Effusion", "Edema")
     # CheXpert paths carry the patient id (patientNNNNN/...): reported, as for any export.
     assert set(res.quarantine["check"]) == {"unlabelled_findings", "identifier_in_image_id"}
+
+
+def test_unlabelled_rows_need_the_option(tmp_path: Path) -> None:
+    d = nih_batch(tmp_path, n=4, manifest=False)
+    rows = [line.split(",") for line in (d / "labels.csv").read_text().splitlines()[1:]]
+    for k in (1, 3):
+        rows[k][1] = ""  # Finding Labels: not labelled
+    write_csv(d / "labels.csv", NIH_HEADER, rows)
+    make_manifest(d)
+    res = ingest_batch(d, pseudonym_key=KEY)
+    assert res.table["image_id"].tolist() == ["00000000_000.dcm", "00000002_000.dcm"]
+    q = res.quarantine[res.quarantine["severity"] == "error"]
+    assert q["check"].tolist() == ["unknown_finding"] * 2 and q["row"].tolist() == [3, 5]
+    assert q["message"].str.contains("not labelled").all()
+    res = ingest_batch(d, pseudonym_key=KEY, config=IngestConfig(allow_unlabelled=True))
+    t = res.table.set_index("image_id")
+    assert res.quarantine.empty and res.n_images_ok == 4
+    findings = list(FINDINGS)
+    assert t.loc[["00000001_000.dcm", "00000003_000.dcm"], findings].isna().all().all()
+    assert t.loc[["00000000_000.dcm", "00000002_000.dcm"], findings].notna().all().all()
+    assert t["mean_intensity"].notna().all() and t["patient_pseudonym"].str.len().eq(16).all()
+    ValidatedImages.validate(res.table, lazy=True)
+    with pytest.raises(ValueError, match="allow_unlabelled='yes'"):
+        IngestConfig(allow_unlabelled="yes")  # type: ignore[arg-type]

@@ -328,3 +328,74 @@ def test_bom_blank_lines_and_record_errors(tmp_path: Path) -> None:
     rec = QuarantineRecord("s", "b", "labels.csv", 4, "Patient Age", "age_range", "bad", "fix it")
     assert str(rec) == "[error:age_range] labels.csv line 4 column 'Patient Age': bad. Fix: fix it"
     assert "labels.csv line 4" in str(BatchStructureError([rec]))
+
+
+# ---- unlabelled rows (allow_unlabelled) -------------------------------------------------------
+
+
+def _mixed_rows() -> list[list[str]]:
+    return [
+        nih_row("lab.png", "Cardiomegaly|Effusion", patient="P1", age="061Y"),
+        nih_row("empty.png", "", patient="P2", age="45", sex="F", view="AP"),
+        nih_row("nf.png", "No Finding", patient="P3", follow="2"),
+        nih_row("blank.png", "   ", patient="P4", age="70"),
+        nih_row("typo.png", "Cardiomegally", patient="P5"),
+    ]
+
+
+def test_empty_finding_labels_quarantine_by_default(tmp_path: Path) -> None:
+    res = _read(_nih(tmp_path, _mixed_rows()))
+    assert res.table["image_id"].tolist() == ["lab.png", "nf.png"]
+    assert res.n_unlabelled_rows == 0
+    recs = _by_check(res, "unknown_finding")
+    assert [r.row for r in recs] == [3, 5, 6]
+    empty, blank, typo = recs
+    for r in (empty, blank):
+        assert r.column == "Finding Labels" and r.severity == "error"
+        assert "empty: the row is not labelled" in r.message
+        assert "'No Finding'" in r.fix and "allow_unlabelled=True" in r.fix
+    assert "did you mean 'Cardiomegaly'" in typo.message  # unknown names keep their message
+
+
+def test_allow_unlabelled_keeps_empty_rows_with_nan_findings(tmp_path: Path) -> None:
+    path = _nih(tmp_path, _mixed_rows())
+    res = _read(path, allow_unlabelled=True)
+    t = res.table.set_index("image_id")
+    assert t.index.tolist() == ["lab.png", "empty.png", "nf.png", "blank.png"]
+    assert res.n_unlabelled_rows == 2
+    for image in ("empty.png", "blank.png"):
+        assert t.loc[image, list(FINDINGS)].isna().all()
+    # Every other column of an unlabelled row is parsed as usual.
+    row = t.loc["empty.png"]
+    assert (row["patient_id"], row["age"], row["sex"], row["view_position"]) == (
+        "P2",
+        45.0,
+        "F",
+        "AP",
+    )
+    assert (row["file"], row["source_row"], row["follow_up"]) == ("images/empty.png", 3, 0)
+    # Labelled rows are unchanged by the option.
+    default = _read(path).table.set_index("image_id")
+    pd.testing.assert_frame_equal(t.loc[["lab.png", "nf.png"]], default)
+    assert t.loc["nf.png", list(FINDINGS)].eq(0.0).all()
+    # An unknown name is still refused.
+    assert [r.row for r in res.quarantine] == [6] and res.quarantine[0].check == "unknown_finding"
+    assert res.labelled_findings == FINDINGS and res.unlabelled_findings == ()
+    assert res.referenced_files >= {"images/empty.png", "images/blank.png"}
+    CanonicalLabels.validate(res.table, lazy=True)
+
+
+def test_allow_unlabelled_whole_pile_and_chexpert_unaffected(tmp_path: Path) -> None:
+    rows = [nih_row(f"{k}.png", "", patient=f"P{k}") for k in range(3)]
+    res = _read(_nih(tmp_path, rows), allow_unlabelled=True)
+    assert len(res.table) == 3 and res.n_unlabelled_rows == 3 and res.quarantine == []
+    assert res.table[list(FINDINGS)].isna().all().all()
+    assert res.table[list(FINDINGS)].dtypes.eq("float64").all()
+    chex_rows = [
+        ["CheXpert-v1.0/train/patient00001/study2/view1_frontal.jpg", "Female", "68", "Frontal",
+         "AP", "", "1.0", "", "", ""],
+    ]  # fmt: skip
+    chex = _chexpert(tmp_path / "c", chex_rows)
+    on, off = _read(chex, "chexpert", allow_unlabelled=True), _read(chex, "chexpert")
+    pd.testing.assert_frame_equal(on.table, off.table)
+    assert on.quarantine == off.quarantine and on.n_unlabelled_rows == 0

@@ -7,11 +7,13 @@
 2. Structure: the label file must be listed in the manifest, present, and match its sha256; the
    NIH split lists, when present, too. Otherwise :class:`BatchStructureError`.
 3. The label table (``sources.label_tables.read_label_table``; layout from the config, else from
-   the manifest). Fewer than ``min_rows`` data rows fails the batch.
-4. Every labelled image, in chunks across ``workers`` processes: its bytes are read once, hashed
-   and compared with the manifest (a mismatch quarantines the image *without decoding it*), then
-   decoded (``sources.images.decode_image``), checked against the config (photometric
-   interpretation, bits stored, size) and measured (``validation.quality.quality_features``).
+   the manifest; ``allow_unlabelled`` keeps NIH rows with an empty ``Finding Labels`` with NaN
+   findings). Fewer than ``min_rows`` data rows fails the batch.
+4. Every image a table row names, in chunks across ``workers`` processes: its bytes are read
+   once, hashed and compared with the manifest (a mismatch quarantines the image *without
+   decoding it*), then decoded (``sources.images.decode_image``), checked against the config
+   (photometric interpretation, bits stored, size) and measured
+   (``validation.quality.quality_features``).
 5. Patient ids are replaced by keyed pseudonyms, HMAC-SHA256(key, site + "\\0" + patient_id)
    truncated to 16 hex characters: stable per patient and site, not reversible by hashing candidate
    ids without the key. ``patient_id`` never leaves this function.
@@ -77,6 +79,11 @@ class IngestConfig:
         Accepted range of the image's shorter and longer side, in pixels.
     workers : int
         Processes for the image work (1 = in this process).
+    allow_unlabelled : bool
+        Keep NIH rows with an empty ``Finding Labels`` as *not labelled* (all 14 findings NaN)
+        instead of quarantining them: for a pile of studies nobody has labelled yet (a triage
+        backlog). A study whose evidence needs a label on every image leaves it ``False``.
+        CheXpert tables are unaffected.
     """
 
     layout: Layout | None = None
@@ -88,6 +95,7 @@ class IngestConfig:
     min_size: int = 64
     max_size: int = 8192
     workers: int = 1
+    allow_unlabelled: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in (None, "nih", "chexpert"):
@@ -102,6 +110,10 @@ class IngestConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.min_size > self.max_size:
             raise ValueError(f"min_size={self.min_size} exceeds max_size={self.max_size}")
+        if not isinstance(self.allow_unlabelled, bool):
+            raise ValueError(
+                f"allow_unlabelled={self.allow_unlabelled!r} must be True or False (a bool)"
+            )
 
 
 @dataclass(frozen=True)
@@ -327,6 +339,7 @@ def ingest_batch(
         data=label_bytes,
         batch_dir=batch_dir,
         known_files={e.path for e in manifest.files},
+        allow_unlabelled=config.allow_unlabelled,
     )
     if labels.n_rows < config.min_rows:
         raise BatchStructureError(
