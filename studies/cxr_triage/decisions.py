@@ -60,6 +60,21 @@ def _row(name: str, crit: Criterion, cmp: str, value: float, detail: str) -> tup
     return (name, kind, crit.enabled, crit.statistic, cmp, crit.threshold, value, passed, detail)
 
 
+def _miss_rate_row(cert: TriageCertification, crit: Criterion) -> tuple:
+    """The held-out miss rate; when the rule clears no test study there is nothing to miss
+    (its interval would only reflect the sample size), and the row says so."""
+    cleared = int(cert.test_outcomes.set_index("metric").loc["share_clear", "k"])
+    if cleared == 0:
+        return (
+            "test_miss_rate", "safety", crit.enabled, crit.statistic, "<=", crit.threshold,
+            0.0, True, "no test study was cleared: nothing can be missed",
+        )  # fmt: skip
+    return _row(
+        "test_miss_rate", crit, "<=", _outcome(cert, "miss_rate", crit.statistic),
+        f"abnormal test studies cleared / abnormal test studies ({cleared} cleared)",
+    )  # fmt: skip
+
+
 def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFrame:
     """Every criterion with the value it was judged on (see the module docstring)."""
     c = policy.criteria
@@ -80,11 +95,7 @@ def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFr
                 f"calibration studies (at least {cert.certificate.min_abnormal} needed)"
             ),
         ),
-        _row(
-            "test_miss_rate", c.test_miss_rate, "<=",
-            _outcome(cert, "miss_rate", c.test_miss_rate.statistic),
-            "abnormal test studies cleared / abnormal test studies",
-        ),
+        _miss_rate_row(cert, c.test_miss_rate),
         _row(
             "auroc", c.auroc, ">=", _value(disc, c.auroc.statistic, "auroc"),
             f"test AUROC of P(abnormal), {int(disc['n'])} studies",

@@ -24,7 +24,6 @@ from clinaudit.reporting.kit import (
     DECISIONS,
     SIMULATED_BAND,
     Appendix,
-    Cell,
     MethodNote,
     PolicyInfo,
     ReportFrame,
@@ -74,6 +73,7 @@ class MemoView(ReportFrame):
     kpis: Table
     must_not: tuple[str, ...]
     sections: tuple[Section, ...]
+    monitoring: Table
     appendix: Appendix
     figures: tuple[FigureFile, ...]
 
@@ -86,6 +86,18 @@ def _ci(row: pd.Series, digits: int = 1) -> str:
     if not row["depends_on_truth"]:
         return fmt_num(row["estimate"], digits)
     return fmt_ci(row["estimate"], row["ci_low"], row["ci_high"], digits)
+
+
+def _conditions(text: str, shown: int = 3) -> tuple[str, ...]:
+    """The decision's conditions; subgroup ones beyond ``shown`` are counted, not listed (all
+    are in Section 3)."""
+    items = [c for c in text.split("; ") if c]
+    groups = [c for c in items if "auto-clear below" in c or "no auto-clear (" in c]
+    other = [c for c in items if c not in groups]
+    if len(groups) > shown:
+        rest = len(groups) - shown
+        groups = [*groups[:shown], f"... and {rest} more subgroups with narrower auto-clear"]
+    return tuple(other[:1] + groups + other[1:])
 
 
 def _must_not(policy: TriagePolicy, sites: Sequence[str]) -> tuple[str, ...]:
@@ -211,6 +223,7 @@ def _throughput_section(ev, policy: TriagePolicy, figure: FigureFile) -> Section
         else f"the {facts['n_pile']:,} landed backlog studies"
     )
     return Section(
+        new_page=True,
         anchor="throughput",
         title=f"2 Throughput under {w.reads_per_day:,.0f} reads a day",
         paragraphs=(
@@ -238,7 +251,7 @@ def _throughput_section(ev, policy: TriagePolicy, figure: FigureFile) -> Section
 
 def _certificate_section(ev, cert, policy: TriagePolicy, figure: FigureFile) -> Section:
     c, t, f, plan = cert.certificate, cert.temperature, cert.flag, cert.label_plan
-    cal = cert.calibration
+    cal = _before_after(cert.calibration)
     cal_rows = [
         [
             str(r.group),
@@ -267,6 +280,7 @@ def _certificate_section(ev, cert, policy: TriagePolicy, figure: FigureFile) -> 
         for r in changed.itertuples()
     ) or ("Every subgroup keeps the global threshold.",)
     return Section(
+        new_page=True,
         anchor="certificate",
         title="3 Calibration and the auto-clear certificate",
         paragraphs=(
@@ -301,6 +315,29 @@ def _certificate_section(ev, cert, policy: TriagePolicy, figure: FigureFile) -> 
         bullets_title="Subgroup re-certification (" + ", ".join(policy.certificate.subgroups) + ")",
         bullets=bullets,
     )
+
+
+def _monitoring_table(plan: pd.DataFrame) -> Table:
+    rows = [
+        [
+            str(r.item),
+            "" if pd.isna(r.value) else f"{fmt_num(r.value, 3)} {r.unit}".strip(),
+            r.detail,
+        ]
+        for r in plan.itertuples()
+    ]
+    return table(
+        ("Item", "Value", "Detail"),
+        rows,
+        (24, 20, 56),
+        caption="Table C.1 The monitoring plan (re-read quota, alarm, fallback).",
+        css="compact",
+    )
+
+
+def _before_after(calibration: pd.DataFrame) -> pd.DataFrame:
+    """Calibration rows in reading order: before temperature scaling, then after."""
+    return calibration.sort_values("group", key=lambda g: ~g.str.startswith("before"))
 
 
 def _appendix(bundle: AuditBundle, stamp: AuditStamp, cert, policy: TriagePolicy) -> Appendix:
@@ -367,7 +404,7 @@ def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
         ),
         FigureFile(
             "calibration.svg",
-            calibration_svg(cert.reliability, cert.calibration, simulated=simulated),
+            calibration_svg(cert.reliability, _before_after(cert.calibration), simulated=simulated),
             "reliability diagrams",
             "Figure 2 Reliability of P(abnormal) on the test split, before and after "
             "temperature scaling (observed rate with Wilson 95% CI per bin).",
@@ -386,7 +423,7 @@ def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
         ask=ask,
         mode=mode,
         reasons=tuple(str(decided["reasons"]).split("; ")),
-        conditions=tuple(c for c in str(decided["conditions"]).split("; ") if c),
+        conditions=_conditions(str(decided["conditions"])),
         headline=_headline(ev),
         kpis=_kpis(ev, cert, policy, mode_policy),
         must_not=_must_not(policy, bundle.provenance.partitions),
@@ -394,6 +431,7 @@ def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
             _throughput_section(ev, policy, figures[0]),
             _certificate_section(ev, cert, policy, figures[1]),
         ),
+        monitoring=_monitoring_table(bundle.monitoring["plan"]),
         appendix=_appendix(bundle, stamp, cert, policy),
         figures=figures,
     )
@@ -427,6 +465,3 @@ def triage_memo(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         attachments=attachments,
         metadata={"decision": view.decision, "mode": view.mode},
     )
-
-
-_ = Cell  # the kit's cell type is used by table(); kept importable for templates' tests

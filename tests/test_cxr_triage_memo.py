@@ -1,0 +1,112 @@
+"""Study cxr_triage: the operations memo from a synthetic audit bundle (no images, no Dagster)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from clinaudit.audit.records import ModelRef, TableSet
+from clinaudit.reporting.package import AuditStamp
+from clinaudit.reporting.provenance import AuditBundle, Provenance
+from clinaudit.reporting.report_figures import write_figures
+from clinaudit.studies.cxr_triage.certify import certify_triage
+from clinaudit.studies.cxr_triage.decisions import decide_triage
+from clinaudit.studies.cxr_triage.evidence import evidence_tableset
+from clinaudit.studies.cxr_triage.memo import build_memo_view, triage_memo
+from clinaudit.studies.cxr_triage.monitoring import monitoring_plan
+from clinaudit.studies.cxr_triage.throughput import simulate_throughput
+from tests.system_tools import require_tool
+from tests.test_cxr_triage_certify import _scored, _small_workload
+
+
+def _bundle(scored, policy) -> AuditBundle:
+    cert = certify_triage(scored, policy, seed=0)
+    thr = simulate_throughput(cert.rows[cert.rows["split"] == "pile"], policy, seed=0)
+    evidence = evidence_tableset(cert, thr, simulated=True, left_out={}, settings={"seed": 0})
+    decided, criteria = decide_triage(cert, policy)
+    plan = monitoring_plan(
+        cert, policy, cleared_per_day=200.0, mode=str(decided["mode"].iloc[0]), n_sims=100
+    )
+    model = ModelRef(
+        study="cxr_triage", kind="image_multilabel", mode="embedded", identity="ab" * 32,
+        source="synthetic", targets=("abnormal", "critical"),
+        thresholds={"abnormal": 0.5, "critical": 0.5}, threshold_source="test",
+        card={"architecture": "synthetic logits"},
+    )  # fmt: skip
+    return AuditBundle(
+        study="cxr_triage",
+        title="t",
+        evidence=evidence,
+        mitigations={},
+        decisions=TableSet({"decisions": decided, "criteria": criteria}),
+        monitoring=TableSet({"plan": plan}),
+        cohort=scored.head(0),
+        quarantine={},
+        policy=policy,
+        model=model,
+        provenance=Provenance({"cxr_triage/main/dev-0001": "cd" * 32}, True, ("main",)),
+    )
+
+
+STAMP = AuditStamp(
+    audit_id="20261202T070000Z-test",
+    now=datetime(2026, 12, 2, 7, tzinfo=UTC),
+    generated_at="2026-12-02T07:00:00Z",
+    code_version="clinaudit test",
+    signer="CN=test",
+    development_signature=True,
+)
+
+
+@pytest.fixture(scope="module")
+def go_bundle() -> AuditBundle:
+    return _bundle(_scored(), _small_workload())
+
+
+def test_page_one_has_the_decision_the_numbers_and_the_must_not_list(go_bundle) -> None:
+    view = build_memo_view(go_bundle, STAMP)
+    assert view.decision == "GO" and view.mode == "priority + auto-clear"
+    kpis = [row[0].text for row in view.kpis.rows]
+    assert kpis[0] == "Certified sensitivity" and "Days to clear 5,000 backlog studies" in kpis
+    assert "≥ 99.0% with probability ≥ 95%" in view.kpis.rows[0][1].text
+    assert any("Never to de-prioritise the uncertain bucket" in b for b in view.must_not)
+    assert any("under 18 years" in b for b in view.must_not)
+    assert "Double effective radiologist throughput" in view.headline
+    html = triage_memo(go_bundle, STAMP).html
+    assert html.count("SIMULATED DATA") >= 1
+    assert "resampled (with replacement) to 5,000" in html  # the settings the run used
+    assert "1,080 reads a day" in html
+
+
+def test_priority_only_memo_describes_the_priority_policy() -> None:
+    bundle = _bundle(_scored(1, n=1500, pile=300), _small_workload())
+    view = build_memo_view(bundle, STAMP)
+    assert view.decision == "CONDITIONAL GO" and view.mode == "priority ordering only"
+    assert "none: no threshold could be certified" in view.kpis.rows[0][1].text
+    assert any("no auto-clear" in c for c in view.conditions)
+
+
+def test_memo_pdf_is_three_pages_then_appendix_each_banded(go_bundle, tmp_path: Path) -> None:
+    from weasyprint import HTML
+
+    pdftotext = require_tool("pdftotext", "poppler-utils")
+    content = triage_memo(go_bundle, STAMP)
+    view = build_memo_view(go_bundle, STAMP)
+    write_figures(view.figures, tmp_path)
+    document = HTML(string=content.html, base_url=str(tmp_path)).render()
+    pdf = tmp_path / "memo.pdf"
+    document.write_pdf(pdf)
+    out = subprocess.run(
+        [pdftotext, "-layout", str(pdf), "-"], check=True, capture_output=True, text=True
+    ).stdout
+    pages = [p for p in out.split("\f") if p.strip()]
+    starts = [k for k, p in enumerate(pages) if re.search(r"^\s*A Methods", p, re.M)]
+    assert starts == [3], [p[:200] for p in pages]  # pages 1-3 are the memo, then appendices
+    assert "1 Decision" in pages[0] and "What the model must not be used for" in pages[0]
+    assert "2 Throughput" in pages[1] and "3 Calibration" in pages[2]
+    for k, text in enumerate(pages, start=1):
+        assert "SIMULATED DATA" in text and f"Page {k} of {len(pages)}" in text
