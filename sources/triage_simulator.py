@@ -95,7 +95,10 @@ class TriageScale:
 #: development batch, ~15-20 CPU-min to render.
 TRIAGE_SCALES: dict[str, TriageScale] = {
     "tiny": TriageScale("tiny", 300, 80, 200, native_px=(96, 160), render_px=128),
-    "demo": TriageScale("demo", 1600, 400, 1200, native_px=(256, 384), render_px=256),
+    # 3,000 development images (500 test; the study carves its calibration split from the
+    # rest) so that ~700 abnormal calibration studies can certify a 1 % miss rate, at render
+    # 192 px (about 30 % cheaper than 256): ~4,000 images in about a minute on 2 cores.
+    "demo": TriageScale("demo", 3000, 500, 1000, native_px=(256, 384), render_px=192),
     "full": TriageScale("full", 10000, 2000, 30000, native_px=(256, 512), render_px=256),
 }
 

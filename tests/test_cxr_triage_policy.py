@@ -87,8 +87,8 @@ def test_scope_rule_names_every_reason() -> None:
 
 
 def test_age_bands_cover_every_age() -> None:
-    assert age_band([0, 17.9, 18, 39.9, 40, 60, 79.9, 80, 120]).tolist() == [
-        "<18", "<18", "18-39", "18-39", "40-59", "60-79", "60-79", "80+", "80+",
+    assert age_band([0, 17.9, 18, 64.9, 65, 120]).tolist() == [
+        "<18", "<18", "18-64", "18-64", "65+", "65+",
     ]  # fmt: skip
     with pytest.raises(AuditInputError, match="age"):
         age_band([30, np.nan])

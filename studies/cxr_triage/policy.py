@@ -56,7 +56,10 @@ SCHEMA: dict[str, Field] = {
         min_dynamic_range=leaf("fraction", "0.25"),
     ),
     "calibration": section(
-        n_bins=leaf("int", "10"), n_boot=leaf("int", "1000"), ci_level=leaf("fraction", "0.95")
+        calibration_fraction=leaf("fraction", "0.6"),
+        n_bins=leaf("int", "10"),
+        n_boot=leaf("int", "1000"),
+        ci_level=leaf("fraction", "0.95"),
     ),
     "certificate": section(
         alpha=leaf("fraction", "0.01"),
@@ -131,8 +134,10 @@ class ScopeSettings:
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """How calibration is reported (temperature scaling itself has no settings)."""
+    """The calibration split's share of the development patients, and how calibration is
+    reported (temperature scaling itself has no settings)."""
 
+    calibration_fraction: float
     n_bins: int
     n_boot: int
     ci_level: float
