@@ -1,0 +1,246 @@
+"""Study ``cxr_triage``: normal/abnormal chest X-ray triage in front of the reporting queue.
+
+One dynamic partition per site (``landing/cxr_triage/<site>/<batch>/``): a labelled development
+batch (NIH layout with split files) and an unlabelled backlog (NIH layout, empty ``Finding
+Labels``). The generic pipeline calls these methods; the logic lives in this package:
+
+============================  =======================================================
+stage                         module
+============================  =======================================================
+ingest (per site)             :mod:`clinaudit.studies.image_ingest` (unlabelled rows kept)
+model, predictions            :mod:`.model` (fine-tuned backbone vs scratch; logits)
+evidence                      :mod:`.data`, :mod:`.certify`, :mod:`.throughput`, :mod:`.evidence`
+decisions, monitoring         :mod:`.decisions`, :mod:`.monitoring`
+package (operations memo)     :mod:`.memo` (+ :mod:`.memo_figures`)
+demo data                     :func:`clinaudit.sources.triage_simulator.simulate_triage_site`
+============================  =======================================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clinaudit.audit.partitions import usable_partitions
+from clinaudit.audit.records import ModelRef, TableSet
+from clinaudit.audit.types import AuditInputError
+from clinaudit.reporting.package import AuditStamp
+from clinaudit.reporting.provenance import AuditBundle
+from clinaudit.reporting.study_package import ReportContent
+from clinaudit.sources.landing import BatchRef, scan_landing
+from clinaudit.sources.triage_simulator import TRIAGE_SITES, simulate_triage_site
+from clinaudit.studies.base import AuditData, CheckOutcome, ModelSpec, RunDirs, SimSummary, Study
+from clinaudit.studies.image_ingest import (
+    IMAGE_CHECKS,
+    ImageIngestOptions,
+    check_image_partition,
+    empty_images,
+    ingest_image_batch,
+)
+from clinaudit.validation.cohort import cohort_summary
+from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
+from clinaudit.validation.privacy import phi_leaks
+
+from . import model as triage_model
+from .certify import certify_triage
+from .data import scored_table
+from .decisions import decide_triage
+from .evidence import certification_of, evidence_tableset
+from .labels import TARGETS
+from .memo import TITLE, triage_memo
+from .monitoring import monitoring_plan
+from .policy import TriagePolicy
+from .throughput import simulate_throughput
+
+__all__ = ["REFERENCE_SITE", "CxrTriage", "TriageIngestOptions"]
+
+#: The site whose development batch trains the embedded model (the simulated triage hospital).
+REFERENCE_SITE = next(iter(TRIAGE_SITES))
+
+
+@dataclass(frozen=True)
+class TriageIngestOptions(ImageIngestOptions):
+    """Ingest settings of a triage site: as every image study's, and the backlog lands
+    unlabelled (``allow_unlabelled`` on)."""
+
+    allow_unlabelled: bool = True
+
+
+def _policy(policy: Any) -> TriagePolicy:
+    if not isinstance(policy, TriagePolicy):
+        raise AuditInputError(
+            "policy", type(policy).__name__, "a TriagePolicy",
+            "configure a cxr_triage policy (CLINAUDIT_CXR_TRIAGE_POLICY)",
+        )  # fmt: skip
+    return policy
+
+
+class CxrTriage(Study):
+    """The chest X-ray triage audit (see the module docstring)."""
+
+    name = "cxr_triage"
+    title = TITLE
+    unit = "image"
+    partition_by = "site"
+    landing_dir = "cxr_triage"
+    targets = TARGETS
+    model_kind = triage_model.KIND
+    policy_type = TriagePolicy
+    reference_partition = REFERENCE_SITE
+    ingest_checks = IMAGE_CHECKS
+    ingest_options = TriageIngestOptions
+    sort_by = ("batch", "image_id")
+    page_budget = (4, 8)
+    identifiers = ("Patient ID", "PatientID", "PatientName")
+
+    # ------------------------------------------------------------------ ingest
+    def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
+        return ingest_image_batch(batch, key=key, options=options)
+
+    def empty_table(self) -> pd.DataFrame:
+        return empty_images()
+
+    def privacy_problems(self, table: pd.DataFrame) -> list[str]:
+        return phi_leaks(table)
+
+    def check_partition(self, ingest: PartitionIngest, options: Any) -> list[CheckOutcome]:
+        return check_image_partition(ingest, options)
+
+    def cohort(
+        self, validated: Mapping[str, pd.DataFrame], quarantine: Mapping[str, pd.DataFrame]
+    ) -> pd.DataFrame:
+        return cohort_summary(validated, quarantine)
+
+    # ------------------------------------------------------------------ model
+    def model_fingerprint(self, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+        return triage_model.model_fingerprint(spec)
+
+    def resolve_model(
+        self,
+        spec: ModelSpec,
+        *,
+        reference: pd.DataFrame | None,
+        dirs: RunDirs,
+        log: Any,
+        policy: Any = None,
+    ) -> ModelRef:
+        return triage_model.resolve_model(
+            spec,
+            reference=reference,
+            dirs=dirs,
+            log=log,
+            reference_site=REFERENCE_SITE,
+            policy=_policy(policy),
+        )
+
+    def predict(
+        self,
+        model: ModelRef,
+        table: pd.DataFrame,
+        *,
+        partition: str,
+        spec: ModelSpec,
+        dirs: RunDirs,
+        log: Any,
+    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+        return triage_model.predict_site(
+            model, table, site=partition, spec=spec, dirs=dirs, log=log
+        )
+
+    # ------------------------------------------------------------------ audit
+    def evaluate(self, data: AuditData, *, policy: Any, options: Any) -> TableSet:
+        policy = _policy(policy)
+        sites, left_out = usable_partitions(
+            data.validated,
+            data.predictions,
+            id_column="image_id",
+            identity=data.model.partition_identity,
+        )
+        if not sites:
+            raise AuditInputError(
+                "sites", f"none usable ({left_out})", "a site with current predictions",
+                "materialize cxr_triage/predictions for the landed sites",
+            )  # fmt: skip
+        logits = {s: data.predictions[s][["image_id", *triage_model.LOGITS]] for s in sites}
+        scored = scored_table({s: data.validated[s] for s in sites}, logits, policy)
+        seed = 0
+        cert = certify_triage(scored, policy, seed=seed)
+        pile = cert.rows[cert.rows["split"] == "pile"]
+        if not len(pile):
+            raise AuditInputError(
+                "pile", "no unlabelled backlog study", "a landed backlog batch (empty Finding "
+                "Labels)", "land the pile (docs/formats.md, unlabelled rows)",
+            )  # fmt: skip
+        throughput = simulate_throughput(pile, policy, seed=seed)
+        return evidence_tableset(
+            cert,
+            throughput,
+            simulated=data.simulated,
+            left_out=left_out,
+            settings={"seed": seed, "sites": sites, "model_facts": dict(data.model.facts)},
+        )
+
+    def decide(
+        self, evidence: TableSet, mitigations: Mapping[str, TableSet], *, policy: Any
+    ) -> TableSet:
+        table, criteria = decide_triage(certification_of(evidence), _policy(policy))
+        return TableSet({"decisions": table, "criteria": criteria})
+
+    def monitor(
+        self,
+        evidence: TableSet,
+        mitigations: Mapping[str, TableSet],
+        decisions: TableSet,
+        data: AuditData,
+        *,
+        policy: Any,
+    ) -> TableSet:
+        policy = _policy(policy)
+        thr = evidence["throughput"]
+        share = thr[
+            (thr["policy"] == "priority_autoclear") & (thr["metric"] == "auto_cleared_share")
+        ]["estimate"].iloc[0]
+        cleared_per_day = float(share) * policy.workload.daily_inflow
+        mode = str(decisions["decisions"]["mode"].iloc[0])
+        plan = monitoring_plan(
+            certification_of(evidence), policy, cleared_per_day=cleared_per_day, mode=mode
+        )
+        return TableSet({"plan": plan})
+
+    def decision_summary(self, decisions: TableSet) -> dict[str, str]:
+        row = decisions["decisions"].iloc[0]
+        return {str(row["scope"]): f"{row['decision']} ({row['mode']})"}
+
+    def report(self, bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
+        return triage_memo(bundle, stamp)
+
+    def describe_stage(self, stage: str, value: Any) -> Mapping[str, Any]:
+        if stage == "model":
+            return {k: v for k, v in value.facts.items() if k != "transfer_vs_scratch"}
+        if stage == "evidence":
+            c = value["certificate"].iloc[0]
+            return {
+                "auto_clear_below": None if pd.isna(c["threshold"]) else float(c["threshold"]),
+                "n_abnormal_calibration": int(c["n_abnormal"]),
+                "verdict": value["verdict"].to_markdown(index=False),
+            }
+        if stage == "decisions":
+            return {"decision": value["decisions"].to_markdown(index=False)}
+        return {}
+
+    # ------------------------------------------------------------------ demo data
+    def simulate(
+        self, landing: Path, truth: Path, *, scale: str, seed: int, workers: int
+    ) -> SimSummary:
+        if scan_landing(landing, self.landing_dir).ready():
+            return SimSummary({}, self.unit)  # landed data is never re-simulated or replaced
+        t0 = time.perf_counter()
+        summary = simulate_triage_site(
+            landing, truth_root=truth, site=REFERENCE_SITE, scale=scale, seed=seed, workers=workers
+        )
+        return SimSummary({REFERENCE_SITE: summary.n_images}, self.unit, time.perf_counter() - t0)
