@@ -14,7 +14,10 @@ clustered bootstrap interval of :func:`clinaudit.audit.discrimination.audit_disc
 are reported.
 
 The unpaired test compares AUROCs estimated on *different* patients (a site vs the vendor's held-out
-set): ``z = (A1 - A2) / sqrt(Var1 + Var2)``, two-sided normal p-value.
+set): ``z = (A1 - A2) / sqrt(Var1 + Var2)``, two-sided normal p-value. The paired test compares two
+scores of the *same* rows (two models on one test set): the placement values of both scores share
+their positives and negatives, so ``Var(A1 - A2) = Var(V10_1 - V10_2) / m + Var(V01_1 - V01_2) / n``
+(DeLong et al. 1988, the contrast ``(1, -1)`` of their covariance matrix).
 """
 
 from __future__ import annotations
@@ -206,6 +209,56 @@ def delong_unpaired_test(a: DeLongResult, b: DeLongResult, *, ci_level: float = 
         se=se,
         z=float(z),
         p_value=min(1.0, p),
+        ci_low=float(diff - q * se),
+        ci_high=float(diff + q * se),
+    )
+
+
+def delong_paired_test(
+    y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, ci_level: float = 0.95
+) -> DeLongTest:
+    """Two-sided test of ``AUROC_a == AUROC_b`` for two scores of the same rows (paired DeLong).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels in ``{0, 1}`` (at least 2 of each).
+    score_a, score_b : array-like of shape (n,)
+        Finite scores of the same rows (e.g. two models on one test set).
+    ci_level : float, keyword-only
+        Coverage of the Wald interval for ``auroc_a - auroc_b``.
+
+    Returns
+    -------
+    DeLongTest
+        ``difference = auroc_a - auroc_b`` with ``se = sqrt(Var(V10_a - V10_b) / m +
+        Var(V01_a - V01_b) / n)``. Rows are taken as independent; with several rows per patient
+        prefer a patient-clustered bootstrap. When ``se`` is 0, ``z`` is 0 (equal AUROCs) or
+        ``+/-inf``.
+
+    Examples
+    --------
+    >>> y = [0, 0, 1, 1, 0, 1]
+    >>> t = delong_paired_test(y, [0.1, 0.4, 0.35, 0.8, 0.2, 0.9], [0.2, 0.1, 0.3, 0.4, 0.5, 0.6])
+    >>> round(t.difference, 4), round(t.se, 4)
+    (0.1111, 0.3143)
+    """
+    ci_level = check_ci_level(ci_level)
+    v10_a, v01_a = placement_values(y_true, score_a)
+    v10_b, v01_b = placement_values(y_true, score_b)
+    d10, d01 = v10_a - v10_b, v01_a - v01_b
+    diff = float(d10.mean())
+    se = float(np.sqrt(d10.var(ddof=1) / d10.size + d01.var(ddof=1) / d01.size))
+    if se > 0.0:
+        z = diff / se
+    else:
+        z = 0.0 if diff == 0.0 else float(np.copysign(np.inf, diff))
+    q = float(norm.ppf(0.5 + ci_level / 2.0))
+    return DeLongTest(
+        difference=diff,
+        se=se,
+        z=float(z),
+        p_value=min(1.0, float(2.0 * norm.sf(abs(z)))),
         ci_low=float(diff - q * se),
         ci_high=float(diff + q * se),
     )

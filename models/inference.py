@@ -30,6 +30,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,9 @@ from clinaudit.models.registry import AdapterConfig, normalise_images
 from clinaudit.sources.cxr_labels import FINDINGS
 
 ImageLoader = Callable[[str], np.ndarray]
+#: What :func:`predict` returns: sigmoid probabilities, or the network's logits themselves.
+Output = Literal["probabilities", "logits"]
+OUTPUTS: tuple[str, ...] = get_args(Output)
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -256,8 +260,8 @@ def default_batch_size(choice: DeviceChoice) -> int:
     return 16 if choice.device.type == "cpu" else 32
 
 
-def _forward_probabilities(
-    model: nn.Module, x: torch.Tensor, choice: DeviceChoice, n_labels: int
+def _forward(
+    model: nn.Module, x: torch.Tensor, choice: DeviceChoice, n_labels: int, output: Output
 ) -> np.ndarray:
     x = x.to(choice.device, non_blocking=choice.pin_memory)
     if choice.channels_last:
@@ -282,7 +286,16 @@ def _forward_probabilities(
             f"expected ({x.shape[0]}, {n_labels}) (one logit per label in the adapter config); "
             "check that the package's config.labels matches the network head"
         )
-    return torch.sigmoid(logits.float()).cpu().numpy()
+    logits = logits.float()
+    return (logits if output == "logits" else torch.sigmoid(logits)).cpu().numpy()
+
+
+def _check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(
+            f"output={output!r} is not one of {list(OUTPUTS)}: 'probabilities' (sigmoid of the "
+            "logits, what the predictions table holds) or 'logits' (for temperature scaling)"
+        )
 
 
 def _check_finite(probs: np.ndarray, names: Sequence[str]) -> None:
@@ -306,8 +319,9 @@ def predict(
     precision: Precision = "auto",
     loader: ImageLoader | None = None,
     progress: ProgressCallback | None = None,
+    output: Output = "probabilities",
 ) -> np.ndarray:
-    """Probabilities of every label for every file, in file order.
+    """Probabilities (or logits) of every label for every file, in file order.
 
     The model is moved to the chosen device and switched to eval mode in place; what runs is
     :func:`clinaudit.models.devices.prepare_model` of it (on the CPU a channels-last copy with
@@ -334,11 +348,16 @@ def predict(
         ``path -> float32 (S, S) array in [0, 1]``; default :class:`ImageFileLoader`.
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch.
+    output : {"probabilities", "logits"}
+        ``"logits"`` returns the network's float32 logits (``sigmoid`` of them is what
+        ``"probabilities"`` returns, bit for bit). Temperature scaling needs them: a logit
+        recovered from a float32 probability that rounded to 1.0 (logit above about 17) has lost
+        its rank.
 
     Returns
     -------
     numpy.ndarray
-        ``(len(files), n_labels)`` float32 probabilities.
+        ``(len(files), n_labels)`` float32 probabilities (or logits).
 
     Raises
     ------
@@ -353,6 +372,7 @@ def predict(
     (512, 14)
     """
     choice = select_device(device, precision)
+    _check_output(output)
     batch_size = default_batch_size(choice) if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -376,7 +396,7 @@ def predict(
     done = 0
     with torch.inference_mode():
         for x in batches:
-            out[done : done + len(x)] = _forward_probabilities(model, x, choice, n_labels)
+            out[done : done + len(x)] = _forward(model, x, choice, n_labels, output)
             done += len(x)
             if progress is not None:
                 progress(done, len(names))
@@ -391,8 +411,9 @@ def predict_images(
     *,
     batch_size: int | None = None,
     device: DevicePreference | DeviceChoice = "auto",
+    output: Output = "probabilities",
 ) -> np.ndarray:
-    """Probabilities for images already decoded to ``(N, S, S)`` float32 in ``[0, 1]``.
+    """Probabilities (or logits) for images already decoded to ``(N, S, S)`` float32 in ``[0, 1]``.
 
     Same computation as :func:`predict` without the file decoding (used for validation during
     training and for held-out evaluation of arrays from ``training.load_images``).
@@ -409,11 +430,13 @@ def predict_images(
         Images per forward pass; ``None`` uses :func:`default_batch_size`.
     device : str or DeviceChoice
         Device preference or an already made choice.
+    output : {"probabilities", "logits"}
+        What to return (see :func:`predict`).
 
     Returns
     -------
     numpy.ndarray
-        ``(N, n_labels)`` float32 probabilities.
+        ``(N, n_labels)`` float32 probabilities (or logits).
     """
     size = adapter_cfg.input_size
     if images.ndim != 3 or images.shape[1:] != (size, size):
@@ -422,6 +445,7 @@ def predict_images(
             "size; decode with training.load_images(files, size, ...)"
         )
     choice = device if isinstance(device, DeviceChoice) else select_device(device)
+    _check_output(output)
     batch_size = default_batch_size(choice) if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -432,7 +456,7 @@ def predict_images(
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = normalise_images(tensor[start : start + batch_size], adapter_cfg)
-            out[start : start + len(x)] = _forward_probabilities(model, x, choice, n_labels)
+            out[start : start + len(x)] = _forward(model, x, choice, n_labels, output)
     _check_finite(out, [f"image #{i}" for i in range(len(images))])
     return out
 

@@ -157,9 +157,16 @@ def _operating_thresholds(
 
 
 def _reusable_package(
-    package_dir: Path, labels: Sequence[str], log: Callable[[str], None]
+    package_dir: Path,
+    labels: Sequence[str],
+    log: Callable[[str], None],
+    *,
+    what: str = "vendor model package",
 ) -> LoadedPackage | None:
-    """The verified package at ``package_dir`` or ``None`` (absent, or failing verification)."""
+    """The verified package at ``package_dir`` or ``None`` (absent, or failing verification).
+
+    ``what`` names the package in the log messages (e.g. ``"transferred package"``).
+    """
     if not (package_dir / "model_card.json").exists():
         return None
     try:
@@ -171,7 +178,7 @@ def _reusable_package(
         os.replace(package_dir, rejected)
         log(f"package {package_dir} does not verify ({err}); moved to {rejected}; retraining")
         return None
-    log(f"reusing vendor model package {package_dir} (same spec and training data)")
+    log(f"reusing {what} {package_dir} (same spec and training data)")
     return loaded
 
 

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from clinaudit.audit.delong import (
     delong_auroc,
+    delong_paired_test,
     delong_unpaired_test,
     placement_values,
 )
@@ -50,6 +51,47 @@ def test_delong_variance_and_ci_equal_slow_definition(ties: bool) -> None:
         z = norm.ppf(0.95)
         assert abs(res.ci_low - max(0.0, auc - z * np.sqrt(var))) < 1e-12
         assert abs(res.ci_high - min(1.0, auc + z * np.sqrt(var))) < 1e-12
+
+
+def _slow_paired_variance(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """DeLong et al. (1988): the (1, -1) contrast of the 2x2 covariance of the two AUROCs."""
+
+    def psi(u: float, v: float) -> float:
+        return 1.0 if u > v else (0.5 if u == v else 0.0)
+
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    m, n = len(pos), len(neg)
+    v10 = np.array([[sum(psi(s[i], s[j]) for j in neg) / n for i in pos] for s in (a, b)])
+    v01 = np.array([[sum(psi(s[i], s[j]) for i in pos) / m for j in neg] for s in (a, b)])
+    cov = np.cov(v10, ddof=1) / m + np.cov(v01, ddof=1) / n
+    c = np.array([1.0, -1.0])
+    return float(v10[0].mean() - v10[1].mean()), float(c @ cov @ c)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_paired_delong_equals_the_covariance_definition(ties: bool) -> None:
+    rng = np.random.default_rng(13 if ties else 14)
+    for _ in range(10):
+        n = int(rng.integers(6, 60))
+        y = rng.integers(0, 2, n)
+        y[:2], y[2:4] = 1, 0
+        if ties:
+            a, b = rng.integers(0, 3, n).astype(float), rng.integers(0, 3, n).astype(float)
+        else:
+            a = rng.normal(size=n) + y
+            b = a + rng.normal(size=n)  # correlated, as two models of the same images are
+        diff, var = _slow_paired_variance(y, a, b)
+        t = delong_paired_test(y, a, b, ci_level=0.9)
+        assert abs(t.difference - diff) < 1e-12
+        assert abs(t.difference - (roc_auc_score(y, a) - roc_auc_score(y, b))) < 1e-12
+        assert abs(t.se**2 - var) < 1e-12
+        q = norm.ppf(0.95)
+        assert (
+            abs(t.ci_low - (diff - q * t.se)) < 1e-12
+            and abs(t.p_value - 2 * norm.sf(abs(t.z))) < 1e-12
+        )
+    same = delong_paired_test(y, a, a)
+    assert same.difference == 0.0 and same.se == 0.0 and same.p_value == 1.0
 
 
 def test_placement_values_small_example() -> None:

@@ -66,6 +66,27 @@ def test_worker_processes_give_bitwise_the_same_output(images, model_and_cfg):
     assert np.array_equal(predict(model, cfg, files, num_workers=2, **kw), in_process)
 
 
+def test_logits_output_is_what_the_default_probabilities_are_the_sigmoid_of(images, model_and_cfg):
+    files, arrays = images
+    model, cfg = model_and_cfg
+    kw = dict(batch_size=4, num_workers=0, device="cpu", loader=npy_loader)
+    probs = predict(model, cfg, files, **kw)
+    logits = predict(model, cfg, files, output="logits", **kw)
+    assert logits.dtype == np.float32 and logits.shape == probs.shape
+    assert np.array_equal(torch.sigmoid(torch.from_numpy(logits)).numpy(), probs)
+    from_arrays = predict_images(model, cfg, arrays, batch_size=4, device="cpu", output="logits")
+    assert np.array_equal(from_arrays, logits)
+    # A large logit keeps its rank; the float32 probability rounds to 1.0 and loses it.
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        big.head.bias.fill_(40.0)
+    z = predict_images(big, cfg, arrays, batch_size=4, device="cpu", output="logits")
+    p = predict_images(big, cfg, arrays, batch_size=4, device="cpu")
+    assert (p == 1.0).all() and np.unique(z[:, 0]).size == len(arrays)
+    with pytest.raises(ValueError, match=r"output='logit' is not one of \['probabilities'"):
+        predict_images(model, cfg, arrays, device="cpu", output="logit")
+
+
 def test_progress_is_reported_after_every_batch(images, model_and_cfg):
     files, _ = images
     model, cfg = model_and_cfg
