@@ -52,6 +52,7 @@ __all__ = [
     "clopper_pearson",
     "fit_temperature",
     "flag_threshold",
+    "temperature_problem",
 ]
 
 #: The three triage buckets, in reading order of safety: never read first, read, read first.
@@ -145,6 +146,53 @@ def _nll(y: np.ndarray, z: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
+def _temperature_fit(
+    y: np.ndarray, z: np.ndarray
+) -> tuple[tuple[str, str, str] | None, np.ndarray | None]:
+    """``((received, expected, fix), None)`` when no positive temperature can be fitted, else
+    ``(None, [1 / T])``."""
+    if y.min() == y.max():
+        return (
+            f"only class {int(y[0])}",
+            "both classes",
+            "fit on a labelled calibration split",
+        ), None
+    if z[y == 0.0].max() < z[y == 1.0].min():
+        return (
+            "logits that separate the classes perfectly (every abnormal above every normal)",
+            "overlapping classes (the likelihood then has a finite maximum)",
+            "fit on a larger calibration split; with perfect separation no finite temperature fits",
+        ), None
+    inverse = fit_logistic(z, y, intercept=False)
+    if inverse is None or not inverse[0] > 0.0:
+        got = "no convergence" if inverse is None else f"inverse temperature {inverse[0]:.4g}"
+        return (
+            got,
+            "a positive temperature (logits that rank abnormal studies higher)",
+            "check that the logit is of the abnormal class and the labels code abnormal as 1",
+        ), None
+    return None, inverse
+
+
+def temperature_problem(y_true: Any, logits: Any) -> str:
+    """Why no positive temperature can be fitted on these rows (``""``: one can).
+
+    A study reports this as a finding (e.g. a model whose logits rank normal studies above
+    abnormal ones) instead of failing; :func:`fit_temperature` raises it.
+
+    Examples
+    --------
+    >>> temperature_problem([0, 1, 0, 1], [1.0, -1.0, -0.5, 0.2]).startswith(
+    ...     "received inverse temperature -")
+    True
+    """
+    y, z = _labels_scores(y_true, logits, "logits")
+    problem, _ = _temperature_fit(y, z)
+    if problem is None:
+        return ""
+    return f"received {problem[0]}; expected {problem[1]}. Fix: {problem[2]}"
+
+
 def fit_temperature(y_true: Any, logits: Any) -> TemperatureFit:
     """Fit a temperature on logits by maximum likelihood (no label smoothing).
 
@@ -174,29 +222,10 @@ def fit_temperature(y_true: Any, logits: Any) -> TemperatureFit:
     1.154
     """
     y, z = _labels_scores(y_true, logits, "logits")
-    if y.min() == y.max():
-        raise AuditInputError(
-            "y_true",
-            f"only class {int(y[0])}",
-            "both classes",
-            "fit on a labelled calibration split",
-        )
-    if z[y == 0.0].max() < z[y == 1.0].min():
-        raise AuditInputError(
-            "logits",
-            "logits that separate the classes perfectly (every abnormal above every normal)",
-            "overlapping classes (the likelihood then has a finite maximum)",
-            "fit on a larger calibration split; with perfect separation no finite temperature fits",
-        )
-    inverse = fit_logistic(z, y, intercept=False)
-    if inverse is None or not inverse[0] > 0.0:
-        got = "no convergence" if inverse is None else f"inverse temperature {inverse[0]:.4g}"
-        raise AuditInputError(
-            "logits",
-            got,
-            "a positive temperature (logits that rank abnormal studies higher)",
-            "check that the logit is of the abnormal class and the labels code abnormal as 1",
-        )
+    problem, inverse = _temperature_fit(y, z)
+    if problem:
+        raise AuditInputError("logits" if y.min() < y.max() else "y_true", *problem)
+    assert inverse is not None
     t = float(1.0 / inverse[0])
     return TemperatureFit(t, int(y.size), _nll(y, z), _nll(y, z / t))
 

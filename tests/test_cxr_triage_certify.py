@@ -160,7 +160,7 @@ def test_decision_goes_with_auto_clear_when_every_criterion_passes(result) -> No
 
     table, criteria = decide_triage(result, POLICY)
     assert list(criteria["criterion"]) == [
-        "certified", "test_miss_rate", "auroc", "ece", "normals_cleared",
+        "temperature", "certified", "test_miss_rate", "auroc", "ece", "normals_cleared",
     ]  # fmt: skip
     assert criteria["passed"].all(), criteria
     row = table.iloc[0]
@@ -192,6 +192,19 @@ def test_a_poor_model_is_no_go() -> None:
     table, criteria = decide_triage(res, POLICY)
     assert table.iloc[0]["decision"] == "NO-GO"
     assert not criteria.set_index("criterion").loc["auroc", "passed"]
+
+
+def test_logits_that_rank_backwards_are_a_no_go_finding() -> None:
+    from clinaudit.studies.cxr_triage.decisions import decide_triage
+
+    scored = _scored(4, n=3000, pile=100)
+    res = certify_triage(scored.assign(logit_abnormal=-scored["logit_abnormal"]), POLICY)
+    assert res.temperature is None
+    assert res.facts["temperature_not_fitted"].startswith("received inverse temperature -")
+    assert list(res.calibration["group"]) == ["before (T = 1)"]
+    table, criteria = decide_triage(res, POLICY)
+    assert table.iloc[0]["decision"] == "NO-GO"
+    assert "no positive temperature fits" in table.iloc[0]["reasons"]
 
 
 def test_monitoring_plan_sizes_the_re_read_alarm(result) -> None:

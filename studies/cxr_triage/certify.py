@@ -38,6 +38,7 @@ from clinaudit.audit.selective import (
     certify_clear_threshold,
     fit_temperature,
     flag_threshold,
+    temperature_problem,
 )
 from clinaudit.audit.selective_groups import (
     LabelPlan,
@@ -81,8 +82,10 @@ class TriageCertification:
 
     Attributes
     ----------
-    temperature, temperature_critical : TemperatureFit (critical: None when its calibration rows
-        hold one class only; its probabilities are then the uncalibrated sigmoid)
+    temperature, temperature_critical : TemperatureFit or None
+        ``None`` when no positive temperature fits (``facts["temperature_not_fitted"]`` says
+        why: a finding that fails the audit, not an error); the probabilities are then the
+        uncalibrated sigmoid of the logits.
     certificate : Certificate
         The global auto-clear certificate.
     flag : FlagRule
@@ -101,7 +104,7 @@ class TriageCertification:
         Settings used and checks made (``auroc_change_from_temperature``, row counts, ...).
     """
 
-    temperature: TemperatureFit
+    temperature: TemperatureFit | None
     temperature_critical: TemperatureFit | None
     certificate: Certificate
     flag: FlagRule
@@ -135,24 +138,28 @@ def _check(scored: pd.DataFrame) -> None:
             )
 
 
-def _fit_critical(cal: pd.DataFrame) -> tuple[TemperatureFit | None, str]:
-    """The critical head's temperature, or why it is not fitted (the reading order then uses
-    its uncalibrated sigmoid; the reason is a fact of the evidence)."""
-    labelled = cal[cal["critical"].notna()]
-    y, z = labelled["critical"].to_numpy(float), labelled["logit_critical"].to_numpy(float)
+def _fit(y: pd.Series, z: pd.Series) -> tuple[TemperatureFit | None, str]:
+    """The temperature of one head on labelled rows, or why none fits (then ``None``)."""
+    labelled = y.notna()
+    y, z = y[labelled].to_numpy(float), z[labelled].to_numpy(float)
     if np.unique(y).size < 2:
         return None, f"{len(y)} labelled calibration studies hold one class only"
-    if z[y == 0].max() < z[y == 1].min():
-        return None, "the calibration studies are perfectly separated (no finite fit)"
-    return fit_temperature(y, z), ""
+    problem = temperature_problem(y, z)
+    return (None, problem) if problem else (fit_temperature(y, z), "")
 
 
-def _calibration(test: pd.DataFrame, temp: TemperatureFit, policy: TriagePolicy, seed: int):
+def _apply(temp: TemperatureFit | None, logits: pd.Series) -> np.ndarray:
+    return temp.apply(logits) if temp else expit(logits.to_numpy(float))
+
+
+def _calibration(
+    test: pd.DataFrame, temp: TemperatureFit | None, policy: TriagePolicy, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     before = "before (T = 1)"
-    after = f"after (T = {temp.temperature:.3f})"
-    both = pd.concat([test.assign(_g=before), test.assign(_g=after)], ignore_index=True)
+    groups = [before] + ([f"after (T = {temp.temperature:.3f})"] if temp else [])
+    both = pd.concat([test.assign(_g=g) for g in groups], ignore_index=True)
     prob = np.where(
-        both["_g"] == before, expit(both["logit_abnormal"]), temp.apply(both["logit_abnormal"])
+        both["_g"] == before, expit(both["logit_abnormal"]), _apply(temp, both["logit_abnormal"])
     )
     cfg = policy.calibration
     res = audit_calibration(
@@ -184,9 +191,9 @@ def certify_triage(
     cert_cfg = policy.certificate
     in_scope = scored["scope_reason"].astype(str) == ""
     cal = scored[(scored["split"] == "calibration") & scored["abnormal"].notna() & in_scope]
-    temp = fit_temperature(cal["abnormal"], cal["logit_abnormal"])
-    temp_crit, crit_note = _fit_critical(cal)
-    p_cal = temp.apply(cal["logit_abnormal"])
+    temp, temp_note = _fit(cal["abnormal"], cal["logit_abnormal"])
+    temp_crit, crit_note = _fit(cal["critical"], cal["logit_critical"])
+    p_cal = _apply(temp, cal["logit_abnormal"])
     cert = certify_clear_threshold(
         cal["abnormal"], p_cal, alpha=cert_cfg.alpha, delta=cert_cfg.delta
     )
@@ -213,10 +220,8 @@ def certify_triage(
     )
 
     rows = scored[scored["split"].isin(["test", "pile"])].copy()
-    rows["p_abnormal"] = temp.apply(rows["logit_abnormal"])
-    rows["p_critical"] = (
-        temp_crit.apply(rows["logit_critical"]) if temp_crit else expit(rows["logit_critical"])
-    )
+    rows["p_abnormal"] = _apply(temp, rows["logit_abnormal"])
+    rows["p_critical"] = _apply(temp_crit, rows["logit_critical"])
     if attrs:
         rows["clear_below"] = row_thresholds(
             subgroups, {a: rows[c] for a, c in attrs.items()}, threshold=cert.threshold
@@ -275,6 +280,7 @@ def certify_triage(
             for split in ("test", "pile")
         },
         "calibration_prevalence": prevalence,
+        "temperature_not_fitted": temp_note,
         "critical_temperature": temp_crit.temperature if temp_crit else None,
         "critical_not_calibrated": crit_note,
         "auroc_change_from_temperature": float(abs(disc["auroc"].iloc[0] - raw["auroc"].iloc[0])),

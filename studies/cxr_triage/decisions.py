@@ -2,14 +2,16 @@
 
 Criteria (``criteria`` table, one row each, the statistic and threshold the policy names):
 
-* safety: ``certified`` (an auto-clear threshold was certified), ``test_miss_rate`` (miss rate of
+* safety: ``temperature`` (a positive temperature fits the logits), ``certified`` (an
+  auto-clear threshold was certified), ``test_miss_rate`` (miss rate of
   the cleared bucket on the held-out test split), ``auroc`` and ``ece`` (after temperature
   scaling, on the test split);
 * benefit: ``normals_cleared`` (share of normal test studies the rule clears).
 
 Decision (one row, the deployment of the triage rule in the reporting queue):
 
-* NO-GO when AUROC or ECE fails: the scores are not good enough even to order the queue;
+* NO-GO when no positive temperature fits, or AUROC or ECE fails: the scores are not good
+  enough even to order the queue;
 * CONDITIONAL GO, *priority ordering only*, when ordering is sound but auto-clear is not: no
   certificate, the held-out miss rate fails, or too few normals are cleared to be worth it;
 * GO, *priority + auto-clear*, when every enabled criterion passes. Subgroups whose certificate
@@ -41,7 +43,7 @@ CRITERIA_COLUMNS = (
     "detail",
 )
 DECISION_COLUMNS = ("scope", "decision", "mode", "reasons", "conditions", "policy_sha256")
-SAFETY = ("certified", "test_miss_rate", "auroc", "ece")
+SAFETY = ("temperature", "certified", "test_miss_rate", "auroc", "ece")
 
 
 def _value(row: pd.Series, stat: str, base: str) -> float:
@@ -78,10 +80,19 @@ def _miss_rate_row(cert: TriageCertification, crit: Criterion) -> tuple:
 def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFrame:
     """Every criterion with the value it was judged on (see the module docstring)."""
     c = policy.criteria
-    after = cert.calibration[cert.calibration["group"].str.startswith("after")].iloc[0]
+    calibrated = cert.calibration["group"].str.startswith("after" if cert.temperature else "before")
+    after = cert.calibration[calibrated].iloc[0]
+    note = cert.facts.get("temperature_not_fitted", "")
     disc = cert.discrimination.iloc[0]
     certified = cert.certificate.certified
     rows = [
+        (
+            "temperature", "safety", True, "fitted", "=", math.nan,
+            cert.temperature.temperature if cert.temperature else math.nan,
+            cert.temperature is not None,
+            f"T = {cert.temperature.temperature:.3f} on the calibration split"
+            if cert.temperature else f"no positive temperature fits the logits: {note}",
+        ),
         (
             "certified", "safety", c.certified, "exists", "=", math.nan,
             cert.certificate.threshold if certified else math.nan,
@@ -102,7 +113,12 @@ def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFr
         ),
         _row(
             "ece", c.ece, "<=", _value(after, c.ece.statistic, "ece_width"),
-            f"equal-width ECE after temperature scaling (T = {cert.temperature.temperature:.3f})",
+            (
+                "equal-width ECE after temperature scaling "
+                f"(T = {cert.temperature.temperature:.3f})"
+                if cert.temperature
+                else "equal-width ECE of the uncalibrated scores (no temperature fits)"
+            ),
         ),
         _row(
             "normals_cleared", c.normals_cleared, ">=",
@@ -114,7 +130,7 @@ def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFr
 
 
 def _phrase(r: pd.Series) -> str:
-    if r["criterion"] == "certified":
+    if r["criterion"] in ("certified", "temperature"):
         return str(r["detail"])
     cmp = COMPARATORS.get(r["comparator"], r["comparator"])
     return f"{r['criterion']} {r['statistic']} {r['value']:.3f} (needs {cmp} {r['threshold']:g})"
@@ -141,7 +157,7 @@ def decide_triage(
     names = set(failed["criterion"])
     reasons = "; ".join(_phrase(r) for _, r in failed.iterrows())
     conditions = _conditions(cert)
-    if names & {"auroc", "ece"}:
+    if names & {"temperature", "auroc", "ece"}:
         decision, mode = Decision.NO_GO, "none"
     elif names:
         decision, mode = Decision.CONDITIONAL_GO, "priority ordering only"

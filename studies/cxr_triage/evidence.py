@@ -52,7 +52,8 @@ def evidence_tableset(
 ) -> TableSet:
     """Everything the later stages and the memo need, typed as tables and facts."""
     critical = cert.temperature_critical
-    temperature = _one_row(cert.temperature).assign(
+    fitted = cert.temperature or TemperatureFit(math.nan, 0, math.nan, math.nan)
+    temperature = _one_row(fitted).assign(
         critical_temperature=critical.temperature if critical else math.nan
     )
     facts = {
@@ -95,8 +96,9 @@ def certification_of(evidence: TableSet) -> TriageCertification:
         if math.isnan(crit_t)
         else TemperatureFit(crit_t, 0, math.nan, math.nan)  # only T is used downstream
     )
+    fitted = _record(TemperatureFit, temp.drop(columns="critical_temperature"))
     return TriageCertification(
-        temperature=_record(TemperatureFit, temp.drop(columns="critical_temperature")),
+        temperature=None if math.isnan(fitted.temperature) else fitted,
         temperature_critical=critical,
         certificate=_record(Certificate, evidence["certificate"], ("threshold",)),
         flag=_record(FlagRule, evidence["flag"], ("threshold",)),

@@ -250,7 +250,7 @@ def _throughput_section(ev, policy: TriagePolicy, figure: FigureFile) -> Section
 
 
 def _certificate_section(ev, cert, policy: TriagePolicy, figure: FigureFile) -> Section:
-    c, t, f, plan = cert.certificate, cert.temperature, cert.flag, cert.label_plan
+    c, f, plan = cert.certificate, cert.flag, cert.label_plan
     cal = _before_after(cert.calibration)
     cal_rows = [
         [
@@ -284,11 +284,7 @@ def _certificate_section(ev, cert, policy: TriagePolicy, figure: FigureFile) -> 
         anchor="certificate",
         title="3 Calibration and the auto-clear certificate",
         paragraphs=(
-            f"Temperature scaling on {cert.facts['n_calibration_in_scope']:,} in-scope "
-            f"calibration studies: T = {t.temperature:.3f} (mean log-loss {t.nll_before:.3f} -> "
-            f"{t.nll_after:.3f}); AUROC changes by "
-            f"{cert.facts['auroc_change_from_temperature']:.1e} (a positive temperature keeps "
-            "every rank).",
+            _temperature_words(cert),
             f"The miss rate is the share of abnormal studies the rule clears. A labelled sample "
             f"needs at least {plan.abnormal:,} abnormal studies (about {plan.studies:,} studies, "
             f"{plan.radiologist_days:.1f} radiologist-days at {plan.reads_per_day:,.0f} reads a "
@@ -332,6 +328,23 @@ def _monitoring_table(plan: pd.DataFrame) -> Table:
         (24, 20, 56),
         caption="Table C.1 The monitoring plan (re-read quota, alarm, fallback).",
         css="compact",
+    )
+
+
+def _temperature_words(cert) -> str:
+    n = f"{cert.facts['n_calibration_in_scope']:,} in-scope calibration studies"
+    t = cert.temperature
+    if t is None:
+        return (
+            f"No positive temperature fits the logits of the {n} "
+            f"({cert.facts['temperature_not_fitted']}); the probabilities below are the "
+            "uncalibrated scores and the decision fails on it."
+        )
+    return (
+        f"Temperature scaling on {n}: T = {t.temperature:.3f} (mean log-loss "
+        f"{t.nll_before:.3f} -> {t.nll_after:.3f}); AUROC changes by "
+        f"{cert.facts['auroc_change_from_temperature']:.1e} (a positive temperature keeps every "
+        "rank)."
     )
 
 
