@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Cohort scale of the demo: tiny | demo (default) | full (seed scale, benchmarks).
 SCALE ?= demo
-# Which study the demo runs: all (default) or one registered study (multisite_cxr, sepsis_ews).
+# Which study the demo runs: all (default) or one registered study (multisite_cxr, sepsis_ews,
+# cxr_triage).
 STUDY ?= all
 PORT ?= 3000
 export CLINAUDIT_HOME ?= $(CURDIR)/var/$(SCALE)

@@ -40,7 +40,7 @@ def test_every_problem_is_named_at_once() -> None:
     text = str(err.value)
     assert "2 problem(s)" in text and "certificate.alpha" in text and "scope.views" in text
     with pytest.raises(PolicyError, match="workload.aging_cap_days.*never applies"):
-        TriagePolicy.from_bytes(_edit("aging_cap_days: 3.0", "aging_cap_days: 30.0"))
+        TriagePolicy.from_bytes(_edit("aging_cap_days: 30.0", "aging_cap_days: 45.0"))
 
 
 def test_a_held_out_limit_stricter_than_the_certificate_is_refused() -> None:

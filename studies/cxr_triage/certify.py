@@ -13,9 +13,10 @@ see:
 3. sets the flag threshold (certified PPV);
 4. buckets every test and pile study (out-of-scope studies are ``uncertain`` by rule) and orders
    them by the value of a read;
-5. checks the rule on the held-out test split: miss rate, normals cleared, flag PPV (exact CIs),
-   AUROC (clustered bootstrap; unchanged by the temperature to 1e-9, which is recorded), and ECE
-   before and after temperature scaling (equal-width and equal-mass, bootstrap CIs);
+5. checks the rule on the held-out test split: miss rate, normals cleared, flag PPV (exact CIs,
+   every test study), and on its in-scope studies: AUROC (clustered bootstrap; unchanged by
+   the temperature to 1e-9, which is recorded), and ECE before and after temperature scaling
+   (equal-width and equal-mass, bootstrap CIs);
 6. states how many labelled studies (radiologist-days) a certificate at the policy's alpha needs.
 """
 
@@ -238,10 +239,13 @@ def certify_triage(
         rows["p_abnormal"], rows["p_critical"], critical_weight=policy.labels.critical_weight
     )
 
-    test = rows[(rows["split"] == "test") & rows["abnormal"].notna()]
+    test_all = rows[(rows["split"] == "test") & rows["abnormal"].notna()]
+    # Buckets on every test study (out of scope ones are uncertain by rule); discrimination and
+    # calibration on the in-scope ones, the population the temperature was fitted for.
     outcomes = bucket_outcomes(
-        test["abnormal"], test["bucket"], ci_level=policy.calibration.ci_level
+        test_all["abnormal"], test_all["bucket"], ci_level=policy.calibration.ci_level
     )
+    test = test_all[test_all["scope_reason"].astype(str) == ""]
     disc = audit_discrimination(
         test["abnormal"].to_numpy(float),
         test["p_abnormal"].to_numpy(float),
@@ -273,7 +277,8 @@ def certify_triage(
         "ci_level": policy.calibration.ci_level,
         "seed": seed,
         "n_calibration_in_scope": len(cal),
-        "n_test": len(test),
+        "n_test": len(test_all),
+        "n_test_in_scope": len(test),
         "n_pile": int((rows["split"] == "pile").sum()),
         "out_of_scope": {
             split: int((rows.loc[rows["split"] == split, "scope_reason"] != "").sum())

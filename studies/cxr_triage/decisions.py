@@ -91,7 +91,10 @@ def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFr
             cert.temperature.temperature if cert.temperature else math.nan,
             cert.temperature is not None,
             f"T = {cert.temperature.temperature:.3f} on the calibration split"
-            if cert.temperature else f"no positive temperature fits the logits: {note}",
+            if cert.temperature
+            else "no positive temperature fits the logits ("
+            + note.split(";")[0].removeprefix("received ")
+            + ")",
         ),
         (
             "certified", "safety", c.certified, "exists", "=", math.nan,

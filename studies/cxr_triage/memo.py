@@ -100,8 +100,14 @@ def _conditions(text: str, shown: int = 3) -> tuple[str, ...]:
     return tuple(other[:1] + groups + other[1:])
 
 
-def _must_not(policy: TriagePolicy, sites: Sequence[str]) -> tuple[str, ...]:
+def _must_not(policy: TriagePolicy, sites: Sequence[str], certified: bool) -> tuple[str, ...]:
     s = policy.scope
+    where = (
+        f"Not at a site, or at a prevalence, where the certificate was not re-run: certified for "
+        f"{', '.join(sites)} on this audit's data only."
+        if certified
+        else "Not to clear any study anywhere: no auto-clear threshold could be certified."
+    )
     return (
         "Not autonomous reporting without regulatory clearance: until the department holds it, "
         "auto-cleared studies are still reported by a radiologist, after the rest of the queue "
@@ -109,8 +115,7 @@ def _must_not(policy: TriagePolicy, sites: Sequence[str]) -> tuple[str, ...]:
         f"Not for children (under {s.min_age_years} years), lateral-only studies (views other "
         f"than {'/'.join(s.views)}), line and tube positions, comparison with prior studies, or "
         "tuberculosis / COVID-19 screening.",
-        f"Not at a site, or at a prevalence, where the certificate was not re-run: certified for "
-        f"{', '.join(sites) or 'no site'} on this audit's data only.",
+        where,
         "Never to de-prioritise the uncertain bucket: it holds the studies where the "
         "radiologist's time is most valuable and is read in order of that value.",
     )
@@ -147,7 +152,12 @@ def _kpis(ev, cert, policy: TriagePolicy, mode_policy: str) -> Table:
         ],
         [
             f"Days to clear {pile:,} backlog studies",
-            f"{fmt_num(mine['estimate'], 1)} ({name}) vs {fmt_num(fifo['estimate'], 1)} (FIFO)",
+            (
+                f"{fmt_num(fifo['estimate'], 1)} (FIFO, no triage)"
+                if mode_policy == "fifo"
+                else f"{fmt_num(mine['estimate'], 1)} ({name}) vs "
+                f"{fmt_num(fifo['estimate'], 1)} (FIFO)"
+            ),
             f"with {w.daily_inflow:,} new studies a day",
         ],
         [
@@ -249,7 +259,9 @@ def _throughput_section(ev, policy: TriagePolicy, figure: FigureFile) -> Section
     )
 
 
-def _certificate_section(ev, cert, policy: TriagePolicy, figure: FigureFile) -> Section:
+def _certificate_section(
+    ev, cert, policy: TriagePolicy, figure: FigureFile, bundle_model
+) -> Section:
     c, f, plan = cert.certificate, cert.flag, cert.label_plan
     cal = _before_after(cert.calibration)
     cal_rows = [
@@ -284,6 +296,7 @@ def _certificate_section(ev, cert, policy: TriagePolicy, figure: FigureFile) -> 
         anchor="certificate",
         title="3 Calibration and the auto-clear certificate",
         paragraphs=(
+            _model_words(bundle_model),
             _temperature_words(cert),
             f"The miss rate is the share of abnormal studies the rule clears. A labelled sample "
             f"needs at least {plan.abnormal:,} abnormal studies (about {plan.studies:,} studies, "
@@ -328,6 +341,29 @@ def _monitoring_table(plan: pd.DataFrame) -> Table:
         (24, 20, 56),
         caption="Table C.1 The monitoring plan (re-read quota, alarm, fallback).",
         css="compact",
+    )
+
+
+def _model_words(model) -> str:
+    """Where the model came from and what fine-tuning bought over training from scratch."""
+    rows = {r["label"]: r for r in model.facts.get("transfer_vs_scratch", [])}
+    if "abnormal" not in rows:
+        return (
+            f"The audited model is a {model.mode} triage package (sha256 {model.identity[:12]}); "
+            "no from-scratch comparison was run."
+        )
+    r = rows["abnormal"]
+
+    def ci(metric: str, low: str = "", high: str = "") -> str:
+        lo, hi = low or f"{metric}_ci_low", high or f"{metric}_ci_high"
+        return fmt_ci(r[metric], r[lo], r[hi], 3)
+
+    return (
+        f"The model was fine-tuned from {model.facts.get('backbone', 'a backbone package')}. "
+        f"Test AUROC of P(abnormal): {ci('auroc_transfer')} fine-tuned vs "
+        f"{ci('auroc_scratch')} for the same network trained from scratch on the same studies "
+        f"and epochs; gain {ci('auroc_difference')} (paired patient bootstrap; DeLong "
+        f"{ci('auroc_difference', 'delong_ci_low', 'delong_ci_high')})."
     )
 
 
@@ -439,10 +475,10 @@ def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
         conditions=_conditions(str(decided["conditions"])),
         headline=_headline(ev),
         kpis=_kpis(ev, cert, policy, mode_policy),
-        must_not=_must_not(policy, bundle.provenance.partitions),
+        must_not=_must_not(policy, bundle.provenance.partitions, cert.certificate.certified),
         sections=(
             _throughput_section(ev, policy, figures[0]),
-            _certificate_section(ev, cert, policy, figures[1]),
+            _certificate_section(ev, cert, policy, figures[1], bundle.model),
         ),
         monitoring=_monitoring_table(bundle.monitoring["plan"]),
         appendix=_appendix(bundle, stamp, cert, policy),
