@@ -56,8 +56,9 @@ A model package is a directory holding exactly these files::
     ``weights_file`` and ``weights_sha256``
         ``"model.safetensors"`` and the lowercase hex sha256 of that file's bytes.
     ``lineage`` (optional)
-        Only in a package derived from another one (e.g. focused re-training,
-        :mod:`clinaudit.models.finetune`): an object with at least ``parent_package_sha256`` and
+        Only in a package derived from another one (focused re-training,
+        :mod:`clinaudit.models.finetune`; transfer to new targets and its from-scratch baseline,
+        :mod:`clinaudit.models.transfer`): an object with at least ``parent_package_sha256`` and
         ``method``. Absent in original packages.
 
 Loading (:func:`load_package`) refuses pickle files, checks the format, recomputes the sha256 of
