@@ -5,48 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from cxr_triage_fixtures import POLICY, scored_table, small_workload
 from sklearn.metrics import roc_auc_score
 
 from clinaudit.audit.selective import certify_clear_threshold
 from clinaudit.audit.types import AuditInputError
 from clinaudit.studies.cxr_triage.certify import SCORED_COLUMNS, certify_triage
-from clinaudit.studies.cxr_triage.policy import SHIPPED_POLICY, TriagePolicy
-
-POLICY = TriagePolicy.load(SHIPPED_POLICY)
-
-
-def _scored(seed: int = 0, n: int = 30000, *, pile: int = 2000) -> pd.DataFrame:
-    """Logits 2.5 x the true log-odds (over-confident), ~half abnormal; 5 % laterals."""
-    rng = np.random.default_rng(seed)
-    total = n + pile
-    true_logit = rng.normal(0.0, 3.0, total)
-    abnormal = (rng.random(total) < 1.0 / (1.0 + np.exp(-true_logit))).astype(float)
-    critical = np.where(abnormal == 1, (rng.random(total) < 0.2).astype(float), 0.0)
-    third = n // 3
-    split = ["train"] * third + ["calibration"] * third + ["test"] * (n - 2 * third)
-    split = np.array(split + ["pile"] * pile)
-    view = np.where(rng.random(total) < 0.05, "LL", np.where(rng.random(total) < 0.3, "AP", "PA"))
-    return pd.DataFrame(
-        {
-            "image_id": [f"img{i:06d}.dcm" for i in range(total)],
-            "patient_pseudonym": [f"{i // 2:016x}" for i in range(total)],
-            "split": split,
-            "logit_abnormal": 2.5 * true_logit,
-            "logit_critical": np.where(critical == 1, 2.0, -2.0) + rng.normal(0, 1.5, total),
-            "abnormal": np.where(split == "pile", np.nan, abnormal),
-            "critical": np.where(split == "pile", np.nan, critical),
-            "scope_reason": np.where(view == "LL", "view LL (not PA/AP)", ""),
-            "sex": rng.choice(["F", "M"], total),
-            "age_band": rng.choice(["18-39", "40-59", "60-79", "80+"], total),
-            "view_position": view,
-            "site": "main",
-        }
-    )
 
 
 @pytest.fixture(scope="module")
 def result():
-    return certify_triage(_scored(), POLICY, seed=0)
+    return certify_triage(scored_table(), POLICY, seed=0)
 
 
 def test_temperature_undoes_the_over_confidence_and_keeps_auroc(result) -> None:
@@ -59,7 +28,7 @@ def test_temperature_undoes_the_over_confidence_and_keeps_auroc(result) -> None:
 
 
 def test_certificate_is_the_one_of_the_in_scope_calibration_rows(result) -> None:
-    scored = _scored()
+    scored = scored_table()
     cal = scored[(scored["split"] == "calibration") & (scored["scope_reason"] == "")]
     p = result.temperature.apply(cal["logit_abnormal"])
     again = certify_clear_threshold(cal["abnormal"], p, alpha=0.01, delta=0.05)
@@ -98,7 +67,7 @@ def test_held_out_outcomes_are_counted_on_the_test_split(result) -> None:
 
 
 def test_no_certifiable_threshold_clears_nothing() -> None:
-    scored = _scored(1, n=900, pile=100)  # ~140 abnormal calibration studies: fewer than 299
+    scored = scored_table(1, n=900, pile=100)  # ~140 abnormal calibration studies: fewer than 299
     res = certify_triage(scored, POLICY, seed=0)
     assert not res.certificate.certified
     assert (res.rows["bucket"] != "clear").all()
@@ -106,7 +75,7 @@ def test_no_certifiable_threshold_clears_nothing() -> None:
 
 
 def test_bad_scored_tables_are_named() -> None:
-    scored = _scored(2, n=900, pile=10)
+    scored = scored_table(2, n=900, pile=10)
     with pytest.raises(AuditInputError, match="logit_critical"):
         certify_triage(scored.drop(columns="logit_critical"), POLICY)
     with pytest.raises(AuditInputError, match="split.*'holdout'"):
@@ -117,18 +86,11 @@ def test_bad_scored_tables_are_named() -> None:
     assert set(SCORED_COLUMNS) <= set(scored.columns)
 
 
-def _small_workload(**changes):
-    from dataclasses import replace
-
-    w = replace(POLICY.workload, simulated_pile=5000, daily_inflow=300, inflow_days=5, n_draws=20)
-    return replace(POLICY, workload=replace(w, **changes))
-
-
 def test_throughput_resamples_a_small_pile_and_compares_three_policies(result) -> None:
     from clinaudit.studies.cxr_triage.throughput import double_verdict, simulate_throughput
 
     pile = result.rows[result.rows["split"] == "pile"]
-    policy = _small_workload()
+    policy = small_workload()
     run = simulate_throughput(pile, policy, seed=0)
     assert run.resampled and run.n_landed == 2000 and run.n_pile == 5000
     table = run.table
@@ -176,7 +138,7 @@ def test_decision_goes_with_auto_clear_when_every_criterion_passes(result) -> No
 def test_no_certificate_means_priority_ordering_only() -> None:
     from clinaudit.studies.cxr_triage.decisions import decide_triage
 
-    res = certify_triage(_scored(1, n=1500, pile=100), POLICY, seed=0)
+    res = certify_triage(scored_table(1, n=1500, pile=100), POLICY, seed=0)
     table, criteria = decide_triage(res, POLICY)
     row = table.iloc[0]
     assert row["decision"] == "CONDITIONAL GO" and row["mode"] == "priority ordering only"
@@ -187,7 +149,7 @@ def test_no_certificate_means_priority_ordering_only() -> None:
 def test_a_poor_model_is_no_go() -> None:
     from clinaudit.studies.cxr_triage.decisions import decide_triage
 
-    scored = _scored(3, n=9000, pile=100)
+    scored = scored_table(3, n=9000, pile=100)
     noise = np.random.default_rng(99).normal(0, 40.0, len(scored))  # not _scored's stream
     res = certify_triage(scored.assign(logit_abnormal=scored["logit_abnormal"] + noise), POLICY)
     table, criteria = decide_triage(res, POLICY)
@@ -198,7 +160,7 @@ def test_a_poor_model_is_no_go() -> None:
 def test_logits_that_rank_backwards_are_a_no_go_finding() -> None:
     from clinaudit.studies.cxr_triage.decisions import decide_triage
 
-    scored = _scored(4, n=3000, pile=100)
+    scored = scored_table(4, n=3000, pile=100)
     res = certify_triage(scored.assign(logit_abnormal=-scored["logit_abnormal"]), POLICY)
     assert res.temperature is None
     assert res.facts["temperature_not_fitted"].startswith("received inverse temperature -")
@@ -234,7 +196,7 @@ def test_evidence_round_trips_through_its_tables(result) -> None:
     from clinaudit.studies.cxr_triage.throughput import simulate_throughput
 
     pile = result.rows[result.rows["split"] == "pile"]
-    thr = simulate_throughput(pile, _small_workload(), seed=0)
+    thr = simulate_throughput(pile, small_workload(), seed=0)
     ts = evidence_tableset(result, thr, simulated=True, left_out={}, settings={"seed": 0})
     assert isinstance(ts, TableSet) and ts.facts["throughput"]["resampled"]
     back = certification_of(ts)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cxr_triage_fixtures import scored_table, small_workload
+from system_tools import require_tool
 
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.reporting.package import AuditStamp
@@ -19,8 +21,6 @@ from clinaudit.studies.cxr_triage.evidence import evidence_tableset
 from clinaudit.studies.cxr_triage.memo import build_memo_view, triage_memo
 from clinaudit.studies.cxr_triage.monitoring import monitoring_plan
 from clinaudit.studies.cxr_triage.throughput import simulate_throughput
-from tests.system_tools import require_tool
-from tests.test_cxr_triage_certify import _scored, _small_workload
 
 
 def _bundle(scored, policy) -> AuditBundle:
@@ -64,7 +64,7 @@ STAMP = AuditStamp(
 
 @pytest.fixture(scope="module")
 def go_bundle() -> AuditBundle:
-    return _bundle(_scored(), _small_workload())
+    return _bundle(scored_table(), small_workload())
 
 
 def test_page_one_has_the_decision_the_numbers_and_the_must_not_list(go_bundle) -> None:
@@ -83,7 +83,7 @@ def test_page_one_has_the_decision_the_numbers_and_the_must_not_list(go_bundle) 
 
 
 def test_priority_only_memo_describes_the_priority_policy() -> None:
-    bundle = _bundle(_scored(1, n=1500, pile=300), _small_workload())
+    bundle = _bundle(scored_table(1, n=1500, pile=300), small_workload())
     view = build_memo_view(bundle, STAMP)
     assert view.decision == "CONDITIONAL GO" and view.mode == "priority ordering only"
     assert "none: no threshold could be certified" in view.kpis.rows[0][1].text
