@@ -168,7 +168,7 @@ def _kpis(ev, cert, policy: TriagePolicy, mode_policy: str) -> Table:
         [
             "Maximum wait",
             f"{fmt_num(_metric(thr, mode_policy, 'max_wait_days')['estimate'], 1)} days",
-            f"aging cap {w.aging_cap_days:g} days ({name})",
+            f"{name}; aging cap {w.aging_cap_days:g} days",
         ],
         [
             "Missed abnormal studies",
