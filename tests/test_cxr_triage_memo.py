@@ -110,3 +110,14 @@ def test_memo_pdf_is_three_pages_then_appendix_each_banded(go_bundle, tmp_path: 
     assert "2 Throughput" in pages[1] and "3 Calibration" in pages[2]
     for k, text in enumerate(pages, start=1):
         assert "SIMULATED DATA" in text and f"Page {k} of {len(pages)}" in text
+
+
+def test_the_backlog_audit_sample_is_sized_by_the_labelling_plan(go_bundle) -> None:
+    sample = go_bundle.evidence["audit_sample"]
+    plan = go_bundle.evidence["label_plan"].iloc[0]
+    pile = go_bundle.evidence["rows"].query("split == 'pile'")
+    assert len(sample) == min(int(plan["studies"]), len(pile))
+    assert sample["image_id"].is_unique and set(sample["image_id"]) <= set(pile["image_id"])
+    html = triage_memo(go_bundle, STAMP).html
+    assert f"A random sample of {len(sample):,} backlog studies" in html
+    assert sample["image_id"].iloc[0] not in html  # image ids stay in the evidence tables

@@ -16,8 +16,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from clinaudit.audit.bootstrap import derive_rng
 from clinaudit.audit.records import TableSet
 from clinaudit.audit.selective import Certificate, FlagRule, TemperatureFit
 from clinaudit.audit.selective_groups import LabelPlan
@@ -49,8 +51,15 @@ def evidence_tableset(
     simulated: bool,
     left_out: Mapping[str, str],
     settings: Mapping[str, Any],
+    seed: int = 0,
 ) -> TableSet:
-    """Everything the later stages and the memo need, typed as tables and facts."""
+    """Everything the later stages and the memo need, typed as tables and facts.
+
+    ``audit_sample``: a random sample (seeded) of the landed pile, as large as the labelling plan
+    says a certificate needs (all of the pile when it is smaller): the studies to have read and
+    labelled to check the certificate on the pile itself. It stays with the evidence tables (it
+    names images) and is not printed in the memo, which states its size.
+    """
     critical = cert.temperature_critical
     fitted = cert.temperature or TemperatureFit(math.nan, 0, math.nan, math.nan)
     temperature = _one_row(fitted).assign(
@@ -83,8 +92,18 @@ def evidence_tableset(
         "throughput": throughput.table,
         "curves": throughput.curves,
         "verdict": double_verdict(throughput.table),
+        "audit_sample": _audit_sample(cert, seed),
     }
     return TableSet(tables, facts)
+
+
+def _audit_sample(cert: TriageCertification, seed: int) -> pd.DataFrame:
+    pile = cert.rows[cert.rows["split"] == "pile"]
+    n = min(int(cert.label_plan.studies), len(pile))
+    rng = derive_rng(seed, "cxr_triage/audit_sample")
+    picked = pile.iloc[np.sort(rng.choice(len(pile), size=n, replace=False))]
+    cols = [c for c in ("image_id", "site", "batch", "bucket") if c in picked.columns]
+    return picked[cols].reset_index(drop=True)
 
 
 def certification_of(evidence: TableSet) -> TriageCertification:

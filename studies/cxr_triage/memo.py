@@ -302,7 +302,9 @@ def _certificate_section(
             f"needs at least {plan.abnormal:,} abnormal studies (about {plan.studies:,} studies, "
             f"{plan.radiologist_days:.1f} radiologist-days at {plan.reads_per_day:,.0f} reads a "
             f"day) before a miss rate of {plan.alpha:g} can be certified at all; each subgroup "
-            "needs as many.",
+            f"needs as many. A random sample of {len(ev['audit_sample']):,} backlog studies "
+            "(evidence table audit_sample) is drawn for reading and labelling, to check the "
+            "certificate on the backlog itself.",
         ),
         figures=(figure,),
         tables=(
