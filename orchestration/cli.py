@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from clinaudit.studies import Study
 
 #: Settings of the embedded model that the command line can set (the study decides their use).
-TRAINING_OPTIONS = ("arch", "input_size", "epochs")
+TRAINING_OPTIONS = ("arch", "input_size", "epochs", "backbone")
 
 
 def _studies(name: str) -> list[Study]:
@@ -51,6 +51,8 @@ def _model(args: argparse.Namespace, study: Study) -> StudyModel:
     from clinaudit.assets.resources import StudyModel
 
     training = {k: getattr(args, k) for k in TRAINING_OPTIONS if getattr(args, k, None)}
+    if "backbone" in training:
+        training["backbone"] = str(Path(training["backbone"]).resolve())
     if getattr(args, "scale", None):
         training["scale"] = args.scale
     model, scores = getattr(args, "model", None), getattr(args, "predictions", None)
@@ -279,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--arch", help="architecture of an embedded image model (e.g. resnet10t)")
         p.add_argument("--input-size", type=int, help="input side of an embedded image model")
         p.add_argument("--epochs", type=int, help="training epochs of an embedded model")
+        p.add_argument(
+            "--backbone",
+            help="pretrained model package an embedded model is fine-tuned from (studies that "
+            "fine-tune, e.g. cxr_triage)",
+        )
 
     def study_option(p: argparse.ArgumentParser, *, include_all: bool, required: bool) -> None:
         names = _study_choices(include_all)
