@@ -9,6 +9,7 @@ label table, every image hashed, decoded, checked and measured, keyed pseudonyms
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,16 +18,19 @@ import pandas as pd
 
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.landing import BatchRef
+from clinaudit.validation.cohort import cohort_summary
 from clinaudit.validation.errors import records_markdown
 from clinaudit.validation.gx_suite import LabelSuiteConfig, run_label_suite
 from clinaudit.validation.ingest import IngestConfig, ingest_batch
 from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
+from clinaudit.validation.privacy import phi_leaks
 from clinaudit.validation.schemas import VALIDATED_COLUMNS
 
-from .base import CheckOutcome, CheckSpec, IngestOptions
+from .base import CheckOutcome, CheckSpec, IngestOptions, Study
 
 __all__ = [
     "IMAGE_CHECKS",
+    "ImageStudy",
     "ImageIngestOptions",
     "check_image_partition",
     "empty_images",
@@ -144,3 +148,35 @@ def check_image_partition(
             metadata={"findings": "#### Image ids\n\n" + records_markdown(embedded)},
         ),
     ]
+
+
+class ImageStudy(Study):
+    """A study whose rows are landed images: the ingest half of the protocol, written once.
+
+    Subclasses add the model, evidence, decisions, monitoring, report and simulator; they may
+    narrow ``ingest_options`` (e.g. a backlog that lands unlabelled) or ``check_partition``.
+    """
+
+    unit = "image"
+    partition_by = "site"
+    ingest_checks = IMAGE_CHECKS
+    ingest_options = ImageIngestOptions
+    sort_by = ("batch", "image_id")
+    identifiers = ("Patient ID", "PatientID", "PatientName")
+
+    def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
+        return ingest_image_batch(batch, key=key, options=options)
+
+    def empty_table(self) -> pd.DataFrame:
+        return empty_images()
+
+    def privacy_problems(self, table: pd.DataFrame) -> list[str]:
+        return phi_leaks(table)
+
+    def check_partition(self, ingest: PartitionIngest, options: Any) -> list[CheckOutcome]:
+        return check_image_partition(ingest, options)
+
+    def cohort(
+        self, validated: Mapping[str, pd.DataFrame], quarantine: Mapping[str, pd.DataFrame]
+    ) -> pd.DataFrame:
+        return cohort_summary(validated, quarantine)

@@ -32,19 +32,10 @@ from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
-from clinaudit.sources.landing import BatchRef, scan_landing
+from clinaudit.sources.landing import scan_landing
 from clinaudit.sources.triage_simulator import TRIAGE_SITES, simulate_triage_site
-from clinaudit.studies.base import AuditData, CheckOutcome, ModelSpec, RunDirs, SimSummary, Study
-from clinaudit.studies.image_ingest import (
-    IMAGE_CHECKS,
-    ImageIngestOptions,
-    check_image_partition,
-    empty_images,
-    ingest_image_batch,
-)
-from clinaudit.validation.cohort import cohort_summary
-from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
-from clinaudit.validation.privacy import phi_leaks
+from clinaudit.studies.base import AuditData, ModelSpec, RunDirs, SimSummary
+from clinaudit.studies.image_ingest import ImageIngestOptions, ImageStudy
 
 from . import model as triage_model
 from .certify import certify_triage
@@ -80,41 +71,18 @@ def _policy(policy: Any) -> TriagePolicy:
     return policy
 
 
-class CxrTriage(Study):
+class CxrTriage(ImageStudy):
     """The chest X-ray triage audit (see the module docstring)."""
 
     name = "cxr_triage"
     title = TITLE
-    unit = "image"
-    partition_by = "site"
     landing_dir = "cxr_triage"
     targets = TARGETS
     model_kind = triage_model.KIND
     policy_type = TriagePolicy
     reference_partition = REFERENCE_SITE
-    ingest_checks = IMAGE_CHECKS
     ingest_options = TriageIngestOptions
-    sort_by = ("batch", "image_id")
     page_budget = (4, 8)
-    identifiers = ("Patient ID", "PatientID", "PatientName")
-
-    # ------------------------------------------------------------------ ingest
-    def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
-        return ingest_image_batch(batch, key=key, options=options)
-
-    def empty_table(self) -> pd.DataFrame:
-        return empty_images()
-
-    def privacy_problems(self, table: pd.DataFrame) -> list[str]:
-        return phi_leaks(table)
-
-    def check_partition(self, ingest: PartitionIngest, options: Any) -> list[CheckOutcome]:
-        return check_image_partition(ingest, options)
-
-    def cohort(
-        self, validated: Mapping[str, pd.DataFrame], quarantine: Mapping[str, pd.DataFrame]
-    ) -> pd.DataFrame:
-        return cohort_summary(validated, quarantine)
 
     # ------------------------------------------------------------------ model
     def model_fingerprint(self, spec: ModelSpec) -> tuple[str, dict[str, Any]]:

@@ -35,24 +35,14 @@ from clinaudit.reporting.study_package import ReportContent
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.cxr_simulator import simulate_cohort
 from clinaudit.sources.cxr_sites import REFERENCE_SITE
-from clinaudit.sources.landing import BatchRef, scan_landing
-from clinaudit.studies.base import (
-    AuditData,
-    CheckOutcome,
-    MitigationStage,
-    ModelSpec,
-    RunDirs,
-    SimSummary,
-    Study,
-)
-from clinaudit.validation.cohort import cohort_summary, prevalence_table
-from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
-from clinaudit.validation.privacy import phi_leaks
+from clinaudit.sources.landing import scan_landing
+from clinaudit.studies.base import AuditData, MitigationStage, ModelSpec, RunDirs, SimSummary
+from clinaudit.studies.image_ingest import ImageStudy
+from clinaudit.validation.cohort import prevalence_table
 
 from . import model as cxr_model
 from .decisions import Decisions, decide_sites
 from .evaluate import CxrAuditOptions, evaluate_sites, site_metrics
-from .ingest import CHECKS, CxrIngestOptions, check_site, empty_images, ingest_image_batch
 from .mitigations import RecalibrationOptions, RetrainOptions, recalibrate, retrain
 from .monitoring import monitoring_plan
 from .policy import Policy
@@ -84,20 +74,16 @@ def _retrain(evidence: TableSet, data: AuditData, **kw: Any) -> TableSet:
     )
 
 
-class MultisiteCxr(Study):
+class MultisiteCxr(ImageStudy):
     """The multi-site chest X-ray audit (see the module docstring)."""
 
     name = "multisite_cxr"
     title = "Multi-site chest X-ray model: deployment plan and audit"
-    unit = "image"
-    partition_by = "site"
     landing_dir = "cxr"
     targets = FINDINGS
     model_kind = cxr_model.KIND
     policy_type = Policy
     reference_partition = REFERENCE_SITE
-    ingest_checks = CHECKS
-    ingest_options = CxrIngestOptions
     evaluate_options = CxrAuditOptions
     mitigations = (
         MitigationStage(
@@ -120,29 +106,9 @@ class MultisiteCxr(Study):
             cadence="nightly",
         ),
     )
-    sort_by = ("batch", "image_id")
     predict_reads_quarantine = True  # vendor scores of quarantined images are set aside
     page_budget = (5, 9)
-    identifiers = ("Patient ID", "PatientID", "PatientName")
     policy_attachment = "decision_policy"
-
-    # ------------------------------------------------------------------ ingest
-    def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
-        return ingest_image_batch(batch, key=key, options=options)
-
-    def empty_table(self) -> pd.DataFrame:
-        return empty_images()
-
-    def privacy_problems(self, table: pd.DataFrame) -> list[str]:
-        return phi_leaks(table)
-
-    def check_partition(self, ingest: PartitionIngest, options: Any) -> list[CheckOutcome]:
-        return check_site(ingest, options)
-
-    def cohort(
-        self, validated: Mapping[str, pd.DataFrame], quarantine: Mapping[str, pd.DataFrame]
-    ) -> pd.DataFrame:
-        return cohort_summary(validated, quarantine)
 
     # ------------------------------------------------------------------ model
     def model_fingerprint(self, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
