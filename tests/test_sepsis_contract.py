@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sepsis_fixtures import fast_policy
+from system_tools import require_tool
 
 from clinaudit.assets.resources import ClinauditHome, read_stored
 from clinaudit.audit.records import ModelRef
@@ -154,9 +154,7 @@ def _evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetChec
 
 def _report_text(package: Path) -> str:
     """The signed report's text, whitespace collapsed (pdftotext, as tests/test_sepsis_assets)."""
-    found = shutil.which("pdftotext")
-    if found is None:
-        pytest.skip("pdftotext is missing: install poppler-utils (make system-deps)")
+    found = require_tool("pdftotext", "poppler-utils")
     out = subprocess.run([found, str(package / "report.pdf"), "-"], check=True, capture_output=True)
     return re.sub(r"\s+", " ", out.stdout.decode())
 

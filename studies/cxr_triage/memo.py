@@ -18,23 +18,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pandas as pd
-
 from clinaudit.reporting.kit import (
     DECISIONS,
     SIMULATED_BAND,
     Appendix,
-    MethodNote,
-    PolicyInfo,
     ReportFrame,
     Section,
     Table,
     fmt_ci,
     fmt_num,
     fmt_pct,
-    left_out_table,
     pct_ci,
-    provenance_tables,
     table,
 )
 from clinaudit.reporting.package import AuditStamp
@@ -45,6 +39,15 @@ from clinaudit.reporting.study_package import ReportContent
 
 from .evidence import certification_of
 from .memo_figures import POLICY_LABELS, calibration_svg, queue_svg
+from .memo_sections import (
+    appendix,
+    before_after,
+    certificate_section,
+    metric,
+    metric_text,
+    monitoring_table,
+    throughput_section,
+)
 from .policy import TriagePolicy
 
 __all__ = ["TEMPLATE", "TITLE", "MemoView", "build_memo_view", "triage_memo"]
@@ -76,16 +79,6 @@ class MemoView(ReportFrame):
     monitoring: Table
     appendix: Appendix
     figures: tuple[FigureFile, ...]
-
-
-def _metric(table_: pd.DataFrame, policy: str, metric: str) -> pd.Series:
-    return table_[(table_["policy"] == policy) & (table_["metric"] == metric)].iloc[0]
-
-
-def _ci(row: pd.Series, digits: int = 1) -> str:
-    if not row["depends_on_truth"]:
-        return fmt_num(row["estimate"], digits)
-    return fmt_ci(row["estimate"], row["ci_low"], row["ci_high"], digits)
 
 
 def _conditions(text: str, shown: int = 3) -> tuple[str, ...]:
@@ -127,8 +120,8 @@ def _kpis(ev, cert, policy: TriagePolicy, mode_policy: str) -> Table:
     sens = outcomes.loc["sensitivity"]
     normals = outcomes.loc["normals_cleared"]
     name = POLICY_LABELS[mode_policy]
-    fifo = _metric(thr, "fifo", "days_to_clear_pile")
-    mine = _metric(thr, mode_policy, "days_to_clear_pile")
+    fifo = metric(thr, "fifo", "days_to_clear_pile")
+    mine = metric(thr, mode_policy, "days_to_clear_pile")
     pile = int(ev.facts["throughput"]["n_pile"])
     rows = [
         [
@@ -147,7 +140,7 @@ def _kpis(ev, cert, policy: TriagePolicy, mode_policy: str) -> Table:
         ],
         [
             "Capacity multiplier",
-            _ci(_metric(thr, mode_policy, "effective_throughput_multiplier"), 2),
+            metric_text(metric(thr, mode_policy, "effective_throughput_multiplier"), 2),
             f"{name}: studies disposed per reading day / {w.reads_per_day:,.0f} reads",
         ],
         [
@@ -162,18 +155,19 @@ def _kpis(ev, cert, policy: TriagePolicy, mode_policy: str) -> Table:
         ],
         [
             f"Abnormal yield, first {w.first_days} days",
-            _ci(_metric(thr, mode_policy, "abnormal_yield_ratio_vs_fifo"), 2) + " x FIFO",
-            _ci(_metric(thr, mode_policy, "abnormal_read_in_first_days"), 0) + " abnormal read",
+            metric_text(metric(thr, mode_policy, "abnormal_yield_ratio_vs_fifo"), 2) + " x FIFO",
+            metric_text(metric(thr, mode_policy, "abnormal_read_in_first_days"), 0)
+            + " abnormal read",
         ],
         [
             "Maximum wait",
-            f"{fmt_num(_metric(thr, mode_policy, 'max_wait_days')['estimate'], 1)} days",
+            f"{fmt_num(metric(thr, mode_policy, 'max_wait_days')['estimate'], 1)} days",
             f"{name}; aging cap {w.aging_cap_days:g} days",
         ],
         [
             "Missed abnormal studies",
-            _ci(_metric(thr, mode_policy, "missed_abnormal_inflow_per_day"), 1) + " per day",
-            _ci(_metric(thr, mode_policy, "missed_abnormal_pile"), 0) + " in the backlog",
+            metric_text(metric(thr, mode_policy, "missed_abnormal_inflow_per_day"), 1) + " per day",
+            metric_text(metric(thr, mode_policy, "missed_abnormal_pile"), 0) + " in the backlog",
         ],
     ]
     return table(
@@ -209,233 +203,6 @@ def _headline(ev) -> str:
     )
 
 
-def _throughput_section(ev, policy: TriagePolicy, figure: FigureFile) -> Section:
-    thr, w, facts = ev["throughput"], policy.workload, ev.facts["throughput"]
-    metrics = [
-        ("days_to_clear_pile", "Days to clear the backlog", 1),
-        ("abnormal_read_in_first_days", f"Abnormal read in first {w.first_days} days", 0),
-        ("abnormal_yield_ratio_vs_fifo", "  ratio to FIFO", 2),
-        ("abnormal_turnaround_mean_days", "Abnormal turnaround, mean (days)", 1),
-        ("abnormal_turnaround_p90_days", "Abnormal turnaround, p90 (days)", 1),
-        ("critical_turnaround_mean_days", "Critical turnaround, mean (days)", 1),
-        ("critical_turnaround_max_days", "Critical turnaround, max (days)", 1),
-        ("max_wait_days", "Maximum wait (days)", 1),
-        ("missed_abnormal_pile", "Missed abnormal, backlog", 0),
-        ("missed_abnormal_inflow_per_day", "Missed abnormal per day", 1),
-        ("effective_throughput_multiplier", "Capacity multiplier", 2),
-    ]
-    policies = list(POLICY_LABELS)
-    rows = [[label, *[_ci(_metric(thr, p, m), d) for p in policies]] for m, label, d in metrics]
-    backlog = (
-        f"the {facts['n_landed']:,} landed backlog studies resampled (with replacement) to "
-        f"{facts['n_pile']:,}"
-        if facts["resampled"]
-        else f"the {facts['n_pile']:,} landed backlog studies"
-    )
-    return Section(
-        new_page=True,
-        anchor="throughput",
-        title=f"2 Throughput under {w.reads_per_day:,.0f} reads a day",
-        paragraphs=(
-            f"Capacity: {w.radiologists} radiologists x {w.hours_per_day:g} h x "
-            f"{w.reads_per_hour:g} reads/h. Backlog: {backlog}, all waiting on day 0; then "
-            f"{facts['n_inflow']:,} new studies over {facts['inflow_days']} working days "
-            f"(about {w.daily_inflow:,} a day, drawn from the same studies). Priority order reads "
-            "the highest value first (P(abnormal) x severity); a study waiting longer than "
-            f"{w.aging_cap_days:g} days is read before any other. Auto-clear takes the cleared "
-            f"bucket off the worklist except a random {policy.monitoring.reread_fraction:.0%} "
-            "re-read quota.",
-        ),
-        figures=(figure,),
-        tables=(
-            table(
-                ("Outcome", *[POLICY_LABELS[p] for p in policies]),
-                rows,
-                (34, 22, 22, 22),
-                caption="Table 2 Reading policies compared (95% intervals over label draws).",
-                css="compact",
-            ),
-        ),
-    )
-
-
-def _certificate_section(
-    ev, cert, policy: TriagePolicy, figure: FigureFile, bundle_model
-) -> Section:
-    c, f, plan = cert.certificate, cert.flag, cert.label_plan
-    cal = _before_after(cert.calibration)
-    cal_rows = [
-        [
-            str(r.group),
-            fmt_ci(r.ece_width, r.ece_width_ci_low, r.ece_width_ci_high, 3),
-            fmt_ci(r.ece_mass, r.ece_mass_ci_low, r.ece_mass_ci_high, 3),
-            fmt_ci(r.brier, r.brier_ci_low, r.brier_ci_high, 3),
-        ]
-        for r in cal.itertuples()
-    ]
-    cert_rows = [
-        ["Auto-clear below", fmt_num(c.threshold, 4) if c.certified else "none certified"],
-        ["Guarantee", f"P(miss rate ≤ {c.alpha:g}) ≥ {1 - c.delta:g} (Learn-then-Test)"],
-        ["Abnormal / normal calibration studies", f"{c.n_abnormal:,} / {c.n_normal:,}"],
-        ["Misses at the threshold", f"{c.misses} (upper bound {fmt_pct(c.miss_rate_upper, 2)})"],
-        ["Normals cleared (calibration)", fmt_pct(c.normals_cleared)],
-        [
-            "Flag abnormal at or above",
-            fmt_num(f.threshold, 3) if f.threshold is not None else "none certified",
-        ],
-        ["Labels any certificate needs", f"{plan.abnormal:,} abnormal studies"],
-    ]
-    sub = cert.subgroups
-    changed = sub[sub["action"] != "keep"] if len(sub) else sub
-    bullets = tuple(
-        f"{r.attribute} {r.group}: {r.action} ({int(r.n_abnormal)} abnormal calibration studies)"
-        for r in changed.itertuples()
-    ) or ("Every subgroup keeps the global threshold.",)
-    return Section(
-        new_page=True,
-        anchor="certificate",
-        title="3 Calibration and the auto-clear certificate",
-        paragraphs=(
-            _model_words(bundle_model),
-            _temperature_words(cert),
-            f"The miss rate is the share of abnormal studies the rule clears. A labelled sample "
-            f"needs at least {plan.abnormal:,} abnormal studies (about {plan.studies:,} studies, "
-            f"{plan.radiologist_days:.1f} radiologist-days at {plan.reads_per_day:,.0f} reads a "
-            f"day) before a miss rate of {plan.alpha:g} can be certified at all; each subgroup "
-            f"needs as many. A random sample of {len(ev['audit_sample']):,} backlog studies "
-            "(evidence table audit_sample) is drawn for reading and labelling, to check the "
-            "certificate on the backlog itself.",
-        ),
-        figures=(figure,),
-        tables=(
-            table(
-                ("Test split", "ECE equal-width", "ECE equal-mass", "Brier"),
-                cal_rows,
-                (34, 22, 22, 22),
-                caption="Table 3 Calibration of P(abnormal) on the test split (95% CIs).",
-                css="compact",
-            ),
-            table(
-                ("Certificate", "Value"),
-                cert_rows,
-                (50, 50),
-                caption="Table 4 The auto-clear certificate and the flag rule (calibration split).",
-                css="compact",
-            ),
-        ),
-        bullets_title="Subgroup re-certification (" + ", ".join(policy.certificate.subgroups) + ")",
-        bullets=bullets,
-    )
-
-
-def _monitoring_table(plan: pd.DataFrame) -> Table:
-    rows = [
-        [
-            str(r.item),
-            "" if pd.isna(r.value) else f"{fmt_num(r.value, 3)} {r.unit}".strip(),
-            r.detail,
-        ]
-        for r in plan.itertuples()
-    ]
-    return table(
-        ("Item", "Value", "Detail"),
-        rows,
-        (24, 20, 56),
-        caption="Table C.1 The monitoring plan (re-read quota, alarm, fallback).",
-        css="compact",
-    )
-
-
-def _model_words(model) -> str:
-    """Where the model came from and what fine-tuning bought over training from scratch."""
-    rows = {r["label"]: r for r in model.facts.get("transfer_vs_scratch", [])}
-    if "abnormal" not in rows:
-        return (
-            f"The audited model is a {model.mode} triage package (sha256 {model.identity[:12]}); "
-            "no from-scratch comparison was run."
-        )
-    r = rows["abnormal"]
-
-    def ci(metric: str, low: str = "", high: str = "") -> str:
-        lo, hi = low or f"{metric}_ci_low", high or f"{metric}_ci_high"
-        return fmt_ci(r[metric], r[lo], r[hi], 3)
-
-    return (
-        f"The model was fine-tuned from {model.facts.get('backbone', 'a backbone package')}. "
-        f"Test AUROC of P(abnormal): {ci('auroc_transfer')} fine-tuned vs "
-        f"{ci('auroc_scratch')} for the same network trained from scratch on the same studies "
-        f"and epochs; gain {ci('auroc_difference')} (paired patient bootstrap; DeLong "
-        f"{ci('auroc_difference', 'delong_ci_low', 'delong_ci_high')})."
-    )
-
-
-def _temperature_words(cert) -> str:
-    n = f"{cert.facts['n_calibration_in_scope']:,} in-scope calibration studies"
-    t = cert.temperature
-    if t is None:
-        return (
-            f"No positive temperature fits the logits of the {n} "
-            f"({cert.facts['temperature_not_fitted']}); the probabilities below are the "
-            "uncalibrated scores and the decision fails on it."
-        )
-    return (
-        f"Temperature scaling on {n}: T = {t.temperature:.3f} (mean log-loss "
-        f"{t.nll_before:.3f} -> {t.nll_after:.3f}); AUROC changes by "
-        f"{cert.facts['auroc_change_from_temperature']:.1e} (a positive temperature keeps every "
-        "rank)."
-    )
-
-
-def _before_after(calibration: pd.DataFrame) -> pd.DataFrame:
-    """Calibration rows in reading order: before temperature scaling, then after."""
-    return calibration.sort_values("group", key=lambda g: ~g.str.startswith("before"))
-
-
-def _appendix(bundle: AuditBundle, stamp: AuditStamp, cert, policy: TriagePolicy) -> Appendix:
-    facts = cert.facts
-    prov, inputs, card, note = provenance_tables(
-        audit_id=stamp.audit_id,
-        generated_at=stamp.generated_at,
-        code_version=stamp.code_version,
-        model_sha256=bundle.model.identity,
-        policy=PolicyInfo(policy.policy_id, policy.version, policy.sha256, policy.text),
-        signer=stamp.signer,
-        development_signature=stamp.development_signature,
-        input_batches=bundle.provenance.batches,
-        model_card=dict(bundle.model.card),
-    )
-    methods = (
-        MethodNote(
-            "Splits",
-            "Calibration and test studies are labelled and patient-disjoint from the training "
-            "studies; the backlog is unlabelled. Out-of-scope studies never enter the "
-            "certificate and are bucketed uncertain by rule.",
-        ),
-        MethodNote(
-            "Certificate",
-            f"Learn-then-Test with fixed-sequence testing over increasing thresholds; exact "
-            f"binomial p-values at delta {facts['delta']:g}; subgroups re-certified "
-            f"({facts['subgroup_multiplicity']} multiplicity). Held-out checks use exact "
-            "(Clopper-Pearson) intervals.",
-        ),
-        MethodNote(
-            "Intervals",
-            f"{100 * facts['ci_level']:.0f}% percentile intervals from {facts['n_boot']:,} "
-            "bootstrap resamples of patients (AUROC, ECE, Brier); seed "
-            f"{facts['seed']}.",
-        ),
-    )
-    return Appendix(
-        provenance=prov,
-        inputs=inputs,
-        model_card=card,
-        signature_note=note,
-        left_out=left_out_table(bundle.provenance.left_out),
-        methods=methods,
-        policy=policy.rule_lines(),
-    )
-
-
 def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
     """The memo's view from the audit bundle (see the module docstring)."""
     ev, policy = bundle.evidence, bundle.policy
@@ -455,7 +222,7 @@ def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
         ),
         FigureFile(
             "calibration.svg",
-            calibration_svg(cert.reliability, _before_after(cert.calibration), simulated=simulated),
+            calibration_svg(cert.reliability, before_after(cert.calibration), simulated=simulated),
             "reliability diagrams",
             "Figure 2 Reliability of P(abnormal) on the test split, before and after "
             "temperature scaling (observed rate with Wilson 95% CI per bin).",
@@ -479,11 +246,11 @@ def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
         kpis=_kpis(ev, cert, policy, mode_policy),
         must_not=_must_not(policy, bundle.provenance.partitions, cert.certificate.certified),
         sections=(
-            _throughput_section(ev, policy, figures[0]),
-            _certificate_section(ev, cert, policy, figures[1], bundle.model),
+            throughput_section(ev, policy, figures[0]),
+            certificate_section(ev, cert, policy, figures[1], bundle.model),
         ),
-        monitoring=_monitoring_table(bundle.monitoring["plan"]),
-        appendix=_appendix(bundle, stamp, cert, policy),
+        monitoring=monitoring_table(bundle.monitoring["plan"]),
+        appendix=appendix(bundle, stamp, cert, policy),
         figures=figures,
     )
 

@@ -11,7 +11,7 @@ ingest (per site)             :mod:`clinaudit.studies.image_ingest` (unlabelled 
 model, predictions            :mod:`.model` (fine-tuned backbone vs scratch; logits)
 evidence                      :mod:`.data`, :mod:`.certify`, :mod:`.throughput`, :mod:`.evidence`
 decisions, monitoring         :mod:`.decisions`, :mod:`.monitoring`
-package (operations memo)     :mod:`.memo` (+ :mod:`.memo_figures`)
+package (operations memo)     :mod:`.memo` (+ :mod:`.memo_sections`, :mod:`.memo_figures`)
 demo data                     :func:`clinaudit.sources.triage_simulator.simulate_triage_site`
 ============================  =======================================================
 """
