@@ -265,7 +265,11 @@ def test_lineage_page_shows_assets_and_edges(webserver: str, study_lineage) -> N
         wanted = {f"{webserver}/assets/{study}/{a}" for a in lineage["evidence"]}
 
         def linked(drv):
-            hrefs = {a.get_attribute("href") for a in drv.find_elements("css selector", "a")}
+            # One script call reads every link at once: the page re-renders while it loads, and
+            # an element found in one call can be gone (stale) by the next.
+            hrefs = set(
+                drv.execute_script("return [...document.querySelectorAll('a')].map(a => a.href)")
+            )
             return wanted <= hrefs
 
         assert WebDriverWait(driver, 20, poll_frequency=0.5).until(linked)
