@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from dataclasses import dataclass
 
 from clinaudit.sources.cxr_labels import FINDINGS, NO_FINDING
 from clinaudit.sources.label_rows import RowCollector, padded_records, parse_age_sex, parse_view
@@ -38,6 +39,46 @@ NIH_OPTIONAL: tuple[str, ...] = (
     "OriginalImagePixelSpacing[x, y]",
 )
 _KNOWN_LABELS = (*FINDINGS, NO_FINDING)
+
+
+@dataclass(frozen=True)
+class FindingProblem:
+    """Why a ``Finding Labels`` text cannot be read, and how to fix it."""
+
+    message: str
+    fix: str
+
+
+def parse_finding_labels(text: str) -> dict[str, float] | FindingProblem:
+    """The 14 findings (1.0 present, 0.0 absent) of a non-empty NIH ``Finding Labels`` text.
+
+    Examples
+    --------
+    >>> labels = parse_finding_labels("Mass|Effusion")
+    >>> labels["Mass"], labels["Effusion"], labels["Hernia"]
+    (1.0, 1.0, 0.0)
+    >>> parse_finding_labels("Masss").message.split(";")[0]
+    "unknown finding name(s) ['Masss'] (did you mean 'Mass'?)"
+    """
+    names = [n.strip() for n in text.split("|")]
+    unknown = [n for n in names if n not in _KNOWN_LABELS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], _KNOWN_LABELS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return FindingProblem(
+            f"unknown finding name(s) {unknown}{hint}; known names: {list(_KNOWN_LABELS)}",
+            "use the ChestX-ray14 names exactly (case and '_' matter), separated by '|'",
+        )
+    if NO_FINDING in names and len(names) > 1:
+        return FindingProblem(
+            f"{NO_FINDING!r} is combined with findings {[n for n in names if n != NO_FINDING]}",
+            f"use {NO_FINDING!r} alone, or list only the findings",
+        )
+    labels = dict.fromkeys(FINDINGS, 0.0)
+    for name in names:
+        if name != NO_FINDING:
+            labels[name] = 1.0
+    return labels
 
 
 def nih_rows(
@@ -111,14 +152,10 @@ def nih_rows(
             sex_col="Patient Gender",
         )
         view, ok_view = parse_view(acc, line, get("View Position"), "View Position")
-        labels = dict.fromkeys(FINDINGS, 0.0)
         finding_text = get("Finding Labels")
-        names = [n.strip() for n in finding_text.split("|")]
-        unknown = [n for n in names if n not in _KNOWN_LABELS]
-        unlabelled = not finding_text
-        if unlabelled and allow_unlabelled:
+        if not finding_text and allow_unlabelled:
             labels = dict.fromkeys(FINDINGS, math.nan)
-        elif unlabelled:
+        elif not finding_text:
             acc.record(
                 line,
                 "Finding Labels",
@@ -130,30 +167,13 @@ def nih_rows(
                 "IngestConfig(allow_unlabelled=True), e.g. cxr_triage)",
             )
             ok = False
-        elif unknown:
-            close = difflib.get_close_matches(unknown[0], _KNOWN_LABELS, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            acc.record(
-                line,
-                "Finding Labels",
-                "unknown_finding",
-                f"unknown finding name(s) {unknown}{hint}; known names: {list(_KNOWN_LABELS)}",
-                "use the ChestX-ray14 names exactly (case and '_' matter), separated by '|'",
-            )
-            ok = False
-        elif NO_FINDING in names and len(names) > 1:
-            acc.record(
-                line,
-                "Finding Labels",
-                "unknown_finding",
-                f"{NO_FINDING!r} is combined with findings {[n for n in names if n != NO_FINDING]}",
-                f"use {NO_FINDING!r} alone, or list only the findings",
-            )
-            ok = False
         else:
-            for name in names:
-                if name != NO_FINDING:
-                    labels[name] = 1.0
+            parsed = parse_finding_labels(finding_text)
+            if isinstance(parsed, FindingProblem):
+                acc.record(line, "Finding Labels", "unknown_finding", parsed.message, parsed.fix)
+                ok = False
+            else:
+                labels = parsed
         if ok and ok_common and ok_view:
             acc.rows.append(
                 {

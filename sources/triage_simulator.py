@@ -28,7 +28,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
+
+from clinaudit.sources.cxr_labels import FINDINGS, NO_FINDING
 from clinaudit.sources.cxr_simulator import SiteSummary, simulate_site_batch
 from clinaudit.sources.cxr_sites import CohortScale, SiteProfile
 
@@ -241,3 +245,32 @@ def simulate_triage_site(
     )
     seconds = time.perf_counter() - t0
     return TriageSiteSummary(profile.name, sc.name, int(seed), dev, pile, seconds)
+
+
+def pile_reads_truth(
+    truth_root: str | os.PathLike[str],
+    *,
+    site: str = "triage_a",
+    landing_dir: str = TRIAGE_LANDING_DIR,
+) -> pd.DataFrame:
+    """What a radiologist reading each backlog study would write: ``image_id`` and NIH
+    ``finding_labels`` (``"No Finding"`` or findings joined by ``|``).
+
+    The simulator's *written* labels of the pile (its truth sidecar), i.e. the true findings
+    through the simulated reader's misses and false positives, not the truth itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the pile of ``site`` was not simulated under ``truth_root``.
+    """
+    path = Path(truth_root) / landing_dir / site / f"{PILE_BATCH}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no pile truth; simulate the triage site first")
+    truth = pd.read_csv(path)
+    written = truth[[f"written_{f}" for f in FINDINGS]].to_numpy(int) == 1
+    text = [
+        "|".join(f for f, on in zip(FINDINGS, row, strict=True) if on) or NO_FINDING
+        for row in written
+    ]
+    return pd.DataFrame({"image_id": truth["Image Index"].astype(str), "finding_labels": text})

@@ -38,8 +38,49 @@ def scored_table(seed: int = 0, n: int = 30000, *, pile: int = 2000) -> pd.DataF
             "age_band": rng.choice(["18-64", "65+"], total),
             "view_position": view,
             "site": "main",
+            # The pile's hidden truth (what a read would say): only with_reads uses it.
+            "true_abnormal": abnormal,
         }
     )
+
+
+def with_reads(
+    scored: pd.DataFrame,
+    *,
+    audit: int,
+    reread: int,
+    planted_abnormal: float = 0.0,
+    seed: int = 0,
+    per_day: int = 50,
+) -> pd.DataFrame:
+    """``scored`` with reads of pile studies in the audit order: the first ``audit`` as
+    ``audit_sample`` and the next ``reread`` as ``reread``, read as their hidden truth; a
+    ``planted_abnormal`` share of the re-reads is read abnormal whatever the truth (a drift the
+    monitor must catch)."""
+    from clinaudit.studies.cxr_triage.backlog import audit_order
+
+    out = scored.copy()
+    out["read_reason"], out["read_date"], out["read_batch"] = "", "", ""
+    out["read_abnormal"], out["read_critical"] = np.nan, np.nan
+    pile = np.flatnonzero(out["split"].to_numpy() == "pile")
+    rank = audit_order(out["site"].iloc[pile], out["image_id"].iloc[pile])
+    order = pile[np.argsort(rank)]
+    rng = np.random.default_rng(seed)
+    for reason, rows in (
+        ("audit_sample", order[:audit]),
+        ("reread", order[audit : audit + reread]),
+    ):
+        idx = out.index[rows]
+        truth = out.loc[idx, "true_abnormal"].to_numpy(float)
+        if reason == "reread" and planted_abnormal:
+            truth = np.where(rng.random(len(rows)) < planted_abnormal, 1.0, truth)
+        out.loc[idx, "read_reason"] = reason
+        out.loc[idx, "read_batch"] = "reads-0001"
+        out.loc[idx, "read_abnormal"] = truth
+        out.loc[idx, "read_critical"] = 0.0
+        days = pd.Timestamp("2024-02-01") + pd.to_timedelta(np.arange(len(rows)) // per_day, "D")
+        out.loc[idx, "read_date"] = days.strftime("%Y-%m-%d").to_numpy()
+    return out
 
 
 def small_workload(**changes) -> TriagePolicy:

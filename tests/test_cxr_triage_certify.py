@@ -124,6 +124,7 @@ def test_decision_goes_with_auto_clear_when_every_criterion_passes(result) -> No
     table, criteria = decide_triage(result, POLICY)
     assert list(criteria["criterion"]) == [
         "temperature", "certified", "test_miss_rate", "auroc", "ece", "normals_cleared",
+        "backlog_miss_rate",
     ]  # fmt: skip
     assert criteria["passed"].all(), criteria
     row = table.iloc[0]
@@ -197,7 +198,9 @@ def test_evidence_round_trips_through_its_tables(result) -> None:
 
     pile = result.rows[result.rows["split"] == "pile"]
     thr = simulate_throughput(pile, small_workload(), seed=0)
-    ts = evidence_tableset(result, thr, simulated=True, left_out={}, settings={"seed": 0})
+    ts = evidence_tableset(
+        result, thr, simulated=True, left_out={}, settings={"seed": 0}, policy=POLICY
+    )
     assert isinstance(ts, TableSet) and ts.facts["throughput"]["resampled"]
     back = certification_of(ts)
     assert back.certificate == result.certificate

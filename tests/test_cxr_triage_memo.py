@@ -26,8 +26,12 @@ from clinaudit.studies.cxr_triage.throughput import simulate_throughput
 def _bundle(scored, policy) -> AuditBundle:
     cert = certify_triage(scored, policy, seed=0)
     thr = simulate_throughput(cert.rows[cert.rows["split"] == "pile"], policy, seed=0)
-    evidence = evidence_tableset(cert, thr, simulated=True, left_out={}, settings={"seed": 0})
-    decided, criteria = decide_triage(cert, policy)
+    evidence = evidence_tableset(
+        cert, thr, simulated=True, left_out={}, settings={"seed": 0}, policy=policy
+    )
+    decided, criteria = decide_triage(
+        cert, policy, backlog=evidence["backlog_audit"], monitor=evidence["reread_monitor"]
+    )
     plan = monitoring_plan(
         cert, policy, cleared_per_day=200.0, mode=str(decided["mode"].iloc[0]), n_sims=100
     )
@@ -121,3 +125,21 @@ def test_the_backlog_audit_sample_is_sized_by_the_labelling_plan(go_bundle) -> N
     html = triage_memo(go_bundle, STAMP).html
     assert f"A random sample of {len(sample):,} backlog studies" in html
     assert sample["image_id"].iloc[0] not in html  # image ids stay in the evidence tables
+
+
+def test_a_monitor_alarm_puts_the_fifo_fallback_on_page_one_and_the_reads_in_table_c2() -> None:
+    from cxr_triage_fixtures import with_reads
+
+    scored = with_reads(scored_table(), audit=1200, reread=2000, planted_abnormal=0.3, seed=2)
+    bundle = _bundle(scored, small_workload())
+    view = build_memo_view(bundle, STAMP)
+    monitor = bundle.evidence["reread_monitor"].iloc[0]
+    assert view.decision == "CONDITIONAL GO" and view.mode == "FIFO fallback"
+    assert any(f"alarm on {monitor['alarm_date']}" in r for r in view.reasons)
+    cells = {row[0].text: row[2].text for row in view.backlog.rows}
+    assert cells["Audit sample read"].endswith("read abnormal")
+    assert f"alarm on {monitor['alarm_date']}" in cells["Re-read monitor"]
+    html = triage_memo(bundle, STAMP).html
+    assert "Table C.2" in html and "1,200 audit-sample reads have landed" in html
+    # With auto-clear off, the operations numbers are FIFO's.
+    assert "(FIFO, no triage)" in html

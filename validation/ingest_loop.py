@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -39,13 +39,19 @@ BATCH_COLUMNS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class BatchIngest:
-    """One ingested batch: valid rows (with a ``batch`` column), quarantine records, facts."""
+    """One ingested batch: valid rows (with a ``batch`` column), quarantine records, facts.
+
+    ``extras``: other tables the batch carried, by name (e.g. read outcomes of studies landed
+    earlier); the partition collects them for ``Study.finish_partition``, which folds them into
+    its table. They are not stored on their own.
+    """
 
     table: pd.DataFrame
     quarantine: pd.DataFrame
     content_hash: str
     simulated: bool
     n_rows_in: int
+    extras: Mapping[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,15 @@ class PartitionIngest:
 
     ``batches`` has the columns :data:`BATCH_COLUMNS`, one row per ready batch (``status``
     ``"ingested"`` or ``"failed"``; the content hash of a failed batch is empty when its
-    manifest could not be read).
+    manifest could not be read). ``extras``: the batches' extra tables, concatenated per name
+    in batch order.
     """
 
     partition: str
     table: pd.DataFrame
     quarantine: pd.DataFrame
     batches: pd.DataFrame
+    extras: Mapping[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def simulated(self) -> bool:
@@ -160,6 +168,7 @@ def ingest_partition(
             "land a batch with its manifest.json, or remove the partition",
         )
     tables, records, rows = [], [], []
+    extras: dict[str, list[pd.DataFrame]] = {}
     for ref in ready:
         try:
             res = ingest_batch(ref)
@@ -182,6 +191,8 @@ def ingest_partition(
             continue
         tables.append(res.table)
         records.append(res.quarantine)
+        for name, extra in res.extras.items():
+            extras.setdefault(name, []).append(extra)
         rows.append(
             {
                 "partition": partition,
@@ -205,7 +216,8 @@ def ingest_partition(
         pd.concat(present, ignore_index=True) if present else records_to_frame([])
     ).reset_index(drop=True)
     batches = pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
-    return PartitionIngest(partition, table.reset_index(drop=True), quarantine, batches)
+    joined = {name: pd.concat(parts, ignore_index=True) for name, parts in extras.items()}
+    return PartitionIngest(partition, table.reset_index(drop=True), quarantine, batches, joined)
 
 
 def write_quarantine_reports(

@@ -23,10 +23,15 @@ from clinaudit.models.vendor_model import patient_disjoint_split
 from clinaudit.studies.image_ingest import labelled_rows
 
 from .certify import SCORED_COLUMNS
-from .labels import TARGETS, age_band, scope_reasons, triage_labels
+from .labels import TARGETS, age_band, read_labels, scope_reasons, triage_labels
 from .policy import TriagePolicy
 
-__all__ = ["SPLIT_SEED", "scored_table", "triage_splits", "with_targets"]
+__all__ = ["READ_SCORED", "SPLIT_SEED", "scored_table", "triage_splits", "with_targets"]
+
+#: Columns of a backlog study's read (study ``cxr_triage``'s reads batches; "" / NaN if unread).
+READ_SCORED: tuple[str, ...] = (
+    "read_reason", "read_date", "read_batch", "read_abnormal", "read_critical",
+)  # fmt: skip
 
 #: Seed of the calibration carve-out (fixed: the split is part of the study's design).
 SPLIT_SEED = 0
@@ -62,6 +67,14 @@ def with_targets(table: pd.DataFrame, policy: TriagePolicy) -> pd.DataFrame:
         out[target] = labels[target]
     out["age_band"] = age_band(table["age"])
     out["scope_reason"] = scope_reasons(table, policy.scope)
+    blank = pd.Series("", index=table.index, dtype=object)
+    for col in ("read_reason", "read_date", "read_batch"):
+        out[col] = table[col].fillna("").astype(str) if col in table.columns else blank
+    reads = read_labels(
+        table["read_findings"] if "read_findings" in table.columns else blank,
+        critical=policy.labels.critical,
+    )
+    out["read_abnormal"], out["read_critical"] = reads["abnormal"], reads["critical"]
     return out
 
 
@@ -102,6 +115,6 @@ def scored_table(
     if not frames:
         raise AuditInputError("validated", "no site", "at least one site", "land a batch")
     scored = pd.concat(frames, ignore_index=True)
-    return scored[[*SCORED_COLUMNS, "batch"]].assign(
+    return scored[[*SCORED_COLUMNS, *READ_SCORED, "batch"]].assign(
         site=scored["site"].astype(str), abnormal=scored["abnormal"].astype(float)
     ) if len(scored) else scored  # fmt: skip

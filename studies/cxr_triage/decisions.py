@@ -6,7 +6,11 @@ Criteria (``criteria`` table, one row each, the statistic and threshold the poli
   auto-clear threshold was certified), ``test_miss_rate`` (miss rate of
   the cleared bucket on the held-out test split), ``auroc`` and ``ece`` (after temperature
   scaling, on the test split);
-* benefit: ``normals_cleared`` (share of normal test studies the rule clears).
+* benefit: ``normals_cleared`` (share of normal test studies the rule clears);
+* backlog (once reads land, :mod:`.backlog`): ``backlog_miss_rate`` (miss rate of the cleared
+  bucket on the read audit sample of the backlog; *pending*, not failed, while no abnormal
+  audit-sample read has landed) is a safety criterion; the re-read monitor is not a criterion
+  but a switch (below).
 
 Decision (one row, the deployment of the triage rule in the reporting queue):
 
@@ -15,7 +19,11 @@ Decision (one row, the deployment of the triage rule in the reporting queue):
 * CONDITIONAL GO, *priority ordering only*, when ordering is sound but auto-clear is not: no
   certificate, the held-out miss rate fails, or too few normals are cleared to be worth it;
 * GO, *priority + auto-clear*, when every enabled criterion passes. Subgroups whose certificate
-  failed keep auto-clear off (or a lower threshold) and are listed as conditions.
+  failed keep auto-clear off (or a lower threshold) and are listed as conditions;
+* the automatic fallback: when the re-read monitor has raised its alarm, a GO becomes
+  CONDITIONAL GO in the policy's fallback mode (``FIFO fallback``: every study read in arrival
+  order, no auto-clear), with the alarm's read date and counts as the reason, until a
+  committee re-certifies the rule (a new model version or policy).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from clinaudit.audit.policy_base import COMPARATORS, Criterion, Decision
 from .certify import TriageCertification
 from .policy import TriagePolicy
 
-__all__ = ["CRITERIA_COLUMNS", "DECISION_COLUMNS", "decide_triage"]
+__all__ = ["CRITERIA_COLUMNS", "DECISION_COLUMNS", "FALLBACK_MODE", "decide_triage"]
 
 CRITERIA_COLUMNS = (
     "criterion",
@@ -43,7 +51,9 @@ CRITERIA_COLUMNS = (
     "detail",
 )
 DECISION_COLUMNS = ("scope", "decision", "mode", "reasons", "conditions", "policy_sha256")
-SAFETY = ("temperature", "certified", "test_miss_rate", "auroc", "ece")
+SAFETY = ("temperature", "certified", "test_miss_rate", "auroc", "ece", "backlog_miss_rate")
+#: The deployment mode on a re-read monitor alarm.
+FALLBACK_MODE = "FIFO fallback"
 
 
 def _value(row: pd.Series, stat: str, base: str) -> float:
@@ -77,8 +87,30 @@ def _miss_rate_row(cert: TriageCertification, crit: Criterion) -> tuple:
     )  # fmt: skip
 
 
-def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFrame:
-    """Every criterion with the value it was judged on (see the module docstring)."""
+def _backlog_row(audit: pd.DataFrame | None, crit: Criterion) -> tuple:
+    """The read audit sample's miss rate; pending while no abnormal read has landed."""
+    row = None if audit is None else audit.set_index("metric").loc["miss_rate"]
+    if row is None or int(row["n"]) == 0:
+        return (
+            "backlog_miss_rate", "safety", crit.enabled, crit.statistic, "<=", crit.threshold,
+            math.nan, True, "pending: no abnormal study among the audit-sample reads landed yet",
+        )  # fmt: skip
+    share = audit.set_index("metric").loc["share_clear"]
+    return _row(
+        "backlog_miss_rate", crit, "<=", float(row["estimate" if crit.statistic == "estimate"
+                                                   else crit.statistic]),
+        f"abnormal read backlog studies the rule clears / abnormal read ({int(row['k'])} of "
+        f"{int(row['n'])}; {int(share['n'])} audit-sample reads)",
+    )  # fmt: skip
+
+
+def criteria_table(
+    cert: TriageCertification, policy: TriagePolicy, *, backlog: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Every criterion with the value it was judged on (see the module docstring).
+
+    ``backlog``: the ``backlog_audit`` evidence table (outcomes on the read audit sample).
+    """
     c = policy.criteria
     calibrated = cert.calibration["group"].str.startswith("after" if cert.temperature else "before")
     after = cert.calibration[calibrated].iloc[0]
@@ -128,6 +160,7 @@ def criteria_table(cert: TriageCertification, policy: TriagePolicy) -> pd.DataFr
             _outcome(cert, "normals_cleared", c.normals_cleared.statistic),
             "normal test studies cleared / normal test studies",
         ),
+        _backlog_row(backlog, c.backlog_miss_rate),
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=list(CRITERIA_COLUMNS))
 
@@ -151,11 +184,30 @@ def _conditions(cert: TriageCertification) -> list[str]:
     return out
 
 
+def _alarm_words(monitor: pd.DataFrame | None) -> str | None:
+    if monitor is None or not len(monitor) or not bool(monitor["alarm"].iloc[0]):
+        return None
+    m = monitor.iloc[0]
+    return (
+        f"re-read monitor alarm on {m['alarm_date']} (re-read {int(m['alarm_at'])} of cleared "
+        f"studies; {int(m['n_misses'])} abnormal in {int(m['n_monitored'])} re-reads, e-value "
+        f"{float(m['max_e_value']):.1f} >= {1 / float(m['level']):g}; null false-omission rate "
+        f"{float(m['null_rate']):.4f})"
+    )
+
+
 def decide_triage(
-    cert: TriageCertification, policy: TriagePolicy
+    cert: TriageCertification,
+    policy: TriagePolicy,
+    *,
+    backlog: pd.DataFrame | None = None,
+    monitor: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The decision row and the criteria behind it (see the module docstring)."""
-    criteria = criteria_table(cert, policy)
+    """The decision row and the criteria behind it (see the module docstring).
+
+    ``backlog`` / ``monitor``: the ``backlog_audit`` and ``reread_monitor`` evidence tables.
+    """
+    criteria = criteria_table(cert, policy, backlog=backlog)
     failed = criteria[criteria["enabled"] & ~criteria["passed"]]
     names = set(failed["criterion"])
     reasons = "; ".join(_phrase(r) for _, r in failed.iterrows())
@@ -169,7 +221,17 @@ def decide_triage(
         decision, mode = Decision.GO, "priority + auto-clear"
         reasons = "every enabled criterion passes"
     reread = f"re-read {policy.monitoring.reread_fraction:.0%} of cleared studies"
-    if mode == "priority + auto-clear":
+    alarm = _alarm_words(monitor)
+    if mode == "priority + auto-clear" and alarm:
+        decision, mode = Decision.CONDITIONAL_GO, FALLBACK_MODE
+        reasons = alarm
+        conditions = [
+            policy.monitoring.fallback,
+            "escalate to " + ", ".join(policy.monitoring.escalation),
+            "auto-clear resumes only after a committee re-certifies the rule (new model "
+            "version or policy)",
+        ]
+    elif mode == "priority + auto-clear":
         conditions.append(f"{reread}; on alarm: {policy.monitoring.fallback}")
     table = pd.DataFrame(
         [("all sites", decision.value, mode, reasons, "; ".join(conditions), policy.sha256)],

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clinaudit.audit.bootstrap import derive_rng
 from clinaudit.audit.records import TableSet
 from clinaudit.audit.selective import Certificate, FlagRule, TemperatureFit
 from clinaudit.audit.selective_groups import LabelPlan
 
+from .backlog import audit_order, backlog_audit, reread_monitor
 from .certify import TriageCertification
+from .policy import TriagePolicy
 from .throughput import Throughput, double_verdict
 
 __all__ = ["certification_of", "evidence_tableset"]
@@ -51,15 +52,21 @@ def evidence_tableset(
     simulated: bool,
     left_out: Mapping[str, str],
     settings: Mapping[str, Any],
-    seed: int = 0,
+    policy: TriagePolicy,
 ) -> TableSet:
     """Everything the later stages and the memo need, typed as tables and facts.
 
-    ``audit_sample``: a random sample (seeded) of the landed pile, as large as the labelling plan
-    says a certificate needs (all of the pile when it is smaller): the studies to have read and
-    labelled to check the certificate on the pile itself. It stays with the evidence tables (it
-    names images) and is not printed in the memo, which states its size.
+    ``audit_sample``: the first backlog studies in the audit order
+    (:func:`~clinaudit.studies.cxr_triage.backlog.audit_order`, a random sample), as many as the
+    labelling plan says a certificate needs (all of the backlog when it is smaller): the studies
+    to have read and labelled to check the certificate on the backlog itself. It stays with the
+    evidence tables (it names images) and is not printed in the memo, which states its size.
+    ``backlog_audit`` (outcomes of the read sample, facts ``backlog_audit``) and
+    ``reread_monitor`` judge the current rule on the reads landed so far (:mod:`.backlog`).
     """
+    sample = _audit_sample(cert)
+    audit, audit_facts = backlog_audit(cert.rows, sample, ci_level=policy.calibration.ci_level)
+    monitor = reread_monitor(cert.rows, cert, policy, auto_clear=cert.certificate.certified)
     critical = cert.temperature_critical
     fitted = cert.temperature or TemperatureFit(math.nan, 0, math.nan, math.nan)
     temperature = _one_row(fitted).assign(
@@ -68,6 +75,7 @@ def evidence_tableset(
     facts = {
         **cert.facts,
         "simulated": simulated,
+        "backlog_audit": audit_facts,
         "left_out": dict(left_out),
         "settings": dict(settings),
         "throughput": {
@@ -92,18 +100,20 @@ def evidence_tableset(
         "throughput": throughput.table,
         "curves": throughput.curves,
         "verdict": double_verdict(throughput.table),
-        "audit_sample": _audit_sample(cert, seed),
+        "audit_sample": sample,
+        "backlog_audit": audit,
+        "reread_monitor": monitor,
     }
     return TableSet(tables, facts)
 
 
-def _audit_sample(cert: TriageCertification, seed: int) -> pd.DataFrame:
+def _audit_sample(cert: TriageCertification) -> pd.DataFrame:
     pile = cert.rows[cert.rows["split"] == "pile"]
     n = min(int(cert.label_plan.studies), len(pile))
-    rng = derive_rng(seed, "cxr_triage/audit_sample")
-    picked = pile.iloc[np.sort(rng.choice(len(pile), size=n, replace=False))]
+    rank = audit_order(pile["site"].astype(str), pile["image_id"].astype(str))
+    picked = pile.iloc[np.argsort(rank)[:n]]
     cols = [c for c in ("image_id", "site", "batch", "bucket") if c in picked.columns]
-    return picked[cols].reset_index(drop=True)
+    return picked[cols].reset_index(drop=True).assign(audit_rank=np.arange(n))
 
 
 def certification_of(evidence: TableSet) -> TriageCertification:
@@ -128,5 +138,5 @@ def certification_of(evidence: TableSet) -> TriageCertification:
         calibration=evidence["calibration"],
         reliability=evidence["reliability"],
         label_plan=_record(LabelPlan, evidence["label_plan"]),
-        facts={k: v for k, v in evidence.facts.items() if k not in ("throughput",)},
+        facts={k: v for k, v in evidence.facts.items() if k not in ("throughput", "backlog_audit")},
     )

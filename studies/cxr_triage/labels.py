@@ -22,10 +22,19 @@ import pandas as pd
 
 from clinaudit.audit.types import AuditInputError
 from clinaudit.sources.cxr_labels import FINDINGS
+from clinaudit.sources.nih_labels import FindingProblem, parse_finding_labels
 
 from .policy import ScopeSettings
 
-__all__ = ["AGE_BANDS", "TARGETS", "age_band", "reading_priority", "scope_reasons", "triage_labels"]
+__all__ = [
+    "AGE_BANDS",
+    "TARGETS",
+    "age_band",
+    "read_labels",
+    "reading_priority",
+    "scope_reasons",
+    "triage_labels",
+]
 
 #: The triage model's outputs: any finding, and any critical finding.
 TARGETS: tuple[str, ...] = ("abnormal", "critical")
@@ -70,6 +79,29 @@ def triage_labels(table: pd.DataFrame, *, critical: Sequence[str]) -> pd.DataFra
         {"abnormal": _any_of(table, FINDINGS), "critical": _any_of(table, critical)},
         index=table.index,
     )
+
+
+def read_labels(findings: pd.Series, *, critical: Sequence[str]) -> pd.DataFrame:
+    """``abnormal`` and ``critical`` of radiologist reads (NIH ``Finding Labels`` texts), by the
+    same contract as :func:`triage_labels`; an empty text (not read) gives NaN.
+
+    Examples
+    --------
+    >>> read_labels(pd.Series(["No Finding", "Mass|Hernia", ""]), critical=["Mass"]
+    ...             ).to_numpy().tolist()
+    [[0.0, 0.0], [1.0, 1.0], [nan, nan]]
+    """
+    rows = []
+    for i, text in findings.fillna("").astype(str).items():
+        if not text.strip():
+            rows.append(dict.fromkeys(FINDINGS, np.nan))
+            continue
+        parsed = parse_finding_labels(text)
+        if isinstance(parsed, FindingProblem):
+            raise AuditInputError(f"read_findings[{i}]", repr(text), parsed.message, parsed.fix)
+        rows.append(parsed)
+    frame = pd.DataFrame(rows, index=findings.index, columns=list(FINDINGS), dtype=float)
+    return triage_labels(frame, critical=critical)
 
 
 def age_band(age: Any) -> np.ndarray:

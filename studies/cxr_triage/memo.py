@@ -37,10 +37,12 @@ from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.report_figures import FigureFile
 from clinaudit.reporting.study_package import ReportContent
 
+from .decisions import FALLBACK_MODE
 from .evidence import certification_of
 from .memo_figures import POLICY_LABELS, calibration_svg, queue_svg
 from .memo_sections import (
     appendix,
+    backlog_table,
     before_after,
     certificate_section,
     metric,
@@ -59,6 +61,7 @@ MODE_POLICY = {
     "priority + auto-clear": "priority_autoclear",
     "priority ordering only": "priority",
     "none": "fifo",
+    FALLBACK_MODE: "fifo",
 }
 
 
@@ -77,6 +80,7 @@ class MemoView(ReportFrame):
     must_not: tuple[str, ...]
     sections: tuple[Section, ...]
     monitoring: Table
+    backlog: Table
     appendix: Appendix
     figures: tuple[FigureFile, ...]
 
@@ -250,6 +254,7 @@ def build_memo_view(bundle: AuditBundle, stamp: AuditStamp) -> MemoView:
             certificate_section(ev, cert, policy, figures[1], bundle.model),
         ),
         monitoring=monitoring_table(bundle.monitoring["plan"]),
+        backlog=backlog_table(ev),
         appendix=appendix(bundle, stamp, cert, policy),
         figures=figures,
     )
@@ -276,6 +281,8 @@ def triage_memo(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         "test_outcomes.csv": ev["test_outcomes"].to_csv(index=False).encode(),
         "decision.csv": bundle.decisions["criteria"].to_csv(index=False).encode(),
         "monitoring_plan.csv": bundle.monitoring["plan"].to_csv(index=False).encode(),
+        "backlog_audit.csv": bundle.evidence["backlog_audit"].to_csv(index=False).encode(),
+        "reread_monitor.csv": bundle.evidence["reread_monitor"].to_csv(index=False).encode(),
     }
     return ReportContent(
         html=html,

@@ -19,6 +19,7 @@ from clinaudit.reporting.kit import (
     fmt_num,
     fmt_pct,
     left_out_table,
+    pct_ci,
     provenance_tables,
     table,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "certificate_section",
     "metric",
     "metric_text",
+    "backlog_table",
     "monitoring_table",
     "throughput_section",
 ]
@@ -147,7 +149,8 @@ def certificate_section(
             f"day) before a miss rate of {plan.alpha:g} can be certified at all; each subgroup "
             f"needs as many. A random sample of {len(ev['audit_sample']):,} backlog studies "
             "(evidence table audit_sample) is drawn for reading and labelling, to check the "
-            "certificate on the backlog itself.",
+            f"certificate on the backlog itself; {ev.facts['backlog_audit']['n_read']:,} "
+            "audit-sample reads have landed (Table C.2).",
         ),
         figures=(figure,),
         tables=(
@@ -185,6 +188,54 @@ def monitoring_table(plan: pd.DataFrame) -> Table:
         rows,
         (24, 20, 56),
         caption="Table C.1 The monitoring plan (re-read quota, alarm, fallback).",
+        css="compact",
+    )
+
+
+def backlog_table(ev) -> Table:
+    """What the landed reads of backlog studies say about the current rule (Table C.2)."""
+    facts = ev.facts["backlog_audit"]
+    out = ev["backlog_audit"].set_index("metric")
+    m = ev["reread_monitor"].iloc[0]
+
+    def outcome(name: str) -> str:
+        r = out.loc[name]
+        if int(r["n"]) == 0:
+            return "none yet"
+        return f"{pct_ci(r['estimate'], r['ci_low'], r['ci_high'])} ({int(r['k'])}/{int(r['n'])})"
+
+    rows = [
+        [
+            "Audit sample read",
+            f"{facts['n_read']:,} reads",
+            f"{facts['n_read_of_drawn']:,} of the {facts['n_drawn']:,} drawn; "
+            f"{facts['n_abnormal']:,} read abnormal",
+        ],
+        ["Miss rate, cleared bucket", outcome("miss_rate"), "abnormal cleared / abnormal read"],
+        ["Normals cleared", outcome("normals_cleared"), "normal cleared / normal read"],
+        ["Flag PPV", outcome("flag_ppv"), "abnormal among flagged reads"],
+        [
+            "Re-read monitor",
+            str(m["status"]),
+            (
+                f"{int(m['n_misses'])} abnormal in {int(m['n_monitored'])} re-reads of cleared "
+                f"studies (null {fmt_num(m['null_rate'], 4)}, e-value {fmt_num(m['e_value'], 2)}"
+                f", alarm at {1 / float(m['level']):g})"
+                + (f"; alarm on {m['alarm_date']}" if bool(m["alarm"]) else "")
+                + (
+                    f"; {int(m['n_not_cleared'])} re-reads of studies this rule does not clear"
+                    if int(m["n_not_cleared"])
+                    else ""
+                )
+            ),
+        ],
+    ]
+    return table(
+        ("Backlog reads", "Value (95% CI)", "Detail"),
+        rows,
+        (24, 30, 46),
+        caption="Table C.2 The current rule on the reads of backlog studies landed so far "
+        "(exact intervals; the monitor is anytime-valid).",
         css="compact",
     )
 

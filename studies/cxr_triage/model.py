@@ -287,11 +287,47 @@ def predict_site(
             "re-materialize cxr_triage/model"
         )
     files = [Path(f) for f in image_paths(table, dirs.landing, LANDING_DIR)]
-    logits = _logits(pkg.path, table, files, spec) if len(table) else np.zeros((0, len(TARGETS)))
+    logits, reused = _cached_logits(pkg, table, files, spec, dirs)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     frame = predictions_frame(table, probs, TARGETS, pkg.sha256)
     for j, col in enumerate(LOGITS):
         frame[col] = logits[:, j].astype(np.float64)
     frame = predictions_table_schema().validate(frame, lazy=True)
-    log(f"{site}: {len(frame)} images scored")
-    return frame, {"site": site, "n_scored": len(frame)}
+    log(f"{site}: {len(frame)} images scored ({reused} logits reused from the cache)")
+    return frame, {"site": site, "n_scored": len(frame), "n_reused": reused}
+
+
+def _cached_logits(
+    pkg: Any, table: pd.DataFrame, files: list[Path], spec: ModelSpec, dirs: RunDirs
+) -> tuple[np.ndarray, int]:
+    """Logits of every row, scoring only images this package has not scored on this device.
+
+    The cache (``<artifacts>/predictions_cache/cxr_triage/<package>-<device>-<dtype>.parquet``)
+    is keyed by the image bytes' sha256, which ingest verified: a reads batch or a new backlog
+    batch re-runs the audit without re-scoring the images already landed. Returns the logits in
+    ``table`` order and how many came from the cache.
+    """
+    if not len(table):
+        return np.zeros((0, len(TARGETS))), 0
+    choice = select_device(spec.device, spec.precision)  # type: ignore[arg-type]
+    dtype = str(choice.autocast_dtype or "float32").removeprefix("torch.")
+    path = (
+        dirs.artifacts / "predictions_cache" / LANDING_DIR
+        / f"{pkg.sha256[:16]}-{choice.device.type}-{dtype}.parquet"
+    )  # fmt: skip
+    known = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=["sha256", *LOGITS])
+    known = known.drop_duplicates("sha256").set_index("sha256")
+    sha = table["sha256"].astype(str)
+    need = ~sha.isin(known.index).to_numpy()
+    if need.any():
+        new = _logits(
+            pkg.path, table[need], [f for f, n in zip(files, need, strict=True) if n], spec
+        )
+        fresh = pd.DataFrame(new, columns=list(LOGITS), index=pd.Index(sha[need], name="sha256"))
+        fresh = fresh[~fresh.index.duplicated()]
+        known = pd.concat([known, fresh]) if len(known) else fresh
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        known.reset_index().to_parquet(tmp, index=False)
+        tmp.replace(path)
+    return known.loc[sha, list(LOGITS)].to_numpy(np.float64), int((~need).sum())

@@ -22,7 +22,7 @@ from clinaudit.audit.sequential import detection_delay
 from .certify import TriageCertification
 from .policy import TriagePolicy
 
-__all__ = ["PLAN_COLUMNS", "monitoring_plan"]
+__all__ = ["PLAN_COLUMNS", "monitoring_plan", "null_omission_rate"]
 
 PLAN_COLUMNS = ("item", "value", "unit", "detail")
 
@@ -31,6 +31,16 @@ def _cleared_share(cert: TriageCertification) -> float:
     c = cert.certificate
     n = c.n_abnormal + c.n_normal
     return (c.normals_cleared * c.n_normal + c.misses) / n if n else math.nan
+
+
+def null_omission_rate(cert: TriageCertification) -> tuple[float, float, float]:
+    """``(r0, P(abnormal), P(cleared))``: the false-omission rate the certificate allows (the
+    monitor's null, capped at 0.5), from the calibration prevalence and cleared share; ``r0`` is
+    NaN when the rule clears nothing."""
+    prevalence = float(cert.facts["calibration_prevalence"])
+    cleared = _cleared_share(cert)
+    r0 = min(cert.certificate.alpha * prevalence / cleared, 0.5) if cleared > 0 else math.nan
+    return r0, prevalence, cleared
 
 
 def monitoring_plan(
@@ -55,9 +65,7 @@ def monitoring_plan(
             ("auto-clear", 0.0, "", f"off ({mode}); every study is read, in order of value")
         )
     else:
-        prevalence = cert.facts["calibration_prevalence"]
-        cleared = _cleared_share(cert)
-        r0 = min(cert.certificate.alpha * prevalence / cleared, 0.5) if cleared > 0 else math.nan
+        r0, prevalence, cleared = null_omission_rate(cert)
         per_day = m.reread_fraction * cleared_per_day
         rows += [
             ("re-read quota", m.reread_fraction, "share",

@@ -103,6 +103,11 @@ SCHEMA: dict[str, Field] = {
             statistic=leaf("option", default="estimate", options=("estimate", "ci_low")),
             floor=leaf("fraction", "0.10"),
         ),
+        backlog_miss_rate=section(
+            enabled=leaf("bool", default=True),
+            statistic=leaf("option", default="ci_low", options=("ci_low", "estimate")),
+            limit=leaf("fraction", "0.01"),
+        ),
     ),
     "monitoring": section(
         reread_fraction=leaf("fraction", "0.05"),
@@ -192,6 +197,7 @@ class TriageCriteria:
     auroc: Criterion
     ece: Criterion
     normals_cleared: Criterion
+    backlog_miss_rate: Criterion
 
 
 @dataclass(frozen=True)
@@ -231,16 +237,18 @@ class TriagePolicy(PolicyBase):
             )
         if not values["scope"]["views"]:
             problems.append(Problem("scope.views", "[]", "[PA, AP] or one of them", "list a view"))
-        cert, crit = values["certificate"], values["criteria"]["test_miss_rate"]
-        if crit["limit"] < cert["alpha"]:
-            problems.append(
-                Problem(
-                    "criteria.test_miss_rate.limit",
-                    repr(crit["limit"]),
-                    f">= certificate.alpha ({cert['alpha']})",
-                    "the held-out check cannot be stricter than what was certified",
+        cert = values["certificate"]
+        for name in ("test_miss_rate", "backlog_miss_rate"):
+            crit = values["criteria"][name]
+            if crit["limit"] < cert["alpha"]:
+                problems.append(
+                    Problem(
+                        f"criteria.{name}.limit",
+                        repr(crit["limit"]),
+                        f">= certificate.alpha ({cert['alpha']})",
+                        "a check on held-out studies cannot be stricter than what was certified",
+                    )
                 )
-            )
         work = values["workload"]
         if work["aging_cap_days"] >= work["inflow_days"]:
             problems.append(
@@ -282,6 +290,7 @@ class TriagePolicy(PolicyBase):
                 auroc=Criterion.from_values(c["auroc"], "floor"),
                 ece=Criterion.from_values(c["ece"], "limit"),
                 normals_cleared=Criterion.from_values(c["normals_cleared"], "floor"),
+                backlog_miss_rate=Criterion.from_values(c["backlog_miss_rate"], "limit"),
             ),
             monitoring=TriageMonitoring(
                 mon["reread_fraction"],
@@ -304,6 +313,10 @@ class TriagePolicy(PolicyBase):
             (c.auroc, c.auroc.phrase("test AUROC", COMPARATORS[">="])),
             (c.ece, c.ece.phrase("test ECE", COMPARATORS["<="])),
             (c.normals_cleared, c.normals_cleared.phrase("normals cleared", COMPARATORS[">="])),
+            (
+                c.backlog_miss_rate,
+                c.backlog_miss_rate.phrase("read backlog sample miss rate", COMPARATORS["<="]),
+            ),
         ]
         crit_text = "; ".join(text for rule, text in crit if rule.enabled)
         if c.certified:
