@@ -42,3 +42,38 @@ def test_the_command_line_backbone_becomes_an_absolute_training_setting() -> Non
     )
     model = _model(args, STUDY)
     assert model.training["backbone"] == str(Path("pkg").resolve())
+
+
+def test_predictions_score_only_images_this_package_has_not_scored(monkeypatch, tmp_path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from clinaudit.studies.base import RunDirs
+    from clinaudit.studies.cxr_triage import model as triage_model
+
+    calls: list[list[str]] = []
+
+    def fake_logits(package_dir, table, files, spec):
+        calls.append(table["sha256"].tolist())
+        return np.array([[float(int(s, 16) % 7), -1.0] for s in table["sha256"]], np.float32)
+
+    monkeypatch.setattr(triage_model, "_logits", fake_logits)
+    pkg = argparse.Namespace(sha256="ab" * 32, path=tmp_path)
+    dirs = RunDirs(*(tmp_path / n for n in ("l", "a", "q", "r", "k")))
+    spec = ModelSpec(device="cpu", precision="fp32")
+
+    def table(n: int) -> pd.DataFrame:
+        return pd.DataFrame({"sha256": [f"{i:064x}" for i in range(n)]})
+
+    first, reused = triage_model._cached_logits(pkg, table(5), [Path("f")] * 5, spec, dirs)
+    assert reused == 0 and len(calls[-1]) == 5
+    # A re-audit after a reads batch (same images) scores nothing; new backlog images only.
+    again, reused = triage_model._cached_logits(pkg, table(5), [Path("f")] * 5, spec, dirs)
+    assert reused == 5 and len(calls) == 1 and (again == first).all()
+    more, reused = triage_model._cached_logits(pkg, table(8), [Path("f")] * 8, spec, dirs)
+    assert reused == 5 and calls[-1] == table(8)["sha256"].tolist()[5:]
+    assert (more[:5] == first).all() and more[5, 0] == int(f"{5:064x}", 16) % 7
+    # Another package never reads this package's logits.
+    other = argparse.Namespace(sha256="cd" * 32, path=tmp_path)
+    triage_model._cached_logits(other, table(5), [Path("f")] * 5, spec, dirs)
+    assert len(calls[-1]) == 5
