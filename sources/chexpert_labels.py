@@ -53,12 +53,17 @@ def chexpert_rows(
     uncertain_value: float,
     batch_dir: Path,
     known_files: Collection[str] | None,
+    allow_unlabelled: bool = False,
 ) -> None:
     """Parse the CheXpert data rows into ``acc``; ``-1`` labels become ``uncertain_value``.
 
     ``used`` maps each labelled finding to its column index (:func:`chexpert_observations`).
+    With ``allow_unlabelled``, a row whose every observation column is blank (``No Finding``
+    and the unused observations included) is *not labelled*: its 14 findings are NaN. Without
+    it (the CheXpert convention) blank means negative.
     """
     idx = {name: header.index(name) for name in CHEXPERT_REQUIRED}
+    observations = [i for i, h in enumerate(header) if h and h not in CHEXPERT_REQUIRED]
     for line, fields in padded_records(records, len(header), acc):
         ok = True
         path_text = fields[idx["Path"]]
@@ -114,7 +119,8 @@ def chexpert_rows(
             )
             view, ok_view = None, False
         labels = dict.fromkeys(FINDINGS, np.nan)
-        for finding, col in used.items():
+        unlabelled = allow_unlabelled and all(not fields[i].strip() for i in observations)
+        for finding, col in used.items() if not unlabelled else ():
             text = fields[col].strip()
             value = _CHEXPERT_VALUES.get(text)
             if value is None:

@@ -32,7 +32,9 @@ CheXpert ``train.csv`` / ``valid.csv``
     are used, the others are listed in ``ignored_columns``; findings without a column stay NaN and
     are reported (a warning record, ``unlabelled_findings``). Values: ``1`` positive, ``0`` or blank
     negative, ``-1`` uncertain (mapped by the uncertainty policy: ``zeros`` -> 0, ``ones`` -> 1,
-    ``ignore`` -> NaN); anything else quarantines the row.
+    ``ignore`` -> NaN); anything else quarantines the row. With ``allow_unlabelled=True`` a row
+    whose every observation column is blank (``No Finding`` included) is *not labelled* (all 14
+    findings NaN): how a CheXpert-layout backlog lands.
     ``Path`` is relative to the batch directory. **Prefix rule:** when ``Path`` does not name an
     existing file but ``Path`` without its first component does (``CheXpert-v1.0/train/...`` ->
     ``train/...``), the shorter path is used; otherwise ``Path`` is kept as written (and ingest
@@ -106,8 +108,8 @@ class LabelTableResult:
     referenced_files : frozenset of str
         Image files named by any row, quarantined rows included (relative to the batch dir).
     n_unlabelled_rows : int
-        Rows of ``table`` that are not labelled at all (NIH with ``allow_unlabelled``: empty
-        ``Finding Labels``, every finding NaN); 0 otherwise.
+        Rows of ``table`` that are not labelled at all (with ``allow_unlabelled``: every finding
+        NaN); 0 otherwise.
     """
 
     table: pd.DataFrame
@@ -153,10 +155,10 @@ def read_label_table(
         Relative paths that exist in the batch (e.g. the manifest's); used for the CheXpert prefix
         rule instead of looking at the file system.
     allow_unlabelled : bool
-        NIH only: keep rows with an empty ``Finding Labels`` as *not labelled* (all 14 findings
-        NaN) instead of quarantining them. For a pile of studies nobody has labelled yet; a study
-        whose evidence needs a label on every row leaves it ``False``. A CheXpert table is
-        unaffected.
+        Keep rows nobody has labelled as *not labelled* (all 14 findings NaN): NIH rows with an
+        empty ``Finding Labels`` (otherwise quarantined) and CheXpert rows whose every
+        observation column is blank (otherwise read as negative). For a pile of studies nobody
+        has labelled yet; a study whose evidence needs a label on every row leaves it ``False``.
 
     Returns
     -------
@@ -217,6 +219,7 @@ def read_label_table(
             uncertain_value={"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertainty],
             batch_dir=base,
             known_files=known_files,
+            allow_unlabelled=allow_unlabelled,
         )
         labelled = tuple(f for f in FINDINGS if f in used)
     unlabelled = tuple(f for f in FINDINGS if f not in labelled)
@@ -236,7 +239,7 @@ def read_label_table(
         CanonicalLabels, table, site=site, batch=batch, file=name
     )
     n_unlabelled_rows = 0
-    if layout == "nih" and allow_unlabelled:
+    if allow_unlabelled:
         n_unlabelled_rows = int(table[list(FINDINGS)].isna().all(axis=1).sum())
     records_out = sorted(
         acc.records + schema_records, key=lambda r: (r.row is None, r.row or 0, r.column or "")

@@ -385,7 +385,7 @@ def test_allow_unlabelled_keeps_empty_rows_with_nan_findings(tmp_path: Path) -> 
     CanonicalLabels.validate(res.table, lazy=True)
 
 
-def test_allow_unlabelled_whole_pile_and_chexpert_unaffected(tmp_path: Path) -> None:
+def test_allow_unlabelled_whole_pile_and_chexpert_labelled_rows_unaffected(tmp_path: Path) -> None:
     rows = [nih_row(f"{k}.png", "", patient=f"P{k}") for k in range(3)]
     res = _read(_nih(tmp_path, rows), allow_unlabelled=True)
     assert len(res.table) == 3 and res.n_unlabelled_rows == 3 and res.quarantine == []
@@ -399,3 +399,25 @@ def test_allow_unlabelled_whole_pile_and_chexpert_unaffected(tmp_path: Path) -> 
     on, off = _read(chex, "chexpert", allow_unlabelled=True), _read(chex, "chexpert")
     pd.testing.assert_frame_equal(on.table, off.table)
     assert on.quarantine == off.quarantine and on.n_unlabelled_rows == 0
+
+
+def test_a_chexpert_row_with_every_observation_blank_is_unlabelled_only_with_the_option(
+    tmp_path: Path,
+) -> None:
+    prefix = "CheXpert-v1.0/train/patient0000{}/study1/view1_frontal.jpg"
+    rows = [
+        [prefix.format(1), "Female", "68", "Frontal", "AP", "", "", "", "", ""],  # nobody read it
+        [prefix.format(2), "Male", "50", "Frontal", "PA", "", "", "", "", "1.0"],  # devices only
+        [prefix.format(3), "Male", "51", "Frontal", "PA", "1.0", "", "", "", ""],  # No Finding
+    ]
+    path = _chexpert(tmp_path, rows)
+    on, off = _read(path, "chexpert", allow_unlabelled=True), _read(path, "chexpert")
+    # By default blank is negative (the CheXpert convention): three labelled rows.
+    assert off.n_unlabelled_rows == 0 and off.table[["Cardiomegaly", "Effusion"]].eq(0).all().all()
+    t = on.table.set_index("patient_id")
+    assert on.n_unlabelled_rows == 1
+    assert t.loc["patient00001", list(FINDINGS)].isna().all()
+    # A row with any observation written (a finding, No Finding, even Support Devices) is labelled.
+    for patient in ("patient00002", "patient00003"):
+        assert t.loc[patient, ["Cardiomegaly", "Effusion", "Edema"]].eq(0.0).all()
+    CanonicalLabels.validate(on.table, lazy=True)

@@ -7,8 +7,9 @@
 2. Structure: the label file must be listed in the manifest, present, and match its sha256; the
    NIH split lists, when present, too. Otherwise :class:`BatchStructureError`.
 3. The label table (``sources.label_tables.read_label_table``; layout from the config, else from
-   the manifest; ``allow_unlabelled`` keeps NIH rows with an empty ``Finding Labels`` with NaN
-   findings). Fewer than ``min_rows`` data rows fails the batch.
+   the manifest; ``allow_unlabelled`` keeps rows nobody labelled, NIH with an empty ``Finding
+   Labels`` or CheXpert with every observation blank, with NaN findings). Fewer than
+   ``min_rows`` data rows fails the batch.
 4. Every image a table row names, in chunks across ``workers`` processes: its bytes are read
    once, hashed and compared with the manifest (a mismatch quarantines the image *without
    decoding it*), then decoded (``sources.images.decode_image``), checked against the config
@@ -80,10 +81,10 @@ class IngestConfig:
     workers : int
         Processes for the image work (1 = in this process).
     allow_unlabelled : bool
-        Keep NIH rows with an empty ``Finding Labels`` as *not labelled* (all 14 findings NaN)
-        instead of quarantining them: for a pile of studies nobody has labelled yet (a triage
-        backlog). A study whose evidence needs a label on every image leaves it ``False``.
-        CheXpert tables are unaffected.
+        Keep rows nobody has labelled as *not labelled* (all 14 findings NaN): NIH rows with an
+        empty ``Finding Labels`` (otherwise quarantined) and CheXpert rows with every observation
+        column blank (otherwise negative). For a pile of studies nobody has labelled yet (a
+        triage backlog). A study whose evidence needs a label on every image leaves it ``False``.
     """
 
     layout: Layout | None = None
