@@ -12,7 +12,7 @@ import pytest
 from cxr_triage_fixtures import POLICY, scored_table, small_workload, with_reads
 
 from clinaudit.sources.cxr_labels import FINDINGS
-from clinaudit.sources.landing import BatchRef
+from clinaudit.sources.landing import BatchRef, read_manifest
 from clinaudit.sources.triage_simulator import PILE_BATCH, pile_reads_truth, simulate_triage_site
 from clinaudit.studies.cxr_triage.backlog import audit_order, backlog_audit, reread_monitor
 from clinaudit.studies.cxr_triage.certify import certify_triage
@@ -286,3 +286,42 @@ def test_docstring_examples_run() -> None:
     for module in (backlog, labels, nih_labels):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_a_reads_batch_landing_requests_a_re_audit_of_its_site(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from clinaudit.assets.factory import partition_job
+    from clinaudit.assets.resources import ClinauditHome, LandingWatch
+    from clinaudit.orchestration.sensors import build_landing_sensor
+
+    sensor = build_landing_sensor(STUDY, partition_job(STUDY))
+    home = ClinauditHome(root=str(tmp_path))
+
+    def tick(instance, cursor):
+        ctx = dg.build_sensor_context(
+            cursor=cursor, instance=instance,
+            resources={"home": home, "landing_watch": LandingWatch(quarantine_after_s=86400.0)},
+        )  # fmt: skip
+        result = sensor(ctx)
+        for req in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        return result
+
+    reads = _reads([("a.dcm", "No Finding", "2024-02-01", "reread")])
+    with dg.DagsterInstance.ephemeral() as instance:
+        write_reads_batch(
+            home.landing, site=SITE, batch="reads-0001", reads=reads, simulated=True,
+            created_utc="2024-02-02T00:00:00Z",
+        )  # fmt: skip
+        first = tick(instance, None)
+        assert [r.partition_key for r in first.run_requests] == [SITE]
+        d = write_reads_batch(
+            home.landing, site=SITE, batch="reads-0002",
+            reads=_reads([("b.dcm", "Mass", "2024-02-03", "reread")]), simulated=True,
+            created_utc="2024-02-04T00:00:00Z",
+        )  # fmt: skip
+        second = tick(instance, first.cursor)
+        assert [r.run_key for r in second.run_requests] == [
+            f"{SITE}:reads-0002:{read_manifest(d).content_hash}"
+        ]
