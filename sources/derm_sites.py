@@ -314,6 +314,6 @@ class DermScale:
 _NAMES = tuple(DEFAULT_CLINICS)
 SCALES: dict[str, DermScale] = {
     "tiny": DermScale("tiny", 64, tuple(zip(_NAMES, (70, 64, 56, 50, 60), strict=True))),
-    "demo": DermScale("demo", 80, tuple(zip(_NAMES, (640, 570, 500, 430, 360), strict=True))),
+    "demo": DermScale("demo", 64, tuple(zip(_NAMES, (640, 570, 500, 430, 360), strict=True))),
     "full": DermScale("full", 128, tuple(zip(_NAMES, (3600, 3200, 2800, 2400, 2000), strict=True))),
 }

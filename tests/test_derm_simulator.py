@@ -121,7 +121,7 @@ def test_landed_batch_is_immutable(tmp_path: Path) -> None:
 
 def test_scales_clinics_and_full_population_without_rendering() -> None:
     assert {n: s.total for n, s in SCALES.items()} == {"tiny": 300, "demo": 2500, "full": 14000}
-    assert [s.image_px for s in SCALES.values()] == [64, 80, 128]
+    assert [s.image_px for s in SCALES.values()] == [64, 64, 128]
     assert len(DEFAULT_CLINICS) >= 5 and DEFAULT_CLINICS[HELD_OUT_CLINIC].role == "held_out"
     assert len(CATEGORIES) >= 6 and {"BCC", "MEL", "SCC"} == {
         c.code for c in CATEGORIES if c.malignant
