@@ -169,12 +169,23 @@ def _check_chunk_star(args: tuple) -> list[_Outcome]:
     return _check_chunk(*args)
 
 
+def _names(img_id: str) -> list[str]:
+    """File names a row's image id may have (an id without extension tries .png, .jpg, .jpeg)."""
+    suffix = PurePosixPath(img_id).suffix.lower()
+    if suffix in _EXTENSIONS:
+        return [img_id]
+    return [*([img_id] if suffix else []), *(img_id + ext for ext in _EXTENSIONS)]
+
+
+def _referenced(img_id: str, by_name: dict[str, list[str]]) -> set[str]:
+    """Every batch path a row's image id could mean (so that none of them is 'unreferenced')."""
+    names = _names(img_id)
+    return {f"images/{n}" for n in names} | {p for n in names for p in by_name.get(n, [])}
+
+
 def _resolve(img_id: str, manifest: Manifest, by_name: dict[str, list[str]], batch_dir: Path):
     """The manifest path of a row's photo, or (None, "check\\0message\\0fix")."""
-    suffix = PurePosixPath(img_id).suffix.lower()
-    names = [img_id] if suffix in _EXTENSIONS else [
-        *([img_id] if suffix else []), *(img_id + ext for ext in _EXTENSIONS)
-    ]  # fmt: skip
+    names = _names(img_id)
     for name in names:
         if manifest.entry(f"images/{name}") is not None:
             return f"images/{name}", ""
@@ -330,9 +341,9 @@ def ingest_derm_batch(
         keep.append(pos)
         payloads.append(payload)
     used = {t[1] for t in tasks if t[1]}
-    for name in metadata_image_names(data) - set(meta["img_id"]):  # rows quarantined above
+    for name in metadata_image_names(data):  # good rows and rows quarantined above
         if "/" not in name and "\\" not in name and ".." not in name:
-            used.add(_resolve(name, manifest, by_name, batch_dir)[0] or "")
+            used |= _referenced(name, by_name)
     records += _file_warnings(manifest, batch_dir, used)
     out = meta.iloc[keep].reset_index(drop=True)
     out = pd.concat([out, pd.DataFrame(payloads, index=out.index)], axis=1)

@@ -134,24 +134,26 @@ def _batch_slot(batch: str) -> int:
     return ((int(m.group(1)) if m else _crc(batch)) - 1) % 10
 
 
-def _resolve(
-    clinic: str | ClinicProfile, scale: str | DermScale
-) -> tuple[ClinicProfile, DermScale]:
-    if isinstance(clinic, str):
-        if clinic not in DEFAULT_CLINICS:
-            raise ValueError(
-                f"clinic={clinic!r} is not a default clinic; expected one of "
-                f"{list(DEFAULT_CLINICS)} or a ClinicProfile instance"
-            )
-        clinic = DEFAULT_CLINICS[clinic]
-    if isinstance(scale, str):
-        if scale not in SCALES:
-            raise ValueError(
-                f"scale={scale!r} is not a known scale; expected one of {sorted(SCALES)} or a "
-                "DermScale instance"
-            )
-        scale = SCALES[scale]
-    return clinic, scale
+def _clinic(clinic: str | ClinicProfile) -> ClinicProfile:
+    if isinstance(clinic, ClinicProfile):
+        return clinic
+    if clinic not in DEFAULT_CLINICS:
+        raise ValueError(
+            f"clinic={clinic!r} is not a default clinic; expected one of {list(DEFAULT_CLINICS)} "
+            "or a ClinicProfile instance"
+        )
+    return DEFAULT_CLINICS[clinic]
+
+
+def _scale(scale: str | DermScale) -> DermScale:
+    if isinstance(scale, DermScale):
+        return scale
+    if scale not in SCALES:
+        raise ValueError(
+            f"scale={scale!r} is not a known scale; expected one of {sorted(SCALES)} or a "
+            "DermScale instance"
+        )
+    return SCALES[scale]
 
 
 def _csv_bytes(rows: list[list[object]], columns: Sequence[str]) -> bytes:
@@ -244,7 +246,7 @@ def simulate_derm_clinic(
         name is not a safe directory name.
     """
     t0 = time.perf_counter()
-    profile, sc = _resolve(clinic, scale)
+    profile, sc = _clinic(clinic), _scale(scale)
     for kind, name in (("clinic", profile.name), ("batch", batch), ("landing_dir", landing_dir)):
         validate_name(kind, name)
     n = sc.n_pairs(profile.name) if n_pairs is None else int(n_pairs)
@@ -359,7 +361,7 @@ def simulate_derm_study(
             f"clinics {unknown} are not default clinics; expected names from "
             f"{list(DEFAULT_CLINICS)}"
         )
-    _, sc = _resolve(names[0] if names else next(iter(DEFAULT_CLINICS)), scale)
+    sc = _scale(scale)
     t0 = time.perf_counter()
     out = tuple(
         simulate_derm_clinic(

@@ -231,3 +231,22 @@ def test_batch_level_refusals(tmp_path: Path, landed) -> None:
         (landing / STUDY / "southside_clinic" / BATCH / "manifest.json").read_text()
     )
     assert manifest["label_layout"] == "derm_pairs" and manifest["simulated"] is True
+
+
+def test_photos_unlisted_or_ambiguous_are_quarantined(tmp_path: Path) -> None:
+    csv_text = "img_id,diagnostic\nlate.png,MEL\ntwin.png,NEV\nISIC_9,SEK\n"
+    files = {
+        "part_1/twin.png": _photo(),
+        "part_2/twin.png": _photo(),
+        "images/ISIC_9.jpg": _photo(fmt="JPEG"),
+    }
+    batch = _land(tmp_path, csv_text, files)
+    (batch / "images" / "late.png").write_bytes(_photo())  # uploaded after the manifest
+    res = ingest_derm_batch(batch)
+    assert res.table["file"].tolist() == ["images/ISIC_9.jpg"]
+    assert res.table["image_format"].tolist() == ["jpeg"]
+    rows = res.quarantine[res.quarantine["severity"] == "error"]
+    assert rows[["row", "check"]].values.tolist() == [
+        [2, "not_in_manifest"],
+        [3, "image_ambiguous"],
+    ]
