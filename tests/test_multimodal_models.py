@@ -1,5 +1,5 @@
 """Image + note arms: local tokenizer, forward passes, pooling position, determinism, modality
-dropout and a synthetic task only fusion can solve (all on tiny configs,
+dropout, a synthetic task only fusion can solve, and the package round trip (all on tiny configs,
 one CPU thread)."""
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ from clinaudit.models.multimodal_arms import TextEncoder, build_arm, count_param
 from clinaudit.models.multimodal_config import ARMS, MultimodalConfig, UnknownArmError
 from clinaudit.models.multimodal_data import PairedData, batch_inputs, prepare_pairs, remove_notes
 from clinaudit.models.multimodal_eval import evaluate_note_removal, predict_proba
+from clinaudit.models.multimodal_package import (
+    MultimodalCard,
+    load_multimodal_package,
+    multimodal_package_sha256,
+    save_multimodal_package,
+    training_summary,
+)
 from clinaudit.models.multimodal_train import MultimodalTrainConfig, train_arm, train_arms
+from clinaudit.models.package import ModelPackageError
 from clinaudit.models.text_tokenizer import (
     CLS_ID,
     CLS_POSITION,
@@ -282,6 +290,61 @@ def test_note_removal_evaluation_is_seeded_and_nested(tokenizer, config) -> None
     assert all(0 <= r.accuracy <= 1 and r.log_loss > 0 for r in rows)
     with pytest.raises(ValueError, match="fraction=1.5 must lie in"):
         remove_notes(data, 1.5)
+
+
+def test_package_round_trip_and_tampering_refused(
+    tmp_path: Path, no_network: Path, tokenizer, config
+) -> None:
+    data = pairs(tokenizer, config, 12, seed=14)
+    card = MultimodalCard(vendor="tests", intended_use="unit tests", created_utc="2026-01-01")
+    for arm in ARMS:
+        model = build_arm(arm, config, seed=1).eval()
+        directory = save_multimodal_package(tmp_path / arm, arm, model, config, tokenizer, card)
+        loaded = load_multimodal_package(directory, expected_labels=LABELS)
+        assert loaded.arm == arm and loaded.config == config
+        np.testing.assert_array_equal(
+            predict_proba(loaded.model, data, config, device="cpu"),
+            predict_proba(model, data, config, device="cpu"),
+        )
+        assert loaded.sha256 == multimodal_package_sha256(directory)
+    again = save_multimodal_package(
+        tmp_path / "again", "vilt", build_arm("vilt", config, seed=1), config, tokenizer, card
+    )
+    assert multimodal_package_sha256(again) == multimodal_package_sha256(tmp_path / "vilt")
+    with pytest.raises(ModelPackageError, match="already holds a model package"):
+        save_multimodal_package(again, "vilt", build_arm("vilt", config), config, tokenizer, card)
+    with pytest.raises(ModelPackageError, match="classes differ"):
+        load_multimodal_package(again, expected_labels=("C", "B", "A"))
+    weights = again / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ModelPackageError, match=r"sha256 of model.safetensors differs"):
+        load_multimodal_package(again)
+    tok_file = tmp_path / "early_fusion" / "tokenizer.json"
+    tok_file.write_text(tok_file.read_text().replace('"alpha"', '"alpho"'))
+    with pytest.raises(ModelPackageError, match=r"sha256 of tokenizer.json differs"):
+        load_multimodal_package(tmp_path / "early_fusion")
+    (tmp_path / "text_only" / "weights.pt").write_bytes(b"pickle")
+    with pytest.raises(ModelPackageError, match="pickle"):
+        load_multimodal_package(tmp_path / "text_only")
+    assert not no_network.exists() or not any(no_network.rglob("*"))
+
+
+def test_trained_arm_package_records_its_budget(tmp_path: Path, tokenizer, config) -> None:
+    train, val = pairs(tokenizer, config, 40, seed=15), pairs(tokenizer, config, 10, seed=16)
+    result = train_arm("text_only", train, val, config, MultimodalTrainConfig(
+        epochs=2, batch_size=16, device="cpu"))  # fmt: skip
+    assert result.budget.steps == 2 * 3 and result.budget.samples == 80
+    assert 1 <= result.best_epoch <= 2 and len(result.history) == 2
+    card = MultimodalCard("tests", "unit tests", training=training_summary(result))
+    directory = save_multimodal_package(
+        tmp_path / "p", "text_only", result.model, config, tokenizer, card
+    )
+    loaded = load_multimodal_package(directory)
+    assert loaded.card.training is not None
+    assert loaded.card.training["budget"] == {"epochs": 2, "batch_size": 16, "steps": 6,
+                                              "samples": 80}  # fmt: skip
 
 
 def test_invalid_inputs_say_what_to_do(tokenizer, config) -> None:
