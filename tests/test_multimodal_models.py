@@ -186,6 +186,17 @@ def test_pooled_text_embedding_comes_from_the_cls_position(tokenizer, config) ->
     shifted = torch.roll(ids, 1, dims=1)  # [CLS] no longer at position 0
     with pytest.raises(ValueError, match=r"must start with \[CLS\]"):
         encoder(shifted, mask)
+    # Every arm that reads notes ignores what lies behind [SEP] and reads the note itself.
+    pixels = torch.zeros(2, 3, config.image_size, config.image_size)
+    flags = dict(note_present=enc.note_present, image_present=torch.ones(2, dtype=torch.bool))
+    for arm in ("text_only", "late_fusion", "early_fusion", "vilt"):
+        model = build_arm(arm, config, seed=0).eval()
+        with torch.no_grad():
+            base = model(pixels=pixels, input_ids=ids, attention_mask=mask, **flags)
+            padded = model(pixels=pixels, input_ids=after_sep, attention_mask=mask, **flags)
+            edited = model(pixels=pixels, input_ids=content, attention_mask=mask, **flags)
+        torch.testing.assert_close(padded, base, rtol=0, atol=1e-6, msg=arm)
+        assert not torch.allclose(edited[0], base[0], atol=1e-5), arm
     other = train_note_tokenizer(["completely different words here"] * 3, vocab_size=120)
     with pytest.raises(ValueError, match="tokenizer .* but the model was built for"):
         config.check_tokenizer(other)
