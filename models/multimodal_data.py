@@ -78,7 +78,7 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def _resize(batch: torch.Tensor, size: int) -> torch.Tensor:
@@ -124,7 +124,8 @@ def prepare_images(
             )
         out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
         for s in range(0, len(images), chunk):
-            out[s : s + chunk] = _resize(torch.from_numpy(images[s : s + chunk]), size)
+            part = np.require(images[s : s + chunk], requirements=("C", "W"))
+            out[s : s + chunk] = _resize(torch.from_numpy(part), size)
         return out
     read = loader or read_rgb
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
@@ -135,7 +136,8 @@ def prepare_images(
                 f"image {i} has shape {img.shape} and dtype {img.dtype}; expected (H, W, 3) uint8 "
                 "RGB (convert grey or RGBA images to RGB first)"
             )
-        out[i] = _resize(torch.from_numpy(np.ascontiguousarray(img))[None], size)[0]
+        part = np.require(img, requirements=("C", "W"))  # torch wants writable memory
+        out[i] = _resize(torch.from_numpy(part)[None], size)[0]
     return out
 
 

@@ -17,7 +17,13 @@ import torch
 import clinaudit.models.multimodal_train as mm_train
 from clinaudit.models.multimodal_arms import TextEncoder, build_arm, count_parameters
 from clinaudit.models.multimodal_config import ARMS, MultimodalConfig, UnknownArmError
-from clinaudit.models.multimodal_data import PairedData, batch_inputs, prepare_pairs, remove_notes
+from clinaudit.models.multimodal_data import (
+    PairedData,
+    batch_inputs,
+    prepare_images,
+    prepare_pairs,
+    remove_notes,
+)
 from clinaudit.models.multimodal_eval import evaluate_note_removal, predict_proba
 from clinaudit.models.multimodal_package import (
     MultimodalCard,
@@ -356,6 +362,22 @@ def test_trained_arm_package_records_its_budget(tmp_path: Path, tokenizer, confi
     assert loaded.card.training is not None
     assert loaded.card.training["budget"] == {"epochs": 2, "batch_size": 16, "steps": 6,
                                               "samples": 80}  # fmt: skip
+
+
+def test_images_from_files_arrays_and_mixed_sizes_agree(tmp_path: Path) -> None:
+    from PIL import Image
+
+    images, _, _ = synthetic_pairs(3, seed=17, size=48)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    from_array = prepare_images(images, 32)
+    assert from_array.shape == (3, 3, 32, 32) and from_array.dtype == torch.uint8
+    assert torch.equal(prepare_images(paths, 32), from_array)
+    assert torch.equal(prepare_images(list(images), 32), from_array)
+    mixed = prepare_images([images[0], images[1][:40, :40]], 32)
+    assert torch.equal(mixed[0], from_array[0]) and mixed.shape == (2, 3, 32, 32)
 
 
 def test_invalid_inputs_say_what_to_do(tokenizer, config) -> None:
