@@ -40,7 +40,7 @@ from clinaudit.models.inference import (
     predictions_frame,
     predictions_schema,
 )
-from clinaudit.models.package import load_package, package_sha256
+from clinaudit.models.package import LoadedPackage, load_package, package_sha256
 from clinaudit.models.training import TrainConfig
 from clinaudit.models.transfer import train_scratch, transfer_package
 from clinaudit.models.transfer_compare import compare_transfer
@@ -193,6 +193,26 @@ def _card(result: Any, source: str, comparison: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _fine_tuning(tuned: LoadedPackage, base: LoadedPackage) -> dict[str, Any]:
+    """What both arms were trained with, read from their packages' cards (the run's settings)."""
+    t, b = tuned.card.lineage or {}, base.card.lineage or {}
+    return {
+        "architecture": tuned.config.architecture,
+        "input_size": tuned.config.input_size,
+        "epochs": int(t["epochs"]),
+        "epochs_scratch": int(b["epochs"]),
+        "batch_size": int(t["config"]["batch_size"]),
+        "trainable": str(t["trainable"]),
+        "trainable_weights": int(t["trainable_weights"]),
+        "lr": float(t["config"]["lr"]),
+        "scratch_lr": float(b["config"]["scratch_lr"]),
+        "n_train": int(t["split_sizes"]["train"]["images"]),
+        "n_val": int(t["split_sizes"]["val"]["images"]),
+        "selected_epoch": int(t["selected_epoch"]),
+        "selected_epoch_scratch": int(b["selected_epoch"]),
+    }
+
+
 def _logits(
     package_dir: Path, table: pd.DataFrame, files: list[Path], spec: ModelSpec
 ) -> np.ndarray:
@@ -268,7 +288,8 @@ def resolve_model(
         ci_level=policy.calibration.ci_level,
     )
     pkg = load_package(tuned.package_dir, expected_labels=TARGETS)
-    log(f"triage model {pkg.sha256[:12]} fine-tuned from {source}")
+    settings = _fine_tuning(pkg, load_package(base.package_dir, expected_labels=TARGETS))
+    log(f"triage model {pkg.sha256[:12]} fine-tuned from {source}; both arms: {settings}")
     return ModelRef(
         study="cxr_triage",
         kind=KIND,
@@ -283,6 +304,7 @@ def resolve_model(
             "transfer_vs_scratch": json.loads(comparison.to_json(orient="records")),
             "reused": bool(tuned.reused and base.reused),
             "backbone": source,
+            "fine_tuning": settings,
             "scratch_package_sha256": base.package_sha256,
         },
     )
