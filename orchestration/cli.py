@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clinaudit.assets.resources import ClinauditHome
-
+# Everything heavy (Dagster, torch, the studies) is imported inside the commands: a worker pool
+# with the "spawn" start method (the image ingest's) re-imports this module in every worker, and
+# importing the studies costs ~9 CPU-s there (measured: a 2-worker pool of an ingest batch went
+# from 18.6 to 0.8 CPU-s of start-up on the 2-core machine).
 if TYPE_CHECKING:
     import dagster as dg
 
-    from clinaudit.assets.resources import StudyModel
+    from clinaudit.assets.resources import ClinauditHome, StudyModel
     from clinaudit.orchestration.runner import StepRun
     from clinaudit.studies import Study
 
@@ -40,6 +42,8 @@ def _studies(name: str) -> list[Study]:
 
 
 def _home(args: argparse.Namespace) -> ClinauditHome:
+    from clinaudit.assets.resources import ClinauditHome
+
     home = getattr(args, "home", None) or getattr(args, "out", None)
     root = str(Path(home).resolve()) if home else None
     landing = str(Path(args.landing).resolve()) if getattr(args, "landing", None) else None

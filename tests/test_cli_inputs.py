@@ -4,6 +4,8 @@ what happened (waiting batches, refused directories, BLOCKED vs FAILED, one-line
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,17 @@ def test_a_failed_blocking_check_prints_blocked_and_errors_print_one_line(
     assert lines[2].strip().startswith("error: scores/site_b.csv") and "line 3" in lines[2]
     assert "fix: looks like a percentage" in lines[2] and "Traceback" not in "\n".join(lines)
     assert "ok, warnings" in lines[3]
+
+
+def test_importing_the_command_imports_nothing_heavy() -> None:
+    # The image ingest's "spawn" worker pool re-imports the `clinaudit` script's module in every
+    # worker: a heavy import there cost ~9 CPU-s per worker, per batch.
+    code = (
+        "import sys, clinaudit.orchestration.cli; "
+        "print(sorted(m for m in ('dagster', 'torch', 'pandas', 'clinaudit.studies') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -143,3 +144,32 @@ def test_a_monitor_alarm_puts_the_fifo_fallback_on_page_one_and_the_reads_in_tab
     assert "Table C.2" in html and "1,200 audit-sample reads have landed" in html
     # With auto-clear off, the operations numbers are FIFO's.
     assert "(FIFO, no triage)" in html
+
+
+def test_the_memo_states_the_gain_and_the_settings_both_arms_were_trained_with() -> None:
+    bundle = _bundle(scored_table(), small_workload())
+    row = {"label": "abnormal", "delong_ci_low": 0.13, "delong_ci_high": 0.21}
+    for metric, (est, lo, hi) in {
+        "auroc_transfer": (0.918, 0.889, 0.945),
+        "auroc_scratch": (0.744, 0.697, 0.790),
+        "auroc_difference": (0.175, 0.129, 0.215),
+    }.items():
+        row |= {metric: est, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi}
+    settings = {
+        "architecture": "resnet10t", "input_size": 160, "epochs": 3, "epochs_scratch": 3,
+        "batch_size": 32, "trainable": "last_block", "trainable_weights": 3_674_114, "lr": 1e-3,
+        "scratch_lr": 1e-3, "n_train": 833, "n_val": 160, "selected_epoch": 2,
+        "selected_epoch_scratch": 2,
+    }  # fmt: skip
+    model = dataclasses.replace(
+        bundle.model,
+        facts={"transfer_vs_scratch": [row], "backbone": "the vendor", "fine_tuning": settings},
+    )
+    text = re.sub(r"\s+", " ", triage_memo(dataclasses.replace(bundle, model=model), STAMP).html)
+    assert "fine-tuned from the vendor" in text
+    assert "gain 0.175 (0.129–0.215) (paired patient bootstrap" in text
+    assert (
+        "both arms resnet10t at 160 px, 833 training studies (160 more chose the epoch), 3 epochs "
+        "in batches of 32; fine-tuned: the last block and the head at lr 0.001; from scratch: "
+        "every weight at lr 0.001." in text
+    )

@@ -1,16 +1,19 @@
-"""Study cxr_triage: what its model stage accepts and refuses (no training here)."""
+"""Study cxr_triage: what its model stage accepts, refuses and trains on (no training here)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from clinaudit.audit.types import AuditInputError
 from clinaudit.orchestration.cli import _model
 from clinaudit.studies import get_study
-from clinaudit.studies.base import ModelSpec
+from clinaudit.studies.base import ModelSpec, RunDirs
+from clinaudit.studies.cxr_triage import model as triage_model
 from clinaudit.studies.cxr_triage.model import model_fingerprint, transfer_config
 
 STUDY = get_study("cxr_triage")
@@ -34,6 +37,31 @@ def test_embedded_fingerprint_follows_the_fine_tuning_settings() -> None:
     assert model_fingerprint(ModelSpec(training={"epochs": 5}))[0] != base
     assert transfer_config(ModelSpec(training={"epochs": 5})).epochs == 5
     assert transfer_config(ModelSpec(training={"scale": "tiny"})).epochs == 1
+    demo = ModelSpec(training={"scale": "demo"})
+    assert transfer_config(demo).epochs == 3  # both arms: the same budget
+    assert model_fingerprint(demo)[1]["training"]["pretrain_epochs"] == 4
+
+
+def test_a_backbone_pretrained_here_never_sees_a_calibration_or_pile_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_pretrain(table, files, root, *, spec, log):
+        seen.update(table=table, files=files, spec=spec)
+        return SimpleNamespace(package_dir=root / "pkg")
+
+    monkeypatch.setattr(triage_model, "train_vendor_model", fake_pretrain)
+    splits = ["train", "calibration", "test", "pile", "train", "calibration"]
+    table = pd.DataFrame({"triage_split": splits, "split": ["train"] * 4 + ["test", "train"]})
+    files = [tmp_path / f"{k}.dcm" for k in range(len(table))]
+    dirs = RunDirs(*(tmp_path / d for d in ("landing", "artifacts", "q", "reports", "keys")))
+    spec = ModelSpec(training={"scale": "demo"})
+    path, source = triage_model._backbone(spec, table, files, dirs, log=lambda _: None)
+    assert list(seen["table"]["split"]) == ["train", "test", "train"]  # the triage split
+    assert seen["files"] == [files[0], files[2], files[4]]
+    assert (seen["spec"].train.input_size, seen["spec"].train.epochs) == (128, 4)
+    assert "triage train split (2 studies; resnet10t at 128 px, 4 epochs" in source
 
 
 def test_the_command_line_backbone_becomes_an_absolute_training_setting() -> None:

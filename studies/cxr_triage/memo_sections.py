@@ -7,6 +7,9 @@ monitoring table and the appendix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pandas as pd
 
 from clinaudit.reporting.kit import (
@@ -259,7 +262,30 @@ def _model_words(model) -> str:
         f"Test AUROC of P(abnormal): {ci('auroc_transfer')} fine-tuned vs "
         f"{ci('auroc_scratch')} for the same network trained from scratch on the same studies "
         f"and epochs; gain {ci('auroc_difference')} (paired patient bootstrap; DeLong "
-        f"{ci('auroc_difference', 'delong_ci_low', 'delong_ci_high')})."
+        f"{ci('auroc_difference', 'delong_ci_low', 'delong_ci_high')}), the gain at this "
+        f"budget: {_fine_tuning_words(model.facts.get('fine_tuning'))}"
+    )
+
+
+#: The part of the backbone a fine-tuning trains (``TransferConfig.trainable``), in words.
+_TRAINABLE_WORDS = {"all": "every weight", "last_block": "the last block and the head",
+                    "head": "the head"}  # fmt: skip
+
+
+def _fine_tuning_words(f: Mapping[str, Any] | None) -> str:
+    """The settings both arms were trained with (the model stage's facts: what the run used)."""
+    if not f:
+        return "settings not recorded."
+    epochs = (
+        f"{f['epochs']} epochs"
+        if f["epochs"] == f["epochs_scratch"]
+        else f"{f['epochs']} epochs fine-tuned, {f['epochs_scratch']} from scratch"
+    )
+    return (
+        f"both arms {f['architecture']} at {f['input_size']} px, {f['n_train']:,} training "
+        f"studies ({f['n_val']:,} more chose the epoch), {epochs} in batches of "
+        f"{f['batch_size']}; fine-tuned: {_TRAINABLE_WORDS.get(f['trainable'], f['trainable'])} "
+        f"at lr {f['lr']:g}; from scratch: every weight at lr {f['scratch_lr']:g}."
     )
 
 
