@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from clinaudit.audit.records import ModelRef, TableSet
+from clinaudit.portal.urls import package_url
 from clinaudit.reporting.provenance import AuditBundle, PolicyMismatchError, Provenance
 from clinaudit.reporting.study_package import audit_summary, write_study_package
 from clinaudit.studies.base import AuditData, Study
@@ -225,7 +226,9 @@ def package_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         except PolicyMismatchError as err:
             raise dg.Failure(str(err)) from err
         context.log.info(f"signed package {written.package.dir} ({written.pages} pages)")
-        meta = package_metadata(written, decided)
+        meta = package_metadata(
+            written, decided, portal_url=package_url(study.name, written.audit_id)
+        )
         return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(written.audit_id))
 
     return package
