@@ -178,9 +178,9 @@ class Portal:
     def diff(self, request: Request) -> Response:
         study = self._study(request)
         entries = self.store.entries(study)
-        after_id = request.query_params.get("after") or (
-            entries[0].ref.audit_id if entries else None
-        )
+        if not entries:
+            raise HTTPException(404, f"no package of study {study!r} yet")
+        after_id = request.query_params.get("after") or entries[0].ref.audit_id
         after = self._entry(study, self._audit_id(after_id, "after"))
         before_id = request.query_params.get("before")
         if before_id is None:
@@ -256,7 +256,8 @@ class Portal:
             )
         body = _zip(entry) if name == "package.zip" else entry.snapshot.files[name]
         digest = hashlib.sha256(body).hexdigest()
-        self.log.record(**record, sha256=digest, size=len(body), served=True)
+        if request.method != "HEAD":  # a HEAD request gets the headers only: no download
+            self.log.record(**record, sha256=digest, size=len(body), served=True)
         headers = {
             "Content-Disposition": f'attachment; filename="{filename}"',
             "X-Content-SHA256": digest,

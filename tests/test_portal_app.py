@@ -25,7 +25,7 @@ from clinaudit.portal.auth import AuthConfig
 from clinaudit.portal.middleware import TraversalGuard
 from clinaudit.reporting.signing import ensure_dev_signer
 
-STUDIES = {"study_a": "Study A", "study_b": "Study B"}
+STUDIES = {"study_a": "Study A", "study_b": "Study B", "study_c": "Study C (no package yet)"}
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 USERS = {"alice": "alice-password-123"}
 
@@ -197,6 +197,7 @@ def test_index_lists_every_study_newest_first(reports, client: TestClient) -> No
     assert page.text.count("VERIFIED") == 4 and "FAILED" not in page.text
     assert "development signature" in page.text and "SIMULATED" in page.text
     assert "site_b: <b>NO-GO</b>" in page.text and "not declared" in page.text
+    assert 'id="study-study_c"' in page.text and "No package yet." in page.text
     one = client.get("/studies/study_b", headers=BEARER)
     assert _ids(one.text) == [reports["b1"].dir.name]
     assert client.get("/studies/nope", headers=BEARER).status_code == 404
@@ -250,8 +251,11 @@ def test_downloads_are_the_signed_bytes_and_logged(reports, client: TestClient) 
     path = client.app.state.portal.log.path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     before = path.read_bytes()
+    assert client.head(_url(package, "/report.pdf"), headers=BEARER).status_code == 200
+    assert path.read_bytes() == before  # headers only: not a download
     client.get(_url(package, "/report.pdf"), headers=BEARER)
     assert path.read_bytes().startswith(before)  # appended, never rewritten
+    assert len(_log(client)) == 4
 
 
 # --- tampering ------------------------------------------------------------------------------------
@@ -327,3 +331,5 @@ def test_diff_shows_changed_decisions_criteria_policy_and_sites(
         f"/studies/study_a/diff?before={reports['a0'].dir.name}&after={a1}", headers=BEARER
     )
     assert legacy.status_code == 200 and "does not declare its decisions" in legacy.text
+    assert client.get("/studies/study_b/diff", headers=BEARER).status_code == 404  # one package
+    assert client.get("/studies/study_c/diff", headers=BEARER).status_code == 404  # none

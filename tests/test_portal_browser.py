@@ -187,6 +187,19 @@ def _text(driver, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 
+def _click_to(driver, element_id: str, css: str) -> None:
+    """Click ``element_id`` and wait until the page it leads to shows ``css`` (a click returns
+    before the next page has loaded; the first listing verifies every package)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.ID, element_id).click()
+    WebDriverWait(driver, 120, poll_frequency=0.2).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
 def _downloaded(folder: Path, timeout: float = 30) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -209,7 +222,7 @@ def test_committee_flow_in_the_browser(site: dict, browser) -> None:
     driver.get(f"{base}/")
     assert "Sign in" in driver.title
     driver.find_element(By.ID, "password").send_keys(TOKEN)
-    driver.find_element(By.ID, "sign-in").click()
+    _click_to(driver, "sign-in", "#user")
     assert driver.current_url == f"{base}/" and _text(driver, "#user") == "token"
 
     # Every registered study, and each demo study's packages newest first (signed creation time).
@@ -236,7 +249,7 @@ def test_committee_flow_in_the_browser(site: dict, browser) -> None:
     assert _downloaded(site["downloads"]).read_bytes() == signed.read_bytes()
 
     # What changed since the previous audit: the decision and the policy version.
-    driver.find_element(By.ID, "diff-previous").click()
+    _click_to(driver, "diff-previous", "#compared")
     packages = sorted((home / "reports" / REAUDITED).iterdir(), key=_created)
     before, after = (_manifest_decisions(p) for p in packages[-2:])
     changed = {w for w in after if before.get(w) != after[w]}
