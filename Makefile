@@ -10,8 +10,12 @@ SCALE ?= demo
 # cxr_triage).
 STUDY ?= all
 PORT ?= 3000
+# The committee portal (`make ui` starts it beside Dagster); package assets link to its pages.
+PORTAL_PORT ?= 3001
 export CLINAUDIT_HOME ?= $(CURDIR)/var/$(SCALE)
 export DAGSTER_HOME ?= $(CLINAUDIT_HOME)/dagster_home
+export CLINAUDIT_PORTAL_URL ?= http://127.0.0.1:$(PORTAL_PORT)
+export CLINAUDIT_DAGSTER_URL ?= http://127.0.0.1:$(PORT)
 
 .PHONY: install demo test lint test-slow ui bench clean-var system-deps
 
@@ -58,8 +62,16 @@ test: system-deps lint
 test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest -m slow
 
+# Dagster (engineers) in the foreground and the committee portal in the background, stopped with
+# it. The portal signs in with CLINAUDIT_PORTAL_TOKEN / CLINAUDIT_PORTAL_USERS when set, and with
+# the token in $(CLINAUDIT_HOME)/keys/portal_token (created once, 0600) in any case.
 ui: $(STAMP)
 	$(BIN)/clinaudit init-home --home $(CLINAUDIT_HOME)
+	@echo "Dagster UI       : http://127.0.0.1:$(PORT)"
+	@echo "committee portal : http://127.0.0.1:$(PORTAL_PORT)  (token: $(CLINAUDIT_HOME)/keys/portal_token)"
+	$(BIN)/clinaudit portal --home $(CLINAUDIT_HOME) --port $(PORTAL_PORT) \
+	    --token-file $(CLINAUDIT_HOME)/keys/portal_token & portal=$$!; \
+	trap 'kill $$portal 2>/dev/null; wait $$portal 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
 
 bench: $(STAMP)

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from clinaudit.audit.records import ModelRef, TableSet
+from clinaudit.portal.urls import package_url
 from clinaudit.reporting.provenance import AuditBundle, PolicyMismatchError, Provenance
-from clinaudit.reporting.study_package import write_study_package
+from clinaudit.reporting.study_package import audit_summary, write_study_package
 from clinaudit.studies.base import AuditData, Study
 
 from .stage_config import OWNERS, config_class, options_of
@@ -21,9 +22,6 @@ from .stage_meta import package_metadata, stage_metadata
 
 if TYPE_CHECKING:
     from .factory import StudyAssets
-
-if TYPE_CHECKING:
-    pass
 
 
 def _under_policy(tables: TableSet, policy: Any) -> TableSet:
@@ -214,6 +212,7 @@ def package_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
             names,
             policy=getattr(context.resources, policy_res).load(),
         )
+        decided = study.decision_summary(bundle.decisions)
         try:
             written = write_study_package(
                 bundle,
@@ -221,11 +220,15 @@ def package_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
                 policy_name=study.policy_attachment,
                 signer=context.resources.signer.spec(home.key_dir),
                 reports_root=home.reports,
+                summary=audit_summary(bundle, decided, study.decision_criteria(bundle.decisions)),
+                run_id=context.run.run_id,
             )
         except PolicyMismatchError as err:
             raise dg.Failure(str(err)) from err
         context.log.info(f"signed package {written.package.dir} ({written.pages} pages)")
-        meta = package_metadata(written, study.decision_summary(bundle.decisions))
+        meta = package_metadata(
+            written, decided, portal_url=package_url(study.name, written.audit_id)
+        )
         return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(written.audit_id))
 
     return package

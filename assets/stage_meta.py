@@ -82,12 +82,16 @@ def stage_metadata(
     )
 
 
-def package_metadata(written: PackageResult, decisions: Mapping[str, str]) -> dict[str, Any]:
-    """What a package materialization records: where it is, whether it verified, who signed it,
-    whether its data were simulated, the decisions and the time it took."""
+def package_metadata(
+    written: PackageResult, decisions: Mapping[str, str], *, portal_url: str | None = None
+) -> dict[str, Any]:
+    """What a package materialization records: where it is (and its committee portal page),
+    whether it verified, who signed it, whether its data were simulated, the decisions and the
+    time it took."""
     package = written.package
     return {
         "audit_id": written.audit_id,
+        **({"portal_url": dg.MetadataValue.url(portal_url)} if portal_url else {}),
         "package_dir": dg.MetadataValue.path(str(package.dir)),
         "pdf": dg.MetadataValue.path(str(package.pdf_path)),
         "verified": package.verdict.ok,

@@ -6,6 +6,7 @@
 ``clinaudit simulate --study NAME`` write a simulated cohort into a landing directory
 ``clinaudit init-home``             create the run-time tree and the Dagster instance config
 ``clinaudit verify``                check a signed audit package (signature, manifest hashes)
+``clinaudit portal``                serve the committee portal (every package, verified on view)
 
 Every command materializes the same Dagster assets in-process on a persistent instance, so the
 runs appear in the Dagster UI (``make ui``) afterwards.
@@ -157,6 +158,8 @@ def _print_outcome(
     verdict = "VERIFIED" if meta["verified"].value else "VERIFICATION FAILED"
     print(f"signed audit PDF : {meta['pdf'].value}  ({verdict}; check: clinaudit verify PDF)")
     print(f"audit package    : {meta['package_dir'].value}")
+    if "portal_url" in meta:
+        print(f"committee portal : {meta['portal_url'].value}  (clinaudit portal, make ui)")
 
 
 def _run_study(args: argparse.Namespace, home: ClinauditHome, study: Study) -> int:
@@ -263,6 +266,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return verify_main(args.rest)
 
 
+def cmd_portal(args: argparse.Namespace) -> int:
+    from clinaudit.portal.server import main as portal_main
+
+    return portal_main(args.rest)
+
+
 def _study_choices(include_all: bool) -> list[str]:
     from clinaudit.studies import registered_studies
 
@@ -358,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "portal",
+        help="serve the read-only committee portal of the signed packages (clinaudit portal -h)",
+        add_help=False,
+    )
+    p.set_defaults(func=cmd_portal)
+
     p = sub.add_parser("init-home", help="create the run-time tree and dagster.yaml")
     p.add_argument("--home", help=home_help)
     p.set_defaults(func=cmd_init_home)
@@ -369,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["verify"]:
         # `clinaudit verify` is the verifier's own command line (its --help lists the options).
         return cmd_verify(argparse.Namespace(rest=argv[1:]))
+    if argv[:1] == ["portal"]:  # likewise the portal's (docs/portal.md)
+        return cmd_portal(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

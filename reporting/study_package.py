@@ -4,23 +4,32 @@
 whose stages ran under another policy, names every input by its sha256 (the landed batches as
 ingest read them, the audited model, the policy file), fixes the audit id and time, asks the
 study for its report (:class:`ReportContent`) and writes it with the policy file as a signed,
-verified package (:func:`~clinaudit.reporting.package.write_report_package`).
+verified package (:func:`~clinaudit.reporting.package.write_report_package`). The manifest
+carries the audit's :class:`~clinaudit.reporting.audit_summary.AuditSummary` (decisions,
+criteria, policy and model identity in one study-independent form) when the caller gives one.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .audit_summary import SUMMARY_KEY, AuditSummary, CriterionOutcome
 from .package import AuditStamp, PackageResult, stamp_audit, write_report_package
 from .provenance import AuditBundle, check_policy
 from .signing import SignerSpec
 
-__all__ = ["ReportContent", "package_inputs", "pdf_pages", "write_study_package"]
+__all__ = [
+    "ReportContent",
+    "audit_summary",
+    "package_inputs",
+    "pdf_pages",
+    "write_study_package",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,40 @@ def package_inputs(bundle: AuditBundle, policy_name: str) -> dict[str, str]:
     }
 
 
+def audit_summary(
+    bundle: AuditBundle, decisions: Mapping[str, str], criteria: Sequence[CriterionOutcome] = ()
+) -> AuditSummary:
+    """The study-independent summary of ``bundle``'s audit for its package's manifest.
+
+    Parameters
+    ----------
+    bundle : AuditBundle
+        The audit (policy, model and provenance are read from it).
+    decisions : mapping of str to str
+        Partition (or the study's overall key) -> decision text
+        (:meth:`~clinaudit.studies.base.Study.decision_summary`).
+    criteria : sequence of CriterionOutcome
+        The criteria behind the decisions
+        (:meth:`~clinaudit.studies.base.Study.decision_criteria`).
+    """
+    model = bundle.model
+    card = {k: model.card.get(k) for k in ("vendor", "version")}
+    return AuditSummary(
+        decisions=dict(decisions),
+        criteria=tuple(criteria),
+        partitions=tuple(bundle.provenance.partitions),
+        left_out=dict(bundle.provenance.left_out),
+        policy=bundle.policy.identity(),
+        model={
+            "mode": model.mode,
+            "kind": model.kind,
+            "identity": model.identity,
+            **{k: v for k, v in card.items() if isinstance(v, str) and v},
+        },
+        thresholds={k: float(v) for k, v in model.thresholds.items()},
+    )
+
+
 def write_study_package(
     bundle: AuditBundle,
     render: Callable[[AuditStamp], ReportContent],
@@ -60,6 +103,8 @@ def write_study_package(
     signer: SignerSpec,
     reports_root: Path,
     now: datetime | None = None,
+    summary: AuditSummary | None = None,
+    run_id: str | None = None,
 ) -> PackageResult:
     """Stamp, render, sign, write and verify a new package ``<reports>/<study>/<audit-id>/``.
 
@@ -77,6 +122,11 @@ def write_study_package(
         Root of all packages.
     now : datetime, optional
         UTC time of the audit (default now): fixes the audit id and every date in the PDF.
+    summary : AuditSummary, optional
+        Recorded as ``manifest["metadata"]["audit_summary"]`` (what the committee portal lists
+        and compares); see :func:`audit_summary`.
+    run_id : str, optional
+        The orchestrator's run that wrote the package (``manifest["metadata"]["run_id"]``).
 
     Raises
     ------
@@ -104,6 +154,8 @@ def write_study_package(
             "simulated": bundle.provenance.simulated,
             "policy_id": bundle.policy.policy_id,
             **content.metadata,
+            **({SUMMARY_KEY: summary.to_json()} if summary is not None else {}),
+            **({"run_id": run_id} if run_id else {}),
         },
     )
     return PackageResult(

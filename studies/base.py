@@ -35,6 +35,7 @@ import pandas as pd
 
 from clinaudit.audit.policy_base import PolicyBase
 from clinaudit.audit.records import ModelRef, TableSet
+from clinaudit.reporting.audit_summary import CriterionOutcome
 from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
@@ -45,6 +46,7 @@ __all__ = [
     "AuditData",
     "CheckOutcome",
     "CheckSpec",
+    "CriterionOutcome",
     "IngestOptions",
     "Log",
     "MitigationStage",
@@ -414,6 +416,12 @@ class Study(ABC):
         table = decisions["decisions"]
         key = "site" if "site" in table.columns else table.columns[0]
         return {str(r[key]): str(r["decision"]) for _, r in table.iterrows()}
+
+    def decision_criteria(self, decisions: TableSet) -> list[CriterionOutcome]:
+        """Every criterion behind the decisions in the study-independent form the package's
+        manifest records (``where`` uses the keys of :meth:`decision_summary`); the committee
+        portal compares two audits by them. Default: none declared."""
+        return []
 
     # ------------------------------------------------------------------ demo data
     @abstractmethod

@@ -3,12 +3,14 @@
 On each study's tiny demo run (``conftest.tiny_demo``): the latest package verifies (signature and
 manifest hashes); the SIMULATED band and "Page k of n" are on every page; the page count is in the
 study's budget; the HTML is deterministic for the same audit; a package is refused when a stage ran
-under another policy; and no identifier of the landed data reaches the report text.
+under another policy; no identifier of the landed data reaches the report text; and the manifest
+carries the audit summary the committee portal lists and compares.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from system_tools import require_tool
 
 from clinaudit.assets.audit_stages import stored_bundle
 from clinaudit.assets.resources import ClinauditHome
+from clinaudit.reporting.audit_summary import SUMMARY_KEY, AuditSummary
 from clinaudit.reporting.kit import SIMULATED_BAND
 from clinaudit.reporting.package import stamp_audit
 from clinaudit.reporting.provenance import PolicyMismatchError
@@ -117,6 +120,20 @@ def test_no_identifier_of_the_landed_data_reaches_the_report(run) -> None:
     text = "\n".join(_pages(package / "report.pdf"))
     leaked = sorted(i for i in identifiers if i in text)
     assert not leaked, leaked[:5]
+
+
+def test_manifest_carries_the_audit_summary(run) -> None:
+    study, home, package = run
+    manifest = json.loads((package / "manifest.json").read_text(encoding="utf-8"))
+    summary = AuditSummary.from_json(manifest["metadata"][SUMMARY_KEY])
+    bundle = stored_bundle(home, study)
+    assert summary.decisions == study.decision_summary(bundle.decisions)
+    assert summary.criteria, f"{study.name} declares no criterion behind its decisions"
+    assert {c.where for c in summary.criteria} <= set(summary.decisions)
+    assert summary.policy == bundle.policy.identity()
+    assert summary.model["identity"] == bundle.model.identity
+    assert set(summary.partitions) == set(bundle.provenance.partitions)
+    assert manifest["metadata"]["run_id"]  # the Dagster run the portal links to
 
 
 def test_every_study_declares_what_the_contract_needs() -> None:

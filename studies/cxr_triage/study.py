@@ -34,6 +34,7 @@ import pandas as pd
 from clinaudit.audit.partitions import usable_partitions
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.types import AuditInputError
+from clinaudit.reporting.audit_summary import CriterionOutcome
 from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
@@ -218,6 +219,24 @@ class CxrTriage(ImageStudy):
     def decision_summary(self, decisions: TableSet) -> dict[str, str]:
         row = decisions["decisions"].iloc[0]
         return {str(row["scope"]): f"{row['decision']} ({row['mode']})"}
+
+    def decision_criteria(self, decisions: TableSet) -> list[CriterionOutcome]:
+        """The rule's safety and benefit criteria (a disabled one is not evaluated)."""
+        scope = str(decisions["decisions"].iloc[0]["scope"])
+        return [
+            CriterionOutcome(
+                where=scope,
+                criterion=f"{r.criterion} {r.statistic}",
+                value=r.value,
+                limit=r.threshold,
+                comparator=r.comparator,
+                passed=r.passed if r.enabled else None,
+                detail=f"{r.kind}: {r.detail}"
+                if r.enabled
+                else f"{r.kind}: disabled by the policy",
+            )
+            for r in decisions["criteria"].itertuples()
+        ]
 
     def report(self, bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         return triage_memo(bundle, stamp)

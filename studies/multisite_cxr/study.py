@@ -23,6 +23,7 @@ from clinaudit.audit.reference_audit import (
     mean_auroc_by_group,
     reference_label,
 )
+from clinaudit.reporting.audit_summary import CriterionOutcome
 from clinaudit.reporting.figures import (
     auroc_heatmap,
     drift_bars,
@@ -209,6 +210,23 @@ class MultisiteCxr(ImageStudy):
     def decision_lines(self, decisions: TableSet) -> list[tuple[str, str]]:
         table = decisions["decisions"]
         return [(str(r.site), f"{r.decision:<15} {r.reasons}") for r in table.itertuples()]
+
+    def decision_criteria(self, decisions: TableSet) -> list[CriterionOutcome]:
+        """Each site's criteria per finding, before and after the site's mitigations."""
+        return [
+            CriterionOutcome(
+                where=r.site,
+                criterion=f"{r.criterion} [{r.finding}]" if r.finding else r.criterion,
+                value=r.value,
+                limit=r.limit,
+                comparator=r.comparator,
+                passed=r.passed_before,
+                value_after=r.value_after,
+                passed_after=r.passed_after,
+                detail=r.evidence + ("" if r.blocking else " (does not block on its own)"),
+            )
+            for r in decisions["criteria"].itertuples()
+        ]
 
     def report(self, bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         return report_content(bundle, stamp)

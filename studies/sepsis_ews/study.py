@@ -29,6 +29,7 @@ import pandas as pd
 
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.types import AuditInputError
+from clinaudit.reporting.audit_summary import CriterionOutcome
 from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
@@ -269,6 +270,24 @@ class SepsisEws(Study):
     def decision_summary(self, decisions: TableSet) -> dict[str, str]:
         """One recommendation for the network."""
         return {"network": str(decisions.fact("recommendation"))}
+
+    def decision_criteria(self, decisions: TableSet) -> list[CriterionOutcome]:
+        """The network's criteria (per attribute), at the vendor threshold and with the
+        mitigation of the largest gap."""
+        return [
+            CriterionOutcome(
+                where="network",
+                criterion=f"{r.criterion} {r.statistic} [{r.attribute}]",
+                value=r.value,
+                limit=r.limit,
+                comparator=r.comparator,
+                passed=r.passed,
+                value_after=r.value_after,
+                passed_after=r.passed_after,
+                detail=r.evidence,
+            )
+            for r in decisions["criteria"].itertuples()
+        ]
 
     def decision_lines(self, decisions: TableSet) -> list[tuple[str, str]]:
         """The recommendation, then its reasons and conditions, one line each."""
