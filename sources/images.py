@@ -55,6 +55,7 @@ __all__ = [
     "ImageFormat",
     "decode_image",
     "detect_format",
+    "open_pil_image",
     "resize_for_model",
 ]
 
@@ -107,7 +108,24 @@ def _strict_truncation() -> Iterator[None]:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _decode_pil(data: bytes, name: str, max_pixels: int, fmt: ImageFormat) -> DecodedImage:
+def open_pil_image(
+    data: bytes, *, name: str, fmt: ImageFormat, max_pixels: int, unit: str, resend: str
+) -> tuple[Image.Image, int, int, bool]:
+    """Open PNG / JPEG bytes with PIL under the decoders' guards.
+
+    Returns ``(image, cols, rows, too_big)``: when ``too_big`` (width x height over
+    ``max_pixels``, read from the header) no pixel was decoded and the caller raises its
+    ``decompression_bomb`` error.
+
+    Shared by the radiograph and the photo decoders: truncated files are errors whatever another
+    library set process-wide, PIL's own bomb guard is an error, and an image must have one
+    frame. ``unit`` ("radiograph", "photo") and ``resend`` (the fix of a bomb) word the errors.
+
+    Raises
+    ------
+    ImageDecodeError
+        ``decompression_bomb``, ``corrupt_image`` or ``image_dimensions`` (several frames).
+    """
     pil_format = "PNG" if fmt == "png" else "JPEG"
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -123,7 +141,7 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, fmt: ImageFormat) -> De
                 name,
                 "decompression_bomb",
                 f"PIL refused the image as a decompression bomb ({err_text(err)})",
-                "send the image at its native radiograph resolution",
+                resend,
             ) from err
         except _PIL_CORRUPT as err:
             raise ImageDecodeError(
@@ -132,16 +150,24 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, fmt: ImageFormat) -> De
                 f"the {pil_format} file cannot be decoded ({err_text(err)})",
                 f"re-export or re-transfer the {pil_format} file (it is truncated or corrupt)",
             ) from err
-    if too_big:
-        raise bomb_error(name, rows, cols, 1, max_pixels)
-    mode = im.mode
-    if getattr(im, "n_frames", 1) != 1:
+    if not too_big and getattr(im, "n_frames", 1) != 1:
         raise ImageDecodeError(
             name,
             "image_dimensions",
             f"image has {im.n_frames} frames; expected one",
-            "send each radiograph as its own single-frame file",
+            f"send each {unit} as its own single-frame file",
         )
+    return im, cols, rows, too_big
+
+
+def _decode_pil(data: bytes, name: str, max_pixels: int, fmt: ImageFormat) -> DecodedImage:
+    im, cols, rows, too_big = open_pil_image(
+        data, name=name, fmt=fmt, max_pixels=max_pixels, unit="radiograph",
+        resend="send the image at its native radiograph resolution",
+    )  # fmt: skip
+    if too_big:
+        raise bomb_error(name, rows, cols, 1, max_pixels)
+    mode = im.mode
     if mode == "L":
         bits, arr = 8, np.asarray(im)
     elif mode.startswith("I;16"):

@@ -9,20 +9,14 @@ machine-readable ``check``.
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from clinaudit.sources.image_types import ImageDecodeError, err_text
+from clinaudit.sources.image_types import ImageDecodeError
 
-# The same process-wide guard the grayscale decoder uses (one lock for PIL's global flag).
-from clinaudit.sources.images import _strict_truncation, detect_format
+# The same guards as the grayscale decoder (one lock for PIL's process-wide truncation flag).
+from clinaudit.sources.images import detect_format, open_pil_image
 
 __all__ = ["decode_rgb"]
-
-_CORRUPT = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
 
 
 def decode_rgb(data: bytes, *, name: str, max_pixels: int = 50_000_000) -> np.ndarray:
@@ -66,30 +60,10 @@ def decode_rgb(data: bytes, *, name: str, max_pixels: int = 50_000_000) -> np.nd
             f"the file is not a PNG or JPEG photo ({len(data)} bytes, starting {data[:8]!r})",
             "send the photo as PNG or JPEG",
         )
-    pil_format = "PNG" if fmt == "png" else "JPEG"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with _strict_truncation():
-                im = Image.open(io.BytesIO(data), formats=[pil_format])
-                width, height = im.size
-                too_big = width * height > max_pixels
-                if not too_big:
-                    im.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ImageDecodeError(
-                name,
-                "decompression_bomb",
-                f"PIL refused the image as a decompression bomb ({err_text(err)})",
-                "send the photo at its camera resolution",
-            ) from err
-        except _CORRUPT as err:
-            raise ImageDecodeError(
-                name,
-                "corrupt_image",
-                f"the {pil_format} file cannot be decoded ({err_text(err)})",
-                f"re-export or re-transfer the {pil_format} file (it is truncated or corrupt)",
-            ) from err
+    im, width, height, too_big = open_pil_image(
+        data, name=name, fmt=fmt, max_pixels=max_pixels, unit="photo",
+        resend="send the photo at its camera resolution",
+    )  # fmt: skip
     if too_big:
         raise ImageDecodeError(
             name,
@@ -97,13 +71,6 @@ def decode_rgb(data: bytes, *, name: str, max_pixels: int = 50_000_000) -> np.nd
             f"declared size {width} x {height} = {width * height} pixels exceeds "
             f"max_pixels={max_pixels}; the pixel data was not decoded",
             "send the photo at its camera resolution, or raise max_pixels",
-        )
-    if getattr(im, "n_frames", 1) != 1:
-        raise ImageDecodeError(
-            name,
-            "image_dimensions",
-            f"image has {im.n_frames} frames; expected one",
-            "send each photo as its own single-frame file",
         )
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA")
