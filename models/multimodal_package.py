@@ -52,7 +52,12 @@ from clinaudit.models.model_card import json_safe
 from clinaudit.models.multimodal_arms import build_arm
 from clinaudit.models.multimodal_config import ARMS, MultimodalConfig
 from clinaudit.models.multimodal_train_spec import ArmResult
-from clinaudit.models.package import PICKLE_SUFFIXES, ModelPackageError
+from clinaudit.models.package import (
+    ModelPackageError,
+    read_card_json,
+    refuse_pickles,
+    state_dict_for_saving,
+)
 from clinaudit.models.text_tokenizer import (
     TOKENIZER_FILE,
     load_note_tokenizer,
@@ -118,22 +123,6 @@ def training_summary(result: ArmResult) -> dict[str, Any]:
             "device": result.device,
         }
     )
-
-
-def _refuse_pickles(directory: Path) -> None:
-    for entry in sorted(directory.iterdir()):
-        if entry.suffix.lower() in PICKLE_SUFFIXES:
-            raise ModelPackageError(
-                entry,
-                "pickle-based files can execute code when loaded and are refused",
-                expected=f"weights only in {WEIGHTS_FILE}",
-                found=f"{entry.name} in the package directory",
-                fix=f"save the state_dict with safetensors as {WEIGHTS_FILE}; remove {entry.name}",
-            )
-
-
-def _state(model: nn.Module) -> dict[str, Any]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
 def _build(path: Path, arm: str, config: MultimodalConfig, state: Mapping[str, Any]) -> nn.Module:
@@ -208,8 +197,8 @@ def save_multimodal_package(
             fix="choose a new directory (every version is kept) or pass overwrite=True",
         )
     directory.mkdir(parents=True, exist_ok=True)
-    _refuse_pickles(directory)
-    state = _state(model)
+    refuse_pickles(directory)
+    state = state_dict_for_saving(model)
     _build(directory / WEIGHTS_FILE, arm, config, state)  # what we write must load back
     tmp = directory / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
@@ -240,28 +229,10 @@ def save_multimodal_package(
 
 def _read_card(directory: Path) -> dict[str, Any]:
     path = directory / CARD_FILE
-    if not directory.is_dir():
-        raise ModelPackageError(
-            directory,
-            "model package directory does not exist",
-            expected="a directory with model.safetensors, tokenizer.json and model_card.json",
-            found="nothing at that path",
-            fix="point at the package directory",
-        )
-    _refuse_pickles(directory)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError) as err:
-        raise ModelPackageError(
-            path, "model card is missing or not JSON", expected="a JSON object",
-            found=str(err), fix="re-export the package",
-        ) from err  # fmt: skip
-    missing = [k for k in _CARD_KEYS if not isinstance(doc, dict) or k not in doc]
-    if missing:
-        raise ModelPackageError(
-            path, "model card lacks required keys", expected=f"keys {list(_CARD_KEYS)}",
-            found=f"missing {missing}", fix="re-export the package",
-        )  # fmt: skip
+    doc = read_card_json(
+        directory, required=_CARD_KEYS, pointer="point at the package directory",
+        contents="model.safetensors, tokenizer.json and model_card.json",
+    )  # fmt: skip
     for key, expected in (
         ("format", MULTIMODAL_FORMAT),
         ("weights_file", WEIGHTS_FILE),

@@ -194,7 +194,8 @@ def _check_thresholds(
     return out
 
 
-def _refuse_pickles(directory: Path) -> None:
+def refuse_pickles(directory: Path) -> None:
+    """Raise :class:`ModelPackageError` for a pickle-based file in a package directory."""
     for entry in sorted(directory.iterdir()):
         if entry.suffix.lower() in PICKLE_SUFFIXES:
             raise ModelPackageError(
@@ -209,7 +210,8 @@ def _refuse_pickles(directory: Path) -> None:
             )
 
 
-def _state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights, detached, on the CPU and contiguous (what safetensors saves)."""
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
@@ -281,8 +283,8 @@ def save_package(
             fix="choose a new directory (every version is kept) or pass overwrite=True",
         )
     directory.mkdir(parents=True, exist_ok=True)
-    _refuse_pickles(directory)
-    state = _state_dict_for_saving(model)
+    refuse_pickles(directory)
+    state = state_dict_for_saving(model)
     _load_state(directory / WEIGHTS_FILE, adapter, state)  # what we write must load back
     tmp_weights = directory / f".{WEIGHTS_FILE}.tmp"
     # One metadata entry: safetensors writes its metadata map in hash order, so two entries made
@@ -330,17 +332,33 @@ def _weights_path(directory: Path) -> Path:
     return weights
 
 
-def _read_card(directory: Path) -> dict[str, Any]:
+def read_card_json(
+    directory: Path,
+    *,
+    required: Sequence[str],
+    contents: str,
+    pointer: str = "point --model at the package directory",
+) -> dict[str, Any]:
+    """The ``model_card.json`` of a package directory as a dict holding ``required`` keys.
+
+    Checks first that the directory exists (``contents`` says what it should hold) and holds no
+    pickle-based file (:func:`refuse_pickles`).
+
+    Raises
+    ------
+    ModelPackageError
+        Naming the file, what was expected and found, and the fix.
+    """
     path = directory / CARD_FILE
     if not directory.is_dir():
         raise ModelPackageError(
             directory,
             "model package directory does not exist",
-            expected="a directory with model.safetensors and model_card.json",
+            expected=f"a directory with {contents}",
             found="nothing at that path",
-            fix="point --model at the package directory",
+            fix=pointer,
         )
-    _refuse_pickles(directory)
+    refuse_pickles(directory)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
@@ -367,15 +385,23 @@ def _read_card(directory: Path) -> dict[str, Any]:
             found=type(doc).__name__,
             fix="re-export the card",
         )
-    missing = [k for k in _CARD_KEYS if k not in doc]
+    missing = [k for k in required if k not in doc]
     if missing:
         raise ModelPackageError(
             path,
             "model card lacks required keys",
-            expected=f"keys {list(_CARD_KEYS)}",
+            expected=f"keys {list(required)}",
             found=f"missing {missing}",
             fix="add them (see the format description)",
         )
+    return doc
+
+
+def _read_card(directory: Path) -> dict[str, Any]:
+    path = directory / CARD_FILE
+    doc = read_card_json(
+        directory, required=_CARD_KEYS, contents="model.safetensors and model_card.json"
+    )
     for key, expected, message, fix in (
         ("format", PACKAGE_FORMAT, "unknown package format", _REEXPORT_FIX),
         ("weights_file", WEIGHTS_FILE, "weights must be a safetensors file", _SAFETENSORS_FIX),
