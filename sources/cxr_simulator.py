@@ -30,14 +30,12 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 import sys
 import time
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +55,7 @@ from clinaudit.sources.cxr_sites import (
 )
 from clinaudit.sources.dicom_io import CxrDicomMeta, deterministic_uid, write_cxr_dicom
 from clinaudit.sources.landing import MANIFEST_NAME, LandingError, validate_name, write_manifest
+from clinaudit.sources.render_pool import chunk_size, render_chunks, worker_count
 
 STUDY = "cxr"
 #: Fixed manifest timestamp: simulated batches must be byte-identical across runs.
@@ -350,22 +349,15 @@ def simulate_site_batch(
         sev = tuple(float(df[f"sev_{f}"].iat[i]) for f in FINDINGS)
         jobs.append(_Job(i, str(df["Image Index"].iat[i]), sev, meta))
 
-    n_workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
-    if n_workers < 1:
-        raise ValueError(f"workers={workers}; expected >= 1 or None")
-    chunk = max(1, min(32, math.ceil(n_images / (n_workers * 4))))
+    n_workers = worker_count(workers)
+    chunk = chunk_size(n_images, n_workers, largest=32)
     tasks = [
         (profile, native, sc.render_px, str(images_dir), entropy, jobs[k : k + chunk])
         for k in range(0, n_images, chunk)
     ]
-    results: list[tuple[str, str, dict[str, object]]] = []
-    if n_workers == 1:
-        for task in tasks:
-            results.extend(_render_chunk_star(task))
-    else:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            for part in pool.map(_render_chunk_star, tasks):
-                results.extend(part)
+    results: list[tuple[str, str, dict[str, object]]] = render_chunks(
+        _render_chunk_star, tasks, n_workers
+    )
     hashes = {f"images/{name}": digest for name, digest, _ in results}
     hashes["labels.csv"] = _write_text(
         batch_dir / "labels.csv",

@@ -10,10 +10,8 @@ which order.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pandas as pd
 from clinaudit.sources.derm_lesions import draw_lesion
 from clinaudit.sources.derm_render import draw_acquisition, encode_photo, render_photo, skin_tone
 from clinaudit.sources.derm_sites import ClinicProfile
+from clinaudit.sources.render_pool import chunk_size, render_chunks, worker_count
 
 __all__ = ["PhotoJob", "keyed_rng", "render_photos"]
 
@@ -117,21 +116,14 @@ def render_photos(
     truth : DataFrame
         One row per job, in order: ITA (true and from pixels), contrasts, acquisition.
     """
-    n_workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
-    if n_workers < 1:
-        raise ValueError(f"workers={workers}; expected >= 1 or None")
-    chunk = max(1, min(64, math.ceil(len(jobs) / (n_workers * 4))))
+    n_workers = worker_count(workers)
+    chunk = chunk_size(len(jobs), n_workers, largest=64)
     tasks = [
         (clinic, size, str(Path(images_dir)), entropy, contrast_bias, jobs[k : k + chunk])
         for k in range(0, len(jobs), chunk)
     ]
-    results: list[tuple[str, str, dict[str, object]]] = []
-    if n_workers == 1:
-        for task in tasks:
-            results.extend(_render_chunk_star(task))
-    else:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            for part in pool.map(_render_chunk_star, tasks):
-                results.extend(part)
+    results: list[tuple[str, str, dict[str, object]]] = render_chunks(
+        _render_chunk_star, tasks, n_workers
+    )
     hashes = {f"images/{name}": digest for name, digest, _ in results}
     return hashes, pd.DataFrame([t for _, _, t in results])
