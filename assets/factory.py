@@ -273,12 +273,12 @@ class StudyAssets:
     # ---------------------------------------------------------------- model
     def _model(self) -> dg.AssetsDefinition:
         study, model_res = self.study, self.model_res
-        ref = study.reference_partition
+        refs = study.training_partitions()
         ins = {}
-        if ref is not None:
+        if refs:
             ins["reference"] = dg.AssetIn(
                 key=self.key("validated"),
-                partition_mapping=dg.SpecificPartitionsPartitionMapping([ref]),
+                partition_mapping=dg.SpecificPartitionsPartitionMapping(list(refs)),
             )
 
         @dg.asset(
@@ -292,7 +292,11 @@ class StudyAssets:
             required_resource_keys={model_res, self.policy_res, "home"},
         )
         def model(context: dg.AssetExecutionContext, **inputs: Any) -> dg.Output[ModelRef]:
-            reference = (inputs.get("reference") or {}).get(ref) if ref else None
+            tables = inputs.get("reference") or {}
+            if len(refs) > 1:  # several training partitions: one table, in the declared order
+                reference = pd.concat([tables[p] for p in refs], ignore_index=True)
+            else:
+                reference = tables.get(refs[0]) if refs else None
             resolved = study.resolve_model(
                 getattr(context.resources, model_res).spec(),
                 reference=reference,

@@ -6,8 +6,8 @@ ECE, deferral rate and the accuracy of the accepted (non-deferred) outputs, each
 (exact Clopper-Pearson for shares, a bootstrap over cases for macro F1 and ECE).
 
 **Gap verdict** per group: the accuracy gap to the rest of its attribute (group minus rest,
-Wald interval) with a two-sided unpooled z-test, Holm-adjusted over *every* group tested in the
-call (one family, so the chance of any false flag is at most ``family_alpha``):
+Agresti-Caffo interval) with a two-sided unpooled z-test, Holm-adjusted over *every* group
+tested in the call (one family, so the chance of any false flag is at most ``family_alpha``):
 
 * ``gap`` - the adjusted p-value is below ``family_alpha`` and the gap is at least ``min_gap``;
 * ``no gap >= min_gap`` - the interval of the gap lies inside ``(-min_gap, +min_gap)``;
@@ -66,16 +66,24 @@ def _ece_ci(
 
 
 def _gap_test(k1: float, n1: float, k0: float, n0: float, level: float) -> tuple[float, ...]:
-    """Gap ``k1/n1 - k0/n0``, its Wald interval and two-sided unpooled z-test p-value."""
+    """Gap ``k1/n1 - k0/n0``, its interval and two-sided unpooled z-test p-value.
+
+    The standard error is Agresti-Caffo's (one success and one failure added to each group):
+    the plain Wald error is zero when a small group is all right or all wrong, which would call
+    a 2-case group's 0 % accuracy a certain gap.
+
+    >>> gap, lo, hi, p = _gap_test(0, 2, 500, 1000, 0.95)
+    >>> gap, bool(lo < -0.6 and hi > 0.1), bool(p > 0.05)
+    (-0.5, True, True)
+    """
     if n1 == 0 or n0 == 0:
         return np.nan, np.nan, np.nan, np.nan
-    p1, p0 = k1 / n1, k0 / n0
-    se = np.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
-    gap = p1 - p0
+    gap = k1 / n1 - k0 / n0
+    a1, a0 = (k1 + 1) / (n1 + 2), (k0 + 1) / (n0 + 2)
+    se = np.sqrt(a1 * (1 - a1) / (n1 + 2) + a0 * (1 - a0) / (n0 + 2))
+    center = a1 - a0
     z = norm.ppf(0.5 + level / 2.0)
-    if se == 0:
-        return gap, gap, gap, (0.0 if gap != 0 else 1.0)
-    return gap, gap - z * se, gap + z * se, float(2.0 * norm.sf(abs(gap) / se))
+    return gap, center - z * se, center + z * se, float(2.0 * norm.sf(abs(center) / se))
 
 
 def group_gaps(

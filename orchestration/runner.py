@@ -227,13 +227,16 @@ class PipelineRunner:
     def audit(self, predicted: Sequence[str]) -> list[StepRun]:
         """Evidence, mitigations, decisions, monitoring and the signed package, in order; a
         stage whose input failed is skipped with the reason."""
-        ref = self.study.reference_partition
+        refs = self.study.training_partitions()
         names = ["evidence", *(f"mitigation_{m.name}" for m in self.study.mitigations)]
         names += ["decisions", "monitoring", "package"]
         if not predicted:
             return self._skip(names, f"no {self.study.partition_by} was scored")
-        if ref is not None and ref not in predicted:
-            return self._skip(names, f"reference {self.study.partition_by} {ref} not scored")
+        unscored = [r for r in refs if r not in predicted]
+        if unscored:
+            return self._skip(
+                names, f"reference {self.study.partition_by} {', '.join(unscored)} not scored"
+            )
         runs: list[StepRun] = []
         for stage in names:
             failed = [r.stage for r in runs if r.blocking_failure or r.skipped_because]

@@ -15,7 +15,8 @@ from .registry import UnknownStudyError, get_study, register_study, registered_s
 __all__ = ["Study", "UnknownStudyError", "get_study", "register_study", "registered_studies"]
 
 # The built-in studies register themselves on import (after the registry exists), in demo order:
-# cxr_triage last, so its demo fine-tunes the multisite_cxr vendor model the demo just trained.
+# cxr_triage after multisite_cxr, so its demo fine-tunes the vendor model the demo just trained.
 from . import multisite_cxr as _multisite_cxr  # noqa: F401, I001
 from . import sepsis_ews as _sepsis_ews  # noqa: F401
 from . import cxr_triage as _cxr_triage  # noqa: F401
+from . import multimodal_triage as _multimodal_triage  # noqa: F401

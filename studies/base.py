@@ -225,6 +225,11 @@ class Study(ABC):
     reference_partition : str or None
         Partition the embedded model is trained on (its validated table is an input of the
         model stage), or ``None``.
+    reference_partitions : tuple of str
+        Several partitions the embedded model is trained on (their validated tables, in this
+        order, are concatenated into the model stage's ``reference``); overrides
+        ``reference_partition`` when set (e.g. the development clinics of a study with a
+        held-out clinic).
     ingest_checks : tuple of CheckSpec
         Study checks of each partition's ingest, besides the generic ones.
     mitigations : tuple of MitigationStage
@@ -250,6 +255,7 @@ class Study(ABC):
     model_kind: ClassVar[str]
     policy_type: ClassVar[type[PolicyBase]]
     reference_partition: ClassVar[str | None] = None
+    reference_partitions: ClassVar[tuple[str, ...]] = ()
     ingest_checks: ClassVar[tuple[CheckSpec, ...]] = ()
     mitigations: ClassVar[tuple[MitigationStage, ...]] = ()
     ingest_options: ClassVar[type[IngestOptions]] = IngestOptions
@@ -269,6 +275,13 @@ class Study(ABC):
         super().__init_subclass__(**kwargs)
         if not cls.__dict__.get("landing_dir") and "name" in cls.__dict__:
             cls.landing_dir = cls.name
+
+    @classmethod
+    def training_partitions(cls) -> tuple[str, ...]:
+        """The partitions whose validated tables the model stage reads (may be none)."""
+        if cls.reference_partitions:
+            return tuple(cls.reference_partitions)
+        return () if cls.reference_partition is None else (cls.reference_partition,)
 
     # ------------------------------------------------------------------ policy
     def shipped_policy(self) -> Path:
