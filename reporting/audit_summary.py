@@ -17,7 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SUMMARY_FORMAT", "SUMMARY_KEY", "AuditSummary", "CriterionOutcome", "SummaryError"]
+__all__ = [
+    "SUMMARY_FORMAT",
+    "SUMMARY_KEY",
+    "AuditSummary",
+    "CriterionOutcome",
+    "SummaryError",
+    "outcomes_of_criteria",
+]
 
 #: Key of the summary under ``manifest["metadata"]``.
 SUMMARY_KEY = "audit_summary"
@@ -98,6 +105,27 @@ class CriterionOutcome:
     def key(self) -> tuple[str, str]:
         """``(where, criterion)``: what identifies the criterion across two audits."""
         return (self.where, self.criterion)
+
+
+def outcomes_of_criteria(criteria: Any, where: str) -> list[CriterionOutcome]:
+    """:class:`CriterionOutcome` of every row of a study's criteria table judged for ``where``.
+
+    ``criteria`` has the columns ``criterion, kind, enabled, statistic, comparator, threshold,
+    value, passed, detail`` (one row per criterion of one decision); a disabled criterion is
+    recorded as not evaluated.
+    """
+    return [
+        CriterionOutcome(
+            where=where,
+            criterion=f"{r.criterion} {r.statistic}".strip(),
+            value=r.value,
+            limit=r.threshold,
+            comparator=r.comparator,
+            passed=r.passed if r.enabled else None,
+            detail=f"{r.kind}: {r.detail}" if r.enabled else f"{r.kind}: disabled by the policy",
+        )
+        for r in criteria.itertuples()
+    ]
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,20 @@ def test_page_one_numbers_are_the_evidence_numbers(bundle: AuditBundle) -> None:
     assert any(b.startswith("Not for children") for b in view.must_not)
 
 
+def test_each_condition_is_one_whole_item(bundle: AuditBundle) -> None:
+    view = build_handoff_view(bundle, STAMP)
+    decided = bundle.decisions["decisions"].iloc[0]
+    assert decided["decision"] == "CONDITIONAL GO" and view.conditions
+    # One bullet per condition: a tone group's condition is not cut in two at a "; ".
+    tone = bundle.evidence["tone_audit"]
+    lacking = tone[(tone["attribute"] == TONE_ATTRIBUTE) & (tone["verdict"] != "gap")
+                   & ~tone["verdict"].str.startswith("no gap")]  # fmt: skip
+    for r in lacking.itertuples():
+        item = next(c for c in view.conditions if c.startswith(f"Fitzpatrick {r.group}:"))
+        assert item.endswith("until enough cases are audited"), item
+    assert view.conditions[-1].startswith("clinicians review")
+
+
 def test_insufficient_evidence_is_never_rendered_as_pass(bundle: AuditBundle) -> None:
     view = build_handoff_view(bundle, STAMP)
     tone = next(s for s in view.sections if s.anchor == "skin-tone")

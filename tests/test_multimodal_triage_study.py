@@ -16,6 +16,7 @@ from clinaudit.sources.derm_sites import DEVELOPMENT_CLINICS, HELD_OUT_CLINIC
 from clinaudit.studies import get_study
 from clinaudit.studies.multimodal_triage.policy import SHIPPED_POLICY, MultimodalPolicy
 from clinaudit.studies.multimodal_triage.splits import SPLITS, assign_splits
+from clinaudit.studies.multimodal_triage.study import DEVELOPMENT_ENV
 from clinaudit.studies.multimodal_triage.tone import annotator_agreement
 
 STUDY = "multimodal_triage"
@@ -81,9 +82,15 @@ def test_annotator_agreement_counts_exact_and_within_one() -> None:
     assert out["n"] == 4 and out["exact"] == 0.5 and out["within_one"] == 0.75
 
 
-def test_model_stage_trains_on_every_development_clinic() -> None:
+def test_model_stage_trains_on_every_development_clinic(monkeypatch: pytest.MonkeyPatch) -> None:
     study = get_study(STUDY)
     assert study.training_partitions() == DEVELOPMENT_CLINICS
+    monkeypatch.setenv(DEVELOPMENT_ENV, "north, south")
+    assert study.training_partitions() == ("north", "south")
+    monkeypatch.setenv(DEVELOPMENT_ENV, "../etc")
+    with pytest.raises(ValueError, match="clinic"):
+        study.training_partitions()
+    monkeypatch.delenv(DEVELOPMENT_ENV)
     assert HELD_OUT_CLINIC not in study.training_partitions()
     assert (
         get_study("cxr_triage").training_partitions() == ("triage_hospital",)

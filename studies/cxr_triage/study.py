@@ -34,7 +34,7 @@ import pandas as pd
 from clinaudit.audit.partitions import usable_partitions
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.types import AuditInputError
-from clinaudit.reporting.audit_summary import CriterionOutcome
+from clinaudit.reporting.audit_summary import CriterionOutcome, outcomes_of_criteria
 from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
@@ -223,20 +223,7 @@ class CxrTriage(ImageStudy):
     def decision_criteria(self, decisions: TableSet) -> list[CriterionOutcome]:
         """The rule's safety and benefit criteria (a disabled one is not evaluated)."""
         scope = str(decisions["decisions"].iloc[0]["scope"])
-        return [
-            CriterionOutcome(
-                where=scope,
-                criterion=f"{r.criterion} {r.statistic}",
-                value=r.value,
-                limit=r.threshold,
-                comparator=r.comparator,
-                passed=r.passed if r.enabled else None,
-                detail=f"{r.kind}: {r.detail}"
-                if r.enabled
-                else f"{r.kind}: disabled by the policy",
-            )
-            for r in decisions["criteria"].itertuples()
-        ]
+        return outcomes_of_criteria(decisions["criteria"], scope)
 
     def report(self, bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         return triage_memo(bundle, stamp)

@@ -144,7 +144,7 @@ def _tone_conditions(evidence: TableSet) -> list[str]:
             )
         elif str(r.verdict).startswith("insufficient"):
             out.append(
-                f"Fitzpatrick {r.group}: not validated ({r.verdict}, n = {r.n}); every output "
+                f"Fitzpatrick {r.group}: not validated ({r.verdict}, n = {r.n}), so every output "
                 "goes to clinician review until enough cases are audited"
             )
     return out

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import entropy
+from scipy.stats import entropy, norm
 
 from clinaudit.audit.calibration import expected_calibration_error
 from clinaudit.audit.deferral import (
@@ -223,7 +223,7 @@ def _fusion_vs_single(table: pd.DataFrame, policy: MultimodalPolicy, best: str) 
 
 
 def _domain_shift(disc: pd.DataFrame, policy: MultimodalPolicy) -> pd.DataFrame:
-    z = float(pd.Series([policy.evaluation.ci_level]).map(lambda c: _z(c)).iloc[0])
+    z = float(norm.ppf(0.5 + policy.evaluation.ci_level / 2))
     rows = []
     base = disc[(disc["notes_removed"] == 0.0) & disc["metric"].isin(["accuracy", "macro_f1"])]
     for (arm, metric), g in base.groupby(["arm", "metric"], sort=False):
@@ -239,12 +239,6 @@ def _domain_shift(disc: pd.DataFrame, policy: MultimodalPolicy) -> pd.DataFrame:
             }
         )  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def _z(level: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(0.5 + level / 2))
 
 
 def _share_row(k: int, n: int, level: float) -> tuple[float, float, float]:

@@ -23,6 +23,7 @@ demo data                     :func:`clinaudit.sources.derm_simulator.simulate_d
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,14 +35,14 @@ import pandas as pd
 
 from clinaudit.audit.records import ModelRef, TableSet
 from clinaudit.audit.types import AuditInputError
-from clinaudit.reporting.audit_summary import CriterionOutcome
+from clinaudit.reporting.audit_summary import CriterionOutcome, outcomes_of_criteria
 from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
 from clinaudit.sources.derm_pairs import DERM_COLUMNS, ingest_derm_batch
 from clinaudit.sources.derm_simulator import simulate_derm_study
 from clinaudit.sources.derm_sites import DEVELOPMENT_CLINICS
-from clinaudit.sources.landing import BatchRef, scan_landing
+from clinaudit.sources.landing import BatchRef, scan_landing, validate_name
 from clinaudit.studies.base import (
     AuditData,
     CheckOutcome,
@@ -62,7 +63,10 @@ from .handoff import TITLE, handoff_document
 from .monitoring import monitoring_plan
 from .policy import MultimodalPolicy
 
-__all__ = ["DermIngestOptions", "MultimodalTriage"]
+__all__ = ["DEVELOPMENT_ENV", "DermIngestOptions", "MultimodalTriage"]
+
+#: Comma-separated development clinics the embedded arms train on (default: the simulator's).
+DEVELOPMENT_ENV = "CLINAUDIT_MULTIMODAL_TRIAGE_DEVELOPMENT_CLINICS"
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,17 @@ class MultimodalTriage(Study):
     sort_by = ("batch", "image_id")
     page_budget = (5, 12)
     identifiers = ("patient_id", "lesion_id")
+
+    @classmethod
+    def training_partitions(cls) -> tuple[str, ...]:
+        """The development clinics: :data:`DEVELOPMENT_ENV` when set (your own clinic names),
+        else the simulator's four. Read when the code location loads."""
+        names = tuple(
+            c.strip() for c in os.environ.get(DEVELOPMENT_ENV, "").split(",") if c.strip()
+        )
+        for name in names:
+            validate_name("clinic", name)
+        return names or cls.reference_partitions
 
     # ------------------------------------------------------------------ ingest
     def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
@@ -239,18 +254,7 @@ class MultimodalTriage(Study):
     def decision_criteria(self, decisions: TableSet) -> list[CriterionOutcome]:
         """Every criterion behind the hand-off (a disabled one is not evaluated)."""
         clinic = str(decisions["decisions"].iloc[0]["clinic"])
-        return [
-            CriterionOutcome(
-                where=clinic,
-                criterion=f"{r.criterion} {r.statistic}".strip(),
-                value=r.value,
-                limit=r.threshold,
-                comparator=r.comparator,
-                passed=r.passed if r.enabled else None,
-                detail=f"{r.kind}: {r.detail}" if r.enabled else f"{r.kind}: disabled",
-            )
-            for r in decisions["criteria"].itertuples()
-        ]
+        return outcomes_of_criteria(decisions["criteria"], clinic)
 
     def report(self, bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         return handoff_document(bundle, stamp)
