@@ -118,3 +118,40 @@ def test_bad_input_names_what_to_fix() -> None:
         estimate_cell([0.1, 0.2], [0, 0], [0.3], threshold=0.5)
     with pytest.raises(AuditInputError, match="prior_shift"):
         estimate_cell([0.1, 0.2], [0, 1], [0.3], threshold=0.5, prior_shift="maybe")
+
+
+def _site(scenarios: dict[str, str], seed: int):
+    import pandas as pd
+
+    ref, tgt, thr = {}, {}, {}
+    for finding, scenario in scenarios.items():
+        d = simulate_shift(scenario, seed=seed)
+        ref[f"score_{finding}"], ref[finding] = d.reference_scores, d.reference_labels
+        tgt[f"score_{finding}"], tgt[finding] = d.target_scores, d.target_labels
+        thr[finding] = d.threshold
+    return pd.DataFrame(ref), pd.DataFrame(tgt), thr
+
+
+def test_a_site_is_estimated_per_finding_and_scored_when_its_labels_land() -> None:
+    from clinaudit.audit.label_free_site import estimate_site, score_estimates
+
+    scenarios = {"Effusion": "covariate", "Mass": "prevalence", "Nodule": "concept_drift"}
+    reference, labelled, thresholds = _site(scenarios, seed=3)
+    target = labelled.drop(columns=list(scenarios))  # what lands first: scores, no labels
+    frozen = estimate_site(reference, target, findings=list(scenarios), thresholds=thresholds,
+                           n_boot=150, site="new_site")  # fmt: skip
+    assert set(frozen["finding"]) == set(scenarios)
+    withheld = frozen[~frozen["estimable"]]
+    assert set(withheld["finding"]) == {"Nodule"}  # the new acquisition is not estimated
+    cells, summary = score_estimates(frozen, reference, labelled, thresholds=thresholds)
+    auroc = cells[cells["metric"] == "auroc"].set_index("finding")
+    assert not auroc.loc["Nodule", "covered"] and np.isnan(auroc.loc["Nodule", "estimate"])
+    assert abs(auroc.loc["Effusion", "error"]) < abs(auroc.loc["Effusion", "baseline_error"])
+    row = summary.set_index("metric").loc["auroc"]
+    assert row["cells"] == 3 and row["estimable"] == 2
+    # Scoring a whole site's drift withholds every finding.
+    all_out = estimate_site(reference, target, findings=list(scenarios), thresholds=thresholds,
+                            n_boot=0, drift={"image quality": "PSI 0.31 > 0.25"})  # fmt: skip
+    assert not all_out["estimable"].any()
+    with pytest.raises(AuditInputError, match="score_<finding>"):
+        estimate_site(reference, target, findings=["Hernia"], thresholds=thresholds)
