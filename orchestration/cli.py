@@ -39,7 +39,9 @@ TRAINING_OPTIONS = ("arch", "input_size", "epochs", "backbone")
 def _studies(name: str) -> list[Study]:
     from clinaudit.studies import get_study, registered_studies
 
-    return registered_studies() if name == "all" else [get_study(name)]
+    # "all" runs in registration order: cxr_triage fine-tunes the vendor model multisite_cxr
+    # trained just before it (studies/__init__.py registers them in that order).
+    return registered_studies(order="registration") if name == "all" else [get_study(name)]
 
 
 def _home(args: argparse.Namespace) -> ClinauditHome:

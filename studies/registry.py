@@ -48,9 +48,16 @@ def register_study(study: Study) -> Study:
     return study
 
 
-def registered_studies() -> list[Study]:
-    """Every registered study, by name."""
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+def registered_studies(*, order: str = "name") -> list[Study]:
+    """Every registered study, by name (``order="registration"``: in the order they were
+    registered, the demo order: a study that reuses another's model registers after it)."""
+    if order not in ("name", "registration"):
+        raise ValueError(f"order={order!r}: use 'name' or 'registration'")
+    return (
+        list(_REGISTRY.values())
+        if order == "registration"
+        else [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    )
 
 
 def get_study(name: str) -> Study:

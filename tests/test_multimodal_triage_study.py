@@ -165,3 +165,31 @@ def test_predictions_hold_every_arm_and_note_share_for_every_pair(
     probs = pred.filter(like="p_")
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert pred["model_sha256"].nunique() == 1
+
+
+def test_arm_packages_from_a_local_folder_are_audited_and_a_missing_arm_is_named(
+    tiny_demo: Callable[[str], Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from clinaudit.studies.base import ModelSpec, RunDirs
+    from clinaudit.studies.multimodal_triage.model import model_fingerprint, resolve_model
+
+    home = tiny_demo(STUDY)
+    trained = next((home / "artifacts" / "models" / STUDY).iterdir())
+    vendor = tmp_path / "vendor_arms"
+    shutil.copytree(trained, vendor)
+    dirs = RunDirs(*(tmp_path / d for d in ("landing", "artifacts", "q", "reports", "keys")))
+    policy = MultimodalPolicy.load(SHIPPED_POLICY)
+    spec = ModelSpec(package_dir=str(vendor))
+    ref = resolve_model(spec, reference=None, dirs=dirs, log=lambda m: None, policy=policy)
+    assert ref.mode == "package" and set(ref.facts["arms"]) == set(policy.model.arms)
+    embedded = json.loads((home / "artifacts/tables" / STUDY / "model/__all__.json").read_text())
+    assert ref.identity == embedded["fields"]["identity"]  # the same packages, the same identity
+    assert model_fingerprint(spec)[0] == ref.identity
+    shutil.rmtree(vendor / "text_only")
+    with pytest.raises(FileNotFoundError, match=r"\['text_only'\] are missing"):
+        resolve_model(spec, reference=None, dirs=dirs, log=lambda m: None, policy=policy)
+    with pytest.raises(Exception, match="scores"):
+        resolve_model(ModelSpec(scores=str(tmp_path)), reference=None, dirs=dirs,
+                      log=lambda m: None, policy=policy)  # fmt: skip

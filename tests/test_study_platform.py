@@ -118,3 +118,14 @@ def test_records_and_table_sets_round_trip_without_pickle(tmp_path: Path) -> Non
             study="s", kind="k", mode="embedded", identity="a", source="", targets=("t",),
             thresholds={}, threshold_source="",
         )  # fmt: skip
+
+
+def test_demo_all_runs_in_registration_order_so_triage_finds_the_vendor_model() -> None:
+    from clinaudit.orchestration.cli import _studies
+
+    names = [s.name for s in _studies("all")]
+    assert names == [s.name for s in registered_studies(order="registration")]
+    assert names.index("multisite_cxr") < names.index("cxr_triage")
+    assert sorted(names) == [s.name for s in registered_studies()]
+    with pytest.raises(ValueError, match="registration"):
+        registered_studies(order="random")
