@@ -15,7 +15,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from clinaudit.audit.policy_base import Decision
+from clinaudit.audit.policy_base import Decision, PolicyBase
+from clinaudit.reporting.package import AuditStamp
+from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.report_figures import FigureFile
 
 #: Text of the band printed on every page of a report built from simulated data.
@@ -208,6 +210,24 @@ def provenance_tables(
             "signature validator; the embedded manifest lists the sha256 of every attachment."
         )
     return prov, inputs, card, note
+
+
+def bundle_provenance_tables(
+    bundle: AuditBundle, stamp: AuditStamp, policy: PolicyBase
+) -> tuple[Table, Table, Table, str]:
+    """:func:`provenance_tables` of one audit: the stamp, the audited model, the loaded policy
+    and the bundle's input batches and model card."""
+    return provenance_tables(
+        audit_id=stamp.audit_id,
+        generated_at=stamp.generated_at,
+        code_version=stamp.code_version,
+        model_sha256=bundle.model.identity,
+        policy=PolicyInfo(policy.policy_id, policy.version, policy.sha256, policy.text),
+        signer=stamp.signer,
+        development_signature=stamp.development_signature,
+        input_batches=bundle.provenance.batches,
+        model_card=dict(bundle.model.card),
+    )
 
 
 def _card_value(v: object) -> str:

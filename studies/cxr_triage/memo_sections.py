@@ -15,15 +15,14 @@ import pandas as pd
 from clinaudit.reporting.kit import (
     Appendix,
     MethodNote,
-    PolicyInfo,
     Section,
     Table,
+    bundle_provenance_tables,
     fmt_ci,
     fmt_num,
     fmt_pct,
     left_out_table,
     pct_ci,
-    provenance_tables,
     table,
 )
 from clinaudit.reporting.package import AuditStamp
@@ -313,17 +312,7 @@ def before_after(calibration: pd.DataFrame) -> pd.DataFrame:
 
 def appendix(bundle: AuditBundle, stamp: AuditStamp, cert, policy: TriagePolicy) -> Appendix:
     facts = cert.facts
-    prov, inputs, card, note = provenance_tables(
-        audit_id=stamp.audit_id,
-        generated_at=stamp.generated_at,
-        code_version=stamp.code_version,
-        model_sha256=bundle.model.identity,
-        policy=PolicyInfo(policy.policy_id, policy.version, policy.sha256, policy.text),
-        signer=stamp.signer,
-        development_signature=stamp.development_signature,
-        input_batches=bundle.provenance.batches,
-        model_card=dict(bundle.model.card),
-    )
+    prov, inputs, card, note = bundle_provenance_tables(bundle, stamp, policy)
     methods = (
         MethodNote(
             "Splits",

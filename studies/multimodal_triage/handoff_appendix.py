@@ -16,14 +16,13 @@ from clinaudit.audit.records import TableSet
 from clinaudit.reporting.kit import (
     Appendix,
     MethodNote,
-    PolicyInfo,
     Section,
     Table,
+    bundle_provenance_tables,
     fmt_ci,
     fmt_num,
     fmt_pct,
     left_out_table,
-    provenance_tables,
     table,
 )
 from clinaudit.reporting.package import AuditStamp
@@ -217,17 +216,7 @@ def full_tables(bundle: AuditBundle, policy: MultimodalPolicy) -> tuple[Table, .
 
 def appendix(bundle: AuditBundle, stamp: AuditStamp, policy: MultimodalPolicy) -> Appendix:
     settings = bundle.evidence.facts["settings"]
-    prov, inputs, card, note = provenance_tables(
-        audit_id=stamp.audit_id,
-        generated_at=stamp.generated_at,
-        code_version=stamp.code_version,
-        model_sha256=bundle.model.identity,
-        policy=PolicyInfo(policy.policy_id, policy.version, policy.sha256, policy.text),
-        signer=stamp.signer,
-        development_signature=stamp.development_signature,
-        input_batches=bundle.provenance.batches,
-        model_card=dict(bundle.model.card),
-    )
+    prov, inputs, card, note = bundle_provenance_tables(bundle, stamp, policy)
     ta = policy.tone_audit
     methods = (
         MethodNote(
