@@ -43,7 +43,7 @@ def evidence_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         ),
         ins=sa.data_ins(),
         deps=[sa.key("policy_source")],
-        required_resource_keys={policy_res},
+        required_resource_keys={policy_res, "home"},
     )
     def evidence(
         context: dg.AssetExecutionContext,
@@ -55,8 +55,9 @@ def evidence_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         model: ModelRef,
     ) -> dg.Output[TableSet]:
         policy = getattr(context.resources, policy_res).load()
+        reports = context.resources.home.dirs().reports
         result = study.evaluate(
-            AuditData(validated, predictions, model, batches, quarantine),
+            AuditData(validated, predictions, model, batches, quarantine, reports=reports),
             policy=policy,
             options=options_of(study, study.evaluate_options, config),
         )

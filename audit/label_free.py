@@ -292,6 +292,33 @@ def _realised(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[float, ..
     return auroc, sens, spec, float((flagged == y).mean()), float(y.mean())
 
 
+_METRICS = ("auroc", "sensitivity", "specificity", "accuracy", "prevalence")
+
+
+def _withheld(reason: str, n_target: int, n_reference: int) -> pd.DataFrame:
+    """Every estimate of a cell withheld (NaN) with ``reason``."""
+    nan = np.nan
+    rows = [(m, "cbpe") for m in _METRICS] + [("accuracy", "atc")]
+    return pd.DataFrame(
+        [
+            {
+                "metric": m,
+                "estimate": nan,
+                "ci_low": nan,
+                "ci_high": nan,
+                "method": method,
+                "n_target": n_target,
+                "n_reference": n_reference,
+                "prior_shift_applied": False,
+                "estimable": False,
+                "reason": reason,
+            }  # fmt: skip
+            for m, method in rows
+        ],
+        columns=list(ESTIMATE_COLUMNS),
+    )
+
+
 def estimate_cell(
     reference_scores: Any,
     reference_labels: Any,
@@ -344,6 +371,8 @@ def estimate_cell(
     rs = np.asarray(reference_scores, dtype=float).ravel()
     ry = np.asarray(reference_labels, dtype=float).ravel()
     ts = np.asarray(target_scores, dtype=float).ravel()
+    if gate is not None and not gate.estimable:
+        return _withheld(gate.reason, ts.size, rs.size)
     if rs.size != ry.size or not np.isin(ry, (0.0, 1.0)).all():
         raise AuditInputError(
             "reference_labels", f"{ry.size} values for {rs.size} scores", "0/1 per score",
@@ -354,19 +383,13 @@ def estimate_cell(
             "reference", f"{int(ry.sum())} positives of {ry.size}, {ts.size} target cases",
             "both classes in the reference and a non-empty target", "add cases",
         )  # fmt: skip
-    metrics = ("auroc", "sensitivity", "specificity", "accuracy", "prevalence")
+    metrics = _METRICS
     base = {"n_target": ts.size, "n_reference": rs.size}
 
     def row(metric: str, est: float, lo: float, hi: float, method: str, **kw: Any) -> dict:
         return {"metric": metric, "estimate": est, "ci_low": lo, "ci_high": hi, "method": method,
                 "prior_shift_applied": kw.get("applied", False), "estimable": kw.get("ok", True),
                 "reason": kw.get("reason", ""), **base}  # fmt: skip
-
-    if gate is not None and not gate.estimable:
-        nan = np.nan
-        rows = [row(m, nan, nan, nan, "cbpe", ok=False, reason=gate.reason) for m in metrics]
-        rows.append(row("accuracy", nan, nan, nan, "atc", ok=False, reason=gate.reason))
-        return pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
 
     def probs(ref_s: np.ndarray, ref_y: np.ndarray, tgt_s: np.ndarray, use: bool) -> np.ndarray:
         p = _clip(_calibrator(ref_s, ref_y).predict(tgt_s))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .label_free import estimate_cell, support_gate
+from .label_free import GateResult, estimate_cell, support_gate
 from .types import AuditInputError
 
 __all__ = ["SCORE_COLUMNS", "estimate_site", "realised_metrics", "score_estimates"]
@@ -61,6 +61,7 @@ def estimate_site(
     ci_level: float = 0.90,
     seed: int = 0,
     site: str = "site",
+    min_class: int = 10,
 ) -> pd.DataFrame:
     """Label-free estimates of every finding of one unlabelled site.
 
@@ -80,6 +81,9 @@ def estimate_site(
         Of :func:`~clinaudit.audit.label_free.estimate_cell`.
     site : str
         Names the bootstrap streams.
+    min_class : int
+        Fewest reference positives and negatives a finding needs (as the labelled audit's
+        ``min_pos`` / ``min_neg``); below it the finding's cells are withheld, saying so.
 
     Returns
     -------
@@ -96,7 +100,16 @@ def estimate_site(
     for f in findings:
         ref = reference[[f"score_{f}", f]].dropna()
         ts = target[f"score_{f}"].to_numpy(float)
-        gate = support_gate(ref[f"score_{f}"], ts, drift=drift)
+        n_pos = int((ref[f] == 1).sum())
+        n_neg = len(ref) - n_pos
+        if min(n_pos, n_neg) < min_class:
+            reason = (
+                f"not estimable: the reference has {n_pos} positives and {n_neg} negatives "
+                f"(fewer than {min_class})"
+            )
+            gate = GateResult(False, reason, float("nan"))
+        else:
+            gate = support_gate(ref[f"score_{f}"], ts, drift=drift)
         cell = estimate_cell(
             ref[f"score_{f}"], ref[f], ts, threshold=float(thresholds[f]), n_boot=n_boot,
             ci_level=ci_level, gate=gate, seed=seed, key=f"label_free/{site}/{f}",

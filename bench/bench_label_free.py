@@ -12,7 +12,8 @@ most half the baseline's, coverage 85-95 %; under concept shift no confidently w
 >= 90 % of runs (met through the gate when the inputs move; label noise with unchanged inputs is
 invisible to every label-free method, and the bench says so).
 
-Run: ``.venv/bin/python bench/bench_label_free.py [replicates]`` (default 200).
+Run: ``.venv/bin/python bench/bench_label_free.py [replicates] [scenario ...]`` (default 200
+replicates of every scenario).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def _share(k: int, n: int) -> str:
     return f"{k / n:6.1%} [{float(lo):5.1%}, {float(hi):5.1%}]"
 
 
-def run(replicates: int) -> None:
+def run(replicates: int, scenarios: tuple[str, ...] = SCENARIOS) -> None:
     print(f"== label-free AUROC: {replicates} replicates per scenario, reference 2,000, target 600")
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         err, base, covered, applied, withheld, wrong = [], [], [], 0, 0, 0
         t0 = time.perf_counter()
         for seed in range(replicates):
@@ -78,4 +79,4 @@ def run(replicates: int) -> None:
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 200, tuple(sys.argv[2:]) or SCENARIOS)

@@ -246,6 +246,27 @@ class PipelineRunner:
             runs.append(self._run(stage, None))
         return runs
 
+    def run_changed(self, changed: Sequence[str], partitions: Sequence[str]) -> list[StepRun]:
+        """After new batches landed at ``changed`` (every partition of ``partitions`` audited
+        before): their ingest and predictions, then the audit over ``partitions``; the other
+        partitions' materializations stand (what the automation does when a batch lands)."""
+        runs = self.ingest(changed)
+        model = self._run("model", None)
+        runs.append(model)
+        if model.success:
+            scored = self.per_partition(changed, runs)
+            runs += scored
+            failed = {r.partition for r in scored if r.stage == "predictions" and not r.success}
+            runs += self.audit([p for p in partitions if p not in failed])
+        self._observe_sources()
+        return runs
+
+    def _observe_sources(self) -> None:
+        """Record the model and policy versions this audit used, so the automation (make ui)
+        does not mistake its first observation of them for a change and re-audit once more."""
+        defs = dg.Definitions(assets=self.assets, resources=self.resources)
+        observe_sources(defs, self.instance, self.study)
+
     def run_all(self, partitions: Sequence[str]) -> list[StepRun]:
         """Every stage, in dependency order, then one observation of the model and policy."""
         runs = self.ingest(partitions)
@@ -256,8 +277,5 @@ class PipelineRunner:
             runs += scored
             predicted = [r.partition for r in scored if r.stage == "predictions" and r.success]
             runs += self.audit([p for p in predicted if p])
-        # Record the model and policy versions this audit used, so the automation (make ui)
-        # does not mistake its first observation of them for a change and re-audit once more.
-        defs = dg.Definitions(assets=self.assets, resources=self.resources)
-        observe_sources(defs, self.instance, self.study)
+        self._observe_sources()
         return runs

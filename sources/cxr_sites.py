@@ -272,6 +272,27 @@ DEFAULT_SITES: dict[str, SiteProfile] = {
 }
 
 
+#: A site that lands its images before its labels (the demo of label-free estimates): a sixth
+#: site, not in :data:`DEFAULT_SITES`, with the development site's detector and labelling
+#: practice and another population (older, more AP films, more effusion and atelectasis).
+LATE_LABELS_SITE = SiteProfile(
+    name="site_f",
+    code="sf",
+    institution="SIMULATED SITE F (LABELS PENDING)",
+    manufacturer="Acme Imaging",
+    model_name="AcmeDR 5200",
+    age_mean=57.0,
+    frac_ap=0.4,
+    prevalence_scale=(("Effusion", 1.4), ("Atelectasis", 1.3), ("Cardiomegaly", 1.2)),
+    resolution=0.6,
+    notes="new site, images first: its radiologist reads land after the first audit; the "
+    "development site's detector and settings (a different matrix size or exposure is a major "
+    "image drift under the shipped policy, which withholds the estimates), another population",
+)
+#: Images of :data:`LATE_LABELS_SITE` per scale.
+LATE_LABELS_IMAGES: dict[str, int] = {"tiny": 60, "demo": 500, "full": 2000}
+
+
 @dataclass(frozen=True)
 class CohortScale:
     """Sizes of a simulated cohort.

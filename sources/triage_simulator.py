@@ -252,9 +252,11 @@ def pile_reads_truth(
     *,
     site: str = "triage_a",
     landing_dir: str = TRIAGE_LANDING_DIR,
+    batch: str = PILE_BATCH,
 ) -> pd.DataFrame:
     """What a radiologist reading each backlog study would write: ``image_id`` and NIH
-    ``finding_labels`` (``"No Finding"`` or findings joined by ``|``).
+    ``finding_labels`` (``"No Finding"`` or findings joined by ``|``). ``batch``: the unlabelled
+    batch that was read (default the triage pile; any batch landed with ``unlabelled=True``).
 
     The simulator's *written* labels of the pile (its truth sidecar), i.e. the true findings
     through the simulated reader's misses and false positives, not the truth itself.
@@ -264,7 +266,7 @@ def pile_reads_truth(
     FileNotFoundError
         If the pile of ``site`` was not simulated under ``truth_root``.
     """
-    path = Path(truth_root) / landing_dir / site / f"{PILE_BATCH}.csv"
+    path = Path(truth_root) / landing_dir / site / f"{batch}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no pile truth; simulate the triage site first")
     truth = pd.read_csv(path)

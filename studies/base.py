@@ -157,13 +157,16 @@ class CheckOutcome:
 class AuditData:
     """Everything the cross-partition stages read: per partition the validated table, its
     predictions, what ingest read (batch records) and its quarantine records, and the audited
-    model."""
+    model. ``reports``: root of the signed packages (``<reports>/<study>/<audit_id>/``), given to
+    the evidence stage so a study can score what an earlier package froze (read only through
+    :func:`clinaudit.reporting.prior_packages.signed_attachments`); ``None`` elsewhere."""
 
     validated: Mapping[str, pd.DataFrame]
     predictions: Mapping[str, pd.DataFrame]
     model: ModelRef
     batches: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     quarantine: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    reports: Path | None = None
 
     @property
     def simulated(self) -> bool:
@@ -193,11 +196,13 @@ class MitigationStage:
 
 @dataclass(frozen=True)
 class SimSummary:
-    """What a simulator landed: rows per partition, and a line for the console."""
+    """What a simulator landed: rows per partition, and a line for the console (``what``: what
+    the batches are, e.g. "radiologist reads of site_f")."""
 
     partitions: Mapping[str, int]
     unit: str
     seconds: float = 0.0
+    what: str = ""
 
 
 class Study(ABC):
@@ -443,3 +448,10 @@ class Study(ABC):
     ) -> SimSummary:
         """Land the study's simulated cohort (real formats, marked simulated; batches already
         landed are kept) and write the simulator's truth under ``truth`` (tests only)."""
+
+    def land_demo_followup(self, landing: Path, truth: Path, *, scale: str) -> SimSummary:
+        """After the demo's first audit, land what arrives later in practice (e.g. the reads of
+        a site that landed unlabelled); ``make demo`` then audits again so the second signed
+        package shows what changed. Default: nothing (no partitions). Landed batches are kept:
+        a follow-up already landed is not landed again."""
+        return SimSummary({}, self.unit)

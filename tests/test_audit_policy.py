@@ -42,7 +42,7 @@ def test_shipped_policy_loads_with_hash_of_file_bytes() -> None:
     assert shipped_policy().resolve() == SHIPPED == get_study("multisite_cxr").shipped_policy()
     assert policy.sha256 == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
     assert policy.text == SHIPPED.read_text(encoding="utf-8")
-    assert (policy.study, policy.version) == ("multisite_cxr", "1.0.0")
+    assert (policy.study, policy.version) == ("multisite_cxr", "1.1.0")
     assert policy.policy_id == "clinaudit.multisite_cxr.site_deployment"
     assert policy.critical_findings == ("Effusion", "Pneumothorax", "Atelectasis")
     assert (policy.criteria.auroc.threshold, policy.criteria.auroc.statistic) == (0.6, "ci_low")
@@ -217,7 +217,7 @@ def test_policy_yaml_schema_helpers() -> None:
 def test_describe_policy_states_the_rule() -> None:
     policy = load_policy()
     text = describe_policy(policy)
-    assert policy.sha256 in text and "version 1.0.0" in text
+    assert policy.sha256 in text and "version 1.1.0" in text
     assert "lower CI bound of AUROC >= 0.60" in text
     assert "ECE <= 0.10" in text
     assert "at best CONDITIONAL GO" in text

@@ -11,7 +11,7 @@ from clinaudit.assets.resources import ClinauditHome, read_stored
 from clinaudit.orchestration.cli import main
 
 P = "multisite_cxr"
-SITES = {"vendor_dev", "site_a", "site_b", "site_c", "site_d", "site_e"}
+SITES = {"vendor_dev", "site_a", "site_b", "site_c", "site_d", "site_e", "site_f"}
 
 
 def _read(home: Path, stage: str, partition: str | None = None):
@@ -113,8 +113,9 @@ def test_audit_stage_outputs(demo_home: Path) -> None:
         "site_c",
         "site_d",
         "site_e",
+        "site_f",  # labelled by its reads by the last audit
     }
-    assert len(metrics) == 6 * 14
+    assert len(metrics) == 7 * 14
     # Tiny cells: insufficient data is reported as such, never as a number.
     thin = metrics[metrics["status"] != "ok"]
     assert len(thin) > 0 and thin["auroc"].isna().all()
@@ -158,7 +159,9 @@ def test_demo_decides_every_site_under_the_shipped_policy(demo_home: Path) -> No
 
     decided = _read(demo_home, "decisions")
     decisions = decided["decisions"]
-    assert sorted(decisions["site"]) == ["site_a", "site_b", "site_c", "site_d", "site_e"]
+    # site_f landed unlabelled, then its reads: by the last audit every site is labelled.
+    assert sorted(decisions["site"]) == sorted(SITES - {"vendor_dev"})
+    assert decided["provisional"].empty
     assert set(decisions["decision"]) <= {"GO", "CONDITIONAL GO", "NO-GO"}
     assert (decisions["policy_sha256"] == load_policy().sha256).all()
     assert decisions["reasons"].str.len().gt(10).all()
@@ -176,7 +179,9 @@ def test_each_demo_run_writes_a_new_verified_signed_package(demo_home: Path) -> 
     from clinaudit.reporting.verify import pdfsig_report, verify_pdf
 
     packages = _packages(demo_home)
-    assert len(packages) == 2, "two demo runs -> two packages, the first one kept"
+    # The first demo run audits twice (site_f without labels, then with its reads); the second
+    # run lands nothing new and audits once: three packages, none replaced.
+    assert len(packages) == 3, "three audits -> three packages, the earlier ones kept"
     for pkg in packages:
         verdict = verify_pdf(pkg / "report.pdf", package_dir=pkg)
         assert verdict.ok, [c for c in verdict.checks if not c.ok]
@@ -422,4 +427,50 @@ def test_a_quarantined_image_never_breaks_a_scores_only_audit(
         "Quarantined at ingest and not audited: site_b 1 image (the vendor's scores of 1 set"
         in full
     )
-    assert "4 candidate sites" in full and "site_c; the reasons are on page 1" in full
+    assert "5 candidate sites" in full and "site_c; the reasons are on page 1" in full
+
+
+def test_unlabelled_site_is_provisional_then_its_frozen_estimates_are_scored(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    """site_f lands without labels: the first package estimates it (PROVISIONAL, frozen as
+    label_free.csv, named on page 1); its reads land and the next package scores exactly those
+    frozen estimates against the realised values; a changed frozen file is never read."""
+    import shutil
+
+    from clinaudit.reporting.prior_packages import signed_attachments
+
+    first, second, third = _packages(demo_home)
+    frozen = pd.read_csv(first / "label_free.csv")
+    assert set(frozen["site"]) == {"site_f"} and frozen["finding"].nunique() == 14
+    assert (frozen["ci_level"] == 0.90).all()
+    # Tiny scale: 33 reference images leave most findings too few positives; a withheld cell
+    # states why and carries no number, an estimated one carries its interval.
+    withheld = frozen[~frozen["estimable"].astype(bool)]
+    assert withheld["estimate"].isna().all() and withheld["reason"].str.len().gt(0).all()
+    assert withheld["reason"].str.contains("fewer than 10").sum() >= 10 * 6
+    estimated = frozen[frozen["estimable"].astype(bool) & (frozen["method"] == "cbpe")]
+    assert estimated[["estimate", "ci_low", "ci_high"]].notna().all().all()
+    n_estimated = estimated.loc[estimated["metric"] == "auroc", "finding"].nunique()
+    provisional = pd.read_csv(first / "provisional_decisions.csv")
+    assert provisional["site"].tolist() == ["site_f"]
+    assert provisional["decision"].tolist() == ["NO-GO"]  # withheld estimates never pass
+    assert "site_f" not in set(pd.read_csv(first / "decisions.csv")["site"])
+    assert "PROVISIONAL: site_f landed images without labels" in _page_one(first / "report.pdf")
+    for later in (second, third):
+        summary = pd.read_csv(later / "label_free_summary.csv")
+        assert set(summary["site"]) == {"site_f"}
+        assert set(summary["frozen_in"]) == {first.name}
+        assert (summary["cells"] == 14).all()
+        assert summary.set_index("metric").loc["auroc", "estimable"] <= n_estimated
+        assert pd.read_csv(later / "label_free.csv").empty  # nothing left unlabelled
+        assert "site_f" in set(pd.read_csv(later / "decisions.csv")["site"])
+    # A frozen file changed after signing: that package is refused and named, never read.
+    copy = tmp_path / "reports"
+    shutil.copytree(demo_home / "reports", copy)
+    target = copy / "multisite_cxr" / first.name / "label_free.csv"
+    target.chmod(0o644)
+    target.write_bytes(target.read_bytes().replace(b"site_f", b"site_x"))
+    found, refused = signed_attachments(copy, "multisite_cxr", "label_free.csv")
+    assert first.name not in {a.audit_id for a in found}
+    assert [r.split(":")[0] for r in refused] == [first.name]

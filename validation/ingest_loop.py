@@ -86,8 +86,15 @@ class PartitionIngest:
 
     @property
     def n_rows_refused(self) -> int:
-        """Rows received but not in the table (a row with several problems counts once)."""
-        return self.n_rows_in - len(self.table)
+        """Rows received but not used (a row with several problems counts once): per batch its
+        rows not in the table, or, for a batch whose rows are attached to other batches' rows
+        (e.g. radiologist reads), those not attached (``n_rows_in - n_rows_ok``)."""
+        if not len(self.batches):
+            return 0
+        counts = self.table.groupby("batch").size() if "batch" in self.table else pd.Series()
+        in_table = self.batches["batch"].map(counts)
+        used = in_table.fillna(self.batches["n_rows_ok"]).astype(int)
+        return int((self.batches["n_rows_in"] - used).clip(lower=0).sum())
 
     @property
     def data_version(self) -> str:

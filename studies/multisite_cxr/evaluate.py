@@ -40,7 +40,12 @@ from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.studies.base import AuditData
 from clinaudit.validation.quality import QUALITY_FEATURES
 
+from .label_free import label_free_evidence, unlabelled_sites
 from .model import scores_files
+from .policy import Policy
+
+#: The study name (its packages hold the estimates frozen by earlier audits).
+STUDY = "multisite_cxr"
 
 __all__ = [
     "CATEGORICAL_DRIFT",
@@ -101,6 +106,8 @@ class CxrAuditOptions:
     psi_noise_draws: int = 2000
     alpha: float = 0.05
     n_perm: int = 1000
+    #: Bootstrap replicates of the label-free estimates of a site without labels.
+    label_free_n_boot: int = 500
 
     def core(self) -> SiteAuditConfig:
         return SiteAuditConfig(
@@ -178,10 +185,16 @@ def intake(data: AuditData) -> dict[str, dict[str, int]]:
     return {"images_quarantined": quarantined, "scores_set_aside": aside}
 
 
-def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOptions) -> TableSet:
-    """The cross-site evidence: metrics, calibration, reliability, worst cells and drift."""
+def evaluate_sites(
+    data: AuditData, *, reference_site: str, options: CxrAuditOptions, policy: Policy
+) -> TableSet:
+    """The cross-site evidence: metrics, calibration, reliability, worst cells and drift; for
+    sites without labels the label-free estimates (:mod:`.label_free`), and the estimates an
+    earlier package froze for sites now labelled, scored."""
     config = options.core()
-    sites, left_out, identity = audited_sites(data, reference_site)
+    audited, left_out, identity = audited_sites(data, reference_site)
+    unlabelled = [s for s in unlabelled_sites(data.validated, audited) if s != reference_site]
+    sites = [s for s in audited if s not in unlabelled]
     frame = scored_frame(
         {s: data.validated[s] for s in sites},
         {s: data.predictions[s] for s in sites},
@@ -200,6 +213,24 @@ def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOpt
     disc = audit.discrimination.table
     by_site = mean_auroc_by_group(disc).rename("mean_auroc").reset_index()
     validate_table(by_site, MeanAuroc)
+    reference = frame[frame["group"] == reference_label(reference_site)]
+    label_free = label_free_evidence(
+        data.validated,
+        data.predictions,
+        labelled=[s for s in sites if s != reference_site],
+        unlabelled=unlabelled,
+        reference=reference,
+        drift=drift,
+        thresholds=data.model.thresholds,
+        identity=identity,
+        gate={"features": policy.drift.features, "psi_levels": policy.drift.psi_levels},
+        reports=data.reports,
+        study=STUDY,
+        n_boot=options.label_free_n_boot,
+        ci_level=policy.unlabelled_sites.ci_level,
+        seed=options.seed,
+        min_class=min(options.min_pos, options.min_neg),
+    )
     return TableSet(
         tables={
             "metrics": disc,
@@ -208,9 +239,13 @@ def evaluate_sites(data: AuditData, *, reference_site: str, options: CxrAuditOpt
             "worst_cells": audit.worst,
             "drift": drift,
             "mean_auroc": by_site,
+            "label_free": label_free.estimates,
+            "label_free_scored": label_free.scored,
+            "label_free_summary": label_free.summary,
         },
         facts={
             "sites": sites,
+            "label_free": label_free.facts,
             "left_out": left_out,
             "intake": intake(data),
             "reference_group": reference_label(reference_site),

@@ -35,6 +35,7 @@ __all__ = [
     "DriftRule",
     "MonitoringPolicy",
     "Policy",
+    "UnlabelledRule",
     "PolicyError",
     "Problem",
     "criterion_phrase",
@@ -77,6 +78,13 @@ SCHEMA: Mapping[str, Field] = {
         "option_list", "[site_recalibration] or []", options=(SITE_RECALIBRATION,)
     ),
     "retrained_model_counts": leaf("bool", default=False),
+    # Sites whose images landed before their labels: label-free estimates (PROVISIONAL).
+    "unlabelled_sites": section(
+        required=False,
+        provisional_decision=leaf("bool", default=False),
+        max_decision=leaf("option", default="CONDITIONAL GO", options=("CONDITIONAL GO", "NO-GO")),
+        ci_level=leaf("fraction", default=0.90),
+    ),
     # Scores-only audits without the vendor's thresholds file: the rule that derives each
     # finding's threshold on the reference test split (never 0.5 silently).
     "scores_without_thresholds": section(
@@ -124,6 +132,20 @@ class DriftRule:
 
 
 @dataclass(frozen=True)
+class UnlabelledRule:
+    """What a site without labels may get from its label-free estimates.
+
+    ``provisional_decision``: whether the estimates may decide at all (otherwise such a site is
+    NO-GO until its labels land, and the estimates are shown only); ``max_decision``: the best
+    provisional decision (never GO); ``ci_level``: level of the estimates' intervals.
+    """
+
+    provisional_decision: bool
+    max_decision: str
+    ci_level: float
+
+
+@dataclass(frozen=True)
 class MonitoringPolicy:
     """The policy's ``monitoring`` section; each attribute is its key path joined by ``_``."""
 
@@ -167,6 +189,8 @@ class Policy(PolicyBase):
         reaching this sensitivity on the reference site's test split (key
         ``scores_without_thresholds.reference_sensitivity``, default 0.80).
     monitoring : MonitoringPolicy
+    unlabelled_sites : UnlabelledRule
+        Sites without labels (key ``unlabelled_sites``; default: no provisional decision).
     """
 
     SCHEMA: ClassVar[Mapping[str, Field]] = SCHEMA
@@ -179,6 +203,7 @@ class Policy(PolicyBase):
     retrained_model_counts: bool
     derived_threshold_sensitivity: float
     monitoring: MonitoringPolicy
+    unlabelled_sites: UnlabelledRule
 
     def allows(self, mitigation: str) -> bool:
         """Whether ``mitigation`` (e.g. ``"site_recalibration"``) may rescue a criterion."""
@@ -258,6 +283,7 @@ def _build(cls: type[Policy], v: dict[str, Any], *, text: str, sha256: str, sour
         retrained_model_counts=v["retrained_model_counts"],
         derived_threshold_sensitivity=v["scores_without_thresholds"]["reference_sensitivity"],
         monitoring=monitoring,
+        unlabelled_sites=UnlabelledRule(**v["unlabelled_sites"]),
         text=text,
         sha256=sha256,
         source=source,
@@ -312,5 +338,24 @@ def describe_policy(policy: Policy) -> str:
         f"sites; escalation {' -> '.join(m.escalation)}; suspend after "
         f"{m.suspend_after_consecutive_actions} consecutive windows past an action threshold.",
         f"NO-GO sites: not deployed; {m.not_deployed_action}.",
+        _unlabelled_rule(policy),
     ]
     return "\n".join(lines)
+
+
+def _unlabelled_rule(policy: Policy) -> str:
+    """The rule for sites without labels, in words."""
+    u, c = policy.unlabelled_sites, policy.criteria
+    head = (
+        f"Sites without labels: label-free estimates with {u.ci_level:.0%} intervals are shown "
+        "as PROVISIONAL"
+    )
+    if not u.provisional_decision:
+        return head + "; they decide nothing: such a site is NO-GO until its labels land."
+    named = (("AUROC", c.auroc), ("sensitivity", c.sensitivity))
+    rules = [criterion_phrase(f"estimated {n}", k) for n, k in named if k.enabled]
+    return (
+        head + f"; a site gets a provisional {u.max_decision} (pending labels) when every "
+        f"critical finding is estimable and {' and '.join(rules) or 'estimable'}, else NO-GO. "
+        "Calibration is not assessed without labels."
+    )

@@ -11,6 +11,7 @@ holds only aggregate numbers: no table that reaches it carries patient or image 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from clinaudit.validation.quality import QUALITY_FEATURES
 from .decisions_schema import CriteriaContract, DecisionsTable
 from .monitoring import MonitoringContract
 from .report_appendix import checklist_items, checklist_table, methods_notes
+from .report_label_free import LabelFreeSection, label_free_section
 from .report_plan import critical_findings, mitigation_section, site_plans
 from .report_sections import (
     calibration_section,
@@ -157,6 +159,10 @@ class CxrReportInputs:
     retraining_summary: Mapping[str, Any] | None = None
     targets: tuple[str, ...] = FINDINGS
     drift_features: tuple[str, ...] = field(default=QUALITY_FEATURES)
+    #: Sites without labels: ``estimates``, ``scored``, ``summary`` (evidence ``label_free*``),
+    #: ``provisional`` and ``criteria`` (decisions ``provisional*``) and ``facts`` (evidence
+    #: facts ``label_free``); ``None``: none.
+    label_free: Mapping[str, Any] | None = None
 
 
 def _check(inputs: CxrReportInputs) -> pd.DataFrame:
@@ -253,6 +259,26 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
         simulated=inputs.simulated,
         p_adjust=inputs.drift_p_adjust,
     )
+    label_free = _label_free(inputs)
+    executive = executive_summary(
+        inputs.decisions,
+        inputs.criteria,
+        inputs.worst_cells,
+        inputs.metrics,
+        inputs.drift,
+        inputs.retraining_summary,
+        threshold_source=inputs.threshold_source,
+        reference_check=inputs.reference_check,
+        left_out=inputs.left_out,
+    )
+    if label_free is not None and label_free.provisional is not None:
+        sites = ", ".join(r[0].text for r in label_free.provisional.rows)
+        notice = (
+            f"PROVISIONAL: {sites} landed images without labels. Section 8 gives label-free "
+            "estimates and a provisional decision under the policy; these are estimates, not "
+            "measurements, and are scored when the labels land."
+        )
+        executive = dataclasses.replace(executive, notices=(*executive.notices, ("warn", notice)))
     p = inputs.provenance
     figures = [discrimination.heatmap, drift.figure]
     if calibration.reliability is not None:
@@ -263,17 +289,7 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
         generated_at=p.generated_at,
         simulated=inputs.simulated,
         band_text=SIMULATED_BAND,
-        executive=executive_summary(
-            inputs.decisions,
-            inputs.criteria,
-            inputs.worst_cells,
-            inputs.metrics,
-            inputs.drift,
-            inputs.retraining_summary,
-            threshold_source=inputs.threshold_source,
-            reference_check=inputs.reference_check,
-            left_out=inputs.left_out,
-        ),
+        executive=executive,
         cohort=cohort_section(
             inputs.cohort,
             quarantine,
@@ -290,6 +306,24 @@ def build_cxr_view(inputs: CxrReportInputs) -> CxrReportView:
         plans=site_plans(inputs.decisions, inputs.criteria, inputs.monitoring),
         appendix=_appendix(inputs),
         figures=tuple(figures),
+        label_free=label_free,
+    )
+
+
+def _label_free(inputs: CxrReportInputs) -> LabelFreeSection | None:
+    """Section 8, or ``None`` when the audit has no site without labels and nothing scored."""
+    lf = inputs.label_free
+    if lf is None:
+        return None
+    critical = tuple(dict.fromkeys(lf["criteria"]["finding"].astype(str)))
+    return label_free_section(
+        lf["estimates"],
+        lf["scored"],
+        lf["summary"],
+        lf["provisional"],
+        lf["facts"],
+        critical=critical,
+        simulated=inputs.simulated,
     )
 
 

@@ -33,6 +33,10 @@ EVIDENCE: dict[str, tuple[str, str]] = {
     "decisions": ("decisions", "decisions"),
     "decision_criteria": ("decisions", "criteria"),
     "monitoring_plan": ("monitoring", "plan"),
+    "label_free": ("evidence", "label_free"),
+    "label_free_scored": ("evidence", "label_free_scored"),
+    "label_free_summary": ("evidence", "label_free_summary"),
+    "provisional_decisions": ("decisions", "provisional"),
 }
 
 
@@ -115,6 +119,14 @@ def report_content(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         retraining_summary=retraining_summary(
             retrain["retrained_model"], retrain["retraining"], evidence["metrics"]
         ),
+        label_free={
+            "estimates": evidence["label_free"],
+            "scored": evidence["label_free_scored"],
+            "summary": evidence["label_free_summary"],
+            "provisional": bundle.decisions["provisional"],
+            "criteria": bundle.decisions["provisional_criteria"],
+            "facts": evidence.fact("label_free"),
+        },
     )
     view = build_cxr_view(inputs)
     return ReportContent(

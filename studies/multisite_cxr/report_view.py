@@ -28,6 +28,8 @@ from clinaudit.reporting.kit import (
 )
 from clinaudit.reporting.report_figures import FigureFile
 
+from .report_label_free import LabelFreeSection
+
 __all__ = [
     "DECISIONS",
     "SIMULATED_BAND",
@@ -157,3 +159,5 @@ class CxrReportView(ReportFrame):
     plans: tuple[SitePlan, ...]
     appendix: Appendix
     figures: tuple[FigureFile, ...]
+    #: Section 8 (sites without labels, frozen estimates scored); ``None``: not shown.
+    label_free: LabelFreeSection | None = None

@@ -34,19 +34,22 @@ from clinaudit.reporting.package import AuditStamp
 from clinaudit.reporting.provenance import AuditBundle
 from clinaudit.reporting.study_package import ReportContent
 from clinaudit.sources.cxr_labels import FINDINGS
-from clinaudit.sources.cxr_simulator import simulate_cohort
 from clinaudit.sources.cxr_sites import REFERENCE_SITE
-from clinaudit.sources.landing import scan_landing
+from clinaudit.sources.landing import BatchRef, scan_landing
 from clinaudit.studies.base import AuditData, MitigationStage, ModelSpec, RunDirs, SimSummary
 from clinaudit.studies.image_ingest import ImageStudy
 from clinaudit.validation.cohort import prevalence_table
+from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
 
 from . import model as cxr_model
 from .decisions import Decisions, decide_sites
+from .demo_data import land_cohort, land_late_reads
 from .evaluate import CxrAuditOptions, evaluate_sites, site_metrics
+from .ingest import CxrIngestOptions, finish_cxr_partition, ingest_cxr_batch
 from .mitigations import RecalibrationOptions, RetrainOptions, recalibrate, retrain
 from .monitoring import monitoring_plan
 from .policy import Policy
+from .provisional import decide_unlabelled
 from .report_content import report_content
 
 __all__ = ["MultisiteCxr"]
@@ -107,9 +110,19 @@ class MultisiteCxr(ImageStudy):
             cadence="nightly",
         ),
     )
+    ingest_options = CxrIngestOptions  # a site may land its images before its labels
     predict_reads_quarantine = True  # vendor scores of quarantined images are set aside
-    page_budget = (5, 9)
+    page_budget = (5, 10)  # section 8 (sites without labels, estimates scored) when present
     policy_attachment = "decision_policy"
+
+    # ------------------------------------------------------------------ ingest
+    def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
+        """An image batch, or a site reads batch labelling images landed earlier."""
+        return ingest_cxr_batch(batch, key=key, options=options)
+
+    def finish_partition(self, ingest: PartitionIngest) -> PartitionIngest:
+        """Landed reads as the labels of the images they read (:mod:`.ingest`)."""
+        return finish_cxr_partition(ingest)
 
     # ------------------------------------------------------------------ model
     def model_fingerprint(self, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
@@ -165,7 +178,7 @@ class MultisiteCxr(ImageStudy):
 
     # ------------------------------------------------------------------ audit
     def evaluate(self, data: AuditData, *, policy: Any, options: Any) -> TableSet:
-        return evaluate_sites(data, reference_site=REFERENCE_SITE, options=options)
+        return evaluate_sites(data, reference_site=REFERENCE_SITE, options=options, policy=policy)
 
     def decide(
         self, evidence: TableSet, mitigations: Mapping[str, TableSet], *, policy: Any
@@ -185,8 +198,18 @@ class MultisiteCxr(ImageStudy):
                 "derived"
             ),
         )
+        provisional, provisional_criteria = decide_unlabelled(
+            policy, evidence["label_free"], list(evidence.fact("label_free")["unlabelled_sites"])
+        )
         tables = {"decisions": decided.table, "criteria": decided.criteria}
-        return TableSet({**tables, "reference_check": decided.reference})
+        return TableSet(
+            {
+                **tables,
+                "reference_check": decided.reference,
+                "provisional": provisional,
+                "provisional_criteria": provisional_criteria,
+            }
+        )
 
     def monitor(
         self,
@@ -208,8 +231,16 @@ class MultisiteCxr(ImageStudy):
         return TableSet({"plan": plan})
 
     def decision_lines(self, decisions: TableSet) -> list[tuple[str, str]]:
-        table = decisions["decisions"]
+        table = _all_decisions(decisions)
         return [(str(r.site), f"{r.decision:<15} {r.reasons}") for r in table.itertuples()]
+
+    def decision_summary(self, decisions: TableSet) -> dict[str, str]:
+        """Site -> decision; a site without labels reads ``"<decision> (PROVISIONAL)"``."""
+        out = {str(r.site): str(r.decision) for r in decisions["decisions"].itertuples()}
+        provisional = decisions.tables.get("provisional")
+        if provisional is not None:
+            out |= {str(r.site): f"{r.decision} (PROVISIONAL)" for r in provisional.itertuples()}
+        return out
 
     def decision_criteria(self, decisions: TableSet) -> list[CriterionOutcome]:
         """Each site's criteria per finding, before and after the site's mitigations."""
@@ -226,6 +257,17 @@ class MultisiteCxr(ImageStudy):
                 detail=r.evidence + ("" if r.blocking else " (does not block on its own)"),
             )
             for r in decisions["criteria"].itertuples()
+        ] + [
+            CriterionOutcome(
+                where=r.site,
+                criterion=f"PROVISIONAL estimated {r.metric} {r.statistic} [{r.finding}]",
+                value=r.value,
+                limit=r.limit,
+                comparator=">=",
+                passed=bool(r.passed),
+                detail=r.why or "label-free estimate (no labels yet)",
+            )
+            for r in decisions.tables.get("provisional_criteria", _NO_ROWS).itertuples()
         ]
 
     def report(self, bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
@@ -254,12 +296,26 @@ class MultisiteCxr(ImageStudy):
         if scan_landing(landing, self.landing_dir).ready():
             return SimSummary({}, self.unit)  # landed data is never re-simulated or replaced
         t0 = time.perf_counter()
-        summary = simulate_cohort(
-            landing, truth_root=truth, scale=scale, seed=seed, workers=workers
-        )
-        return SimSummary(
-            {s.site: s.n_images for s in summary.sites}, self.unit, time.perf_counter() - t0
-        )
+        sites = land_cohort(landing, truth, scale=scale, seed=seed, workers=workers)
+        return SimSummary(sites, self.unit, time.perf_counter() - t0)
+
+    def land_demo_followup(self, landing: Path, truth: Path, *, scale: str) -> SimSummary:
+        """The radiologist reads of the site that landed unlabelled (:mod:`.demo_data`)."""
+        t0 = time.perf_counter()
+        reads = land_late_reads(landing, truth)
+        what = f"radiologist reads of {', '.join(reads)}" if reads else ""
+        return SimSummary(reads, "read", time.perf_counter() - t0, what)
+
+
+_NO_ROWS = pd.DataFrame()
+
+
+def _all_decisions(decisions: TableSet) -> pd.DataFrame:
+    """The audited sites' decisions, then the provisional ones of sites without labels."""
+    provisional = decisions.tables.get("provisional")
+    if provisional is None or not len(provisional):
+        return decisions["decisions"]
+    return pd.concat([decisions["decisions"], provisional], ignore_index=True)
 
 
 def _evidence_metadata(evidence: TableSet) -> dict[str, Any]:
