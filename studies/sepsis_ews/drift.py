@@ -70,6 +70,7 @@ __all__ = [
     "CardDrift",
     "card_drift",
     "psi_against_quantiles",
+    "window_bins",
     "window_psi",
 ]
 
@@ -210,18 +211,19 @@ def _card_bins(
     return expected, actual, bool(edges.size < q.size)
 
 
-def window_psi(reference: Any, window: Any, *, n_bins: int = 10, epsilon: float = 1e-4) -> float:
-    """PSI of a monitoring window against a raw reference sample, with a missing bin.
+def window_bins(reference: Any, window: Any, *, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Bin proportions of a raw reference sample and of a window, the bins of :func:`window_psi`.
 
-    Bins: interior edges at the reference quantiles ``1/k, ..., (k-1)/k`` of its non-missing
-    values (duplicates removed, right-closed, as in :func:`clinaudit.audit.drift.
-    population_stability_index`), plus one bin for missing values.
+    Returns
+    -------
+    expected, actual : numpy.ndarray
+        Proportions of the reference and of the window per bin (the last bin: missing values).
 
     Examples
     --------
-    >>> x = np.r_[np.arange(90.0), [np.nan] * 10]
-    >>> window_psi(x, x)
-    0.0
+    >>> e, a = window_bins([1.0, 2.0, 3.0, np.nan], [3.0, 3.0], n_bins=2)
+    >>> e.tolist(), a.tolist()
+    ([0.5, 0.25, 0.25], [0.0, 1.0, 0.0])
     """
     ref, win = np.asarray(reference, dtype=float), np.asarray(window, dtype=float)
     if ref.size == 0 or win.size == 0:
@@ -234,7 +236,24 @@ def window_psi(reference: Any, window: Any, *, n_bins: int = 10, epsilon: float 
         counts = np.bincount(np.searchsorted(inner, ok, side="left"), minlength=k)
         return np.append(counts, n - ok.size) / n
 
-    return float(psi_from_proportions(props(r_ok, ref.size), props(w_ok, win.size), epsilon))
+    return props(r_ok, ref.size), props(w_ok, win.size)
+
+
+def window_psi(reference: Any, window: Any, *, n_bins: int = 10, epsilon: float = 1e-4) -> float:
+    """PSI of a monitoring window against a raw reference sample, with a missing bin.
+
+    Bins: interior edges at the reference quantiles ``1/k, ..., (k-1)/k`` of its non-missing
+    values (duplicates removed, right-closed, as in :func:`clinaudit.audit.drift.
+    population_stability_index`), plus one bin for missing values (:func:`window_bins`).
+
+    Examples
+    --------
+    >>> x = np.r_[np.arange(90.0), [np.nan] * 10]
+    >>> window_psi(x, x)
+    0.0
+    """
+    expected, actual = window_bins(reference, window, n_bins=n_bins)
+    return float(psi_from_proportions(expected, actual, epsilon))
 
 
 def _card_median(summary: Mapping[str, Any], feature: str) -> float:

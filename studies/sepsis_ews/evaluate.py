@@ -8,14 +8,19 @@ order (hospitals sorted, then batch and line). :func:`evidence` computes, on tha
 cohort and composition summaries, discrimination, calibration and reliability, fairness rates
 and paired gap intervals (:func:`clinaudit.audit.fairness.group_rates`), the disadvantaged group
 of each attribute, the alert burden (:func:`clinaudit.audit.burden.alert_burden`) and drift
-against the card's training-data summary (:func:`.drift.card_drift`). Every bootstrap takes the
-run's seed; the settings travel with the tables (``facts["settings"]``).
+against the card's training-data summary (:func:`.drift.card_drift`). Every one of these
+tables is computed on the *labelled* stays only (:func:`.tables.split_labelled`): a stay whose
+``sepsis`` label is empty (its outcome not coded yet) counts in none of them. The unlabelled
+months get PROVISIONAL label-free estimates instead (table ``label_free``,
+:mod:`.unlabelled_months`), which no later stage reads. Every bootstrap takes the run's seed;
+the settings travel with the tables (``facts["settings"]``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,6 +35,7 @@ from clinaudit.studies.base import AuditData
 from .decisions import disadvantaged_groups
 from .drift import card_drift
 from .ingest import INGESTED_COLUMNS, duplicate_stays, quarantine_frame, refused_tables
+from .label_free_scoring import score_frozen_estimates
 from .policy import SepsisPolicy
 from .tables import (
     FEATURES,
@@ -41,7 +47,15 @@ from .tables import (
     discrimination_table,
     exposure_days,
     scored_stays,
+    split_labelled,
     stays_digest,
+)
+from .unlabelled_months import (
+    SUPPORT_MAX_OUTSIDE,
+    LabelFreeSettings,
+    label_free_table,
+    unlabelled_counts,
+    unlabelled_months,
 )
 
 __all__ = [
@@ -67,15 +81,20 @@ EVIDENCE_TABLES: tuple[str, ...] = (
 @dataclass(frozen=True)
 class SepsisEvaluateOptions:
     """Run configuration of the evidence stage: the bootstrap seed, ``n_boot`` to override
-    the policy's replicates (``None``: the policy's), and the PSI noise bound of the drift
+    the policy's replicates (``None``: the policy's), the PSI noise bound of the drift
     against the card (``psi_noise_draws`` parametric-bootstrap draws; a (scope, group) without
-    drift gets any PSI level with probability at most ``psi_noise_alpha``). The policy file has
-    no key for these two, so their defaults live here and the report states the values used."""
+    drift gets any PSI level with probability at most ``psi_noise_alpha``), and the septic and
+    non-septic stays a hospital needs for its own labelled stays to be the reference of its
+    unlabelled months' label-free estimates (else the network's pooled labelled stays). The
+    policy file has no key for these, so their defaults live here and the report states the
+    values used."""
 
     seed: int = 0
     n_boot: int | None = None
     psi_noise_draws: int = 2000
     psi_noise_alpha: float = 0.05
+    label_free_min_reference_pos: int = 30
+    label_free_min_reference_neg: int = 100
 
 
 @dataclass(frozen=True)
@@ -167,11 +186,23 @@ def audit_settings(
     """The settings of this audit: the policy's analysis section, the run's seed and replicates,
     and the operating threshold (from the model stage)."""
     a, o = policy.analysis, options or SepsisEvaluateOptions()
+    n_boot = a.n_boot if o.n_boot is None else int(o.n_boot)
+    label_free = LabelFreeSettings(
+        n_boot=n_boot,
+        ci_level=a.ci_level,
+        seed=int(o.seed),
+        min_reference_pos=int(o.label_free_min_reference_pos),
+        min_reference_neg=int(o.label_free_min_reference_neg),
+        psi_action=policy.monitoring.drift_psi_action,
+        psi_noise_draws=int(o.psi_noise_draws),
+        psi_noise_alpha=float(o.psi_noise_alpha),
+        max_outside=SUPPORT_MAX_OUTSIDE,
+    )
     return AuditSettings(
         attributes=a.attributes,
         intersections=a.intersections,
         reference_groups=dict(a.reference_groups),
-        n_boot=a.n_boot if o.n_boot is None else int(o.n_boot),
+        n_boot=n_boot,
         ci_level=a.ci_level,
         min_pos=a.min_pos,
         min_neg=a.min_neg,
@@ -185,6 +216,7 @@ def audit_settings(
             "missing_rate_change": policy.drift.missing_rate_change,
             "psi_noise_draws": int(o.psi_noise_draws),
             "psi_noise_alpha": float(o.psi_noise_alpha),
+            "label_free": label_free.to_facts(),
         },
     )
 
@@ -223,14 +255,20 @@ def _drift(
     )  # fmt: skip
 
 
-def cohort_facts(frame: pd.DataFrame, card: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Network facts of the audited stays (printed in the report's summary)."""
+def cohort_facts(
+    frame: pd.DataFrame, card: Mapping[str, Any] | None, unlabelled: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """Network facts of the audited stays (printed in the report's summary): stays, hospitals
+    and months of every audited stay (``frame`` labelled, ``unlabelled`` not), the prevalence of
+    the labelled ones, and ``n_unlabelled``."""
     y = frame[TARGET].to_numpy(float)
+    every = frame if unlabelled is None or not len(unlabelled) else pd.concat([frame, unlabelled])
     return {
-        "n_stays": len(frame),
-        "n_hospitals": int(frame["hospital"].nunique()),
-        "first_month": str(frame["admit_month"].min()),
-        "last_month": str(frame["admit_month"].max()),
+        "n_stays": len(every),
+        "n_unlabelled": len(every) - len(frame),
+        "n_hospitals": int(every["hospital"].nunique()),
+        "first_month": str(every["admit_month"].min()),
+        "last_month": str(every["admit_month"].max()),
         "prevalence": float(y.mean()),
         "model_sha256": str(frame["model_sha256"].iloc[0]),
         "simulated": bool(frame["simulated"].astype(bool).any()) if "simulated" in frame else False,
@@ -245,6 +283,8 @@ def evidence(
     settings: AuditSettings,
     unmatched_scores: pd.DataFrame | None = None,
     intake: Mapping[str, Any] | None = None,
+    reports: Path | None = None,
+    study: str = "sepsis_ews",
 ) -> TableSet:
     """The evidence tables of the audited stays, with the settings and facts behind them.
 
@@ -262,15 +302,37 @@ def evidence(
         ``rows_quarantined`` and ``scores_set_aside`` (hospital -> count): rows quarantined at
         ingest and the vendor scores set aside as theirs (recorded in ``facts["intake"]`` with
         the audited hospitals' ``absent_features``).
+    reports : Path, optional, keyword-only
+        Root of the signed packages: the label-free estimates that verified packages of
+        ``study`` froze for months labelled now are scored (:mod:`.label_free_scoring`);
+        ``None``: nothing is read.
+    study : str, keyword-only
+        The study whose packages are read.
 
     Returns
     -------
     TableSet
-        :data:`EVIDENCE_TABLES`, ``excluded_stays`` and ``unmatched_scores`` (records, possibly
-        empty); facts ``settings``, ``left_out``, ``hospitals``, ``cohort``, ``references``,
-        ``stays_digest``, ``threshold``, ``threshold_source`` and ``intake``.
+        :data:`EVIDENCE_TABLES` (of the labelled stays), ``excluded_stays`` and
+        ``unmatched_scores`` (records, possibly empty) and ``label_free`` (PROVISIONAL estimates
+        of the unlabelled months, :class:`~.unlabelled_months.LabelFreeEstimates`),
+        ``label_free_scored`` and ``label_free_summary`` (estimates frozen in an earlier verified
+        package, scored now their month is labelled, :mod:`.label_free_scoring`); facts
+        ``settings``, ``left_out``, ``hospitals``, ``cohort``, ``references``, ``stays_digest``
+        (of the labelled stays), ``threshold``, ``threshold_source``, ``intake`` and
+        ``label_free``.
+
+    Raises
+    ------
+    AuditInputError
+        If a column is missing or no stay is labelled.
     """
-    frame, s = audited.frame, settings
+    frame, unlabelled = split_labelled(audited.frame)
+    s = settings
+    if frame.empty:
+        raise AuditInputError(
+            "stays", f"{len(unlabelled)} stays, none with a sepsis label",
+            "labelled stays (sepsis 0/1) to audit", "land the stays once their outcome is coded",
+        )  # fmt: skip
     missing = [c for c in (*s.attributes, *FEATURES) if c not in frame.columns]
     if missing:
         raise AuditInputError(
@@ -289,7 +351,7 @@ def evidence(
     tables = {
         "burden": burden,
         "calibration": calibration,
-        "cohort": cohort_table(frame),
+        "cohort": cohort_table(frame, unlabelled),
         "composition": composition_table(frame, s.attributes, card),
         "disadvantaged": disadvantaged_groups(fairness),
         "discrimination": discrimination_table(frame, card, s),
@@ -299,7 +361,15 @@ def evidence(
         "reliability": reliability,
         "excluded_stays": audited.excluded,
         "unmatched_scores": quarantine_frame(unmatched_scores),
+        "label_free": _label_free(audited, s),
     }
+    frozen = score_frozen_estimates(
+        audited.frame, reports=reports, study=study, threshold=s.threshold,
+        model_sha256=";".join(sorted(set(audited.frame["model_sha256"].astype(str))))
+        if "model_sha256" in audited.frame.columns else "",
+    )  # fmt: skip
+    tables["label_free_scored"] = frozen.scored
+    tables["label_free_summary"] = frozen.summary
     excluded = audited.excluded.groupby("site").size() if len(audited.excluded) else {}
     facts = {
         "settings": s.to_facts(),
@@ -309,7 +379,7 @@ def evidence(
         "hospitals": list(audited.hospitals),
         "excluded_stays": {str(k): int(v) for k, v in dict(excluded).items()},
         "unmatched_scores": int(len(tables["unmatched_scores"])),
-        "cohort": cohort_facts(frame, card),
+        "cohort": cohort_facts(frame, card, unlabelled),
         "references": dict(fairness.reference),
         "stays_digest": stays_digest(frame),
         "intake": {
@@ -317,8 +387,23 @@ def evidence(
             "scores_set_aside": dict((intake or {}).get("scores_set_aside", {})),
             "absent_features": {h: list(f) for h, f in audited.absent_features.items()},
         },
+        "label_free": {
+            "months": unlabelled_months(audited.frame).to_dict("records"),
+            "unlabelled_in_labelled_months": unlabelled_counts(audited.frame),
+            "frozen": frozen.facts,
+        },
     }
     return TableSet(tables, facts)
+
+
+def _label_free(audited: AuditedStays, s: AuditSettings) -> pd.DataFrame:
+    """PROVISIONAL label-free estimates of every unlabelled month (:mod:`.unlabelled_months`)."""
+    gone = set().union(*audited.absent_features.values())
+    return label_free_table(
+        audited.frame, threshold=s.threshold,
+        settings=LabelFreeSettings.from_facts(s.extra["label_free"]),
+        features=[f for f in FEATURES if f not in gone],
+    )  # fmt: skip
 
 
 def fairness_from(tables: TableSet) -> FairnessResult:

@@ -83,7 +83,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = schema_columns(HospitalSummary)
 
 def empty_stays() -> pd.DataFrame:
     """The ingested stays table with no rows (typed like a validated one)."""
-    types = {"sepsis": "int64", "simulated": "bool", "source_row": "int64"}
+    types = {"sepsis": "Int64", "simulated": "bool", "source_row": "int64"}
     text = {"stay_id", "hospital", "admit_month", "sex", "race_ethnicity", "age_band", "batch"}
     return pd.DataFrame(
         {

@@ -31,6 +31,7 @@ from .ingest import HospitalSummary
 from .policy import SepsisPolicy
 from .report_appendix import SepsisProvenance, appendix
 from .report_plan import mitigation_section, monitoring_section
+from .report_provisional import provisional_section
 from .report_sections import (
     calibration_section,
     cohort_section,
@@ -127,6 +128,9 @@ def build_sepsis_view(
         mitigation_section(result),
         monitoring_section(result, policy),
     )
+    provisional = provisional_section(result, len(sections) + 2)  # sections 2 to 7 come first
+    if provisional is not None:
+        sections = (*sections, provisional)
     return SepsisReportView(
         study_title=TITLE,
         audit_id=provenance.audit_id,
@@ -158,6 +162,11 @@ def _attachments(
     out["tables/quarantine.csv"] = _csv(quarantine.drop(columns=["stay_id"], errors="ignore"))
     if len(result.unmatched_scores):
         out["tables/unmatched_scores.csv"] = _csv(result.unmatched_scores)
+    if len(result.label_free):  # PROVISIONAL: only when some month landed without labels
+        out["tables/label_free.csv"] = _csv(result.label_free)
+    if len(result.label_free_scored):  # frozen estimates scored once their month is labelled
+        out["tables/label_free_scored.csv"] = _csv(result.label_free_scored)
+        out["tables/label_free_summary.csv"] = _csv(result.label_free_summary)
     decision = {
         "recommendation": result.recommendation,
         "reasons": list(result.reasons),
@@ -193,8 +202,9 @@ def quarantine_records(bundle: AuditBundle, result: SepsisAuditResult) -> pd.Dat
 
 def sepsis_report(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
     """The report of one audit: HTML, figures, the evidence attached to the package (every audit
-    table and the quarantine as ``tables/<name>.csv``, ``decision.json``, ``model_card.json``
-    when the model has a card) and manifest metadata.
+    table and the quarantine as ``tables/<name>.csv``, ``tables/label_free.csv`` when some month
+    landed without labels, ``decision.json``, ``model_card.json`` when the model has a card) and
+    manifest metadata.
 
     Raises
     ------

@@ -241,6 +241,12 @@ def summary_section(res: SepsisAuditResult, model: dict[str, Any]) -> Summary:
         f"{s['threshold']:.3f} ({s['threshold_source']}). Policy {s['policy_id']} "
         f"v{s['policy_version']}."
     )
+    if s.get("n_unlabelled"):
+        overview += (
+            f" {s['n_unlabelled']:,} of the stays have no sepsis label yet: they are in no "
+            "measured number and the recommendation is not based on them (the septic share is "
+            "that of the labelled stays; the PROVISIONAL section estimates their months)."
+        )
     return Summary(
         recommendation=res.recommendation,
         css=css,

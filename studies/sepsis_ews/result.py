@@ -40,6 +40,7 @@ from .evaluate import (
     audit_settings,
     evidence,
 )
+from .label_free_scoring import LabelFreeScored, LabelFreeScoredSummary
 from .monitoring import MonitoringPlan
 from .policy import SepsisPolicy
 from .schema import StayQuarantine
@@ -52,6 +53,7 @@ from .tables_schema import (
     DiscriminationByAttribute,
     ReliabilityByAttribute,
 )
+from .unlabelled_months import LabelFreeEstimates
 
 __all__ = ["AUDIT_TABLES", "TABLE_SCHEMAS", "SepsisAuditResult", "run_sepsis_audit"]
 
@@ -73,6 +75,9 @@ TABLE_SCHEMAS: Mapping[str, type[pa.DataFrameModel]] = {
     "excluded_stays": StayQuarantine,
     "fairness_gaps": FairnessGaps,
     "fairness_rates": FairnessRates,
+    "label_free": LabelFreeEstimates,
+    "label_free_scored": LabelFreeScored,
+    "label_free_summary": LabelFreeScoredSummary,
     "mitigation": MitigationTable,
     "mitigation_effects": MitigationEffects,
     "mitigation_thresholds": GroupThresholds,
@@ -83,7 +88,15 @@ TABLE_SCHEMAS: Mapping[str, type[pa.DataFrameModel]] = {
 #: Tables that have no column at all when their stage part did not run: ``drift`` without a
 #: card, the mitigation tables when the mitigation was not run, no records.
 MAY_BE_ABSENT: frozenset[str] = frozenset(
-    {"drift", *MITIGATION_TABLES, "excluded_stays", "unmatched_scores"}
+    {
+        "drift",
+        *MITIGATION_TABLES,
+        "excluded_stays",
+        "unmatched_scores",
+        "label_free",
+        "label_free_scored",
+        "label_free_summary",
+    }
 )
 assert set(AUDIT_TABLES) <= set(TABLE_SCHEMAS), "an audit table without its schema"
 
@@ -116,6 +129,13 @@ class SepsisAuditResult:
         network-wide scores that belong to no validated or quarantined stay (usually empty).
     intake : the evidence stage's ``intake`` facts: rows quarantined at ingest and vendor scores
         set aside as theirs, per hospital, and the model features a hospital left out.
+    label_free, label_free_facts : PROVISIONAL label-free estimates of the unlabelled months
+        (:mod:`.unlabelled_months`; no rows when every month is labelled) and the evidence
+        stage's ``label_free`` facts (the months, and the unlabelled stays of labelled months).
+        Not one of :data:`AUDIT_TABLES`: nothing of the recommendation reads them.
+    label_free_scored, label_free_summary : estimates an earlier verified package froze for
+        months labelled now, scored against their labels (:mod:`.label_free_scoring`; no rows
+        when none); the facts are ``label_free_facts["frozen"]``.
 
     Every table has the columns of its producer's schema (:data:`TABLE_SCHEMAS`), checked when
     the result is made.
@@ -145,6 +165,10 @@ class SepsisAuditResult:
     excluded_stays: pd.DataFrame = field(default_factory=pd.DataFrame)
     unmatched_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
     intake: dict[str, Any] = field(default_factory=dict)
+    label_free: pd.DataFrame = field(default_factory=pd.DataFrame)
+    label_free_facts: dict[str, Any] = field(default_factory=dict)
+    label_free_scored: pd.DataFrame = field(default_factory=pd.DataFrame)
+    label_free_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def __post_init__(self) -> None:
         """Refuse a table without a column of its producer's schema (:data:`TABLE_SCHEMAS`;
@@ -187,6 +211,10 @@ class SepsisAuditResult:
             excluded_stays=evidence["excluded_stays"],
             unmatched_scores=evidence["unmatched_scores"],
             intake=dict(evidence.facts.get("intake", {})),
+            label_free=evidence.tables.get("label_free", pd.DataFrame()),
+            label_free_facts=dict(evidence.facts.get("label_free", {})),
+            label_free_scored=evidence.tables.get("label_free_scored", pd.DataFrame()),
+            label_free_summary=evidence.tables.get("label_free_summary", pd.DataFrame()),
         )
 
     @classmethod

@@ -9,9 +9,11 @@
    (``impossible_value``: heart rate outside 0-300, SpO2 outside 0-100, temperature outside
    25-45 C, ...; units in :data:`~clinaudit.sources.sepsis_tables.FEATURE_SPECS`), unknown
    group labels (``unknown_category``), age below 18 (``under_18``) or inconsistent with its
-   age band (``age_band_mismatch``), MAP above SBP, non-integer GCS, labels other than 0/1,
-   malformed months, unsafe hospital names, and duplicate stay ids (``duplicate_stay_id``: every
-   copy is quarantined and each record lists all lines holding that id).
+   age band (``age_band_mismatch``), MAP above SBP, non-integer GCS, labels other than 0/1
+   (an *empty* label is kept: the stay is unlabelled, its outcome not coded yet; ``sepsis`` is
+   then ``<NA>``, and every labelled metric leaves the stay out), malformed months, unsafe
+   hospital names, and duplicate stay ids (``duplicate_stay_id``: every copy is quarantined and
+   each record lists all lines holding that id).
 2. **The pandera contract** :class:`SepsisStays` (``strict``, ``coerce``, lazy) on the rows that
    passed, through :func:`clinaudit.validation.schemas.validate_frame`.
 
@@ -123,7 +125,8 @@ class SepsisStays(pa.DataFrameModel):
     gcs: Series[float] = _feature("gcs")
     age: Series[float] = pa.Field(ge=18.0, le=SPEC_BY_NAME["age"].high)
     comorbidity_index: Series[float] = _feature("comorbidity_index")
-    sepsis: Series[int] = pa.Field(isin=[0, 1])
+    #: 0/1; ``<NA>`` for an unlabelled stay (outcome not coded yet): nullable integer.
+    sepsis: Series[pd.Int64Dtype] = pa.Field(isin=[0, 1], nullable=True)
     simulated: Series[bool]
     source_row: Series[int] = pa.Field(ge=2)
 
@@ -297,7 +300,8 @@ def _numbers(raw: pd.Series, text: pd.Series, column: str, p: _Problems) -> pd.S
                 value,
             )
     values = values.where(np.isfinite(values))
-    if column in REQUIRED_VALUES or column in ("window_hours", LABEL):
+    # An empty sepsis label is not missing data: the stay's outcome is not coded yet (unlabelled).
+    if column in REQUIRED_VALUES or column == "window_hours":
         for pos in np.flatnonzero(values.isna().to_numpy() & ~unparsed):
             p.add(pos, column, "missing_value", f"{column} is missing", "fill it in", "")
     return values
@@ -476,7 +480,7 @@ def validate_stays(
     typed = pd.DataFrame({c: text[c] for c in ("stay_id", "hospital", "admit_month", *CATEGORIES)})
     typed = typed.assign(**{c: numbers[c] for c in numbers}, simulated=simulated, source_row=lines)
     typed = typed.iloc[good].loc[:, [c for c in STAY_COLUMNS if c in typed]]
-    typed[LABEL] = typed[LABEL].astype(int)
+    typed[LABEL] = typed[LABEL].astype("Int64")
     valid, schema_records = validate_frame(SepsisStays, typed, site=site, batch=batch, file=source)
     records = p.records + schema_records
     errors = records_to_frame(records)

@@ -1,8 +1,9 @@
 """The stages after the evidence, as table sets: mitigation, recommendation, monitoring plan.
 
 Each function takes the table sets of the stages before it (as stored by the pipeline) and, where
-it needs per-stay numbers, the scored stays (:func:`.evaluate.audited_stays`), checked to be the
-stays the evidence stage audited. The core is in :mod:`.decisions` and :mod:`.monitoring`; every
+it needs per-stay numbers, the scored stays (:func:`.evaluate.audited_stays`): their labelled
+stays (:func:`.tables.split_labelled`; an unlabelled stay counts in no stage) are checked to be
+the stays the evidence stage audited. The core is in :mod:`.decisions` and :mod:`.monitoring`; every
 random draw takes the seed recorded in the evidence's settings, so running the stages one by one
 gives the numbers of one run.
 """
@@ -26,7 +27,7 @@ from .decisions import MitigationOutcome, Recommendation, decide, run_mitigation
 from .evaluate import check_same_stays, fairness_from
 from .monitoring import monitoring_plan
 from .policy import SepsisPolicy
-from .tables import AuditSettings, exposure_days
+from .tables import AuditSettings, exposure_days, split_labelled
 
 __all__ = [
     "DECISION_COLUMNS",
@@ -123,6 +124,7 @@ def mitigation_tables(evidence: TableSet, frame: pd.DataFrame, policy: SepsisPol
         ``metric`` and the legal and ethical ``caveats``.
     """
     _check_policy(evidence, policy, "mitigation_largest_gap")
+    frame, _ = split_labelled(frame)  # unlabelled stays: no outcome to mitigate on
     check_same_stays(frame, evidence, "mitigation_largest_gap")
     s = AuditSettings.from_facts(evidence.fact("settings"))
     outcome = run_mitigations(
@@ -270,6 +272,7 @@ def monitoring_tables(
     """The monitoring plan of the deployed rule (``monitoring``), from this audit's baselines."""
     for stage, tables in (("evidence", evidence), ("decisions", decisions)):
         _check_policy(tables, policy, stage)
+    frame, _ = split_labelled(frame)  # the plan's baselines are the labelled stays'
     check_same_stays(frame, evidence, "monitoring")
     s = AuditSettings.from_facts(evidence.fact("settings"))
     plan = monitoring_plan(

@@ -9,7 +9,8 @@ stage                         module
 ============================  =======================================================
 ingest (per hospital)         :mod:`.ingest` (+ :mod:`.schema`)
 model, predictions            :mod:`.model` (+ :mod:`.scores`)
-evidence                      :mod:`.evaluate` (+ :mod:`.tables`, :mod:`.drift`)
+evidence                      :mod:`.evaluate` (+ :mod:`.tables`, :mod:`.drift`,
+                              :mod:`.unlabelled_months`)
 mitigation_largest_gap        :mod:`.stages` (+ :mod:`.decisions`)
 decisions, monitoring         :mod:`.stages` (+ :mod:`.decisions`, :mod:`.monitoring`)
 package                       :mod:`.report` (+ ``report_*``, :mod:`.figures`)
@@ -64,10 +65,11 @@ from .ingest import (
     n_rows_quarantined,
     quarantined_stays,
 )
+from .outcomes import attach_outcomes, ingest_outcomes_batch, is_outcomes_batch
 from .policy import SepsisPolicy
 from .report import TITLE, sepsis_report
 from .scores import count_set_aside, unmatched_score_ids
-from .simulate import land_simulated_network
+from .simulate import land_demo_outcomes, land_simulated_network
 from .stage_meta import describe
 from .stages import decision_tables, mitigation_tables, monitoring_tables
 from .tables import TARGET
@@ -141,14 +143,19 @@ class SepsisEws(Study):
 
     # ------------------------------------------------------------------ ingest
     def ingest_batch(self, batch: BatchRef, *, key: bytes, options: Any) -> BatchIngest:
-        """One landed batch (stays carry no patient id: ``key`` is not needed)."""
+        """One landed batch: a stays batch, or an outcomes batch (late ``sepsis`` labels,
+        :mod:`.outcomes`). Stays carry no patient id: ``key`` is not needed."""
+        if is_outcomes_batch(batch):
+            return ingest_outcomes_batch(batch)
         return ingest_stays_batch(batch)
 
     def empty_table(self) -> pd.DataFrame:
         return empty_stays()
 
     def finish_partition(self, ingest: PartitionIngest) -> PartitionIngest:
-        return finish_hospital(ingest)
+        """Stay ids landed in several batches quarantined, then the landed outcomes filled into
+        the ``sepsis`` of the stays that landed unlabelled (:func:`.outcomes.attach_outcomes`)."""
+        return attach_outcomes(finish_hospital(ingest))
 
     def privacy_problems(self, table: pd.DataFrame) -> list[str]:
         """PHI columns, or columns outside the stays format (the stays have no patient id)."""
@@ -243,6 +250,8 @@ class SepsisEws(Study):
             settings=settings,
             unmatched_scores=_unmatched_scores(data),
             intake=_intake(data),
+            reports=data.reports,
+            study=self.name,
         )
 
     def decide(
@@ -316,6 +325,14 @@ class SepsisEws(Study):
         t0 = time.perf_counter()
         _, landed = land_simulated_network(landing, truth, scale=scale, seed=seed, months=months)
         return SimSummary(dict(landed), self.unit, time.perf_counter() - t0)
+
+    def land_demo_followup(self, landing: Path, truth: Path, *, scale: str) -> SimSummary:
+        """The coded outcomes of the month that landed unlabelled (:func:`.simulate.
+        land_demo_outcomes`): the next audit scores the estimates the first package froze."""
+        t0 = time.perf_counter()
+        landed = land_demo_outcomes(landing, truth)
+        what = f"coded outcomes of {', '.join(landed)}" if landed else ""
+        return SimSummary(landed, "outcome", time.perf_counter() - t0, what)
 
 
 def _scores_file(model: ModelRef, key: str) -> Path:

@@ -46,6 +46,7 @@ __all__ = [
     "discrimination_table",
     "exposure_days",
     "scored_stays",
+    "split_labelled",
     "stays_digest",
 ]
 
@@ -108,6 +109,22 @@ def stays_digest(frame: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- inputs
+def split_labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The labelled stays (``sepsis`` 0/1, as integers) and the unlabelled ones (``sepsis``
+    ``<NA>``: the outcome is not coded yet), each in ``frame`` order with a fresh index.
+
+    Every labelled metric of the audit is computed on the first table only.
+
+    >>> f = pd.DataFrame({"stay_id": ["a", "b"], "sepsis": pd.array([1, None], dtype="Int64")})
+    >>> [t["stay_id"].tolist() for t in split_labelled(f)], split_labelled(f)[0]["sepsis"].dtype
+    ([['a'], ['b']], dtype('int64'))
+    """
+    known = frame[TARGET].notna().to_numpy()
+    labelled = frame[known].reset_index(drop=True)
+    labelled[TARGET] = labelled[TARGET].astype("int64")
+    return labelled, frame[~known].reset_index(drop=True)
+
+
 def scored_stays(stays: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     """The stays with their ``score`` (stays order), after checking the two tables match.
 
@@ -265,22 +282,28 @@ def calibration_tables(
     return validate_table(cal, CalibrationByAttribute), validate_table(rel, ReliabilityByAttribute)
 
 
-def cohort_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The audited stays per hospital and in the network (:class:`.tables_schema.CohortTable`)."""
+def cohort_table(frame: pd.DataFrame, unlabelled: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The audited stays per hospital and in the network (:class:`.tables_schema.CohortTable`).
+
+    ``frame``: the labelled stays; ``unlabelled``: the audited stays without a sepsis label. Stays,
+    months, windows, age and sex describe every audited stay; septic stays and the prevalence
+    only the labelled ones (NaN for a hospital without any)."""
+    every = frame if unlabelled is None or not len(unlabelled) else pd.concat([frame, unlabelled])
 
     def row(name: str, part: pd.DataFrame) -> dict[str, Any]:
         months = part["admit_month"].astype(str)
+        y = part[TARGET].dropna()
         return {
-            "hospital": name, "n_stays": len(part), "n_sepsis": int(part[TARGET].sum()),
-            "prevalence": float(part[TARGET].mean()), "first_month": months.min(),
+            "hospital": name, "n_stays": len(part), "n_sepsis": int(y.sum()),
+            "prevalence": float(y.mean()) if len(y) else np.nan, "first_month": months.min(),
             "last_month": months.max(), "n_months": int(months.nunique()),
             "window_hours": float(part["window_hours"].median()),
             "age_median": float(part["age"].median()) if "age" in part else np.nan,
             "female_share": float((part["sex"] == "F").mean()) if "sex" in part else np.nan,
         }  # fmt: skip
 
-    rows = [row(str(h), part) for h, part in frame.groupby("hospital", sort=True)]
-    return validate_table(pd.DataFrame([*rows, row("network", frame)]), CohortTable)
+    rows = [row(str(h), part) for h, part in every.groupby("hospital", sort=True)]
+    return validate_table(pd.DataFrame([*rows, row("network", every)]), CohortTable)
 
 
 def composition_table(

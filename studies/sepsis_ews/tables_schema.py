@@ -153,12 +153,14 @@ class ReliabilityByAttribute(OutputSchema):
 
 
 class CohortTable(OutputSchema):
-    """The audited stays per hospital, then the whole network (row ``network``)."""
+    """The audited stays per hospital, then the whole network (row ``network``); septic stays
+    and prevalence count the labelled stays only."""
 
     hospital: Series[str] = pa.Field(unique=True)
     n_stays: Series[int] = count_field()
     n_sepsis: Series[int] = count_field()
-    prevalence: Series[float] = probability_field(nullable=False)
+    # Of the labelled stays (NaN for a hospital whose stays are all unlabelled).
+    prevalence: Series[float] = probability_field()
     first_month: Series[str]
     last_month: Series[str]
     n_months: Series[int] = count_field()
