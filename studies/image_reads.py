@@ -31,7 +31,6 @@ the same image is quarantined (the first read counts). Landed files are only rea
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import os
 from dataclasses import dataclass
@@ -43,22 +42,15 @@ import pandas as pd
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.sources.label_rows import (
     RowCollector,
-    check_columns,
     padded_records,
-    read_records,
-    structure_error,
 )
 from clinaudit.sources.landing import (
-    MANIFEST_NAME,
     BatchRef,
-    LandingError,
     read_manifest,
-    validate_name,
-    verify_batch,
-    write_manifest,
 )
 from clinaudit.sources.nih_labels import FindingProblem, parse_finding_labels
-from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
+from clinaudit.sources.table_batch import TableBatchSpec, read_table_batch, write_table_batch
+from clinaudit.validation.errors import QuarantineRecord, records_to_frame
 from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
 
 from .image_ingest import empty_images, labelled_rows
@@ -112,6 +104,14 @@ class ReadsFormat:
                 f"reasons={self.reasons!r} must be a non-empty tuple of non-empty strings"
             )
 
+    @property
+    def spec(self) -> TableBatchSpec:
+        """The one-table batch this format is (:mod:`clinaudit.sources.table_batch`)."""
+        return TableBatchSpec(
+            self.file, self.layout, READ_COLUMNS, "reads", "read", "images in an image batch",
+            "reads_batch", f"land the reads with one row per read {self.subject} image",
+        )  # fmt: skip
+
 
 def write_reads_batch(
     landing_root: str | os.PathLike[str],
@@ -133,32 +133,17 @@ def write_reads_batch(
     LandingError
         If the batch already exists (landed data is immutable) or a name is unsafe.
     """
-    validate_name("site", site)
-    validate_name("batch", batch)
-    batch_dir = Path(landing_root) / fmt.landing_dir / site / batch
-    if batch_dir.exists() and any(batch_dir.iterdir()):
-        raise LandingError(
-            batch_dir / MANIFEST_NAME,
-            "batch already exists and landed data is immutable",
-            "land the reads under a new batch name",
-        )
-    batch_dir.mkdir(parents=True, exist_ok=True)
-    with open(batch_dir / fmt.file, "w", newline="", encoding="utf-8") as fh:
-        out = csv.writer(fh)
-        out.writerow(READ_COLUMNS)
-        for r in reads.itertuples(index=False):
-            out.writerow([r.image_id, r.finding_labels, r.read_date, r.reason])
-    write_manifest(
-        batch_dir,
-        study=fmt.landing_dir,
+    cols = ["image_id", "finding_labels", "read_date", "reason"]
+    return write_table_batch(
+        landing_root,
+        spec=fmt.spec,
+        landing_dir=fmt.landing_dir,
         site=site,
         batch=batch,
-        label_file=fmt.file,
-        label_layout=fmt.layout,
+        rows=reads[cols].itertuples(index=False),
         simulated=simulated,
         created_utc=created_utc,
     )
-    return batch_dir
 
 
 def is_reads_batch(batch: BatchRef, fmt: ReadsFormat) -> bool:
@@ -175,56 +160,16 @@ def ingest_reads_batch(batch: BatchRef, fmt: ReadsFormat) -> BatchIngest:
         If a file differs from the manifest, the batch holds anything but ``fmt.file``, or the
         table cannot be read, lacks a required column or has no row.
     """
-    manifest = read_manifest(batch.path)
-    site, name = manifest.site, manifest.batch
-    facts = {"content_hash": manifest.content_hash, "simulated": manifest.simulated}
-    check = verify_batch(batch.path, manifest)
-    records = [
-        QuarantineRecord(site, name, f, None, None, "manifest", problem, fix, "error")
-        for f, problem, fix in check.problems()
-    ]
-    others = sorted(e.path for e in manifest.files if e.path != fmt.file)
-    if manifest.label_file != fmt.file or others:
-        records.append(
-            QuarantineRecord(
-                site,
-                name,
-                "manifest.json",
-                None,
-                "label_file",
-                "reads_batch",
-                f"a reads batch holds only {fmt.file} (label_file {manifest.label_file!r}, "
-                f"other files {others[:3]})",
-                f"land images in an image batch and the reads alone, as {fmt.file}",
-                "error",
-            )
-        )
-    if records:
-        raise BatchStructureError(records, batch_facts=facts)
-    data = (Path(batch.path) / fmt.file).read_bytes()
-    try:
-        header, rows = read_records(data, site=site, batch=name, file=fmt.file)
-        check_columns(header, READ_COLUMNS, site=site, batch=name, file=fmt.file)
-    except BatchStructureError as err:
-        raise BatchStructureError(err.records, batch_facts=facts) from err
-    acc = RowCollector(site, name, fmt.file)
-    parsed = _parse_rows(header, rows, acc, fmt)
-    if not rows:
-        raise structure_error(
-            site,
-            name,
-            fmt.file,
-            "empty_table",
-            f"{fmt.file} has a header and no read",
-            f"land the reads with one row per read {fmt.subject} image",
-        )
+    read = read_table_batch(batch, fmt.spec)
+    acc = RowCollector(batch.site, batch.batch, fmt.file)
+    parsed = _parse_rows(read.header, read.rows, acc, fmt)
     return BatchIngest(
         table=empty_images().assign(batch=pd.Series(dtype=object)),
         quarantine=records_to_frame(acc.records),
-        content_hash=manifest.content_hash,
-        simulated=manifest.simulated,
-        n_rows_in=len(rows),
-        extras={EXTRA: parsed.assign(read_batch=name)},
+        content_hash=read.manifest.content_hash,
+        simulated=read.manifest.simulated,
+        n_rows_in=len(read.rows),
+        extras={EXTRA: parsed.assign(read_batch=batch.batch)},
     )
 
 

@@ -28,7 +28,6 @@ refused outcome never sets the stay's score aside (the stay itself was valid).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import os
 from pathlib import Path
@@ -38,22 +37,16 @@ import pandas as pd
 
 from clinaudit.sources.label_rows import (
     RowCollector,
-    check_columns,
     padded_records,
-    read_records,
-    structure_error,
 )
 from clinaudit.sources.landing import (
-    MANIFEST_NAME,
     BatchRef,
     LandingError,
     read_manifest,
-    validate_name,
-    verify_batch,
-    write_manifest,
 )
 from clinaudit.sources.sepsis_tables import LABEL, STUDY
-from clinaudit.validation.errors import BatchStructureError, QuarantineRecord, records_to_frame
+from clinaudit.sources.table_batch import TableBatchSpec, read_table_batch, write_table_batch
+from clinaudit.validation.errors import QuarantineRecord, records_to_frame
 from clinaudit.validation.ingest_loop import BatchIngest, PartitionIngest
 
 from .ingest import empty_stays, quarantine_frame
@@ -77,6 +70,11 @@ OUTCOME_COLUMNS: tuple[str, ...] = ("stay_id", "sepsis", "coded_date")
 #: Name of the extra table an outcomes batch carries to ``finish_partition``.
 EXTRA = "outcomes"
 _PARSED = ("stay_id", "sepsis", "coded_date", "source_row")
+#: The outcomes batch as a one-table batch (:mod:`clinaudit.sources.table_batch`).
+SPEC = TableBatchSpec(
+    OUTCOMES_FILE, OUTCOMES_LAYOUT, OUTCOME_COLUMNS, "outcomes", "outcome",
+    "stays in a stays batch", "outcomes_batch", "land one row per stay whose outcome was coded",
+)  # fmt: skip
 
 
 def write_outcomes_batch(
@@ -98,32 +96,17 @@ def write_outcomes_batch(
     LandingError
         If the batch already exists (landed data is immutable) or a name is unsafe.
     """
-    validate_name("site", site)
-    validate_name("batch", batch)
-    batch_dir = Path(landing_root) / STUDY / site / batch
-    if batch_dir.exists() and any(batch_dir.iterdir()):
-        raise LandingError(
-            batch_dir / MANIFEST_NAME,
-            "batch already exists and landed data is immutable",
-            "land the outcomes under a new batch name",
-        )
-    batch_dir.mkdir(parents=True, exist_ok=True)
-    with open(batch_dir / OUTCOMES_FILE, "w", newline="", encoding="utf-8") as fh:
-        out = csv.writer(fh, lineterminator="\n")
-        out.writerow(OUTCOME_COLUMNS)
-        for r in outcomes.itertuples(index=False):
-            out.writerow([r.stay_id, r.sepsis, r.coded_date])
-    write_manifest(
-        batch_dir,
-        study=STUDY,
+    return write_table_batch(
+        landing_root,
+        spec=SPEC,
+        landing_dir=STUDY,
         site=site,
         batch=batch,
-        label_file=OUTCOMES_FILE,
-        label_layout=OUTCOMES_LAYOUT,
+        rows=outcomes[list(OUTCOME_COLUMNS)].itertuples(index=False),
         simulated=simulated,
         created_utc=created_utc,
+        lineterminator="\n",
     )
-    return batch_dir
 
 
 def is_outcomes_batch(batch: BatchRef) -> bool:
@@ -148,50 +131,18 @@ def ingest_outcomes_batch(batch: BatchRef) -> BatchIngest:
         If a file differs from the manifest, the batch holds anything but :data:`OUTCOMES_FILE`,
         or the table cannot be read, lacks a required column or has no row.
     """
-    manifest = read_manifest(batch.path)
-    site, name = batch.site, batch.batch
-    facts = {"content_hash": manifest.content_hash, "simulated": manifest.simulated}
-    check = verify_batch(batch.path, manifest)
-    records = [
-        QuarantineRecord(site, name, f, None, None, "integrity", problem, fix, "error")
-        for f, problem, fix in check.problems()
-    ]
-    others = sorted(e.path for e in manifest.files if e.path != OUTCOMES_FILE)
-    if manifest.label_file != OUTCOMES_FILE or others:
-        records.append(
-            QuarantineRecord(
-                site, name, "manifest.json", None, "label_file", "outcomes_batch",
-                f"an outcomes batch holds only {OUTCOMES_FILE} (label_file "
-                f"{manifest.label_file!r}, other files {others[:3]})",
-                f"land stays in a stays batch and the coded outcomes alone, as {OUTCOMES_FILE}",
-                "error",
-            )
-        )  # fmt: skip
-    if records:
-        raise BatchStructureError(records, batch_facts=facts)
-    data = (Path(batch.path) / OUTCOMES_FILE).read_bytes()
-    try:
-        header, rows = read_records(data, site=site, batch=name, file=OUTCOMES_FILE)
-        check_columns(header, OUTCOME_COLUMNS, site=site, batch=name, file=OUTCOMES_FILE)
-        if not rows:
-            raise structure_error(
-                site, name, OUTCOMES_FILE, "empty_table",
-                f"{OUTCOMES_FILE} has a header and no outcome",
-                "land one row per stay whose outcome was coded",
-            )  # fmt: skip
-    except BatchStructureError as err:
-        raise BatchStructureError(err.records, batch_facts={**facts, "n_rows_in": 0}) from err
-    acc = RowCollector(site, name, OUTCOMES_FILE)
-    parsed, values = _parse_rows(header, rows, acc)
+    read = read_table_batch(batch, SPEC)
+    acc = RowCollector(batch.site, batch.batch, OUTCOMES_FILE)
+    parsed, values = _parse_rows(read.header, read.rows, acc)
     quarantine = records_to_frame(acc.records)
     quarantine["value"] = pd.Series(values, dtype=object)
     return BatchIngest(
         table=_empty_table(),
         quarantine=quarantine_frame(quarantine),
-        content_hash=manifest.content_hash,
-        simulated=manifest.simulated,
-        n_rows_in=len(rows),
-        extras={EXTRA: parsed.assign(outcome_batch=name)},
+        content_hash=read.manifest.content_hash,
+        simulated=read.manifest.simulated,
+        n_rows_in=len(read.rows),
+        extras={EXTRA: parsed.assign(outcome_batch=batch.batch)},
     )
 
 
