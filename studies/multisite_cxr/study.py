@@ -335,6 +335,19 @@ def _evidence_metadata(evidence: TableSet) -> dict[str, Any]:
         ),
         "drifted": drifted_sites(drift),
     }
+    label_free = evidence.tables.get("label_free")
+    if label_free is not None and len(label_free):
+        auroc = label_free[(label_free["method"] == "cbpe") & (label_free["metric"] == "auroc")]
+        unlabelled = evidence.fact("label_free")["unlabelled_sites"]
+        out["sites_unlabelled (PROVISIONAL)"] = list(unlabelled)
+        out["label_free_auroc"] = _md_table(
+            auroc, ["site", "finding", "estimate", "ci_low", "ci_high", "reason"]
+        )
+    scored = evidence.tables.get("label_free_summary")
+    if scored is not None and len(scored):
+        out["label_free_scored"] = _md_table(
+            scored, ["site", "metric", "estimable", "mae", "baseline_mae", "coverage", "frozen_in"]
+        )
     if cells:
         figure = reliability_diagrams(evidence["reliability"], cells, simulated=simulated)
         out["worst_cells_reliability"] = markdown_image(figure, "reliability diagrams")
