@@ -196,7 +196,16 @@ def test_frozen_estimates_in_a_signed_package_are_scored_when_the_labels_land(
             seed=0,
         )
 
+    # A newer package whose frozen file another version wrote (a column missing): named as
+    # refused, never read, and the older verified package is scored instead.
+    old_format = first.estimates.drop(columns=["batches"]).to_csv(index=False).encode()
+    newer = write_package(
+        reports, "multisite_cxr", 2, signer, audit=None, attachments={"label_free.csv": old_format}
+    )
     later = later_audit(shifted["predictions"], SHA)
+    assert later.facts["packages_refused"] == [
+        f"{newer.dir.name}: label_free.csv lacks columns ['batches']"
+    ]
     assert later.estimates.empty
     assert later.facts["scored_from"] == {"site_u": package.dir.name}
     cells = later.scored

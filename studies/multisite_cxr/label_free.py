@@ -31,7 +31,6 @@ import pandas as pd
 from clinaudit.audit.label_free import ESTIMATE_COLUMNS
 from clinaudit.audit.label_free_site import SCORE_COLUMNS, estimate_site, score_estimates
 from clinaudit.audit.reference_audit import scored_frame
-from clinaudit.audit.types import AuditInputError
 from clinaudit.reporting.prior_packages import signed_attachments
 from clinaudit.sources.cxr_labels import FINDINGS
 from clinaudit.studies.image_ingest import labelled_rows
@@ -139,16 +138,13 @@ def _estimates(
     return pd.concat(parts, ignore_index=True)[list(LABEL_FREE_COLUMNS)]
 
 
-def _read_frozen(data: bytes, source: str) -> pd.DataFrame:
+def _read_frozen(data: bytes) -> pd.DataFrame | list[str]:
+    """The frozen table, or the columns it lacks (a package of another clinaudit version: it
+    is named as refused, never read, and never stops the audit)."""
     frame = pd.read_csv(io.BytesIO(data), dtype={"site": str, "batches": str})
     missing = [c for c in LABEL_FREE_COLUMNS if c not in frame.columns]
     if missing:
-        raise AuditInputError(
-            source,
-            f"no columns {missing}",
-            f"the columns {list(LABEL_FREE_COLUMNS)}",
-            "the package was written by another clinaudit version; re-audit the site unlabelled",
-        )
+        return missing
     return frame.assign(batches=frame["batches"].fillna(""))
 
 
@@ -247,26 +243,32 @@ def label_free_evidence(
     cells, summaries = [], []
     scored_from: dict[str, str] = {}
     not_scored: dict[str, str] = {}
+    packages: list[tuple[str, pd.DataFrame]] = []  # newest first, each read once
+    for att in found:
+        frame = _read_frozen(att.data)
+        if isinstance(frame, list):
+            refused.append(f"{att.audit_id}: {FROZEN_FILE} lacks columns {frame}")
+        else:
+            packages.append((att.audit_id, frame))
     for site in labelled:
-        for att in found:
-            frozen = _read_frozen(att.data, f"{att.audit_id}/{FROZEN_FILE}")
-            frozen = frozen[frozen["site"] == site]
+        for audit_id, frame in packages:
+            frozen = frame[frame["site"] == site]
             if not len(frozen):
                 continue
             if set(frozen["model_sha256"]) != {identity[site]}:
                 not_scored[site] = (
-                    f"estimates frozen in {att.audit_id} are of model "
+                    f"estimates frozen in {audit_id} are of model "
                     f"{str(frozen['model_sha256'].iloc[0])[:12]}, the audited model is "
                     f"{identity[site][:12]}"
                 )
                 break
             c, s, _ = _score_site(
                 site, frozen, frames[site], reference, thresholds=thresholds,
-                audit_id=att.audit_id,
+                audit_id=audit_id,
             )  # fmt: skip
             cells.append(c)
             summaries.append(s)
-            scored_from[site] = att.audit_id
+            scored_from[site] = audit_id
             break
     scored = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=SCORED_COLUMNS)
     summary = (
