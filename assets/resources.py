@@ -27,6 +27,8 @@ from clinaudit.reporting.signing import SignerSpec, ensure_dev_signer
 from clinaudit.studies import get_study
 from clinaudit.studies.base import ModelSpec, RunDirs
 
+from .storage import STORE_URL_ENV, StorePath, check_key_part, describe, is_local, store_root
+
 #: Environment variables the project reads, when a run uses them (never at import).
 HOME_ENV = "CLINAUDIT_HOME"
 PSEUDONYM_KEY_ENV = "CLINAUDIT_PSEUDONYM_KEY"
@@ -101,6 +103,9 @@ class ClinauditHome(dg.ConfigurableResource):
     quarantine_dir: str | None = None
     reports_dir: str | None = None
     keys_dir: str | None = None
+    #: Where asset values are stored: a folder, ``file://`` or ``s3://bucket/prefix`` (see
+    #: ``assets.storage``). Unset: ``$CLINAUDIT_STORE_URL`` (read when used), else ``artifacts``.
+    store_url: str | None = None
 
     @property
     def root_dir(self) -> Path:
@@ -130,6 +135,13 @@ class ClinauditHome(dg.ConfigurableResource):
     def key_dir(self) -> Path:
         # Not named ``keys``: pydantic/dagster call ``dict(resource)``, which uses ``.keys()``.
         return self._dir(self.keys_dir, "keys")
+
+    @property
+    def store(self) -> StorePath:
+        """The store of asset values (``tables/<asset key>/...``): a local ``Path`` by default, an
+        S3 ``UPath`` in the ``scale`` profile."""
+        url = self.store_url or os.environ.get(STORE_URL_ENV)
+        return store_root(url) if url else self.artifacts
 
     def dirs(self) -> RunDirs:
         """The directories as plain paths, for the study functions (which import no Dagster)."""
@@ -271,13 +283,28 @@ class LandingWatch(dg.ConfigurableResource):
 
 
 # --------------------------------------------------------------------------- IO manager
-def stored_path(home: ClinauditHome, key: dg.AssetKey, partition: str | None) -> Path:
+def stored_path(home: ClinauditHome, key: dg.AssetKey, partition: str | None) -> StorePath:
     """Where :class:`StudyIOManager` keeps an asset's value, without the suffix:
-    ``<artifacts>/tables/<key path>/<partition or __all__>``."""
-    return home.artifacts.joinpath("tables", *key.path) / (partition or "__all__")
+    ``<store>/tables/<key path>/<partition or __all__>`` (a partition key that could leave its
+    prefix is refused with :class:`~clinaudit.assets.storage.StoreError`)."""
+    part = "__all__" if partition is None else check_key_part(partition)
+    return home.store.joinpath("tables", *key.path) / part
 
 
-def _write_table_set(value: TableSet, target: Path) -> None:
+def _write_table_set(value: TableSet, target: StorePath) -> None:
+    if not is_local(target):
+        # Object storage has no rename: drop the old value (its facts.json first, so no reader
+        # takes a half-replaced folder for whole), then write facts.json last.
+        if target.exists():
+            (target / "facts.json").unlink(missing_ok=True)
+            target.fs.rm(target.path, recursive=True)
+        for name, frame in value.tables.items():
+            with (target / f"{name}.parquet").open("wb") as fh:
+                frame.to_parquet(fh, index=False)
+        for name, data in value.files.items():
+            (target / "files" / name).write_bytes(data)
+        (target / "facts.json").write_text(facts_json(value.facts), encoding="utf-8")
+        return
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     (tmp / "files").mkdir(parents=True)
     for name, frame in value.tables.items():
@@ -292,20 +319,41 @@ def _write_table_set(value: TableSet, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_table_set(folder: Path) -> TableSet:
+def _read_parquet(path: StorePath) -> pd.DataFrame:
+    if is_local(path):
+        return pd.read_parquet(path)
+    with path.open("rb") as fh:
+        return pd.read_parquet(fh)
+
+
+def _read_table_set(folder: StorePath) -> TableSet:
     import json
 
-    tables = {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
-    files = {p.name: p.read_bytes() for p in sorted((folder / "files").iterdir())}
+    tables = {p.stem: _read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
+    files_dir = folder / "files"
+    # Object storage may hold no ``files/`` at all (no empty folders) or list a folder marker.
+    listed = sorted(files_dir.iterdir()) if files_dir.exists() else []
+    files = {p.name: p.read_bytes() for p in listed if p.is_file()}
     facts = json.loads((folder / "facts.json").read_text(encoding="utf-8"))
     return TableSet(tables, facts, files)
 
 
-def write_value(base: Path, value: object) -> Path:
-    """Store a DataFrame (``.parquet``), a TableSet (folder) or a Record (``.json``) at ``base``."""
-    base.parent.mkdir(parents=True, exist_ok=True)
+def _with_suffix(base: StorePath, suffix: str) -> StorePath:
+    return base.with_name(base.name + suffix)
+
+
+def write_value(base: StorePath, value: object) -> StorePath:
+    """Store a DataFrame (``.parquet``), a TableSet (folder) or a Record (``.json``) at ``base``
+    (a local path or an object-storage ``UPath``)."""
+    local = is_local(base)
+    if local:
+        base.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(value, pd.DataFrame):
-        path = base.with_name(base.name + ".parquet")
+        path = _with_suffix(base, ".parquet")
+        if not local:  # one PUT: atomic on object storage
+            with path.open("wb") as fh:
+                value.to_parquet(fh, index=False)
+            return path
         tmp = path.with_name(path.name + ".tmp")
         value.to_parquet(tmp, index=False)
         os.replace(tmp, path)
@@ -314,7 +362,10 @@ def write_value(base: Path, value: object) -> Path:
         _write_table_set(value, base)
         return base
     if isinstance(value, Record):
-        path = base.with_name(base.name + ".json")
+        path = _with_suffix(base, ".json")
+        if not local:
+            path.write_text(record_to_json(value), encoding="utf-8")
+            return path
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(record_to_json(value), encoding="utf-8")
         os.replace(tmp, path)
@@ -325,7 +376,7 @@ def write_value(base: Path, value: object) -> Path:
     )
 
 
-def read_value(base: Path) -> Any:
+def read_value(base: StorePath) -> Any:
     """The value :func:`write_value` stored at ``base``.
 
     Raises
@@ -333,19 +384,22 @@ def read_value(base: Path) -> Any:
     FileNotFoundError
         Naming the path when nothing was stored there (the asset was never materialized).
     """
-    if base.with_name(base.name + ".parquet").is_file():
-        return pd.read_parquet(base.with_name(base.name + ".parquet"))
-    if base.with_name(base.name + ".json").is_file():
-        return record_from_json(base.with_name(base.name + ".json").read_text(encoding="utf-8"))
+    if _with_suffix(base, ".parquet").is_file():
+        return _read_parquet(_with_suffix(base, ".parquet"))
+    if _with_suffix(base, ".json").is_file():
+        return record_from_json(_with_suffix(base, ".json").read_text(encoding="utf-8"))
     if (base / "facts.json").is_file():
         return _read_table_set(base)
     raise FileNotFoundError(
-        f"{base}: nothing stored for this asset (materialize it first, or check $CLINAUDIT_HOME)"
+        f"{base}: nothing stored for this asset (materialize it first, or check $CLINAUDIT_HOME "
+        f"and ${STORE_URL_ENV})"
     )
 
 
 class StudyIOManager(dg.ConfigurableIOManager):
-    """Stores asset outputs under ``<artifacts>/tables/<asset key>/<partition or __all__>``:
+    """Stores asset outputs under ``<store>/tables/<asset key>/<partition or __all__>`` (the store
+    is ``<artifacts>`` unless ``ClinauditHome.store_url`` / ``$CLINAUDIT_STORE_URL`` names a
+    ``file://`` or ``s3://`` location):
     DataFrames as Parquet, :class:`TableSet` folders (tables, ``facts.json``, ``files/``) and
     :class:`Record` JSON, never pickles.
 
@@ -359,7 +413,7 @@ class StudyIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         partition = context.partition_key if context.has_asset_partitions else None
         path = write_value(stored_path(self.home, context.asset_key, partition), obj)
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path.resolve()))})
+        context.add_output_metadata({"path": dg.MetadataValue.path(describe(path))})
 
     def load_input(self, context: dg.InputContext) -> Any:
         key = context.asset_key
@@ -392,7 +446,7 @@ def read_stored(home: ClinauditHome, key: str | dg.AssetKey, partition: str | No
 def stored_partitions(home: ClinauditHome, key: str | dg.AssetKey) -> list[str]:
     """The partitions the IO manager holds a value of, for ``key`` (sorted)."""
     asset_key = key if isinstance(key, dg.AssetKey) else dg.AssetKey(key.split("/"))
-    folder = home.artifacts.joinpath("tables", *asset_key.path)
+    folder = home.store.joinpath("tables", *asset_key.path)
     if not folder.is_dir():
         return []
     names = {p.name.split(".")[0] for p in folder.iterdir() if not p.name.startswith(".")}

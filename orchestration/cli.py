@@ -5,6 +5,7 @@
 ``clinaudit ingest --study NAME``   only validate + de-identify every landed batch
 ``clinaudit simulate --study NAME`` write a simulated cohort into a landing directory
 ``clinaudit init-home``             create the run-time tree and the Dagster instance config
+``clinaudit services up|down|status`` the scale profile's PostgreSQL, SeaweedFS (S3) and Redis
 ``clinaudit verify``                check a signed audit package (signature, manifest hashes)
 ``clinaudit portal``                serve the committee portal (every package, verified on view)
 
@@ -279,7 +280,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_init_home(args: argparse.Namespace) -> int:
     from clinaudit.orchestration.runner import init_home
 
-    print(init_home(_home(args)))
+    print(init_home(_home(args), profile=args.profile))
+    return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from clinaudit.orchestration.services import (
+        ServiceError,
+        services_down,
+        services_status,
+        services_up,
+    )
+
+    root = _home(args).root_dir.resolve()
+    try:
+        if args.action == "up":
+            env = services_up(root)
+            print(f"PostgreSQL  127.0.0.1:{env['CLINAUDIT_PG_PORT']}  db {env['CLINAUDIT_PG_DB']}")
+            print(f"SeaweedFS   {env['CLINAUDIT_S3_ENDPOINT']}  store {env['CLINAUDIT_STORE_URL']}")
+            print(f"Redis       {env['CLINAUDIT_REDIS_URL'].rsplit('@', 1)[1]}")
+            print(f"environment (secrets, 0600): source {root / 'services' / 'env.sh'}")
+        elif args.action == "down":
+            stopped = services_down(root)
+            print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        else:
+            for name, pid in services_status(root).items():
+                print(f"{name:<10} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    except ServiceError as err:
+        print(f"clinaudit services {args.action}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -399,7 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-home", help="create the run-time tree and dagster.yaml")
     p.add_argument("--home", help=home_help)
+    p.add_argument(
+        "--profile",
+        choices=["local", "scale"],
+        default="local",
+        help="local: SQLite, runs as local processes (default); scale: PostgreSQL, queued runs on "
+        "Celery workers, values on S3 (docs/operations.md)",
+    )
     p.set_defaults(func=cmd_init_home)
+
+    p = sub.add_parser(
+        "services", help="start / stop the scale profile's services (loopback only, data in <home>)"
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--home", help=home_help)
+    p.set_defaults(func=cmd_services)
     return parser
 
 

@@ -33,11 +33,59 @@ run_queue:
 """
 
 
-def init_home(home: ClinauditHome) -> Path:
-    """Create the run-time tree and ``dagster_home/dagster.yaml`` (kept if present).
+#: The ``scale`` profile (docs/operations.md): storage on PostgreSQL, a run queue with pools,
+#: whole runs on Celery workers over Redis, run monitoring with one retry. Every address and
+#: secret comes from the environment that ``clinaudit services up`` writes (``env.sh``).
+SCALE_DAGSTER_YAML = """\
+# Dagster instance for clinaudit, `scale` profile, written once by
+# `clinaudit init-home --profile scale` (edit freely; docs/operations.md).
+# Needs the environment of `source <home>/services/env.sh` (or your own services').
+telemetry:
+  enabled: false
+storage:
+  postgres:
+    postgres_db:
+      hostname: { env: CLINAUDIT_PG_HOST }
+      port: { env: CLINAUDIT_PG_PORT }
+      username: { env: CLINAUDIT_PG_USER }
+      password: { env: CLINAUDIT_PG_PASSWORD }
+      db_name: { env: CLINAUDIT_PG_DB }
+      # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the scale extra installs psycopg2.
+      scheme: postgresql+psycopg2
+run_launcher:
+  module: dagster_celery.launcher
+  class: CeleryRunLauncher
+  config:
+    broker: { env: CLINAUDIT_REDIS_URL }
+    backend: { env: CLINAUDIT_REDIS_URL }
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+  pools:
+    # A pool without its own limit (`dagster instance concurrency set <pool> <n>`; clinaudit
+    # sets signing 1 and inference 2 on start) runs one step at a time.
+    default_limit: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  poll_interval_seconds: 10
+  max_resume_run_attempts: 0
+run_retries:
+  enabled: true
+  max_retries: 1
+"""
+
+PROFILES = {"local": DAGSTER_YAML, "scale": SCALE_DAGSTER_YAML}
+
+
+def init_home(home: ClinauditHome, profile: str = "local") -> Path:
+    """Create the run-time tree and ``dagster_home/dagster.yaml`` of ``profile`` (``local`` or
+    ``scale``; a file already present is kept).
 
     Returns the Dagster home directory.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r} is not one of {sorted(PROFILES)}")
     for path in (home.landing, home.artifacts, home.quarantine, home.reports):
         path.mkdir(parents=True, exist_ok=True)
     home.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -45,7 +93,7 @@ def init_home(home: ClinauditHome) -> Path:
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML, encoding="utf-8")
+        config.write_text(PROFILES[profile], encoding="utf-8")
     return dagster_home.resolve()
 
 

@@ -1,0 +1,130 @@
+"""Where asset values live: a local folder (the ``local`` profile) or S3-compatible object storage
+(the ``scale`` profile), behind one path type.
+
+``store_root`` turns the configured store (a folder, a ``file://`` URL or ``s3://bucket/prefix``)
+into a path: a plain :class:`pathlib.Path` for the local file system, a
+:class:`upath.UPath` for object storage. The IO manager and the package publisher write through
+it with the same code; only the commit step differs, because object storage has no rename:
+
+* local: a value is written next to its target and moved into place with ``os.replace`` (a
+  reader never sees half a value);
+* object storage: one object is one PUT (atomic); a table set (a folder of objects) is written
+  with its ``facts.json`` last, and readers require ``facts.json``.
+
+Credentials never come from config: on S3 they are read by botocore from the environment
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, or a profile); the endpoint of an
+S3-compatible server comes from ``CLINAUDIT_S3_ENDPOINT`` (else botocore's ``AWS_ENDPOINT_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TypeAlias
+from urllib.parse import urlparse
+
+from upath import UPath
+
+#: The store's location when a resource's config leaves it unset (read when used).
+STORE_URL_ENV = "CLINAUDIT_STORE_URL"
+#: The endpoint of an S3-compatible server (SeaweedFS, MinIO, ...); unset means AWS.
+S3_ENDPOINT_ENV = "CLINAUDIT_S3_ENDPOINT"
+SCHEMES = ("file", "s3")
+
+StorePath: TypeAlias = Path | UPath
+
+_KEY_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
+
+
+class StoreError(ValueError):
+    """A store location or a key part the store refuses (the message names it and the fix)."""
+
+
+def store_root(url: str | os.PathLike[str]) -> StorePath:
+    """The path of a store location.
+
+    Parameters
+    ----------
+    url : str or path-like
+        A folder, ``file:///abs/folder`` or ``s3://bucket[/prefix]``.
+
+    Returns
+    -------
+    pathlib.Path or upath.UPath
+        A local ``Path`` for a folder or ``file://`` URL; an S3 ``UPath`` (listing cache off, so
+        a long-lived process sees what other workers wrote) otherwise.
+
+    Raises
+    ------
+    StoreError
+        For another scheme, an ``s3://`` URL without a bucket, or a ``file://`` URL with a host.
+    """
+    text = os.fspath(url)
+    parsed = urlparse(text)
+    if not parsed.scheme or len(parsed.scheme) == 1:  # a plain (or Windows drive) path
+        return Path(text)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StoreError(
+                f"store {text!r}: a file:// URL names a local folder, not host {parsed.netloc!r}; "
+                "write file:///absolute/folder"
+            )
+        return Path(parsed.path)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"store {text!r} names no bucket; write s3://bucket[/prefix]")
+        options: dict[str, object] = {"use_listings_cache": False}
+        endpoint = os.environ.get(S3_ENDPOINT_ENV)
+        if endpoint:
+            options["endpoint_url"] = endpoint
+        return UPath(text.rstrip("/"), **options)
+    raise StoreError(
+        f"store {text!r}: scheme {parsed.scheme!r} is not supported; use a folder, file:// or "
+        f"s3:// (supported: {', '.join(SCHEMES)})"
+    )
+
+
+def is_local(path: StorePath) -> bool:
+    """Whether ``path`` is on the local file system (rename and ``resolve`` work)."""
+    return isinstance(path, Path)
+
+
+def check_key_part(part: str, what: str = "partition key") -> str:
+    """Refuse a key part that could leave its prefix in the store.
+
+    Parameters
+    ----------
+    part : str
+        One path component built from run-time input (a partition key, an audit id).
+    what : str
+        What ``part`` is, for the message.
+
+    Returns
+    -------
+    str
+        ``part`` unchanged when it is safe.
+
+    Raises
+    ------
+    StoreError
+        If ``part`` is empty, contains a separator or ``..``, or uses characters outside
+        ``[A-Za-z0-9_.=-]`` (first one alphanumeric, at most 128 characters).
+
+    Examples
+    --------
+    >>> check_key_part("site_a")
+    'site_a'
+    """
+    if not isinstance(part, str) or not _KEY_PART_RE.fullmatch(part) or ".." in part:
+        raise StoreError(
+            f"{what} {part!r} cannot be stored: only letters, digits, '_', '.', '=' and '-' "
+            "(first one a letter or digit, no '..', at most 128 characters) are allowed, so a "
+            "key never leaves its prefix; rename it (e.g. 'site_b')"
+        )
+    return part
+
+
+def describe(path: StorePath) -> str:
+    """The path as shown in metadata and messages (absolute for a local path, the URL else)."""
+    return str(path.resolve()) if is_local(path) else str(path)
