@@ -16,9 +16,10 @@ from clinaudit.reporting.provenance import AuditBundle, PolicyMismatchError, Pro
 from clinaudit.reporting.study_package import audit_summary, write_study_package
 from clinaudit.studies.base import AuditData, Study
 
-from .stage_config import OWNERS, config_class, options_of
+from .stage_config import OWNERS, SIGNING_POOL, config_class, options_of
 from .stage_failures import explain_left_out
 from .stage_meta import package_metadata, stage_metadata
+from .storage import check_key_part, describe, publish_folder
 
 if TYPE_CHECKING:
     from .factory import StudyAssets
@@ -204,6 +205,7 @@ def package_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
             "batches": sa.input("batches", all_partitions=True),
         },
         required_resource_keys={policy_res, "home", "signer"},
+        pool=SIGNING_POOL,
     )
     def package(context: dg.AssetExecutionContext, **inputs: Any) -> dg.MaterializeResult:
         home = context.resources.home
@@ -230,6 +232,12 @@ def package_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         meta = package_metadata(
             written, decided, portal_url=package_url(study.name, written.audit_id)
         )
+        if home.package_store is not None:  # the scale profile: also on object storage
+            target = home.package_store / study.name / check_key_part(written.audit_id, "audit id")
+            pdf = written.package.pdf_path.relative_to(written.package.dir).as_posix()
+            publish_folder(written.package.dir, target, last=pdf)
+            context.log.info(f"published package to {target}")
+            meta["published_to"] = dg.MetadataValue.text(describe(target))
         return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(written.audit_id))
 
     return package

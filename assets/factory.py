@@ -30,7 +30,7 @@ from .audit_stages import (
     monitoring_asset,
     package_asset,
 )
-from .stage_config import OWNERS, config_class, options_of
+from .stage_config import INFERENCE_POOL, OWNERS, config_class, options_of
 from .stage_meta import metadata_values, stage_metadata
 
 # Output(data_version=...) is marked beta in Dagster 1.13; it is the documented way to version data.
@@ -328,6 +328,8 @@ class StudyAssets:
             partitions_def=self.partitions,
             ins=ins,
             required_resource_keys={model_res, "home"},
+            # Scoring takes the CPU / GPU: the scale profile limits the pool (docs/operations.md).
+            pool=INFERENCE_POOL,
         )
         def predictions(
             context: dg.AssetExecutionContext,

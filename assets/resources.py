@@ -143,6 +143,14 @@ class ClinauditHome(dg.ConfigurableResource):
         url = self.store_url or os.environ.get(STORE_URL_ENV)
         return store_root(url) if url else self.artifacts
 
+    @property
+    def package_store(self) -> StorePath | None:
+        """Where signed packages are published besides ``reports/`` (``<store>/packages``), or
+        None when no store is configured (the ``local`` profile keeps them in ``reports/`` only).
+        """
+        url = self.store_url or os.environ.get(STORE_URL_ENV)
+        return store_root(url) / "packages" if url else None
+
     def dirs(self) -> RunDirs:
         """The directories as plain paths, for the study functions (which import no Dagster)."""
         return RunDirs(self.landing, self.artifacts, self.quarantine, self.reports, self.key_dir)

@@ -31,3 +31,10 @@ def config_class(name: str, options_type: type | None) -> type[dg.Config]:
 def options_of(study: Study, options_type: type | None, config: dg.Config) -> Any:
     """The study's options dataclass from a stage's run config."""
     return study.options(options_type, config.model_dump())
+
+
+#: Concurrency pools (Dagster ``pool=``): no limit on the ``local`` profile; the ``scale``
+#: profile sets ``signing`` to 1 (the signing key lives only where signing runs) and
+#: ``inference`` to its workers' capacity.
+INFERENCE_POOL = "inference"
+SIGNING_POOL = "signing"

@@ -128,3 +128,67 @@ def check_key_part(part: str, what: str = "partition key") -> str:
 def describe(path: StorePath) -> str:
     """The path as shown in metadata and messages (absolute for a local path, the URL else)."""
     return str(path.resolve()) if is_local(path) else str(path)
+
+
+def publish_folder(src: Path, dest: StorePath, *, last: str) -> list[str]:
+    """Copy every file under ``src`` to ``dest`` (same relative names), ``last`` at the end.
+
+    Used for signed packages: the PDF is ``last``, so a reader that finds it finds the whole
+    package. Nothing is deleted or overwritten at ``dest`` (a package id is never reused).
+
+    Parameters
+    ----------
+    src : Path
+        A local folder.
+    dest : pathlib.Path or upath.UPath
+        Where it goes (a local folder or an object-storage prefix).
+    last : str
+        The relative name written after every other file.
+
+    Returns
+    -------
+    list of str
+        The relative names written, in order.
+
+    Raises
+    ------
+    FileExistsError
+        If ``dest`` already holds ``last`` (that package was published before).
+    """
+    names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    if last not in names:
+        raise FileNotFoundError(f"{src / last}: the file to publish last is missing")
+    if (dest / last).exists():
+        raise FileExistsError(f"{dest / last} exists: a published package is never overwritten")
+    order = [n for n in names if n != last] + [last]
+    for name in order:
+        target = dest.joinpath(*name.split("/"))
+        if is_local(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((src / name).read_bytes())
+    return order
+
+
+def fetch_folder(src: StorePath, dest: Path) -> list[str]:
+    """Copy every file under ``src`` (a published folder) into the local folder ``dest``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is stored under ``src``.
+    """
+    if is_local(src):
+        files = [p for p in src.rglob("*") if p.is_file()]
+        names = [p.relative_to(src).as_posix() for p in files]
+    else:  # one listing of the prefix, not one per folder
+        root = src.path.rstrip("/") + "/"
+        found = src.fs.find(src.path, detail=True)
+        names = [k[len(root) :] for k, v in found.items() if v.get("type") == "file"]
+        files = [src.joinpath(*n.split("/")) for n in names]
+    if not names:
+        raise FileNotFoundError(f"{src}: nothing is stored there")
+    for name, path in zip(names, files, strict=True):
+        target = dest.joinpath(*name.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    return sorted(names)

@@ -7,6 +7,7 @@ sensor and its automation sensor. Nothing here names a study.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import dagster as dg
@@ -28,12 +29,33 @@ def all_assets(studies: Sequence[Study] | None = None) -> list[dg.AssetsDefiniti
     return [a for s in studies or registered_studies() for a in study_assets(s)]
 
 
+#: How a run executes its steps: ``multiprocess`` (Dagster's default: one process per step) or
+#: ``in_process`` (the ``scale`` profile's Celery workers run a whole run in their process).
+EXECUTOR_ENV = "CLINAUDIT_RUN_EXECUTOR"
+EXECUTORS = {"multiprocess": None, "in_process": dg.in_process_executor}
+
+
+def run_executor(name: str | None = None) -> dg.ExecutorDefinition | None:
+    """The executor named by ``name`` (default ``$CLINAUDIT_RUN_EXECUTOR``, else multiprocess).
+
+    Raises
+    ------
+    ValueError
+        For a name that is not one of ``multiprocess`` / ``in_process``.
+    """
+    name = name or os.environ.get(EXECUTOR_ENV) or "multiprocess"
+    if name not in EXECUTORS:
+        raise ValueError(f"{EXECUTOR_ENV}={name!r} is not one of {sorted(EXECUTORS)}")
+    return EXECUTORS[name]
+
+
 def build_defs(
     home: ClinauditHome | None = None,
     *,
     studies: Sequence[Study] | None = None,
     models: Mapping[str, StudyModel] | None = None,
     policies: Mapping[str, StudyPolicy] | None = None,
+    executor: dg.ExecutorDefinition | None = None,
 ) -> dg.Definitions:
     """Build the project's ``Definitions``.
 
@@ -48,6 +70,8 @@ def build_defs(
         Study name -> model / policy resource; by default each study's resources read
         ``CLINAUDIT_<STUDY>_MODEL`` / ``_SCORES`` / ``_THRESHOLD`` / ``_POLICY`` when used, else
         audit the embedded model under the shipped policy.
+    executor : ExecutorDefinition, optional
+        Of every job (default: :func:`run_executor`, i.e. ``$CLINAUDIT_RUN_EXECUTOR``).
     """
     studies = list(studies or registered_studies())
     jobs = [partition_job(s) for s in studies]
@@ -65,6 +89,7 @@ def build_defs(
             policies=policies,
             studies=[s.name for s in studies],
         ),
+        executor=executor or run_executor(),
     )
 
 

@@ -9,6 +9,7 @@ check passes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -315,6 +316,34 @@ def verify_pdf(
     )
 
 
+def verify_published(
+    location: str, *, trust_roots: Sequence[Path] = (), use_pdfsig: bool = True
+) -> Verdict:
+    """Verify a package published to a store (``s3://bucket/.../packages/<study>/<audit id>``,
+    or a ``file://`` / folder path): fetch every file into a temporary folder, then
+    :func:`verify_pdf` with that folder as the package (signature, manifest, every hash, no
+    unlisted or missing file).
+    """
+    import tempfile
+
+    from clinaudit.assets.storage import fetch_folder, store_root
+
+    with tempfile.TemporaryDirectory(prefix="clinaudit-verify-") as tmp:
+        try:
+            fetch_folder(store_root(location), Path(tmp))
+        except (OSError, ValueError) as exc:
+            check = Check("package readable", False, f"{type(exc).__name__}: {exc}")
+            return Verdict(False, [check], None, False, location)
+        pdfs = sorted(Path(tmp).glob("*.pdf"))
+        if len(pdfs) != 1:
+            check = Check("one report PDF", False, f"{len(pdfs)} PDF files at {location}")
+            return Verdict(False, [check], None, False, location)
+        verdict = verify_pdf(
+            pdfs[0], package_dir=Path(tmp), trust_roots=trust_roots, use_pdfsig=use_pdfsig
+        )
+        return dataclasses.replace(verdict, path=f"{location.rstrip('/')}/{pdfs[0].name}")
+
+
 def format_verdict(verdict: Verdict) -> str:
     """Human-readable verdict: one line per check, then the bottom line."""
     lines = [f"Verification of {verdict.path}"]
@@ -334,15 +363,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clinaudit verify", description="Verify a signed clinaudit audit report."
     )
-    parser.add_argument("pdf", type=Path, help="signed report PDF")
+    parser.add_argument(
+        "pdf",
+        help="signed report PDF, or the store URL of a published package folder "
+        "(s3://bucket/<prefix>/packages/<study>/<audit id>: every file is fetched and checked)",
+    )
     parser.add_argument("--package-dir", type=Path, default=None, help="audit package folder")
     parser.add_argument(
         "--trust-root", type=Path, action="append", default=[], help="trusted CA cert (PEM/DER)"
     )
     parser.add_argument("--no-pdfsig", action="store_true", help="skip the poppler cross-check")
     args = parser.parse_args(argv)
+    if "://" in args.pdf:
+        verdict = verify_published(
+            args.pdf, trust_roots=args.trust_root, use_pdfsig=not args.no_pdfsig
+        )
+        print(format_verdict(verdict))
+        return 0 if verdict.ok else 1
     verdict = verify_pdf(
-        args.pdf,
+        Path(args.pdf),
         package_dir=args.package_dir,
         trust_roots=args.trust_root,
         use_pdfsig=not args.no_pdfsig,

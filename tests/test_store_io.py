@@ -208,3 +208,39 @@ def test_only_the_pinned_seaweedfs_binary_runs(
     monkeypatch.setattr(sys, "executable", str(fake / "python"))
     with pytest.raises(ServiceError, match="is not the pinned SeaweedFS"):
         weed_binary()
+
+
+def test_a_published_package_verifies_when_read_back(home: ClinauditHome, tmp_path: Path) -> None:
+    from portal_fixtures import write_package
+
+    from clinaudit.assets.storage import publish_folder
+    from clinaudit.reporting.signing import ensure_dev_signer
+    from clinaudit.reporting.verify import main as verify_main
+    from clinaudit.reporting.verify import verify_published
+
+    package = write_package(
+        tmp_path / "reports", "toy", 1, ensure_dev_signer(tmp_path / "keys"), audit=None
+    )
+    target = home.package_store / "toy" / package.dir.name
+    pdf = package.pdf_path.name
+    order = publish_folder(package.dir, target, last=pdf)
+    assert order[-1] == pdf and len(order) == len(list(package.dir.rglob("*.*")))
+    verdict = verify_published(str(target), use_pdfsig=False)
+    assert verdict.ok, verdict.checks
+    assert any(c.name == "package files match manifest" and c.ok for c in verdict.checks), (
+        verdict.checks
+    )
+    assert (
+        verify_main([str(target) if "://" in str(target) else target.as_uri(), "--no-pdfsig"]) == 0
+    )
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        publish_folder(package.dir, target, last=pdf)
+
+    # One byte changed in object storage: the read-back verification names the file.
+    sidecar = target / "decisions.csv"
+    sidecar.write_bytes(sidecar.read_bytes().replace(b"site_a", b"site_b"))
+    verdict = verify_published(str(target), use_pdfsig=False)
+    assert not verdict.ok
+    failed = " ".join(c.detail for c in verdict.checks if not c.ok)
+    assert "decisions.csv" in failed
+    assert not verify_published(str(home.package_store / "toy" / "absent"), use_pdfsig=False).ok
