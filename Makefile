@@ -18,7 +18,7 @@ export CLINAUDIT_PORTAL_URL ?= http://127.0.0.1:$(PORTAL_PORT)
 export CLINAUDIT_DAGSTER_URL ?= http://127.0.0.1:$(PORT)
 
 .PHONY: install demo test lint test-slow ui bench clean-var system-deps scale-deps services-up \
-  services-down services-status
+  services-down services-status scale-smoke
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,10 +79,16 @@ TEST_ENV = env -u DAGSTER_HOME -u CLINAUDIT_HOME \
 # (tests fail rather than skip under CI when one is missing), the venv, then lint and tests.
 test: system-deps lint
 	$(TEST_ENV) $(BIN)/dagster definitions validate -w workspace.yaml
-	$(TEST_ENV) $(BIN)/pytest -m "not slow"
+	$(TEST_ENV) $(BIN)/pytest -m "not slow and not scale"
 
 test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/pytest -m slow
+
+# The scale profile on real services (docs/operations.md): PostgreSQL + SeaweedFS + Redis started
+# by the project, dagster-daemon and two Celery run workers, 20 tiny sites landed at once, one run
+# worker killed mid-run; prints sites per minute. Its home: var/scale-smoke/<time>.
+scale-smoke: system-deps scale-deps $(STAMP)
+	$(TEST_ENV) $(BIN)/pytest -m scale -s tests/test_scale_smoke.py
 
 # Dagster (engineers) in the foreground and the committee portal in the background, stopped with
 # it. The portal signs in with CLINAUDIT_PORTAL_TOKEN / CLINAUDIT_PORTAL_USERS when set, and with

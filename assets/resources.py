@@ -10,6 +10,7 @@ what ``clinaudit audit`` was told to.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -186,7 +187,8 @@ class StudyModel(dg.ConfigurableResource):
     threshold per output). Unset fields fall back to ``CLINAUDIT_<STUDY>_MODEL`` / ``_SCORES`` /
     ``_THRESHOLD`` / ``_THRESHOLDS`` when the resource is used. ``training``: settings of the
     embedded model (e.g. ``scale``, the demo scale, and for an image model ``arch``, ``input_size``,
-    ``epochs``); each study refuses settings it does not know. Defaults are the study's.
+    ``epochs``); each study refuses settings it does not know; left empty, ``_TRAINING`` (a JSON
+    object) when set. Defaults are the study's.
     """
 
     study: str
@@ -236,8 +238,29 @@ class StudyModel(dg.ConfigurableResource):
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             seed=self.seed,
-            training=dict(self.training),
+            training=dict(self.training) if self.training else self._training_from_env(),
         )
+
+    def _training_from_env(self) -> dict[str, Any]:
+        """``CLINAUDIT_<STUDY>_TRAINING``: the embedded model's settings as a JSON object (e.g.
+        ``{"scale": "tiny"}``), so that a daemon, its code server and run workers train and
+        fingerprint the model the way the run that first built it did."""
+        name = study_env(self.study, "training")
+        raw = os.environ.get(name)
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{name}={raw!r} is not JSON ({err.msg}); set it to an object such as "
+                '\'{"scale": "tiny"}\' or unset it'
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f'{name}={raw!r} is not a JSON object; set it to e.g. \'{{"scale": "tiny"}}\''
+            )
+        return value
 
 
 class StudyPolicy(dg.ConfigurableResource):

@@ -72,11 +72,14 @@ class StudyGraph:
     model_key: dg.AssetKey
     nightly_keys: frozenset[dg.AssetKey] = frozenset()
     rescored_keys: frozenset[dg.AssetKey] = frozenset()
+    #: Cross-site assets that read partitioned assets directly (e.g. cohort, evidence).
+    site_fed_keys: frozenset[dg.AssetKey] = frozenset()
 
     @classmethod
     def of(cls, assets: Iterable[dg.AssetsDefinition], study: Study) -> StudyGraph:
         model = dg.AssetKey([study.name, "model"])
         site, checked, gated, sources, cross = set(), set(), set(), set(), set()
+        deps: dict[dg.AssetKey, set[dg.AssetKey]] = {}
         for a in assets:
             blocking = {c.asset_key for c in a.check_specs if c.blocking}
             for spec in a.specs:
@@ -91,6 +94,7 @@ class StudyGraph:
                         gated.add(spec.key)
                 elif spec.key != model:
                     cross.add(spec.key)
+                    deps[spec.key] = {d.asset_key for d in spec.deps}
         nightly = {
             dg.AssetKey([study.name, f"mitigation_{m.name}"])
             for m in study.mitigations
@@ -102,6 +106,7 @@ class StudyGraph:
             model_key=model,
             nightly_keys=frozenset(nightly & cross),
             rescored_keys=frozenset(rescored),
+            site_fed_keys=frozenset(k for k in cross if deps[k] & site),
         )
 
     @staticmethod
@@ -142,15 +147,25 @@ def model_changing(model_key: dg.AssetKey) -> dg.AutomationCondition:
     ).with_label("model_changing")
 
 
-def cross_site_condition(graph: StudyGraph) -> dg.AutomationCondition:
-    """Re-audit across sites once per accepted change (see the module docstring)."""
+def any_partition_materialized(graph: StudyGraph) -> dg.AutomationCondition:
+    """Some partition of a partitioned dependency is materialized: a study nothing has landed
+    for yet has nothing to audit (its sources' first observation must not start an audit that
+    can only fail)."""
+    return (AC.any_deps_match(~AC.missing()).allow(graph.select(graph.site_keys))).with_label(
+        "any_partition_materialized"
+    )
+
+
+def cross_site_condition(graph: StudyGraph, *, site_fed: bool = False) -> dg.AutomationCondition:
+    """Re-audit across sites once per accepted change (see the module docstring); an asset
+    that reads partitioned assets (``site_fed``) also waits for one to be materialized."""
     gated = graph.select(graph.gated_keys)
     trigger = (
         AC.any_deps_updated().ignore(gated | graph.select({graph.model_key}))
         | AC.any_deps_match(accepted_update()).allow(graph.select(graph.checked_keys))
     ).with_label("accepted_change")
     missing = AC.any_deps_missing().ignore(graph.select(graph.site_keys | graph.source_keys))
-    return (
+    condition = (
         trigger.since_last_handled()
         & ~missing
         & ~AC.any_deps_in_progress()
@@ -158,7 +173,10 @@ def cross_site_condition(graph: StudyGraph) -> dg.AutomationCondition:
         & ~site_run_in_flight(graph.site_keys)
         & ~model_changing(graph.model_key)
         & AC.all_deps_blocking_checks_passed().ignore(graph.select(graph.site_keys))
-    ).with_label("cross_site_reaudit")
+    )
+    if site_fed:
+        condition = condition & any_partition_materialized(graph)
+    return condition.with_label("cross_site_reaudit")
 
 
 def site_rescore_condition(graph: StudyGraph) -> dg.AutomationCondition:
@@ -213,8 +231,9 @@ def nightly_condition(graph: StudyGraph) -> dg.AutomationCondition:
 def conditions_for(graph: StudyGraph) -> dict[dg.AssetKey, dg.AutomationCondition]:
     """asset key -> its automation condition (assets not listed keep none: the sensor's)."""
     out: dict[dg.AssetKey, dg.AutomationCondition] = {}
-    cross, rescore = cross_site_condition(graph), site_rescore_condition(graph)
-    out.update({k: cross for k in graph.cross_site_keys})
+    rescore = site_rescore_condition(graph)
+    cross, fed = cross_site_condition(graph), cross_site_condition(graph, site_fed=True)
+    out.update({k: fed if k in graph.site_fed_keys else cross for k in graph.cross_site_keys})
     out.update({k: nightly_condition(graph) for k in graph.nightly_keys})
     out.update({k: rescore for k in graph.rescored_keys})
     out.update({k: source_condition() for k in graph.source_keys})

@@ -16,6 +16,7 @@ runs appear in the Dagster UI (``make ui``) afterwards.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -278,9 +279,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_init_home(args: argparse.Namespace) -> int:
-    from clinaudit.orchestration.runner import init_home
+    from clinaudit.orchestration.runner import POOL_LIMITS, apply_pool_limits, init_home
 
-    print(init_home(_home(args), profile=args.profile))
+    home = _home(args)
+    dagster_home = init_home(home, profile=args.profile)
+    print(dagster_home)
+    if args.profile != "scale":
+        return 0
+    if not os.environ.get("CLINAUDIT_PG_HOST"):
+        print(
+            f"pool limits {POOL_LIMITS} not set yet (until then every pool runs one step at a "
+            f"time): source {home.root_dir / 'services' / 'env.sh'} (make services-up) and run "
+            "`clinaudit init-home --profile scale` again"
+        )
+        return 0
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    with dg.DagsterInstance.get() as instance:
+        print(f"pool limits set: {apply_pool_limits(instance)}")
     return 0
 
 

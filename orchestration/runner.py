@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import dagster as dg
 
 from clinaudit.assets.factory import partitions_name
 from clinaudit.assets.resources import ClinauditHome, StudyModel, StudyPolicy, study_resources
+from clinaudit.assets.stage_config import INFERENCE_POOL, SIGNING_POOL
 from clinaudit.orchestration.automation import observe_sources
 from clinaudit.orchestration.definitions import study_assets
 from clinaudit.sources.landing import scan_landing
@@ -53,29 +54,55 @@ storage:
       # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the scale extra installs psycopg2.
       scheme: postgresql+psycopg2
 run_launcher:
-  module: dagster_celery.launcher
+  # dagster-celery's launcher with its resume of a run fixed (celery_launcher.py).
+  module: clinaudit.orchestration.celery_launcher
   class: CeleryRunLauncher
   config:
     broker: { env: CLINAUDIT_REDIS_URL }
     backend: { env: CLINAUDIT_REDIS_URL }
 concurrency:
   runs:
+    # Launched runs wait in Redis for a free worker slot, and run monitoring fails a run that
+    # waits longer than start_timeout_seconds: keep this at most the workers' total slots.
     max_concurrent_runs: 4
   pools:
-    # A pool without its own limit (`dagster instance concurrency set <pool> <n>`; clinaudit
-    # sets signing 1 and inference 2 on start) runs one step at a time.
+    # A pool without its own limit runs one step at a time; `clinaudit init-home --profile
+    # scale` sets signing 1 and inference 2 (`dagster instance concurrency set <pool> <n>`).
     default_limit: 1
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
   poll_interval_seconds: 10
-  max_resume_run_attempts: 0
+  # A run whose worker is lost (its Celery task failed) is resumed once on another worker by
+  # run monitoring itself; run retries (below) would re-launch it too, but the daemon that
+  # retries can read the failure event before the run's status changes and then never retries.
+  max_resume_run_attempts: 1
+  # A run lost with its worker never releases its pool slots itself.
+  free_slots_after_run_end_seconds: 30
 run_retries:
   enabled: true
   max_retries: 1
 """
 
 PROFILES = {"local": DAGSTER_YAML, "scale": SCALE_DAGSTER_YAML}
+#: Pool limits the ``scale`` profile sets on its instance (``default_limit`` covers the rest).
+POOL_LIMITS = {SIGNING_POOL: 1, INFERENCE_POOL: 2}
+
+
+def apply_pool_limits(
+    instance: dg.DagsterInstance, limits: Mapping[str, int] = POOL_LIMITS
+) -> dict[str, int]:
+    """Set each pool's limit on ``instance`` (stored in its database; needs Postgres or SQLite
+    storage that supports concurrency limits). Returns the limits set."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        raise ValueError(
+            f"{type(storage).__name__} does not support pool limits; use the scale profile's "
+            "PostgreSQL storage (docs/operations.md)"
+        )
+    for pool, limit in limits.items():
+        storage.set_concurrency_slots(pool, limit)
+    return dict(limits)
 
 
 def init_home(home: ClinauditHome, profile: str = "local") -> Path:

@@ -70,6 +70,14 @@ def port_free(port: int) -> bool:
     return True
 
 
+def free_port(start: int, stop: int = 65000) -> int:
+    """The first free loopback port from ``start`` (below ``stop``)."""
+    for port in range(start, stop):
+        if port_free(port):
+            return port
+    raise ServiceError(f"no free port between {start} and {stop}")
+
+
 def free_s3_base(start: int = 40000, stop: int = 54900, step: int = 10) -> int:
     """A SeaweedFS base port whose 12 ports (and gRPC twins) are all free (tests use it)."""
     for base in range(start, stop, step):

@@ -19,6 +19,7 @@ import pytest
 
 from clinaudit.assets.resources import StudyModel, StudyPolicy
 from clinaudit.orchestration.automation import (
+    SOURCE_STAGES,
     StudyGraph,
     automation_sensor_name,
     drain_automation,
@@ -94,6 +95,25 @@ def test_every_study_has_an_automation_sensor_on_by_default() -> None:
 
 
 # --- observed sources -----------------------------------------------------------------------
+
+
+def test_a_study_nothing_has_landed_for_starts_no_audit(tmp_path: Path) -> None:
+    """When the daemon starts, every study's sources are observed for the first time. A study
+    for which nothing has landed (no partition exists) must not start an audit that can only
+    fail ("no hospital landed"): the observations, and a study's model where it is built
+    without landed data (sepsis_ews trains its vendor model on its own development cohort)."""
+    from clinaudit.assets.resources import ClinauditHome
+
+    defs = build_defs(ClinauditHome(root=str(tmp_path / "var")))
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        cursor, ticks = drain_automation(defs, instance)
+        sources = {f"{s.name}/{stage}" for s in registered_studies() for stage in SOURCE_STAGES}
+        requested = {key for tick in ticks for key in tick.requested}
+        models = {f"{s.name}/model" for s in registered_studies()}
+        assert ticks and sources <= requested <= sources | models, requested
+        assert all(ok for tick in ticks for _, ok in tick.runs)
+        _, again = drain_automation(defs, instance, cursor)
+        assert again == []
 
 
 def _observe(name: str, *, model: StudyModel | None = None, policy: StudyPolicy | None = None):
@@ -426,13 +446,19 @@ def _yaml_blocks() -> dict[str, dict]:
 
 
 def test_documented_instance_configs_are_valid(tmp_path: Path, monkeypatch) -> None:
+    import yaml
     from dagster._core.instance.config import dagster_instance_config
+
+    from clinaudit.orchestration.runner import SCALE_DAGSTER_YAML
 
     blocks = _yaml_blocks()
     instance_blocks = [doc for head, doc in blocks.items() if head.startswith("# dagster.yaml")]
     assert len(instance_blocks) == 2
-    for var in ("CLINAUDIT_PG_HOST", "CLINAUDIT_PG_USER", "CLINAUDIT_PG_PASSWORD"):
-        monkeypatch.setenv(var, "x")
+    # The scale profile's block is exactly what `clinaudit init-home --profile scale` writes.
+    assert yaml.safe_load(SCALE_DAGSTER_YAML) in instance_blocks
+    for var in ("HOST", "PORT", "USER", "PASSWORD", "DB"):
+        monkeypatch.setenv(f"CLINAUDIT_PG_{var}", "5432" if var == "PORT" else "x")
+    monkeypatch.setenv("CLINAUDIT_REDIS_URL", "redis://:x@127.0.0.1:6379/0")
     for doc in instance_blocks:  # schema only: dagster-postgres / dagster-k8s are not imported
         config, _ = dagster_instance_config(str(tmp_path), overrides=doc)
         assert set(doc) <= set(config)

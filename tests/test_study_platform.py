@@ -73,6 +73,25 @@ def test_model_and_policy_resources_read_the_environment_when_used(monkeypatch, 
     assert policy.resolved_path() == tmp_path / "p.yaml"
 
 
+def test_embedded_model_settings_come_from_the_environment_unless_configured(
+    monkeypatch,
+) -> None:
+    """A daemon and its run workers must fingerprint the model the run that built it used."""
+    name = study_env("multisite_cxr", "training")
+    monkeypatch.setenv(name, '{"scale": "tiny"}')
+    assert StudyModel(study="multisite_cxr").spec().training == {"scale": "tiny"}
+    configured = StudyModel(study="multisite_cxr", training={"epochs": 1})
+    assert configured.spec().training == {"epochs": 1}
+    monkeypatch.setenv(name, "[1]")
+    with pytest.raises(ValueError, match="is not a JSON object"):
+        StudyModel(study="multisite_cxr").spec()
+    monkeypatch.setenv(name, "scale=tiny")
+    with pytest.raises(
+        ValueError, match="CLINAUDIT_MULTISITE_CXR_TRAINING='scale=tiny' is not JSON"
+    ):
+        StudyModel(study="multisite_cxr").spec()
+
+
 @pytest.mark.parametrize("old", sorted(LEGACY_ENV))
 def test_a_renamed_variable_is_refused_not_ignored(monkeypatch, old: str) -> None:
     monkeypatch.setenv(old, "/somewhere")
