@@ -56,9 +56,12 @@ def evidence_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         model: ModelRef,
     ) -> dg.Output[TableSet]:
         policy = getattr(context.resources, policy_res).load()
-        reports = context.resources.home.dirs().reports
+        home = context.resources.home
+        local = home.local_model(model)  # the scale profile: fetched from the store if need be
         result = study.evaluate(
-            AuditData(validated, predictions, model, batches, quarantine, reports=reports),
+            AuditData(
+                validated, predictions, local, batches, quarantine, reports=home.dirs().reports
+            ),
             policy=policy,
             options=options_of(study, study.evaluate_options, config),
         )
@@ -103,9 +106,10 @@ def mitigation_asset(sa: "StudyAssets", index: int) -> dg.AssetsDefinition:
         model: ModelRef,
     ) -> dg.Output[TableSet]:
         policy = getattr(context.resources, policy_res).load()
+        local = context.resources.home.local_model(model)  # fetched from the store if need be
         result = stage.run(
             evidence,
-            AuditData(validated, predictions, model, batches, quarantine),
+            AuditData(validated, predictions, local, batches, quarantine),
             policy=policy,
             options=options_of(study, stage.options_type, config),
             dirs=context.resources.home.dirs(),

@@ -304,10 +304,15 @@ class StudyAssets:
                 log=context.log.info,
                 policy=getattr(context.resources, self.policy_res).load(),
             )
+            metadata = stage_metadata(study, "model", resolved)
+            published = context.resources.home.publish_model(resolved)
+            if published is not None:  # the scale profile: run workers fetch it from the store
+                context.log.info(f"model package in the store: {published}")
+                metadata["published_to"] = dg.MetadataValue.text(published)
             return dg.Output(
                 resolved,
                 data_version=dg.DataVersion(resolved.version()),
-                metadata=stage_metadata(study, "model", resolved),
+                metadata=metadata,
             )
 
         return model
@@ -338,7 +343,7 @@ class StudyAssets:
             **quarantine: pd.DataFrame,
         ) -> dg.Output[pd.DataFrame]:
             scores, facts = study.predict(
-                model,
+                context.resources.home.local_model(model),
                 validated,
                 partition=context.partition_key,
                 spec=getattr(context.resources, model_res).spec(),

@@ -10,6 +10,7 @@ what ``clinaudit audit`` was told to.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -23,12 +24,28 @@ import dagster as dg
 import pandas as pd
 
 from clinaudit.audit.policy_base import PolicyBase
-from clinaudit.audit.records import Record, TableSet, facts_json, record_from_json, record_to_json
+from clinaudit.audit.records import (
+    ModelRef,
+    Record,
+    TableSet,
+    facts_json,
+    record_from_json,
+    record_to_json,
+)
 from clinaudit.reporting.signing import SignerSpec, ensure_dev_signer
 from clinaudit.studies import get_study
 from clinaudit.studies.base import ModelSpec, RunDirs
 
-from .storage import STORE_URL_ENV, StorePath, check_key_part, describe, is_local, store_root
+from .storage import (
+    STORE_URL_ENV,
+    StorePath,
+    check_key_part,
+    describe,
+    fetch_model,
+    is_local,
+    publish_model,
+    store_root,
+)
 
 #: Environment variables the project reads, when a run uses them (never at import).
 HOME_ENV = "CLINAUDIT_HOME"
@@ -151,6 +168,34 @@ class ClinauditHome(dg.ConfigurableResource):
         """
         url = self.store_url or os.environ.get(STORE_URL_ENV)
         return store_root(url) / "packages" if url else None
+
+    def _model_location(self, model: ModelRef) -> StorePath | None:
+        url = self.store_url or os.environ.get(STORE_URL_ENV)
+        if not url or model.mode == "scores":
+            return None
+        study = check_key_part(model.study, "study")
+        return store_root(url) / "models" / study / check_key_part(model.identity, "identity")
+
+    def publish_model(self, model: ModelRef) -> str | None:
+        """Publish the package folder of ``model`` to ``<store>/models/<study>/<identity>`` (the
+        ``scale`` profile), once; returns where, or None without a store, for vendor scores or
+        a source that is not a folder."""
+        dest = self._model_location(model)
+        if dest is None or not Path(model.source).is_dir():
+            return None
+        publish_model(Path(model.source), dest)
+        return describe(dest)
+
+    def local_model(self, model: ModelRef) -> ModelRef:
+        """``model`` with a package folder on this machine: as it is when its source folder is
+        here (or no store is configured: the loader then names the missing folder), else the
+        package published by the model stage, fetched once into
+        ``<artifacts>/models/cache/<study>/<identity>`` and checked file by file."""
+        src = self._model_location(model)
+        if src is None or Path(model.source).is_dir():
+            return model
+        cache = self.artifacts / "models" / "cache" / model.study / model.identity
+        return dataclasses.replace(model, source=str(fetch_model(src, cache)))
 
     def dirs(self) -> RunDirs:
         """The directories as plain paths, for the study functions (which import no Dagster)."""

@@ -18,8 +18,13 @@ S3-compatible server comes from ``CLINAUDIT_S3_ENDPOINT`` (else botocore's ``AWS
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import urlparse
@@ -192,3 +197,106 @@ def fetch_folder(src: StorePath, dest: Path) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(path.read_bytes())
     return sorted(names)
+
+
+def model_index(folder: StorePath) -> StorePath:
+    """The index of a published (or cached) model package: ``<folder>.json`` beside it (never
+    inside, where a package loader would take it for an unlisted file)."""
+    return folder.parent / f"{folder.name}.json"
+
+
+def publish_model(src: Path, dest: StorePath) -> bool:
+    """Publish the model package folder ``src`` to ``dest`` once: every file, then its index
+    (:func:`model_index`: names and sha256s), so a reader that finds the index finds the whole
+    package. Returns False, writing nothing, when the index exists (a package is stored under its
+    identity, which its bytes determine).
+    """
+    if model_index(dest).exists():
+        return False
+    names = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    if not names:
+        raise FileNotFoundError(f"{src}: the model package folder is empty or missing")
+    digests = {}
+    for name in names:
+        data = (src / name).read_bytes()
+        digests[name] = hashlib.sha256(data).hexdigest()
+        target = dest.joinpath(*name.split("/"))
+        if is_local(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    index = json.dumps({"files": digests}, indent=1, sort_keys=True)
+    model_index(dest).write_text(index, encoding="utf-8")
+    return True
+
+
+def fetch_model(src: StorePath, dest: Path) -> Path:
+    """The local copy of the model package published at ``src``: ``dest`` if it is a complete
+    copy (its index written last), else every listed file fetched and checked against the
+    index's sha256, written to a temporary folder, renamed to ``dest``, then the index.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no package is published at ``src``.
+    ValueError
+        If a fetched file's sha256 differs from the index (names the file; nothing is kept).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # One fetch at a time per copy: the run workers of one machine share the cache.
+    with open(dest.parent / f"{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if model_index(dest).is_file() and dest.is_dir():
+            return dest
+        index_path = model_index(src)
+        if not index_path.exists():
+            raise FileNotFoundError(
+                f"{describe(src)}: no model package is published there (no {index_path.name}); "
+                "re-materialize the study's model stage so that it publishes the package"
+            )
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            for name, digest in sorted(index["files"].items()):
+                data = src.joinpath(*name.split("/")).read_bytes()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise ValueError(
+                        f"{describe(src)}/{name}: sha256 differs from {index_path.name}; the "
+                        "stored model package was altered: publish it again from the model stage"
+                    )
+                target = tmp.joinpath(*name.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            if dest.exists():  # an interrupted earlier copy (no index): replaced
+                shutil.rmtree(dest)
+            tmp.rename(dest)
+            model_index(dest).write_text(json.dumps(index), encoding="utf-8")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+    index_path = model_index(src)
+    if not index_path.exists():
+        raise FileNotFoundError(
+            f"{describe(src)}: no model package is published there (no {index_path.name}); "
+            "re-materialize the study's model stage so that it publishes the package"
+        )
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        for name, digest in sorted(index["files"].items()):
+            data = src.joinpath(*name.split("/")).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise ValueError(
+                    f"{describe(src)}/{name}: sha256 differs from {index_path.name}; the "
+                    "stored model package was altered: publish it again from the model stage"
+                )
+            target = tmp.joinpath(*name.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        if dest.exists():  # an interrupted earlier copy (no index): replaced
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        model_index(dest).write_text(json.dumps(index), encoding="utf-8")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -59,6 +59,8 @@ STUDY = "multisite_cxr"
 #: Audited before the fleet lands: the reference site (the embedded model trains on it) and one
 #: deployment site.
 BASELINE_SITES = ("vendor_dev", "site_a")
+#: Where the ``scale`` fleet moves ``<artifacts>/models`` after the baseline (see ``baseline``).
+MODELS_ASIDE = "models-trained-by-the-baseline"
 #: The deployment-site profiles the fleet's sites cycle through (renamed ``site_01`` ...).
 FLEET_PROFILES = ("site_a", "site_b", "site_c", "site_d")
 #: Text that means the instance's storage failed under concurrency.
@@ -299,7 +301,11 @@ class Fleet:
 
     # ------------------------------------------------------------------ the work
     def baseline(self) -> float:
-        """Land and audit ``BASELINE_SITES`` in this process; returns the seconds it took."""
+        """Land and audit ``BASELINE_SITES`` in this process; returns the seconds it took.
+
+        ``scale``: then ``<artifacts>/models`` is moved to ``<root>/`` :data:`MODELS_ASIDE`, as
+        if the workers ran elsewhere: they must fetch the model from the store.
+        """
         t0 = time.perf_counter()
         simulate_cohort(
             self.home.landing,
@@ -317,6 +323,10 @@ class Fleet:
         failed = [r for r in runs if r.blocking_failure or r.skipped_because]
         if failed:
             raise FleetError(f"the baseline audit failed: {failed}")
+        if self.scale_profile:
+            # Run workers on other machines never see the folder the model was trained in: move
+            # it aside (kept), so the workers must fetch the package the model stage published.
+            self.home.artifacts.joinpath("models").rename(self.root / MODELS_ASIDE)
         return time.perf_counter() - t0
 
     def land_sites(self) -> float:

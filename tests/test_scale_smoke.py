@@ -24,10 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 from system_tools import require_tool
 
-from clinaudit.orchestration.fleet import Fleet, FleetSettings, RunKiller
+from clinaudit.orchestration.fleet import MODELS_ASIDE, Fleet, FleetSettings, RunKiller
 from clinaudit.orchestration.runner import POOL_LIMITS
 from clinaudit.reporting.verify import verify_published
 
@@ -78,6 +79,9 @@ def smoke() -> Iterator[dict[str, Any]]:
             "storage": type(instance.run_storage).__name__,
             "launcher": type(instance.run_launcher).__name__,
             "launcher_module": type(instance.run_launcher).__module__,
+            "model": instance.fetch_materializations(
+                dg.AssetKey(["multisite_cxr", "model"]), limit=1
+            ).records[0],
         }
         print(f"\nscale-smoke: {report.summary()}; whole smoke {time.perf_counter() - t0:.0f} s")
         summary = {
@@ -136,6 +140,24 @@ def test_every_package_verifies_when_read_back_from_s3(smoke) -> None:
     assert verdicts and all(url.startswith("s3://") for url in verdicts)
     bad = {url: [c for c in v.checks if not c.ok] for url, v in verdicts.items() if not v.ok}
     assert bad == {}
+
+
+def test_run_workers_fetch_the_model_from_s3(smoke) -> None:
+    """The baseline's model folder was moved aside: every site run scored with the package the
+    model stage published to S3, fetched into the cache once and checked file by file."""
+    fleet = smoke["fleet"]
+    materialization = smoke["model"].asset_materialization
+    published = materialization.metadata["published_to"].value
+    assert published.startswith(fleet.env["CLINAUDIT_STORE_URL"] + "/models/multisite_cxr/")
+    identity = published.rsplit("/", 1)[1]
+    cache = fleet.home.artifacts / "models" / "cache" / "multisite_cxr" / identity
+    assert not (fleet.home.artifacts / "models" / "vendor_model").exists()
+    [trained] = (fleet.root / MODELS_ASIDE / "vendor_model").iterdir()  # the baseline's package
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")}
+
+    assert files(cache) == files(trained) and "model.safetensors" in files(cache)
 
 
 def test_relanding_identical_data_starts_no_run(smoke) -> None:

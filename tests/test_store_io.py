@@ -244,3 +244,52 @@ def test_a_published_package_verifies_when_read_back(home: ClinauditHome, tmp_pa
     failed = " ".join(c.detail for c in verdict.checks if not c.ok)
     assert "decisions.csv" in failed
     assert not verify_published(str(home.package_store / "toy" / "absent"), use_pdfsig=False).ok
+
+
+def test_a_model_package_published_by_the_model_stage_is_fetched_where_it_is_missing(
+    home: ClinauditHome, tmp_path: Path
+) -> None:
+    """A run worker on another machine has no ``<artifacts>/models``: it fetches the package the
+    model stage published under its identity, checked file by file, once."""
+    package = tmp_path / "trained" / "vendor_model"
+    (package / "weights").mkdir(parents=True)
+    (package / "manifest.json").write_text('{"files": ["weights/w.bin"]}')
+    (package / "weights" / "w.bin").write_bytes(bytes(range(256)) * 40)
+    ref = ModelRef(
+        study="toy", kind="k", mode="embedded", identity="c" * 64, source=str(package),
+        targets=("t",), thresholds={"t": 0.5}, threshold_source="configured",
+    )  # fmt: skip
+    assert home.local_model(ref) is ref  # the folder is here: nothing to fetch
+    where = home.publish_model(ref)
+    assert where is not None and where.endswith(f"/models/toy/{'c' * 64}")
+    assert home.publish_model(ref) == where  # published once; the second call writes nothing
+    moved = tmp_path / "elsewhere"
+    package.rename(moved)  # this machine never trained it
+    local = home.local_model(ref)
+    fetched = Path(local.source)
+    assert fetched.is_relative_to(home.artifacts / "models" / "cache")
+    assert local == ModelRef(**{**ref.__dict__, "source": str(fetched)})
+    assert sorted(p.relative_to(fetched).as_posix() for p in fetched.rglob("*")) == [
+        "manifest.json",
+        "weights",
+        "weights/w.bin",
+    ]  # fmt: skip  (the index lies beside the folder, never in it)
+    assert (fetched / "weights" / "w.bin").read_bytes() == (
+        moved / "weights" / "w.bin"
+    ).read_bytes()
+    assert home.local_model(ref).source == local.source  # the cached copy is reused
+
+    # A stored file altered after publication is refused, naming it; nothing is cached.
+    other = ModelRef(**{**ref.__dict__, "identity": "d" * 64, "source": str(moved)})
+    home.publish_model(other)
+    stored = home.store / "models" / "toy" / ("d" * 64) / "weights" / "w.bin"
+    stored.write_bytes(b"tampered")
+    moved.rename(tmp_path / "gone")
+    with pytest.raises(ValueError, match=r"weights/w.bin: sha256 differs"):
+        home.local_model(other)
+    assert not (home.artifacts / "models" / "cache" / "toy" / ("d" * 64)).exists()
+    # Vendor scores and a home without a store are left alone.
+    scores = ModelRef(**{**ref.__dict__, "mode": "scores", "source": "/nowhere"})
+    assert home.publish_model(scores) is None and home.local_model(scores) is scores
+    bare = ClinauditHome(root=str(tmp_path / "bare"))
+    assert bare.publish_model(ref) is None and bare.local_model(ref) is ref
