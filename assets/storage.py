@@ -273,30 +273,3 @@ def fetch_model(src: StorePath, dest: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
-    index_path = model_index(src)
-    if not index_path.exists():
-        raise FileNotFoundError(
-            f"{describe(src)}: no model package is published there (no {index_path.name}); "
-            "re-materialize the study's model stage so that it publishes the package"
-        )
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        for name, digest in sorted(index["files"].items()):
-            data = src.joinpath(*name.split("/")).read_bytes()
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise ValueError(
-                    f"{describe(src)}/{name}: sha256 differs from {index_path.name}; the "
-                    "stored model package was altered: publish it again from the model stage"
-                )
-            target = tmp.joinpath(*name.split("/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        if dest.exists():  # an interrupted earlier copy (no index): replaced
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-        model_index(dest).write_text(json.dumps(index), encoding="utf-8")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
