@@ -36,7 +36,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from dagster._core.storage.dagster_run import RunRecord
 
 from clinaudit.assets.resources import ClinauditHome, StudyModel, read_stored, study_env
-from clinaudit.orchestration.automation import automation_sensor_name
+from clinaudit.orchestration.automation import SOURCE_STAGES, automation_sensor_name
 from clinaudit.orchestration.definitions import EXECUTOR_ENV, study_assets
 from clinaudit.orchestration.runner import (
     PipelineRunner,
@@ -423,8 +423,11 @@ class Fleet:
 
     def reland_identical(self, site: str, batch: str = "b0002", ticks: int = 2) -> list[str]:
         """Land ``site``'s first batch again under ``batch`` (the same bytes, manifest last),
-        wait for ``ticks`` landing-sensor and automation-sensor ticks, and return the ids of
-        runs created meanwhile (none is expected)."""
+        wait for ``ticks`` landing-sensor and automation-sensor ticks, and return the ids of the
+        study's runs created meanwhile that materialize something (none is expected). Not
+        counted: runs that only observe the model and policy sources (their 5-minute cron may
+        pass during the wait; an unchanged version starts nothing downstream) and other studies'
+        runs."""
         landing = self.home.landing / self.study.landing_dir / site
         src, dst = landing / "b0001", landing / batch
         t0 = time.time()
@@ -440,9 +443,19 @@ class Fleet:
             if time.time() > deadline:
                 raise FleetError(f"sensors {sensors} did not tick {ticks} times in 180 s")
             time.sleep(2.0)
-        return [
-            r.dagster_run.run_id for r in self.run_records() if r.create_timestamp.timestamp() >= t0
-        ]
+        sources = {dg.AssetKey([STUDY, stage]) for stage in SOURCE_STAGES}
+        started = []
+        for record in self.run_records():
+            run = record.dagster_run
+            if record.create_timestamp.timestamp() < t0:
+                continue
+            selection = set(run.asset_selection or ())
+            ours = run.job_name == f"{STUDY}_partition_job" or any(
+                k.path[0] == STUDY for k in selection
+            )
+            if ours and not (selection and selection <= sources):
+                started.append(run.run_id)
+        return started
 
     # ------------------------------------------------------------------ what happened
     def report(self, seconds: float) -> FleetReport:
