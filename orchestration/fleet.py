@@ -7,7 +7,8 @@ home of its own, the profile's services (``scale``: PostgreSQL, SeaweedFS and Re
 processes a deployment runs -- ``dagster-daemon`` (landing sensor -> run queue -> automation
 sensor, run monitoring, run retries) and, in the ``scale`` profile, Celery run workers -- until
 the signed package covers every site. What happened is read back from the instance's run and
-event records (:class:`FleetReport`), not from the processes' word.
+event records (:class:`FleetReport`, ``orchestration/fleet_events.py``), not from the
+processes' word.
 
 The fleet's study is ``multisite_cxr`` (sites are its partitions); its embedded model trains at
 the fleet's scale (``CLINAUDIT_MULTISITE_CXR_TRAINING``), so the daemon, its code server and the
@@ -19,15 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,14 @@ from dagster._core.storage.dagster_run import RunRecord
 from clinaudit.assets.resources import ClinauditHome, StudyModel, read_stored, study_env
 from clinaudit.orchestration.automation import SOURCE_STAGES, automation_sensor_name
 from clinaudit.orchestration.definitions import EXECUTOR_ENV, study_assets
+from clinaudit.orchestration.fleet_events import (
+    FleetReport,
+    RunKiller,
+    log_errors,
+    max_overlap,
+    read_runs,
+    utc,
+)
 from clinaudit.orchestration.runner import (
     PipelineRunner,
     apply_pool_limits,
@@ -55,6 +63,8 @@ from clinaudit.sources.cxr_simulator import simulate_cohort, simulate_site_batch
 from clinaudit.sources.cxr_sites import DEFAULT_SITES, SCALES
 from clinaudit.studies import get_study
 
+__all__ = ["Fleet", "FleetError", "FleetReport", "FleetSettings", "RunKiller", "environment"]
+
 STUDY = "multisite_cxr"
 #: Audited before the fleet lands: the reference site (the embedded model trains on it) and one
 #: deployment site.
@@ -63,8 +73,6 @@ BASELINE_SITES = ("vendor_dev", "site_a")
 MODELS_ASIDE = "models-trained-by-the-baseline"
 #: The deployment-site profiles the fleet's sites cycle through (renamed ``site_01`` ...).
 FLEET_PROFILES = ("site_a", "site_b", "site_c", "site_d")
-#: Text that means the instance's storage failed under concurrency.
-STORAGE_ERRORS = re.compile(r"database is locked|OperationalError")
 _IN_FLIGHT = (
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -72,12 +80,6 @@ _IN_FLIGHT = (
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 )
-_RUN_ENDS = (
-    dg.DagsterEventType.RUN_SUCCESS,
-    dg.DagsterEventType.RUN_FAILURE,
-    dg.DagsterEventType.RUN_CANCELED,
-)
-_STEP_ENDS = (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
 
 
 class FleetError(RuntimeError):
@@ -111,63 +113,6 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-@dataclass(frozen=True)
-class Interval:
-    """One run's or one step's time span (seconds since the epoch)."""
-
-    name: str
-    start: float
-    end: float
-
-
-def max_overlap(intervals: Sequence[Interval]) -> int:
-    """The largest number of ``intervals`` open at one instant (an end before a start at a tie)."""
-    points = sorted([(i.start, 1) for i in intervals] + [(i.end, -1) for i in intervals])
-    now = peak = 0
-    for _, delta in points:
-        now += delta
-        peak = max(peak, now)
-    return peak
-
-
-@dataclass
-class FleetReport:
-    """What the instance recorded of one fleet run."""
-
-    profile: str
-    sites: list[str]
-    seconds: float
-    runs: dict[str, str]
-    max_in_flight: int
-    max_executing: int
-    pool_peaks: dict[str, int]
-    storage_errors: list[str]
-    killed: str | None = None
-    retries: dict[str, tuple[str, str]] = field(default_factory=dict)
-    packages: list[str] = field(default_factory=list)
-    baseline_s: float = 0.0
-    landing_s: float = 0.0
-
-    @property
-    def sites_per_minute(self) -> float:
-        return len(self.sites) / (self.seconds / 60.0)
-
-    def failed_runs(self) -> list[str]:
-        return [r for r, status in self.runs.items() if status != "SUCCESS"]
-
-    def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for status in self.runs.values():
-            counts[status] = counts.get(status, 0) + 1
-        return (
-            f"{self.profile}: {len(self.sites)} sites in {self.seconds:.0f} s = "
-            f"{self.sites_per_minute:.2f} sites/min (daemon start -> signed package covering every "
-            f"site); runs {counts}; most runs in flight {self.max_in_flight}, executing "
-            f"{self.max_executing}; pool peaks {self.pool_peaks}; baseline "
-            f"{self.baseline_s:.0f} s, landing {self.landing_s:.0f} s"
-        )
 
 
 class Fleet:
@@ -357,7 +302,7 @@ class Fleet:
     def run_records(self) -> list[RunRecord]:
         """Every run created since the daemon started, oldest first."""
         records = self._instance.get_run_records(
-            filters=dg.RunsFilter(created_after=_utc(self.started_at))
+            filters=dg.RunsFilter(created_after=utc(self.started_at))
         )
         return sorted(records, key=lambda r: r.create_timestamp.timestamp())
 
@@ -461,70 +406,22 @@ class Fleet:
     def report(self, seconds: float) -> FleetReport:
         """Runs, concurrency and pool peaks from the event log; storage errors from the event
         log and the processes' logs; packages published to the store."""
-        instance = self._instance
         pools = {
             a.op.name: a.op.pool
             for a in study_assets(self.study)
             if getattr(a, "op", None) is not None and a.op.pool
         }
-        in_flight, executing, steps = [], [], {p: [] for p in set(pools.values())}
-        errors: list[str] = []
-        runs, retries = {}, {}
-        for record in self.run_records():
-            run = record.dagster_run
-            runs[run.run_id] = run.status.value
-            parent = run.tags.get("dagster/parent_run_id")
-            if parent:
-                retries[parent] = (run.run_id, run.status.value)
-            events = instance.all_logs(run.run_id)
-            times: dict[str, float] = {}
-            open_steps: dict[str, float] = {}
-            for e in events:
-                text = e.message or ""
-                if e.dagster_event is not None:
-                    et = e.dagster_event.event_type
-                    if et == dg.DagsterEventType.RUN_STARTING:
-                        times["starting"] = e.timestamp
-                    elif et == dg.DagsterEventType.RUN_START:
-                        times["start"] = e.timestamp
-                    elif et in _RUN_ENDS:
-                        times["end"] = e.timestamp
-                    elif et == dg.DagsterEventType.STEP_START:
-                        open_steps[e.step_key or ""] = e.timestamp
-                    elif et in _STEP_ENDS and (e.step_key or "") in open_steps:
-                        key = e.step_key or ""
-                        if key in pools:
-                            steps[pools[key]].append(
-                                Interval(f"{run.run_id}:{key}", open_steps.pop(key), e.timestamp)
-                            )
-                    error = getattr(e.dagster_event.event_specific_data, "error", None)
-                    if error is not None:
-                        text += " " + error.to_string()
-                if STORAGE_ERRORS.search(text):
-                    errors.append(f"run {run.run_id}: {text[:300]}")
-            end = times.get("end", time.time())
-            for key, began in open_steps.items():  # a step the run never finished (killed)
-                if key in pools:
-                    steps[pools[key]].append(Interval(f"{run.run_id}:{key}", began, end))
-            if "starting" in times or "start" in times:
-                first = times.get("starting", times.get("start", end))
-                in_flight.append(Interval(run.run_id, first, end))
-            if "start" in times:
-                executing.append(Interval(run.run_id, times["start"], end))
-        for log in sorted(self.logs.glob("*.log")):
-            for n, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
-                if STORAGE_ERRORS.search(line):
-                    errors.append(f"{log.name}:{n}: {line[:300]}")
+        seen = read_runs(self._instance, self.run_records(), pools)
         return FleetReport(
             profile=self.settings.profile,
             sites=list(self.sites),
             seconds=seconds,
-            runs=runs,
-            max_in_flight=max_overlap(in_flight),
-            max_executing=max_overlap(executing),
-            pool_peaks={p: max_overlap(v) for p, v in sorted(steps.items())},
-            storage_errors=errors,
-            retries=retries,
+            runs=seen.runs,
+            max_in_flight=max_overlap(seen.in_flight),
+            max_executing=max_overlap(seen.executing),
+            pool_peaks={p: max_overlap(v) for p, v in sorted(seen.steps.items())},
+            storage_errors=seen.errors + log_errors(self.logs),
+            retries=seen.retries,
             packages=self.published_packages(),
         )
 
@@ -538,63 +435,3 @@ class Fleet:
             return []
         base = self.env.get("CLINAUDIT_STORE_URL", "").rstrip("/")
         return sorted(f"{base}/packages/{STUDY}/{p.name}" for p in root.iterdir() if p.is_dir())
-
-
-class RunKiller:
-    """Kills (SIGKILL) the process of the first partition run seen executing a step on a run
-    worker: what a worker lost mid-run looks like to run monitoring. Only a process whose parent
-    is one of the fleet's workers is ever signalled."""
-
-    def __init__(self) -> None:
-        self.killed: str | None = None
-        self.pid: int | None = None
-
-    def __call__(self, fleet: Fleet) -> None:
-        if self.killed is not None:
-            return
-        instance = fleet._instance
-        workers = {p.pid for n, p in fleet.procs.items() if n.startswith("worker")}
-        started = instance.get_run_records(
-            filters=dg.RunsFilter(
-                statuses=[dg.DagsterRunStatus.STARTED],
-                created_after=_utc(fleet.started_at),
-            )
-        )
-        for record in started:
-            run = record.dagster_run
-            if "dagster/partition" not in run.tags or "dagster/parent_run_id" in run.tags:
-                continue
-            events = instance.all_logs(run.run_id)
-            if not any(
-                e.dagster_event is not None
-                and e.dagster_event.event_type == dg.DagsterEventType.STEP_START
-                for e in events
-            ):
-                continue
-            pids = {
-                int(e.dagster_event.engine_event_data.metadata["pid"].value)
-                for e in events
-                if e.dagster_event is not None
-                and e.dagster_event.event_type == dg.DagsterEventType.ENGINE_EVENT
-                and "pid" in (e.dagster_event.engine_event_data.metadata or {})
-            }
-            for pid in pids:
-                if _parent_pid(pid) in workers:
-                    os.kill(pid, signal.SIGKILL)
-                    self.killed, self.pid = run.run_id, pid
-                    return
-
-
-def _parent_pid(pid: int) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^PPid:\s+(\d+)", status, re.M)
-    return int(match.group(1)) if match else None
-
-
-def _utc(ts: float) -> Any:
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
