@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,12 @@ def write_study_package(
     check_policy(bundle, study=bundle.study)
     inputs = package_inputs(bundle, policy_name)
     stamp = stamp_audit(bundle.study, inputs, signer, now)
+    if now is None:
+        # The same inputs audited again within the second would get the same audit id, and a
+        # package is never overwritten: wait for the next second (the stamp keeps the true time).
+        while (Path(reports_root) / bundle.study / stamp.audit_id).exists():
+            time.sleep(1.05 - datetime.now(UTC).microsecond / 1e6)
+            stamp = stamp_audit(bundle.study, inputs, signer)
     content = render(stamp)
     attachments = {**content.attachments, f"{policy_name}.yaml": bundle.policy.text.encode()}
     t1 = time.perf_counter()

@@ -401,3 +401,39 @@ def test_audit_stages_are_versioned_by_the_content_of_their_tables(toy_run) -> N
         event = instance.get_latest_materialization_event(key)
         version = event.asset_materialization.tags["dagster/data_version"]
         assert version == read_stored(home, f"{NAME}/{stage}").digest(), stage
+
+
+def test_the_same_inputs_audited_again_within_the_second_get_a_new_package(
+    toy_run, monkeypatch
+) -> None:
+    """Audit ids are the time to the second plus a hash of the inputs: a second audit of the
+    same inputs in the same second must wait for the next second, not fail on the first
+    package (packages are never overwritten)."""
+    from clinaudit.assets.audit_stages import stored_bundle
+    from clinaudit.reporting import study_package
+    from clinaudit.reporting.signing import ensure_dev_signer
+
+    home, study = toy_run["home"], toy_run["study"]
+    bundle = stored_bundle(home, study)
+    signer = ensure_dev_signer(home.key_dir)
+    inputs = study_package.package_inputs(bundle, study.policy_attachment)
+    real = study_package.stamp_audit
+    taken = real(study.name, inputs, signer)
+    (home.reports / study.name / taken.audit_id).mkdir(parents=True, exist_ok=True)  # this second
+    stamps = []
+
+    def stamp(*args: Any, **kwargs: Any) -> Any:
+        stamps.append(taken if not stamps else real(*args, **kwargs))
+        return stamps[-1]
+
+    monkeypatch.setattr(study_package, "stamp_audit", stamp)
+    written = study_package.write_study_package(
+        bundle,
+        lambda s: study.report(bundle, s),
+        policy_name=study.policy_attachment,
+        signer=signer,
+        reports_root=home.reports,
+    )
+    assert len(stamps) == 2 and stamps[1].now > taken.now
+    assert written.audit_id == stamps[1].audit_id != taken.audit_id
+    assert (home.reports / study.name / written.audit_id / "report.pdf").is_file()
