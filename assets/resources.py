@@ -155,26 +155,32 @@ class ClinauditHome(dg.ConfigurableResource):
         return self._dir(self.keys_dir, "keys")
 
     @property
+    def _configured_store(self) -> StorePath | None:
+        """The store ``store_url`` / ``$CLINAUDIT_STORE_URL`` names (read now), or None."""
+        url = self.store_url or os.environ.get(STORE_URL_ENV)
+        return store_root(url) if url else None
+
+    @property
     def store(self) -> StorePath:
         """The store of asset values (``tables/<asset key>/...``): a local ``Path`` by default, an
         S3 ``UPath`` in the ``scale`` profile."""
-        url = self.store_url or os.environ.get(STORE_URL_ENV)
-        return store_root(url) if url else self.artifacts
+        configured = self._configured_store
+        return self.artifacts if configured is None else configured
 
     @property
     def package_store(self) -> StorePath | None:
         """Where signed packages are published besides ``reports/`` (``<store>/packages``), or
         None when no store is configured (the ``local`` profile keeps them in ``reports/`` only).
         """
-        url = self.store_url or os.environ.get(STORE_URL_ENV)
-        return store_root(url) / "packages" if url else None
+        configured = self._configured_store
+        return None if configured is None else configured / "packages"
 
     def _model_location(self, model: ModelRef) -> StorePath | None:
-        url = self.store_url or os.environ.get(STORE_URL_ENV)
-        if not url or model.mode == "scores":
+        configured = self._configured_store
+        if configured is None or model.mode == "scores":
             return None
         study = check_key_part(model.study, "study")
-        return store_root(url) / "models" / study / check_key_part(model.identity, "identity")
+        return configured / "models" / study / check_key_part(model.identity, "identity")
 
     def publish_model(self, model: ModelRef) -> str | None:
         """Publish the package folder of ``model`` to ``<store>/models/<study>/<identity>`` (the
