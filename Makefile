@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Cohort scale of the demo: tiny | demo (default) | full (seed scale, benchmarks).
 SCALE ?= demo
 # Which study the demo runs: all (default) or one registered study (multisite_cxr, sepsis_ews,
-# cxr_triage).
+# cxr_triage, multimodal_triage, peds_vqa).
 STUDY ?= all
 PORT ?= 3000
 # The committee portal (`make ui` starts it beside Dagster); package assets link to its pages.

@@ -60,7 +60,13 @@ def evidence_asset(sa: "StudyAssets") -> dg.AssetsDefinition:
         local = home.local_model(model)  # the scale profile: fetched from the store if need be
         result = study.evaluate(
             AuditData(
-                validated, predictions, local, batches, quarantine, reports=home.dirs().reports
+                validated,
+                predictions,
+                local,
+                batches,
+                quarantine,
+                reports=home.dirs().reports,
+                landing=home.dirs().landing,
             ),
             policy=policy,
             options=options_of(study, study.evaluate_options, config),

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from clinaudit.studies import Study
 
 #: Settings of the embedded model that the command line can set (the study decides their use).
-TRAINING_OPTIONS = ("arch", "input_size", "epochs", "backbone")
+TRAINING_OPTIONS = ("arch", "input_size", "epochs", "backbone", "base_model")
 
 
 def _studies(name: str) -> list[Study]:
@@ -60,8 +60,9 @@ def _model(args: argparse.Namespace, study: Study) -> StudyModel:
     from clinaudit.assets.resources import StudyModel
 
     training = {k: getattr(args, k) for k in TRAINING_OPTIONS if getattr(args, k, None)}
-    if "backbone" in training:
-        training["backbone"] = str(Path(training["backbone"]).resolve())
+    for path_option in ("backbone", "base_model"):
+        if path_option in training:
+            training[path_option] = str(Path(training[path_option]).resolve())
     if getattr(args, "scale", None):
         training["scale"] = args.scale
     model, scores = getattr(args, "model", None), getattr(args, "predictions", None)
@@ -365,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--backbone",
             help="pretrained model package an embedded model is fine-tuned from (studies that "
             "fine-tune, e.g. cxr_triage)",
+        )
+        p.add_argument(
+            "--base-model",
+            help="local directory of a real vision-language checkpoint (PaliGemma, LLaVA, "
+            "SmolVLM) the embedded VQA model is LoRA-tuned from, read with local_files_only "
+            "(peds_vqa; CLINAUDIT_PEDS_VQA_TRAINING kind names its class)",
         )
 
     def study_option(p: argparse.ArgumentParser, *, include_all: bool, required: bool) -> None:

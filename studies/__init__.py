@@ -20,3 +20,4 @@ from . import multisite_cxr as _multisite_cxr  # noqa: F401, I001
 from . import sepsis_ews as _sepsis_ews  # noqa: F401
 from . import cxr_triage as _cxr_triage  # noqa: F401
 from . import multimodal_triage as _multimodal_triage  # noqa: F401
+from . import peds_vqa as _peds_vqa  # noqa: F401

@@ -159,7 +159,10 @@ class AuditData:
     predictions, what ingest read (batch records) and its quarantine records, and the audited
     model. ``reports``: root of the signed packages (``<reports>/<study>/<audit_id>/``), given to
     the evidence stage so a study can score what an earlier package froze (read only through
-    :func:`clinaudit.reporting.prior_packages.signed_attachments`); ``None`` elsewhere."""
+    :func:`clinaudit.reporting.prior_packages.signed_attachments`); ``None`` elsewhere.
+    ``landing``: root of the landing area, given to the evidence stage for studies whose evidence
+    re-reads landed pixels (e.g. localization maps; bytes checked against ingest's hashes);
+    ``None`` elsewhere."""
 
     validated: Mapping[str, pd.DataFrame]
     predictions: Mapping[str, pd.DataFrame]
@@ -167,6 +170,7 @@ class AuditData:
     batches: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     quarantine: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     reports: Path | None = None
+    landing: Path | None = None
 
     @property
     def simulated(self) -> bool:
