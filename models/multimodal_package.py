@@ -57,6 +57,7 @@ from clinaudit.models.package import (
     read_card_json,
     refuse_pickles,
     state_dict_for_saving,
+    verified_file_sha256,
 )
 from clinaudit.models.text_tokenizer import (
     TOKENIZER_FILE,
@@ -251,25 +252,6 @@ def _read_card(directory: Path) -> dict[str, Any]:
     return doc
 
 
-def _verified_sha(directory: Path, name: str, recorded: object) -> str:
-    path = directory / name
-    if not path.is_file():
-        raise ModelPackageError(
-            path, f"{name} is missing", expected=name, found="no such file",
-            fix="copy the whole package directory",
-        )  # fmt: skip
-    found = sha256_file(path)
-    if found != str(recorded).lower():
-        raise ModelPackageError(
-            path,
-            f"sha256 of {name} differs from the card (corrupted or replaced file)",
-            expected=str(recorded),
-            found=found,
-            fix="re-copy the package; its files never change without a new card",
-        )
-    return found
-
-
 def load_multimodal_package(
     directory: str | os.PathLike[str], *, expected_labels: Sequence[str] | None = None
 ) -> LoadedMultimodal:
@@ -295,8 +277,8 @@ def load_multimodal_package(
     directory = Path(directory)
     doc = _read_card(directory)
     card_path = directory / CARD_FILE
-    weights_sha = _verified_sha(directory, WEIGHTS_FILE, doc["weights_sha256"])
-    tokenizer_sha = _verified_sha(directory, TOKENIZER_FILE, doc["tokenizer_sha256"])
+    weights_sha = verified_file_sha256(directory, WEIGHTS_FILE, doc["weights_sha256"])
+    tokenizer_sha = verified_file_sha256(directory, TOKENIZER_FILE, doc["tokenizer_sha256"])
     try:
         config = MultimodalConfig.from_dict(doc["config"])
         tokenizer = load_note_tokenizer(directory, max_length=config.max_length)

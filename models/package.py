@@ -210,6 +210,30 @@ def refuse_pickles(directory: Path) -> None:
             )
 
 
+def verified_file_sha256(directory: Path, name: str, recorded: object) -> str:
+    """sha256 of the package file ``directory / name``, which must equal the card's ``recorded``.
+
+    Raises
+    ------
+    ModelPackageError
+        The file is missing or its bytes changed (naming the file and the fix).
+    """
+    path = directory / name
+    if not path.is_file():
+        raise ModelPackageError(
+            path, f"{name} is missing", expected=name, found="no such file",
+            fix="copy the whole package directory",
+        )  # fmt: skip
+    found = sha256_file(path)
+    if found != str(recorded).lower():
+        raise ModelPackageError(
+            path, f"sha256 of {name} differs from the card (corrupted or replaced file)",
+            expected=str(recorded), found=found,
+            fix="re-copy the package; its files never change without a new card",
+        )  # fmt: skip
+    return found
+
+
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights, detached, on the CPU and contiguous (what safetensors saves)."""
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

@@ -39,7 +39,12 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from clinaudit.models.model_card import json_safe
-from clinaudit.models.package import ModelPackageError, read_card_json, refuse_pickles
+from clinaudit.models.package import (
+    ModelPackageError,
+    read_card_json,
+    refuse_pickles,
+    verified_file_sha256,
+)
 from clinaudit.models.vlm.adapters import VlmAdapter, create_vlm, unwrap_model
 from clinaudit.models.vlm.config import PROMPT_FORMAT, VLM_KINDS, VlmConfig
 from clinaudit.models.vlm.tokenizer import TOKENIZER_FILE, load_vqa_tokenizer, save_vqa_tokenizer
@@ -211,23 +216,6 @@ def _read_card(directory: Path) -> dict[str, Any]:
     return doc
 
 
-def _verified_sha(directory: Path, name: str, recorded: object) -> str:
-    path = directory / name
-    if not path.is_file():
-        raise ModelPackageError(
-            path, f"{name} is missing", expected=name, found="no such file",
-            fix="copy the whole package directory",
-        )  # fmt: skip
-    found = sha256_file(path)
-    if found != str(recorded).lower():
-        raise ModelPackageError(
-            path, f"sha256 of {name} differs from the card (corrupted or replaced file)",
-            expected=str(recorded), found=found,
-            fix="re-copy the package; its files never change without a new card",
-        )  # fmt: skip
-    return found
-
-
 def load_vlm_package(directory: str | os.PathLike[str]) -> LoadedVlm:
     """Verify and load a VLM package from a local directory (nothing is downloaded).
 
@@ -239,8 +227,8 @@ def load_vlm_package(directory: str | os.PathLike[str]) -> LoadedVlm:
     """
     directory = Path(directory)
     doc = _read_card(directory)
-    weights_sha = _verified_sha(directory, WEIGHTS_FILE, doc["weights_sha256"])
-    tokenizer_sha = _verified_sha(directory, TOKENIZER_FILE, doc["tokenizer_sha256"])
+    weights_sha = verified_file_sha256(directory, WEIGHTS_FILE, doc["weights_sha256"])
+    tokenizer_sha = verified_file_sha256(directory, TOKENIZER_FILE, doc["tokenizer_sha256"])
     try:
         config = VlmConfig.from_dict(doc["config"])
         tokenizer = load_vqa_tokenizer(directory)
