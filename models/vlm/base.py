@@ -380,19 +380,11 @@ class VlmAdapter(ABC):
 
     def batch_loss(self, model: nn.Module, batch: VlmBatch) -> torch.Tensor:
         """Mean LM loss on the answer tokens, each distinct image encoded once."""
-        return self.batch_loss_and_features(model, batch)[0]
-
-    def batch_loss_and_features(
-        self, model: nn.Module, batch: VlmBatch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`batch_loss` and the features of the batch's distinct images
-        (``(N, n_image_tokens, D)``, in the graph, for an auxiliary loss)."""
-        feats = self.encode_images(model, batch.pixel_values)
+        feats = self.encode_images(model, batch.pixel_values)[batch.image_index.to(model.device)]
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.token_type_ids is not None:
             inputs["token_type_ids"] = batch.token_type_ids
-        per_seq = feats[batch.image_index.to(feats.device)]
-        return self._lm_forward(model, inputs, per_seq, labels=batch.labels).loss, feats
+        return self._lm_forward(model, inputs, feats, labels=batch.labels).loss
 
     # ----------------------------------------------------------------------------------- modules
     def vision_tower(self, model: nn.Module) -> nn.Module:

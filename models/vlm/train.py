@@ -69,17 +69,6 @@ class TrainSettings:
         Decay to 0 after the warmup.
     max_grad_norm : float
         Gradient clipping.
-    vision_lr_scale : float
-        Learning-rate multiplier of the trainable weights outside the language model (vision
-        tower and projector): a tower trained from scratch learns its features faster than the
-        language model learns to read them, so pretraining gives it a higher rate. No effect on
-        a LoRA tune (the vision tower is frozen there).
-    probe_weight : float
-        Pretraining only (:func:`pretrain_base`): weight of an auxiliary loss that reads every
-        yes/no answer from the image features alone (:class:`_AnswerProbe`, one linear read-out
-        per question wording, discarded after training). It makes the vision tower and the
-        projector encode the findings early instead of waiting for the language model to learn
-        to look at the image; 0 turns it off. No effect on a LoRA tune.
     device : str
         Where to train (``"cpu"``, ``"cuda"``).
     """
@@ -91,15 +80,11 @@ class TrainSettings:
     warmup_frac: float = 0.05
     schedule: Literal["cosine", "linear"] = "cosine"
     max_grad_norm: float = 1.0
-    vision_lr_scale: float = 1.0
-    probe_weight: float = 0.0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_images < 1 or not self.lr > 0:
             raise ValueError(f"epochs, batch_images >= 1 and lr > 0 are needed, got {self}")
-        if not self.vision_lr_scale > 0 or not self.probe_weight >= 0:
-            raise ValueError(f"vision_lr_scale > 0 and probe_weight >= 0 are needed, got {self}")
         if self.schedule not in ("cosine", "linear") or not 0 <= self.warmup_frac < 1:
             raise ValueError(f"schedule in (cosine, linear), 0 <= warmup_frac < 1, got {self}")
 
@@ -241,28 +226,6 @@ def _deterministic(seed: int) -> Iterator[None]:
             torch.use_deterministic_algorithms(before)
 
 
-class _AnswerProbe(nn.Module):
-    """Auxiliary pretraining head: per question wording, a linear score of every image token,
-    soft-max pooled over the tokens (a finding may be anywhere), as the logit of "yes"."""
-
-    def __init__(self, dim: int, prompts: Sequence[str]) -> None:
-        super().__init__()
-        self.index = {p: i for i, p in enumerate(prompts)}
-        self.score = nn.Linear(dim, len(prompts))
-
-    def loss(
-        self, feats: torch.Tensor, rows: Sequence[tuple[int, str, str]]
-    ) -> torch.Tensor | None:
-        keep = [(j, self.index[p], a == "yes") for j, p, a in rows if p in self.index]
-        if not keep:
-            return None
-        pooled = torch.logsumexp(self.score(feats), dim=1) - math.log(feats.shape[1])
-        img = torch.tensor([k[0] for k in keep], device=feats.device)
-        q = torch.tensor([k[1] for k in keep], device=feats.device)
-        target = torch.tensor([float(k[2]) for k in keep], device=feats.device)
-        return nn.functional.binary_cross_entropy_with_logits(pooled[img, q], target)
-
-
 def _train(
     stage: str, adapter: VlmAdapter, model: nn.Module, images: np.ndarray,
     seqs: list[list[tuple[str, str]]], settings: TrainSettings, seed: int, log: Log | None,
@@ -273,27 +236,12 @@ def _train(
         raise ValueError(f"images must be (N, H, W) with N={len(seqs)}, got {images.shape}")
     device = torch.device(settings.device)
     model.to(device).train()
-    lm_prefix = adapter.language_model_path + "."
-    named = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
-    lm = [p for n, p in named if n.startswith(lm_prefix) or n.startswith("lm_head.")]
-    other = [p for n, p in named if not (n.startswith(lm_prefix) or n.startswith("lm_head."))]
-    probe_prompts = sorted({p for ss in seqs for p, a in ss if a in ("yes", "no")})
-    use_probe = stage == "pretrain" and settings.probe_weight > 0 and bool(probe_prompts)
+    params = [p for p in model.parameters() if p.requires_grad]
     n_steps = math.ceil(len(images) / settings.batch_images)
     t0 = time.perf_counter()
     losses = []
     with _deterministic(seed):
-        probe = None
-        if use_probe:
-            probe = _AnswerProbe(adapter.config.text_hidden, probe_prompts).to(device)
-            other = other + list(probe.parameters())
-        params = lm + other
-        groups = [
-            {"params": ps, "lr": settings.lr * scale}
-            for ps, scale in ((lm, 1.0), (other, settings.vision_lr_scale))
-            if ps
-        ]
-        opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+        opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, _lr_lambda(settings, n_steps * settings.epochs)
         )
@@ -308,15 +256,9 @@ def _train(
                     images[ids], [r[1] for r in rows], [r[2] for r in rows],
                     image_index=[r[0] for r in rows],
                 )  # fmt: skip
-                if probe is None:
-                    loss = adapter.batch_loss(model, batch)
-                    train_loss = loss
-                else:
-                    loss, feats = adapter.batch_loss_and_features(model, batch)
-                    aux = probe.loss(feats, rows)
-                    train_loss = loss if aux is None else loss + settings.probe_weight * aux
+                loss = adapter.batch_loss(model, batch)
                 opt.zero_grad(set_to_none=True)
-                train_loss.backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                 opt.step()
                 sched.step()
@@ -332,7 +274,7 @@ def _train(
         settings=settings,
         seed=seed,
         epoch_losses=tuple(losses),
-        n_trainable=sum(p.numel() for _, p in named),
+        n_trainable=sum(p.numel() for p in params),
         n_parameters=sum(p.numel() for p in model.parameters()),
         n_images=len(images),
         n_sequences=sum(len(s) for s in seqs),

@@ -76,29 +76,33 @@ TRAINING_KEYS = (
     "scale", "kind", "adult_images", "pretrain_epochs", "lora_epochs", "lora_rank",
     "lora_templates", "image_size", "num_threads", "base_model", "batch_images", "lr",
     "lora_lr", "patch_size", "vision_hidden", "vision_layers", "text_hidden", "text_layers",
+    "lora_mlp",
 )  # fmt: skip
 #: Settings that size the embedded model (``VlmConfig`` fields).
 _ARCH_KEYS = ("patch_size", "vision_hidden", "vision_layers", "text_hidden", "text_layers")
 #: Per demo scale; anything not named takes :data:`DEFAULTS`.
 SCALE_TRAINING: dict[str, dict[str, Any]] = {
-    "tiny": {"adult_images": 240, "pretrain_epochs": 2, "lora_epochs": 2},
+    "tiny": {"adult_images": 600, "pretrain_epochs": 2, "lora_epochs": 2},
     "demo": {},
-    "full": {"adult_images": 8000, "pretrain_epochs": 8, "lora_epochs": 6},
+    "full": {"adult_images": 8000, "lora_epochs": 6},
 }
+#: The demo recipe (measured on 2 shared cores: docs/architecture.md, "Study peds_vqa"): small
+#: batches for enough optimiser steps, 16-px patches (a 4 x 4 map grid at 64 px).
 DEFAULTS: dict[str, Any] = {
     "kind": "paligemma",
     "adult_images": 2400,
-    "pretrain_epochs": 6,
-    "lora_epochs": 4,
+    "pretrain_epochs": 4,
+    "lora_epochs": 8,
     "lora_rank": 8,
     "lora_templates": 2,
+    "lora_mlp": False,
     "image_size": 64,
     "num_threads": 2,
     "base_model": None,
-    "batch_images": 32,
-    "lr": 3e-3,
-    "lora_lr": 1e-3,
-    "patch_size": 8,
+    "batch_images": 8,
+    "lr": 1e-3,
+    "lora_lr": 3e-3,
+    "patch_size": 16,
     "vision_hidden": 64,
     "vision_layers": 2,
     "text_hidden": 128,
@@ -125,6 +129,7 @@ def _settings(spec: ModelSpec) -> dict[str, Any]:
                 "image_size", "num_threads", "batch_images", *_ARCH_KEYS):  # fmt: skip
         merged[key] = int(merged[key])
     merged["lr"], merged["lora_lr"] = float(merged["lr"]), float(merged["lora_lr"])
+    merged["lora_mlp"] = bool(merged["lora_mlp"])
     return merged
 
 
@@ -284,7 +289,7 @@ def _train(
             f"rank {s['lora_rank']})")  # fmt: skip
         tuned, lora = lora_finetune(
             adapter, model, adapter.tokenizer, pixels, qs, ans, rank=s["lora_rank"],
-            alpha=2.0 * s["lora_rank"],
+            alpha=2.0 * s["lora_rank"], mlp=s["lora_mlp"],
             settings=TrainSettings(epochs=s["lora_epochs"], batch_images=s["batch_images"],
                                    lr=s["lora_lr"]),
             seed=spec.seed, log=log,
