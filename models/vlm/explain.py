@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +34,6 @@ from clinaudit.models.vlm.adapters import VlmAdapter, unwrap_model
 from clinaudit.models.vlm.answer import yes_no_logit
 from clinaudit.models.vlm.config import vqa_prompt
 
-log = logging.getLogger(__name__)
 __all__ = [
     "ZeroGradientError",
     "attention_rollout_map",
@@ -76,7 +74,8 @@ def gradcam_map(
     Returns
     -------
     numpy.ndarray
-        ``(grid, grid)`` float64 in [0, 1] with maximum 1.
+        ``(grid, grid)`` float64 in [0, 1] with maximum 1; all zeros when every patch lowers
+        ``z_yes - z_no`` (ReLU leaves nothing: the map is empty, not replaced by another one).
 
     Raises
     ------
@@ -109,12 +108,9 @@ def gradcam_map(
         )
     cam = (act * grad.mean(dim=0)).sum(dim=-1)
     relu = cam.clamp_min(0)
-    if relu.max() <= 0:
-        log.warning(
-            "Grad-CAM: every patch lowers z_yes - z_no; returning |cam| instead of ReLU(cam)"
-        )
-        relu = cam.abs()
     grid = adapter.config.grid
+    if relu.max() <= 0:  # no patch supports "yes": an empty map, never another quantity
+        return np.zeros((grid, grid))
     return (relu / relu.max()).reshape(grid, grid).cpu().numpy()
 
 

@@ -5,7 +5,9 @@ the category's threshold, a ground-truth box present) two maps are made on the t
 Grad-CAM of ``z_yes - z_no`` on the vision tower's last layer, and attention rollout over the
 vision tower (question-agnostic: where the encoder mixes information, a weaker check). Each is
 scored against the category's union box (pointing hit, energy in box, box IoU;
-:mod:`clinaudit.audit.localization`). The first ``faithfulness_answers`` also get RISE deletion
+:mod:`clinaudit.audit.localization`). A Grad-CAM map can be empty (every patch lowers z_yes -
+z_no): it counts as a miss with no energy in the box and IoU 0, and is counted (``empty_maps``).
+The first ``faithfulness_answers`` also get RISE deletion
 / insertion curves of P(yes) (mean-grey baseline), the first ``randomization_answers`` the
 model-randomisation sanity check (Adebayo et al. 2018: maps of a copy with redrawn weights must
 differ); ``report_maps`` examples are kept (image, both maps, box) for the report's figure.
@@ -21,6 +23,7 @@ import pandas as pd
 
 from clinaudit.audit.calibration_fit import expit
 from clinaudit.audit.localization import (
+    box_area,
     deletion_insertion,
     localization_table,
     randomization_sanity,
@@ -103,17 +106,31 @@ def localization_tables(
     for method in METHODS:
         if not len(tps):
             break
-        table = localization_table(
-            maps[method], list(tps["box"]), categories=list(tps["category"]),
-            ids=list(tps["question_id"]), quantile=cfg.map_quantile,
-        )  # fmt: skip
-        per_answer.append(table.assign(method=method))
+        full = np.array([m.max() > 0 for m in maps[method]])
+        parts = []
+        if full.any():
+            parts.append(localization_table(
+                [m for m, f in zip(maps[method], full, strict=True) if f],
+                list(tps.loc[full, "box"]), categories=list(tps.loc[full, "category"]),
+                ids=list(tps.loc[full, "question_id"]), quantile=cfg.map_quantile,
+                tolerance_cells=0.0,
+            ).assign(empty=False))  # fmt: skip
+        if not full.all():  # no patch supports "yes": a miss with no mass in the box
+            empty = tps.loc[~full]
+            parts.append(pd.DataFrame({
+                "id": empty["question_id"].to_numpy(), "category": empty["category"].to_numpy(),
+                "hit": False, "energy": 0.0, "iou": 0.0, "empty": True,
+                "box_area": [box_area(b) for b in empty["box"]],
+            }))  # fmt: skip
+        per_answer.append(pd.concat(parts, ignore_index=True).assign(method=method))
     loc = pd.concat(per_answer, ignore_index=True) if per_answer else pd.DataFrame(
-        columns=["id", "category", "hit", "energy", "box_area", "iou", "method"]
+        columns=["id", "category", "hit", "energy", "box_area", "iou", "empty", "method"]
     )  # fmt: skip
     summary = pd.concat(
-        [summarize_localization(loc[loc["method"] == m].drop(columns="method"), seed=seed)
-         .assign(method=m) for m in METHODS if (loc["method"] == m).any()],
+        [summarize_localization(loc[loc["method"] == m].drop(columns=["method", "empty"]),
+                                seed=seed)
+         .assign(method=m, empty_maps=int(loc.loc[loc["method"] == m, "empty"].sum()))
+         for m in METHODS if (loc["method"] == m).any()],
         ignore_index=True,
     ) if len(loc) else pd.DataFrame()  # fmt: skip
     faithful = []

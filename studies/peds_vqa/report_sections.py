@@ -373,15 +373,21 @@ def localization_section(ev, policy, fig: FigureFile | None) -> Section:
         if len(rnd) else "not run (no true-positive answer)"
     )  # fmt: skip
     cfg = policy.localization
+    empty = (
+        int(s.loc[s["category"] == "all", "empty_maps"].sum())
+        if len(s) and "empty_maps" in s
+        else 0
+    )
     return Section(
         "localization", "8 Localization maps",
         (
             "Maps of the tuned model on true-positive answers of the evaluation set, scored "
-            "against the category's ground-truth box: pointing hit (the map's peak within one "
-            f"cell of the box; Wilson CI), share of map energy in the box (uniform map = box "
+            "against the category's ground-truth box: pointing hit (the centre of the map's peak "
+            f"cell inside the box; Wilson CI), share of map energy in the box (uniform map = box "
             f"area), IoU of the map thresholded at its {cfg.map_quantile:.0%} quantile. "
             "Grad-CAM targets z_yes − z_no on the vision tower's last layer; attention rollout "
-            "is question-agnostic (a weaker, second method).",
+            "is question-agnostic (a weaker, second method). "
+            f"Empty maps (no patch supports yes; counted as misses): {empty}.",
             f"Faithfulness (RISE, mean-grey baseline, first {cfg.faithfulness_answers} answers, "
             f"lower deletion / higher insertion is better than the random map): {faith}.",
             f"Model-randomisation sanity check (Adebayo et al. 2018; first "
