@@ -158,8 +158,10 @@ def wilson_interval(
         denom = 1.0 + z * z / n
         centre = (phat + z * z / (2.0 * n)) / denom
         half = z * np.sqrt(phat * (1.0 - phat) / n + z * z / (4.0 * n * n)) / denom
-    lo = np.where(n > 0, centre - half, np.nan)
-    hi = np.where(n > 0, centre + half, np.nan)
+        # The interval contains phat exactly; rounding at phat = 0 or 1 can put a bound a few
+        # ulps on the wrong side (hi = 1 - 1e-16 at k = n), so the bounds are clamped to it.
+        lo = np.where(n > 0, np.minimum(centre - half, phat), np.nan)
+        hi = np.where(n > 0, np.maximum(centre + half, phat), np.nan)
     return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
 
 

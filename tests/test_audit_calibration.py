@@ -128,6 +128,12 @@ def test_reliability_data_and_wilson_interval() -> None:
     half = z * np.sqrt(phat * (1 - phat) / nn + z * z / (4 * nn * nn)) / (1 + z * z / nn)
     assert abs(lo[1] - (centre - half)) < 1e-12 and abs(hi[1] - (centre + half)) < 1e-12
     assert lo[0] == 0.0 and abs(hi[2] - 1.0) < 1e-12
+    # the bounds contain k / n exactly: at k = n rounding used to give hi = 1 - 1e-16 < 1,
+    # which a figure's error bar (phat - lo, hi - phat) then refused as negative
+    n = np.arange(1.0, 2000.0)
+    for k in (n, np.zeros_like(n), np.floor(n / 3)):
+        lo, hi = wilson_interval(k, n)
+        assert (lo <= k / n).all() and (hi >= k / n).all()
 
 
 def test_insufficient_cells_determinism_and_errors() -> None:
