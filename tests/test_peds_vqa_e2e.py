@@ -114,3 +114,36 @@ def test_the_package_carries_the_question_set_and_the_report_states_the_settings
     flat = " ".join(re.sub(r"\u2010\s*", "", text).split())
     assert "lora_rank=8" in flat and "0 in the vision tower" in flat
     assert "no clinical claim" in flat and "context only" in flat
+
+
+def test_a_local_checkpoint_is_lora_tuned_and_audited_through_the_same_stages(
+    tiny_demo, tmp_path, monkeypatch
+) -> None:
+    """``--base-model``: a checkpoint with its own tokenizer and a config VlmConfig cannot
+    express is read (kind from config.json), LoRA-tuned, packaged with its class configuration,
+    audited on the tiny landing, and the report says the base was not pretrained here."""
+    from vlm_checkpoint import save_tiny_checkpoint
+
+    from clinaudit.orchestration.cli import main
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", "paligemma", seed=1)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    landing = tiny_demo("peds_vqa") / "landing"
+    args = ["audit", "--study", "peds_vqa", "--landing", str(landing), "--out",
+            str(tmp_path / "out"), "--base-model", str(ckpt), "--workers", "1"]  # fmt: skip
+    assert main(args) == 0
+    study = get_study("peds_vqa")
+    bundle = stored_bundle(ClinauditHome(root=str(tmp_path / "out")), study)
+    facts = bundle.model.facts
+    assert facts["pretraining"] == {"source": str(ckpt.resolve()), "local_files_only": True}
+    assert facts["settings"]["kind"] == "paligemma" and "adult_images" not in facts["settings"]
+    assert facts["lora"]["lora"]["modules_by_tower"]["vision"] == 0
+    tuned = load_vlm_package(facts["packages"]["tuned"]["path"])
+    assert tuned.model.config.text_config.num_key_value_heads == 1
+    assert tuned.tokenizer.bos_token_id == 2  # the checkpoint's tokenizer, not a retrained one
+    package = sorted(p for p in (tmp_path / "out" / "reports" / "peds_vqa").iterdir())[-1]
+    pdftotext = require_tool("pdftotext", "poppler-utils")
+    text = subprocess.run([pdftotext, str(package / "report.pdf"), "-"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    flat = " ".join(re.sub(r"\u2010\s*", "", text).split())
+    assert "not pretrained here" in flat and f"base_model={ckpt.resolve()}" in flat

@@ -45,6 +45,7 @@ from transformers import (
     LlavaForConditionalGeneration,
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
+    SmolVLMForConditionalGeneration,
 )
 
 from clinaudit.models.vlm.base import (
@@ -53,6 +54,7 @@ from clinaudit.models.vlm.base import (
     VlmBatch,
     create_vlm,
     load_local_vlm,
+    local_vlm_kind,
     register_vlm,
     unwrap_model,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "VlmBatch",
     "create_vlm",
     "load_local_vlm",
+    "local_vlm_kind",
     "register_vlm",
     "unwrap_model",
 ]
@@ -126,6 +129,7 @@ class PaliGemmaAdapter(VlmAdapter):
 
     kind = "paligemma"
     model_class = PaliGemmaForConditionalGeneration
+    local_classes = {"paligemma": PaliGemmaForConditionalGeneration}
     vision_tower_path = "model.vision_tower"
     language_model_path = "model.language_model"
     uses_token_type_ids = True
@@ -156,6 +160,7 @@ class LlavaAdapter(VlmAdapter):
 
     kind = "llava"
     model_class = LlavaForConditionalGeneration
+    local_classes = {"llava": LlavaForConditionalGeneration}
     vision_tower_path = "model.vision_tower"
     language_model_path = "model.language_model"
     vision_prefix_tokens = 1
@@ -196,6 +201,11 @@ class Idefics3Adapter(VlmAdapter):
 
     kind = "idefics3"
     model_class = Idefics3ForConditionalGeneration
+    #: SmolVLM (v1) checkpoints are idefics3; SmolVLM2's class has the same modules.
+    local_classes = {
+        "idefics3": Idefics3ForConditionalGeneration,
+        "smolvlm": SmolVLMForConditionalGeneration,
+    }
     vision_tower_path = "model.vision_model"
     language_model_path = "model.text_model"
 

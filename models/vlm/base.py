@@ -34,8 +34,10 @@ __all__ = [
     "VLM_REGISTRY",
     "VlmAdapter",
     "VlmBatch",
+    "checkpoint_model_type",
     "create_vlm",
     "load_local_vlm",
+    "local_vlm_kind",
     "register_vlm",
     "unwrap_model",
 ]
@@ -80,11 +82,17 @@ class VlmAdapter(ABC):
 
     kind: ClassVar[str]
     model_class: ClassVar[type[PreTrainedModel]]
+    #: Checkpoint ``model_type`` values (config.json) this adapter loads, and the class for each.
+    local_classes: ClassVar[dict[str, type[PreTrainedModel]]]
     vision_tower_path: ClassVar[str]
     language_model_path: ClassVar[str]
     #: Leading non-patch tokens of the vision encoder (CLIP's class token).
     vision_prefix_tokens: ClassVar[int] = 0
     uses_token_type_ids: ClassVar[bool] = False
+    #: The full Hugging Face config (``config.to_json_string``) of a model read from a local
+    #: checkpoint; ``None`` for a model built from :class:`VlmConfig`. A package of such a model
+    #: keeps it (and the checkpoint's tokenizer), since ``VlmConfig`` holds only the sizes.
+    hf_config: dict[str, Any] | None = None
 
     def __init__(self, config: VlmConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         if config.kind != self.kind:
@@ -151,18 +159,34 @@ class VlmAdapter(ABC):
         FileNotFoundError
             If ``path`` is not a directory.
         ValueError
-            If the checkpoint is another class, or its tokenizer lacks ``<image>`` / bos / eos.
+            If the checkpoint's ``model_type`` is not one this adapter loads
+            (:attr:`local_classes`), or its tokenizer lacks a pad / bos / eos token.
         """
         path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"no checkpoint directory at {path}")
-        model = cls.model_class.from_pretrained(
+        model_type = checkpoint_model_type(path)
+        if model_type not in cls.local_classes:
+            raise ValueError(
+                f"{path / 'config.json'}: model_type {model_type!r} is not a {cls.kind} checkpoint "
+                f"(this adapter loads {sorted(cls.local_classes)}); "
+                f"{_kind_hint(model_type)}"
+            )
+        model = cls.local_classes[model_type].from_pretrained(
             path, local_files_only=True, attn_implementation="eager"
         )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"the tokenizer at {path} is a slow (Python) tokenizer; save the checkpoint with "
+                "its fast tokenizer (tokenizer.json), e.g. AutoTokenizer.from_pretrained(..., "
+                "use_fast=True).save_pretrained(path)"
+            )
         config = cls._config_from_hf(model.config)
-        if tokenizer.pad_token_id is None:
-            raise ValueError(f"the tokenizer at {path} has no pad token; set one and re-save")
+        missing = [t for t in ("pad", "bos", "eos") if getattr(tokenizer, f"{t}_token_id") is None]
+        if missing:
+            raise ValueError(
+                f"the tokenizer at {path} has no {' / '.join(missing)} token; set "
+                f"{', '.join(t + '_token' for t in missing)} and re-save it"
+            )
         config = replace(
             config,
             pad_token_id=int(tokenizer.pad_token_id),
@@ -174,7 +198,37 @@ class VlmAdapter(ABC):
             doc = json.loads(pre.read_text(encoding="utf-8"))
             mean, std = doc.get("image_mean", [0.5]), doc.get("image_std", [0.5])
             config = replace(config, image_mean=float(np.mean(mean)), image_std=float(np.mean(std)))
-        return cls(config, tokenizer), model.eval()
+        adapter = cls(config, tokenizer)
+        adapter.hf_config = json.loads(model.config.to_json_string(use_diff=False))
+        return adapter, model.float().eval()  # trained, packaged and scored in float32
+
+    @classmethod
+    def from_hf_config(
+        cls, config: VlmConfig, tokenizer: PreTrainedTokenizerBase, hf_config: dict[str, Any]
+    ) -> tuple[VlmAdapter, PreTrainedModel]:
+        """An untrained model of a checkpoint's exact class and configuration (eager
+        attention), for loading a package of a model read by :meth:`from_local`.
+
+        Raises
+        ------
+        ValueError
+            If ``hf_config`` names a ``model_type`` this adapter does not load.
+        """
+        from transformers import AutoConfig
+
+        model_type = hf_config.get("model_type")
+        if model_type not in cls.local_classes:
+            raise ValueError(
+                f"hf_config model_type {model_type!r} is not loaded by the {cls.kind} adapter "
+                f"({sorted(cls.local_classes)})"
+            )
+        settings = {k: v for k, v in hf_config.items() if k != "model_type"}
+        model = cls.local_classes[model_type]._from_config(
+            AutoConfig.for_model(model_type, **settings), attn_implementation="eager"
+        )
+        adapter = cls(config, tokenizer)
+        adapter.hf_config = dict(hf_config)
+        return adapter, model.float().eval()
 
     @staticmethod
     @abstractmethod
@@ -425,10 +479,14 @@ def register_vlm(cls: type[VlmAdapter]) -> type[VlmAdapter]:
     return cls
 
 
-def _adapter_class(kind: str) -> type[VlmAdapter]:
+def _registry() -> dict[str, type[VlmAdapter]]:
     import clinaudit.models.vlm.adapters  # noqa: F401  (registers the three kinds)
 
-    if kind not in VLM_REGISTRY:
+    return VLM_REGISTRY
+
+
+def _adapter_class(kind: str) -> type[VlmAdapter]:
+    if kind not in _registry():
         raise KeyError(f"unknown VLM kind {kind!r}; known kinds: {sorted(VLM_REGISTRY)}")
     return VLM_REGISTRY[kind]
 
@@ -449,6 +507,62 @@ def create_vlm(
     return _adapter_class(kind).build(config, tokenizer, seed=seed)
 
 
-def load_local_vlm(kind: str, path: str | Path) -> tuple[VlmAdapter, PreTrainedModel]:
-    """Load a local checkpoint of ``kind`` (see :meth:`VlmAdapter.from_local`)."""
-    return _adapter_class(kind).from_local(path)
+def checkpoint_model_type(path: str | Path) -> str:
+    """The ``model_type`` of the checkpoint in folder ``path`` (its ``config.json``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a directory or has no ``config.json``.
+    ValueError
+        If ``config.json`` is not a JSON object with a ``model_type``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{path} has no config.json: give the folder a model was saved to with "
+            "save_pretrained (config.json, the weights and the tokenizer files)"
+        )
+    try:
+        doc = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{config} is not valid JSON ({exc}); re-save the checkpoint") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("model_type"), str):
+        raise ValueError(f"{config} names no model_type; re-save the checkpoint with transformers")
+    return doc["model_type"]
+
+
+def _kind_hint(model_type: str) -> str:
+    loads = {t: k for k, a in _registry().items() for t in a.local_classes}
+    if model_type in loads:
+        return f"it is read with kind {loads[model_type]!r}"
+    return f"no adapter reads model_type {model_type!r}; supported: " + ", ".join(
+        f"{t} ({k})" for t, k in sorted(loads.items())
+    )
+
+
+def local_vlm_kind(path: str | Path) -> str:
+    """The adapter kind that reads the checkpoint in ``path``, from its ``model_type``.
+
+    ``paligemma`` -> ``paligemma``, ``llava`` -> ``llava``, ``idefics3`` and ``smolvlm``
+    (SmolVLM / SmolVLM2) -> ``idefics3``.
+
+    Raises
+    ------
+    ValueError
+        If no registered adapter reads that ``model_type`` (e.g. ``llava_next``, LLaVA-1.6).
+    """
+    model_type = checkpoint_model_type(path)
+    for kind, adapter in _registry().items():
+        if model_type in adapter.local_classes:
+            return kind
+    raise ValueError(f"{Path(path) / 'config.json'}: {_kind_hint(model_type)}")
+
+
+def load_local_vlm(kind: str | None, path: str | Path) -> tuple[VlmAdapter, PreTrainedModel]:
+    """Load a local checkpoint (see :meth:`VlmAdapter.from_local`); ``kind=None`` reads the
+    kind from the checkpoint (:func:`local_vlm_kind`)."""
+    return _adapter_class(kind or local_vlm_kind(path)).from_local(path)

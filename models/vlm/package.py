@@ -7,14 +7,19 @@ A directory holding exactly::
 
     <package>/
         model.safetensors   the (LoRA-merged) state_dict (safetensors; pickle files are refused)
-        tokenizer.json      the word-level tokenizer (clinaudit.models.vlm.tokenizer)
+        tokenizer.json      the tokenizer (word-level, clinaudit.models.vlm.tokenizer, or the
+                            checkpoint's own fast tokenizer)
         model_card.json     what the model is and how it was built (written last)
 
 ``model_card.json`` keys: ``format``, ``kind`` (paligemma / llava / idefics3), ``config``
 (:class:`~clinaudit.models.vlm.config.VlmConfig` as a dict), ``prompt_format``, ``vendor``,
 ``intended_use``, ``description``, ``created_utc``, ``pretraining`` and ``lora`` (``null`` or
 :meth:`~clinaudit.models.vlm.train.TrainResult.summary`), ``validation``, ``lineage``,
-``weights_file`` / ``weights_sha256``, ``tokenizer_file`` / ``tokenizer_sha256``. Follows
+``weights_file`` / ``weights_sha256``, ``tokenizer_file`` / ``tokenizer_sha256``; for a model
+read from a local checkpoint (``--base-model``) also ``hf_config`` (the checkpoint's full Hugging
+Face config, from which the class is rebuilt instead of from ``config``) and
+``tokenizer_special`` (its pad / bos / eos / unk tokens; ``tokenizer.json`` is then its own fast
+tokenizer, not the word-level one). Follows
 :mod:`clinaudit.models.multimodal_package`: same
 :class:`~clinaudit.models.package.ModelPackageError`,
 pickle refusal, sha256 check of both files, strict weight loading into the class rebuilt from
@@ -45,9 +50,14 @@ from clinaudit.models.package import (
     refuse_pickles,
     verified_file_sha256,
 )
-from clinaudit.models.vlm.adapters import VlmAdapter, create_vlm, unwrap_model
+from clinaudit.models.vlm.adapters import VLM_REGISTRY, VlmAdapter, create_vlm, unwrap_model
 from clinaudit.models.vlm.config import PROMPT_FORMAT, VLM_KINDS, VlmConfig
-from clinaudit.models.vlm.tokenizer import TOKENIZER_FILE, load_vqa_tokenizer, save_vqa_tokenizer
+from clinaudit.models.vlm.tokenizer import (
+    TOKENIZER_FILE,
+    load_checkpoint_tokenizer,
+    load_vqa_tokenizer,
+    save_vqa_tokenizer,
+)
 from clinaudit.sources.landing import sha256_file
 
 VLM_FORMAT = "clinaudit.vlm_model/v1"
@@ -99,8 +109,12 @@ def _state(model: nn.Module) -> dict[str, Any]:
 
 
 def _rebuild(path: Path, config: VlmConfig, tokenizer: PreTrainedTokenizerFast,
-             state: Mapping[str, Any]) -> tuple[VlmAdapter, PreTrainedModel]:  # fmt: skip
-    adapter, model = create_vlm(config.kind, config, tokenizer, seed=0)
+             state: Mapping[str, Any], hf_config: dict[str, Any] | None,
+             ) -> tuple[VlmAdapter, PreTrainedModel]:  # fmt: skip
+    if hf_config is None:
+        adapter, model = create_vlm(config.kind, config, tokenizer, seed=0)
+    else:  # a model read from a local checkpoint: its exact class and configuration
+        adapter, model = VLM_REGISTRY[config.kind].from_hf_config(config, tokenizer, hf_config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -161,7 +175,7 @@ def save_vlm_package(
     directory.mkdir(parents=True, exist_ok=True)
     refuse_pickles(directory)
     state = _state(model)
-    _rebuild(directory / WEIGHTS_FILE, adapter.config, adapter.tokenizer, state)
+    _rebuild(directory / WEIGHTS_FILE, adapter.config, adapter.tokenizer, state, adapter.hf_config)
     tmp = directory / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, directory / WEIGHTS_FILE)
@@ -189,6 +203,14 @@ def save_vlm_package(
         "tokenizer_file": TOKENIZER_FILE,
         "tokenizer_sha256": sha256_file(directory / TOKENIZER_FILE),
     }
+    if adapter.hf_config is not None:  # read from a local checkpoint (VlmAdapter.from_local)
+        tok = adapter.tokenizer
+        doc["hf_config"] = adapter.hf_config
+        doc["tokenizer_special"] = {
+            name: str(getattr(tok, name))
+            for name in ("pad_token", "bos_token", "eos_token", "unk_token")
+            if getattr(tok, name) is not None
+        }
     tmp_card = directory / f".{CARD_FILE}.tmp"
     tmp_card.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp_card, directory / CARD_FILE)
@@ -231,7 +253,13 @@ def load_vlm_package(directory: str | os.PathLike[str]) -> LoadedVlm:
     tokenizer_sha = verified_file_sha256(directory, TOKENIZER_FILE, doc["tokenizer_sha256"])
     try:
         config = VlmConfig.from_dict(doc["config"])
-        tokenizer = load_vqa_tokenizer(directory)
+        hf_config = doc.get("hf_config")
+        if hf_config is not None and not isinstance(hf_config, dict):
+            raise ValueError(f"hf_config must be an object, got {type(hf_config).__name__}")
+        if doc.get("tokenizer_special") is not None:
+            tokenizer = load_checkpoint_tokenizer(directory, dict(doc["tokenizer_special"]))
+        else:
+            tokenizer = load_vqa_tokenizer(directory)
         if config.kind != doc["kind"]:
             raise ValueError(f"card kind {doc['kind']!r} but config kind {config.kind!r}")
     except (TypeError, ValueError) as err:
@@ -248,7 +276,7 @@ def load_vlm_package(directory: str | os.PathLike[str]) -> LoadedVlm:
             found=str(err), fix="save with safetensors.torch.save_file",
         ) from err  # fmt: skip
     try:
-        adapter, model = _rebuild(directory / WEIGHTS_FILE, config, tokenizer, state)
+        adapter, model = _rebuild(directory / WEIGHTS_FILE, config, tokenizer, state, hf_config)
     except ValueError as err:
         if isinstance(err, ModelPackageError):
             raise

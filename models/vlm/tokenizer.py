@@ -41,6 +41,7 @@ __all__ = [
     "PAD_ID",
     "SPECIAL_TOKENS",
     "TOKENIZER_FILE",
+    "load_checkpoint_tokenizer",
     "load_vqa_tokenizer",
     "save_vqa_tokenizer",
     "train_vqa_tokenizer",
@@ -155,3 +156,34 @@ def load_vqa_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer at {path}; save one with save_vqa_tokenizer")
     return _wrap(Tokenizer.from_file(str(path)))
+
+
+def load_checkpoint_tokenizer(
+    path: str | os.PathLike[str], special: dict[str, str]
+) -> PreTrainedTokenizerFast:
+    """Read the ``tokenizer.json`` of a package made from a local checkpoint's tokenizer (any
+    fast tokenizer), with its special tokens (``pad_token``, ``bos_token``, ...) as recorded.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If a recorded special token is not in the vocabulary or ``yes`` / ``no`` is not one
+        known token.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer at {path}")
+    backend = Tokenizer.from_file(str(path))
+    unknown = {k: v for k, v in special.items() if backend.token_to_id(v) is None}
+    if unknown:
+        raise ValueError(f"special tokens {unknown} are not in the vocabulary of {path}")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="right", **special)
+    for word in ANSWER_WORDS:
+        enc = tok(word, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1 or enc[0] == tok.unk_token_id:
+            raise ValueError(f"the answer word {word!r} is not one known token of {path}: {enc}")
+    return tok

@@ -38,7 +38,7 @@ from clinaudit.audit.records import ModelRef
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.vlm.adult_data import adult_pretraining_pairs
 from clinaudit.models.vlm.answer import score_questions
-from clinaudit.models.vlm.base import create_vlm, load_local_vlm
+from clinaudit.models.vlm.base import create_vlm, load_local_vlm, local_vlm_kind
 from clinaudit.models.vlm.config import CAPTION_PROMPT, VlmConfig
 from clinaudit.models.vlm.package import (
     CARD_FILE,
@@ -108,9 +108,10 @@ DEFAULTS: dict[str, Any] = {
     "text_hidden": 128,
     "text_layers": 2,
 }
+#: Settings of the pretraining here, unused (and not reported) with a local ``base_model``.
+_PRETRAIN_KEYS = ("adult_images", "pretrain_epochs", "lr", "image_size", *_ARCH_KEYS)
 _INTENDED_USE = (
     "Research evaluation of yes/no questions on pediatric chest X-rays; no clinical use. "
-    "Trained here by clinaudit on simulated data"
 )
 
 
@@ -125,10 +126,17 @@ def _settings(spec: ModelSpec) -> dict[str, Any]:
         )  # fmt: skip
     if merged["base_model"]:
         merged["base_model"] = str(Path(str(merged["base_model"])).resolve())
+        merged["kind"] = _checkpoint_kind(merged["base_model"], training.get("kind"))
+    if merged["base_model"]:  # no pretraining here; sizes are the checkpoint's
+        for key in _PRETRAIN_KEYS:
+            merged.pop(key)
     for key in ("adult_images", "pretrain_epochs", "lora_epochs", "lora_rank", "lora_templates",
                 "image_size", "num_threads", "batch_images", *_ARCH_KEYS):  # fmt: skip
-        merged[key] = int(merged[key])
-    merged["lr"], merged["lora_lr"] = float(merged["lr"]), float(merged["lora_lr"])
+        if key in merged:
+            merged[key] = int(merged[key])
+    for key in ("lr", "lora_lr"):
+        if key in merged:
+            merged[key] = float(merged[key])
     merged["lora_mlp"] = bool(merged["lora_mlp"])
     return merged
 
@@ -148,6 +156,39 @@ def _refuse(spec: ModelSpec) -> None:
         )  # fmt: skip
 
 
+def _checkpoint_kind(path: str, asked: object) -> str:
+    """The adapter kind of the local checkpoint (its config.json's model_type); a ``kind`` the
+    settings name must agree with it."""
+    try:
+        kind = local_vlm_kind(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise AuditInputError(
+            "training.base_model", path, "a local PaliGemma, LLaVA or Idefics3 / SmolVLM "
+            "checkpoint folder (save_pretrained: config.json, weights, tokenizer)", str(exc),
+        ) from None  # fmt: skip
+    if asked is not None and asked != kind:
+        raise AuditInputError(
+            "training.kind", f"{asked!r} with a base model whose config.json says {kind!r}",
+            f"kind {kind!r} (or no kind: it is read from the checkpoint)",
+            "drop training.kind or give the checkpoint of that class",
+        )  # fmt: skip
+    return kind
+
+
+def _checkpoint_files(s: dict[str, Any]) -> dict[str, list[int]]:
+    """Size and modification time of every file of the local base checkpoint (cheap to read at
+    every fingerprint), so that a checkpoint replaced in the same folder is not mistaken for the
+    one a saved model was tuned from; empty without ``base_model``."""
+    if not s["base_model"]:
+        return {}
+    root = Path(s["base_model"])
+    return {
+        str(f.relative_to(root)): [f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(root.rglob("*"))
+        if f.is_file()
+    }
+
+
 def model_fingerprint(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     """Data version of what ``spec`` points at (see ``Study.model_fingerprint``)."""
     _refuse(spec)
@@ -156,8 +197,11 @@ def model_fingerprint(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
         shas = {m: vlm_package_sha256(root / m) for m in MODELS}
         doc = json.dumps(shas, sort_keys=True)
         return hashlib.sha256(doc.encode()).hexdigest(), {"mode": "package", "packages": shas}
-    doc = json.dumps({"training": _settings(spec), "seed": spec.seed}, sort_keys=True)
+    s = _settings(spec)
+    doc = json.dumps({"training": s, "seed": spec.seed}, sort_keys=True)
     meta = {"mode": spec.mode, "training": json.loads(doc)}
+    if s["base_model"]:
+        doc += json.dumps(_checkpoint_files(s), sort_keys=True)
     return "embedded-spec:" + hashlib.sha256(doc.encode()).hexdigest(), meta
 
 
@@ -207,12 +251,22 @@ def _data_sha256(train: pd.DataFrame, categories: list[str]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def _card(description: str, lineage: dict[str, Any], **training: Any) -> VlmCard:
+def _card(
+    description: str, lineage: dict[str, Any], checkpoint: str | None, **training: Any
+) -> VlmCard:
     import datetime as dt
 
+    origin = (
+        f"Read from the local checkpoint {checkpoint}"
+        + ("; LoRA-tuned here on the pediatric split" if training.get("lora") else "")
+        if checkpoint
+        else "Trained here by clinaudit on simulated data"
+    )
     return VlmCard(
-        vendor="clinaudit (embedded, trained here)",
-        intended_use=_INTENDED_USE,
+        vendor="clinaudit (embedded, trained here)"
+        if checkpoint is None
+        else f"local checkpoint {checkpoint} (tuned by clinaudit)",
+        intended_use=_INTENDED_USE + origin,
         description=description,
         created_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         lineage=lineage,
@@ -233,11 +287,11 @@ def _train(
             ">= 8 images with both answers of every category",
             "land more pediatric images at the reference site, or raise splits.train",
         )  # fmt: skip
-    doc = json.dumps(
-        {"settings": s, "seed": spec.seed, "categories": cats,
-         "data": _data_sha256(train, cats), "plan": plan},
-        sort_keys=True,
-    )  # fmt: skip
+    what = {"settings": s, "seed": spec.seed, "categories": cats,
+            "data": _data_sha256(train, cats), "plan": plan}  # fmt: skip
+    if s["base_model"]:
+        what["checkpoint"] = _checkpoint_files(s)
+    doc = json.dumps(what, sort_keys=True)
     root = dirs.artifacts / "models" / STUDY / hashlib.sha256(doc.encode()).hexdigest()[:16]
     if all((root / m / CARD_FILE).is_file() for m in MODELS):
         log(f"reusing the base and tuned models trained with the same settings and data: {root}")
@@ -246,9 +300,6 @@ def _train(
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        settings = TrainSettings(
-            epochs=s["pretrain_epochs"], batch_images=s["batch_images"], lr=s["lr"]
-        )
         if s["base_model"]:
             adapter, model = load_local_vlm(s["kind"], s["base_model"])
             pretraining: dict[str, Any] = {"source": s["base_model"], "local_files_only": True}
@@ -267,6 +318,9 @@ def _train(
             adapter, model = create_vlm(s["kind"], config, tokenizer, seed=spec.seed)
             log(f"pretraining a {s['kind']} model on {len(images)} simulated adult films "
                 f"({s['pretrain_epochs']} epochs)")  # fmt: skip
+            settings = TrainSettings(
+                epochs=s["pretrain_epochs"], batch_images=s["batch_images"], lr=s["lr"]
+            )
             result = pretrain_base(
                 adapter, model, tokenizer, images, qs, ans, captions=caps, settings=settings,
                 seed=spec.seed, log=log,
@@ -277,12 +331,13 @@ def _train(
         lineage = {"pretrained_on": pretraining.get("data", pretraining.get("source"))}
         save_vlm_package(
             root / "base", adapter, model,
-            _card("base model (adult pretraining), zero-shot on children", lineage,
-                  pretraining=pretraining),
+            _card("base model (adult pretraining), zero-shot on children" if not s["base_model"]
+                  else "base model (local checkpoint, as read), zero-shot on children", lineage,
+                  s["base_model"], pretraining=pretraining),
             overwrite=True,
         )  # fmt: skip
         t1 = time.perf_counter()
-        load = image_loader(dirs.landing / STUDY, SITE, s["image_size"])
+        load = image_loader(dirs.landing / STUDY, SITE, adapter.config.image_size)
         pixels = np.stack([load(r) for r in train.itertuples()])
         qs, ans = _lora_pairs(train, cats, s["lora_templates"], spec.seed)
         log(f"LoRA-tuning on {len(train)} pediatric training images ({s['lora_epochs']} epochs, "
@@ -301,7 +356,7 @@ def _train(
             _card("LoRA-tuned on the pediatric training split (merged)",
                   {**lineage, "tuned_on": "pediatric train split", "n_train": len(train),
                    "data_sha256": json.loads(doc)["data"]},
-                  pretraining=pretraining, lora=lora.summary()),
+                  s["base_model"], pretraining=pretraining, lora=lora.summary()),
             overwrite=True,
         )  # fmt: skip
     finally:
@@ -343,7 +398,13 @@ def resolve_model(
                 "audit VLM packages (--model DIR with base/ and tuned/)"
             )
         root, reused, seconds = _train(reference, spec, policy, dirs, log)
-        source = "trained here: adult pretraining (simulated), LoRA on the pediatric train split"
+        base_model = _settings(spec)["base_model"]
+        source = (
+            f"base read from the local checkpoint {base_model}, LoRA here on the pediatric "
+            "train split"
+            if base_model
+            else "trained here: adult pretraining (simulated), LoRA on the pediatric train split"
+        )
     loaded = {m: load_vlm_package(root / m) for m in MODELS}
     shas = {m: p.sha256 for m, p in loaded.items()}
     identity = hashlib.sha256(json.dumps(shas, sort_keys=True).encode()).hexdigest()

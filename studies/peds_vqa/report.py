@@ -113,8 +113,8 @@ def evaluation_report(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
         footnote="peds_vqa research evaluation (no clinical claims)",
         subtitle="For the advisory board",
         sections=(
-            summary_section(ev, decisions, criteria, policy, sim),
-            data_section(ev, bundle.cohort, policy),
+            summary_section(ev, decisions, criteria, policy, sim, bundle.model),
+            data_section(ev, bundle.cohort, policy, bundle.model),
             model_section(bundle.model, auroc),
             discrimination_section(ev, policy),
             calibration_section(ev, policy, rel),
@@ -122,7 +122,7 @@ def evaluation_report(bundle: AuditBundle, stamp: AuditStamp) -> ReportContent:
             subgroup_section(ev),
             localization_section(ev, policy, maps),
             latency_section(ev),
-            limitations_section(sim),
+            limitations_section(sim, bundle.model),
         ),
         appendix=Appendix(
             methods=_methods(bundle, policy), policy=policy.rule_lines(), provenance=prov,

@@ -51,8 +51,8 @@ def reliability_counts_svg(reliability: pd.DataFrame, ece_text: dict[str, str], 
 
 
 def auroc_svg(operating: pd.DataFrame, *, simulated: bool) -> bytes:
-    """AUROC (DeLong 95% CI) per category on the pooled test set: the adult-pretrained base
-    model zero-shot against the LoRA-tuned model."""
+    """AUROC (DeLong 95% CI) per category on the pooled test set: the base model (pretrained
+    on adult films, or a local checkpoint) zero-shot against the LoRA-tuned model."""
     pooled = operating[operating["set"] == "pooled_test"]
     cats = sorted(pooled["group"].unique())
 
@@ -62,7 +62,7 @@ def auroc_svg(operating: pd.DataFrame, *, simulated: bool) -> bytes:
             t = pooled[pooled["model"] == model].set_index("group").loc[cats]
             x = np.arange(len(cats)) + (k - 0.5) * 0.35
             err = np.vstack([t["auroc"] - t["auroc_ci_low"], t["auroc_ci_high"] - t["auroc"]])
-            label = "adult base, zero-shot" if model == "base" else "LoRA-tuned on children"
+            label = "base, zero-shot" if model == "base" else "LoRA-tuned on children"
             ax.bar(x, t["auroc"], width=0.35, color=colour, label=label)
             ax.errorbar(x, t["auroc"], yerr=np.nan_to_num(err), fmt="none", ecolor="black",
                         lw=0.7, capsize=2)  # fmt: skip
@@ -71,7 +71,7 @@ def auroc_svg(operating: pd.DataFrame, *, simulated: bool) -> bytes:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("AUROC (95% CI)")
         ax.legend(fontsize=6, loc="lower right")
-        ax.set_title(_title("Adult -> child: zero-shot vs LoRA-tuned", simulated), fontsize=7.5)
+        ax.set_title(_title("Base zero-shot vs LoRA-tuned on children", simulated), fontsize=7.5)
         fig.tight_layout()
         return fig
 

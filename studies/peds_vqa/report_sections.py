@@ -25,7 +25,14 @@ __all__ = [
     "summary_section",
 ]
 
-_NAMES = {"base": "adult base (zero-shot)", "tuned": "LoRA-tuned"}
+_NAMES = {"base": "base (zero-shot)", "tuned": "LoRA-tuned"}
+
+
+def base_checkpoint(model) -> str | None:
+    """The local checkpoint the base model was read from (``--base-model``), or ``None`` when
+    it was pretrained here on simulated adult films."""
+    source = (model.facts.get("pretraining") or {}).get("source")
+    return str(source) if source else None
 
 
 def _cat(c: str) -> str:
@@ -38,7 +45,7 @@ def _pass(passed: Any) -> Cell:
     return Cell("pass", "pass") if bool(passed) else Cell("fail", "fail")
 
 
-def summary_section(ev, decisions, criteria, policy, simulated: bool) -> Section:
+def summary_section(ev, decisions, criteria, policy, simulated: bool, model) -> Section:
     """Section 1: the brief's criteria per category with CIs, pass / fail, and the headline."""
     ops = ev["operating"]
     pooled = ops[(ops["set"] == "pooled_test") & (ops["model"] == "tuned")].set_index("group")
@@ -87,8 +94,10 @@ def summary_section(ev, decisions, criteria, policy, simulated: bool) -> Section
         f"at this n (ECE ≥ {fmt_pct(c.ece.threshold, 0)} in "
         f"{fmt_pct(row['perfect_plugin_share_ge_limit'], 0)} of simulations), which is why the "
         "criterion uses the debiased estimator.",
-        "Headline, adult → child: AUROC of the LoRA-tuned model minus the adult-pretrained base "
-        f"model zero-shot, pooled test set (paired DeLong 95% CI): {delta}.",
+        ("Headline, adult → child: AUROC of the LoRA-tuned model minus the adult-pretrained "
+         "base model" if base_checkpoint(model) is None else "Headline: AUROC of the "
+         "LoRA-tuned model minus the base checkpoint it was tuned from")
+        + f" zero-shot, pooled test set (paired DeLong 95% CI): {delta}.",
     ) + (
         ("Every number here comes from SIMULATED images and labels. None of it is comparable to "
          "a published result on real children (Section 10 lists published figures as context "
@@ -97,7 +106,7 @@ def summary_section(ev, decisions, criteria, policy, simulated: bool) -> Section
     return Section("summary", "1 Verdict against the brief", paragraphs, tables=(main,))
 
 
-def data_section(ev, cohort: pd.DataFrame, policy) -> Section:
+def data_section(ev, cohort: pd.DataFrame, policy, model) -> Section:
     """Section 2: cohort, patient-disjoint splits, the question sets and their completeness."""
     splits = ev.facts["splits"]
     rows = [[s, f"{v['images']:,}", f"{v['patients']:,}"] for s, v in splits.items()]
@@ -139,7 +148,11 @@ def data_section(ev, cohort: pd.DataFrame, policy) -> Section:
             f"test image × category ({int(ev.facts['n_pooled_test_questions']):,} questions), "
             "for tighter estimates; the brief's criteria are judged there.",
             "Pretraining data: simulated ADULT chest films (clinaudit's renderer, ages 20-85), "
-            "yes/no questions and captions; they never include a child.",
+            "yes/no questions and captions; they never include a child."
+            if base_checkpoint(model) is None else
+            f"Base model: the local checkpoint {base_checkpoint(model)}, read with "
+            "local_files_only and not pretrained here; what it was trained on is its "
+            "publisher's statement, not audited by this evaluation.",
         ),
         tables=(split_table,),
     )  # fmt: skip
@@ -160,7 +173,8 @@ def model_section(model, fig: FigureFile) -> Section:
         ["Pretraining", f"{pre.get('n_images', 'n/a')} adult films, "
          f"{(pre.get('settings') or {}).get('epochs', 'n/a')} epochs, "
          f"{fmt_num(pre.get('seconds'), 0)} s" if pre.get("n_images") else
-         str(pre.get("source", "not stated"))],
+         f"none here: local checkpoint {pre['source']} (local_files_only)"
+         if pre.get("source") else "not stated"],
         ["LoRA", f"rank {(lora.get('lora') or {}).get('rank', 'n/a')}, "
          f"{lora.get('n_images', 'n/a')} pediatric training images, "
          f"{(lora.get('settings') or {}).get('epochs', 'n/a')} epochs, "
@@ -175,9 +189,12 @@ def model_section(model, fig: FigureFile) -> Section:
     return Section(
         "model", "3 Model",
         (
-            "A real Hugging Face vision-language class built from a small configuration, with a "
-            "tokenizer trained here. P(yes) = sigmoid(z_yes − z_no) from the first-token logits "
-            "of one prefill forward (no generation).",
+            ("A real Hugging Face vision-language class built from a small configuration, "
+             "with a tokenizer trained here." if base_checkpoint(model) is None else
+             "A real Hugging Face vision-language class read from a local checkpoint with its "
+             "own tokenizer.")
+            + " P(yes) = sigmoid(z_yes − z_no) from the first-token logits of one prefill "
+            "forward (no generation).",
         ),
         figures=(fig,),
         tables=(table(("Item", "As run"), rows, (22, 78), caption="Table 3 The audited models.",
@@ -421,7 +438,7 @@ def latency_section(ev) -> Section:
     return Section("latency", "9 Time per question", (text,))
 
 
-def limitations_section(simulated: bool) -> Section:
+def limitations_section(simulated: bool, model) -> Section:
     """Section 10: limitations, data-set bias and the anchors (context only)."""
     return Section(
         "limitations", "10 Limitations and context",
@@ -434,8 +451,9 @@ def limitations_section(simulated: bool) -> Section:
              "may differ."),
             "Data-set bias: one hospital, one label source (radiologist boxes; a finding is "
             "positive when any reader marked it), four categories only; no lateral views, no "
-            "comparison with priors, no clinical context. The adult pretraining data are "
-            "simulated adults.",
+            "comparison with priors, no clinical context. "
+            + ("The adult pretraining data are simulated adults." if base_checkpoint(model) is None
+               else "The base checkpoint's own training data are not audited here."),
             "Small numbers: 25 yes / 25 no questions per category give sensitivity intervals "
             "about ±0.15 wide (21/25 = 0.84, 95% CI 0.65–0.94); the pooled test set narrows "
             "them, the evaluation set does not. ECE at n = 200 is dominated by sampling noise; "
