@@ -370,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--base-model",
             help="local directory of a real vision-language checkpoint (PaliGemma, LLaVA, "
-            "SmolVLM) the embedded VQA model is LoRA-tuned from, read with local_files_only "
-            "(peds_vqa; CLINAUDIT_PEDS_VQA_TRAINING kind names its class)",
+            "Idefics3 / SmolVLM; saved with save_pretrained) the embedded VQA model is "
+            "LoRA-tuned from, read with local_files_only; its class is read from its "
+            "config.json (peds_vqa)",
         )
 
     def study_option(p: argparse.ArgumentParser, *, include_all: bool, required: bool) -> None:

@@ -7,8 +7,8 @@
   grad, so the activations are in the graph also for frozen (LoRA) models; the activation is read
   by a forward hook, not replaced (LLaVA reads its features from recorded hidden states).
   If the ReLU map is all zero although the gradient is not (every patch argues for "no"),
-  the map of ``|sum_c w_c A_c|`` is returned instead and a warning is logged; if the gradient
-  is exactly zero a :class:`ZeroGradientError` is raised (no evidence to draw).
+  the map stays all zero (empty: scored as a miss, never replaced by another quantity); if the
+  gradient is exactly zero a :class:`ZeroGradientError` is raised (no evidence to draw).
 * :func:`attention_rollout_map`: attention rollout (Abnar & Zuidema 2020) over the vision
   tower's layers, from the eager attention weights: per layer the head-averaged attention plus
   the identity (residual), rows renormalised, multiplied from the first layer to the last. The
