@@ -18,7 +18,8 @@ is evaluated on (choosing it on the test questions makes the test sensitivity op
 * :func:`sens_spec_at`: confusion counts and sensitivity / specificity / accuracy with Wilson
   score intervals (Wilson 1927; rows treated as independent).
 * :func:`per_group_operating_table`: per group, AUROC with its DeLong interval
-  (:func:`clinaudit.audit.delong.delong_auroc`) and the operating point at that group's threshold.
+  (:func:`clinaudit.audit.delong.delong_auroc`) and the operating point at that group's threshold;
+  a group too small for DeLong is reported with status ``"insufficient data"``, never dropped.
 * :func:`criterion_with_ci`: a target judged on the point estimate (``verdict``) and on the
   interval bound on the unfavourable side (``met_ci_bound``): ``"met (CI lower bound)"`` is
   stronger evidence than ``"met (point)"``.
@@ -42,11 +43,21 @@ from .schemas import (
     count_field,
     probability_field,
     schema_columns,
+    status_field,
     validate_table,
 )
-from .types import AuditInputError, as_1d, check_ci_level, check_option, group_key
+from .types import (
+    STATUS_INSUFFICIENT,
+    STATUS_OK,
+    AuditInputError,
+    as_1d,
+    check_ci_level,
+    check_option,
+    group_key,
+)
 
 __all__ = [
+    "MIN_PER_CLASS",
     "CriterionResult",
     "OperatingPoint",
     "OperatingTable",
@@ -56,6 +67,9 @@ __all__ = [
     "per_group_operating_table",
     "sens_spec_at",
 ]
+
+#: Fewest positives and negatives a group needs for an AUROC with a DeLong interval.
+MIN_PER_CLASS = 2
 
 Rule = Literal["max_sensitivity", "youden"]
 Direction = Literal[">=", "<="]
@@ -223,6 +237,13 @@ def sens_spec_at(
     """
     ci_level = check_ci_level(ci_level)
     y, p = _labels_probs(y_true, y_prob)
+    return _operating_point(y, p, threshold, ci_level)
+
+
+def _operating_point(
+    y: np.ndarray, p: np.ndarray, threshold: Any, ci_level: float
+) -> OperatingPoint:
+    """:func:`sens_spec_at` on checked arrays; a rate whose class is absent is ``NaN``."""
     if isinstance(threshold, bool) or not (
         isinstance(threshold, int | float | np.floating) and math.isfinite(threshold)
     ):
@@ -235,7 +256,8 @@ def sens_spec_at(
     k = np.array([tp, tn, tp + tn], float)
     n = np.array([tp + fn, tn + fp, y.size], float)
     lo, hi = wilson_interval(k, n, ci_level=ci_level)
-    rate = k / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(n > 0, k / n, np.nan)
     return OperatingPoint(
         float(threshold), tp, fn, tn, fp,
         float(rate[0]), float(lo[0]), float(hi[0]),
@@ -253,19 +275,20 @@ class OperatingTable(OutputSchema):
     n: Series[int] = count_field()
     n_pos: Series[int] = count_field()
     n_neg: Series[int] = count_field()
-    auroc: Series[float] = probability_field(nullable=False)
-    auroc_ci_low: Series[float] = probability_field(nullable=False)
-    auroc_ci_high: Series[float] = probability_field(nullable=False)
+    status: Series[str] = status_field()
+    auroc: Series[float] = probability_field()
+    auroc_ci_low: Series[float] = probability_field()
+    auroc_ci_high: Series[float] = probability_field()
     tp: Series[int] = count_field()
     fn: Series[int] = count_field()
     tn: Series[int] = count_field()
     fp: Series[int] = count_field()
-    sensitivity: Series[float] = probability_field(nullable=False)
-    sensitivity_ci_low: Series[float] = probability_field(nullable=False)
-    sensitivity_ci_high: Series[float] = probability_field(nullable=False)
-    specificity: Series[float] = probability_field(nullable=False)
-    specificity_ci_low: Series[float] = probability_field(nullable=False)
-    specificity_ci_high: Series[float] = probability_field(nullable=False)
+    sensitivity: Series[float] = probability_field()
+    sensitivity_ci_low: Series[float] = probability_field()
+    sensitivity_ci_high: Series[float] = probability_field()
+    specificity: Series[float] = probability_field()
+    specificity_ci_low: Series[float] = probability_field()
+    specificity_ci_high: Series[float] = probability_field()
     accuracy: Series[float] = probability_field(nullable=False)
     accuracy_ci_low: Series[float] = probability_field(nullable=False)
     accuracy_ci_high: Series[float] = probability_field(nullable=False)
@@ -294,11 +317,19 @@ def per_group_operating_table(
         Each group's threshold, fixed on the validation split (:func:`choose_threshold`).
     ci_level : float, keyword-only
 
+    Returns
+    -------
+    DataFrame
+        A group with fewer than :data:`MIN_PER_CLASS` positives or negatives has ``status``
+        ``"insufficient data"`` and no AUROC (``NaN``: no DeLong variance); its rates are still
+        given where their class is present (``NaN`` where it is absent), so the cell is reported
+        rather than dropped or allowed to fail the whole table.
+
     Raises
     ------
     AuditInputError
-        Missing column, a group without a threshold, or a group with fewer than 2 positives or
-        negatives (no DeLong variance).
+        Missing column, a group without a threshold, labels outside ``{0, 1}`` or probabilities
+        outside ``[0, 1]``.
     """
     ci_level = check_ci_level(ci_level)
     missing_cols = [c for c in (group_col, y_col, p_col) if c not in df.columns]
@@ -318,18 +349,22 @@ def per_group_operating_table(
     rows = []
     for g in groups:
         sub = df[keys == g]
-        y, p = _labels_probs(sub[y_col].to_numpy(), sub[p_col].to_numpy())
-        auc = delong_auroc(y, p, ci_level=ci_level)
-        op = sens_spec_at(y, p, float(thresholds[g]), ci_level=ci_level)
+        y, p = _labels_probs(sub[y_col].to_numpy(), sub[p_col].to_numpy(), both=False)
+        n_pos = int((y == 1.0).sum())
+        n_neg = int(y.size - n_pos)
+        enough = min(n_pos, n_neg) >= MIN_PER_CLASS
+        auc = delong_auroc(y, p, ci_level=ci_level) if enough else None
+        op = _operating_point(y, p, float(thresholds[g]), ci_level)
         rows.append(
             {
                 "group": g,
                 "n": int(y.size),
-                "n_pos": auc.n_pos,
-                "n_neg": auc.n_neg,
-                "auroc": auc.auroc,
-                "auroc_ci_low": auc.ci_low,
-                "auroc_ci_high": auc.ci_high,
+                "n_pos": n_pos,
+                "n_neg": n_neg,
+                "status": STATUS_OK if enough else STATUS_INSUFFICIENT,
+                "auroc": auc.auroc if auc else np.nan,
+                "auroc_ci_low": auc.ci_low if auc else np.nan,
+                "auroc_ci_high": auc.ci_high if auc else np.nan,
                 **op.to_dict(),
             }
         )

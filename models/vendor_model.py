@@ -10,6 +10,7 @@ training data, so an unchanged spec on unchanged data reuses the package instead
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -88,6 +89,52 @@ def stable_patient_order(patients: Sequence[str], keys: Sequence[str] | None = N
     frame["k"] = np.asarray(keys, dtype=str)
     first = frame.groupby("p", sort=False)["k"].min()
     return first.sort_values(kind="stable").index.to_numpy(dtype=str)
+
+
+def patient_uniform(patients: Sequence[str], keys: Sequence[str], salt: str) -> np.ndarray:
+    """A number in ``[0, 1)`` per row, the same for every row of a patient, that depends neither
+    on the pseudonymisation key nor on the row order.
+
+    Comparing it with cumulative shares gives a patient-disjoint split that is the same in every
+    process and every home on the same landed data (pseudonyms are keyed hashes, and a home
+    without ``CLINAUDIT_PSEUDONYM_KEY`` makes its own key, so a hash of the pseudonym would
+    split the same data differently in every fresh home).
+
+    Parameters
+    ----------
+    patients : sequence of str
+        Patient (pseudonym) per row; only which rows share a patient is used.
+    keys : sequence of str
+        A stable identifier per row, e.g. ``"<batch>/<image id>"``. A patient is identified by
+        its smallest key: with batch names that sort in landing order, its first landed image,
+        so the patient keeps its split as later batches land.
+    salt : str
+        Key of the hash: another salt gives another, equally valid, partition.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` of shape ``(n,)``.
+
+    Examples
+    --------
+    >>> u = patient_uniform(["a", "b", "a"], ["b1/x2", "b1/x1", "b2/x9"], "s")
+    >>> bool(u[0] == u[2]), bool(0.0 <= u.min() and u.max() < 1.0)
+    (True, True)
+    """
+    frame = pd.DataFrame({"p": np.asarray(patients, dtype=str), "k": np.asarray(keys, dtype=str)})
+    if len(frame) and (frame["k"] == "").any():
+        row = int(np.flatnonzero(frame["k"].to_numpy() == "")[0])
+        raise ValueError(f"keys: row {row} is empty; every row needs a stable identifier")
+    first = frame.groupby("p", sort=False)["k"].transform("min")
+    secret = salt.encode()
+
+    def unit(key: str) -> float:
+        digest = hmac.new(secret, key.encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0**64
+
+    values = {k: unit(k) for k in pd.unique(first)}
+    return first.map(values).to_numpy(dtype=np.float64)
 
 
 def patient_disjoint_split(

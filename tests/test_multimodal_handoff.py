@@ -65,6 +65,7 @@ def _clinic(name: str, n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, 
     table = pd.DataFrame(
         {
             "image_id": [f"{name}-{k:05d}" for k in range(n)],
+            "batch": "b-0001",
             "site": name,
             "patient": patients,
             "category": category,

@@ -60,6 +60,8 @@ def test_splits_keep_every_patient_in_one_split_and_follow_the_shares() -> None:
         {
             "site": rng.choice(["a", "b", "held"], 20000),
             "patient": [f"p{i}" for i in rng.integers(0, 6000, 20000)],
+            "batch": rng.choice(["b-0001", "b-0002"], 20000),
+            "image_id": [f"img{i:05d}" for i in range(20000)],
         }
     )
     split = assign_splits(table, held_out="held", shares=(0.6, 0.12, 0.14))
@@ -73,6 +75,14 @@ def test_splits_keep_every_patient_in_one_split_and_follow_the_shares() -> None:
     shuffled = table.sample(frac=1.0, random_state=1)
     again = assign_splits(shuffled, held_out="held", shares=(0.6, 0.12, 0.14))
     assert again.sort_index().equals(split)
+    # Another home's pseudonymisation key renames every patient: the split stays the same.
+    renamed = table.assign(patient="q" + table["patient"].str[1:] + "x")
+    assert assign_splits(renamed, held_out="held", shares=(0.6, 0.12, 0.14)).equals(split)
+    # A later batch of the same patients leaves the earlier photos where they were.
+    later = table.head(500).assign(batch="b-0003", image_id=lambda t: "late" + t["image_id"])
+    grown = assign_splits(pd.concat([table, later], ignore_index=True), held_out="held",
+                          shares=(0.6, 0.12, 0.14))  # fmt: skip
+    assert grown.iloc[: len(table)].equals(split)
 
 
 def test_annotator_agreement_counts_exact_and_within_one() -> None:

@@ -110,6 +110,31 @@ def test_per_group_table() -> None:
         per_group_operating_table(df, group_col="x", y_col="answer", p_col="p_yes", thresholds=thr)
 
 
+def test_a_group_too_small_for_delong_is_reported_not_fatal() -> None:
+    """1 positive of 15 (what a fresh home's split once gave a tiny category) and a group with
+    no positive at all: both rows are kept with status "insufficient data" and no AUROC; the
+    rates whose class is present are still computed, the others are NaN."""
+    df = pd.DataFrame(
+        {
+            "cat": ["big"] * 8 + ["one_pos"] * 15 + ["no_pos"] * 4,
+            "answer": [1, 1, 1, 1, 0, 0, 0, 0] + [1] + [0] * 14 + [0] * 4,
+            "p_yes": [0.9, 0.8, 0.7, 0.4, 0.3, 0.2, 0.6, 0.1] + [0.9] + [0.2] * 14 + [0.7] * 4,
+        }
+    )
+    thr = {"big": 0.5, "one_pos": 0.5, "no_pos": 0.5}
+    t = per_group_operating_table(
+        df, group_col="cat", y_col="answer", p_col="p_yes", thresholds=thr
+    ).set_index("group")
+    assert t.loc["big", "status"] == "ok" and t.loc["big", "auroc"] == pytest.approx(15 / 16)
+    one = t.loc["one_pos"]
+    assert one["status"] == "insufficient data" and np.isnan(one["auroc"])
+    assert (one["n_pos"], one["n_neg"], one["sensitivity"], one["specificity"]) == (1, 14, 1, 1)
+    assert one["sensitivity_ci_low"] < 1.0
+    none = t.loc["no_pos"]
+    assert none["status"] == "insufficient data" and np.isnan(none["sensitivity"])
+    assert none["specificity"] == 0.0 and none["accuracy"] == 0.0
+
+
 @pytest.mark.parametrize(
     ("args", "direction", "verdict", "evidence"),
     [

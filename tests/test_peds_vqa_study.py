@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from clinaudit.audit.policy_yaml import PolicyError
+from clinaudit.audit.types import AuditInputError
 from clinaudit.studies import get_study
 from clinaudit.studies.peds_vqa.policy import SHIPPED_POLICY, PedsVqaPolicy
 from clinaudit.studies.peds_vqa.questions import (
@@ -39,9 +40,7 @@ def _images(n: int = 1200, seed: int = 0) -> pd.DataFrame:
 
 def _split(table: pd.DataFrame) -> pd.DataFrame:
     policy = PedsVqaPolicy.load(SHIPPED_POLICY)
-    return table.assign(
-        split=assign_splits(table["patient"], policy.splits.shares(), policy.splits.salt)
-    )
+    return table.assign(split=assign_splits(table, policy.splits.shares(), policy.splits.salt))
 
 
 def test_the_200_question_set_is_deterministic_balanced_and_patient_disjoint() -> None:
@@ -78,6 +77,21 @@ def test_splits_keep_each_patient_in_one_split_with_the_policy_shares() -> None:
     policy = PedsVqaPolicy.load(SHIPPED_POLICY)
     for name, share in policy.splits.shares().items():
         assert abs(shares[name] - share) < 0.04, name
+
+
+def test_splits_do_not_depend_on_the_pseudonym_key_and_survive_a_later_batch() -> None:
+    """Pseudonyms are keyed hashes and a fresh home makes its own key: the same landed images
+    must split the same way whatever the pseudonyms are (a fresh home once put 1 of 15 test
+    images in a category and the whole evidence stage failed)."""
+    table = _images(n=600)
+    split = _split(table)["split"]
+    renamed = table.assign(patient=table["patient"].map(lambda p: f"{p[::-1]}z"))
+    assert _split(renamed)["split"].equals(split)
+    later = table.head(100).assign(batch="b-0002", image_id=lambda t: "late" + t["image_id"])
+    grown = _split(pd.concat([table, later], ignore_index=True))["split"]
+    assert grown.iloc[: len(table)].equals(split)
+    with pytest.raises(AuditInputError, match="image_id"):
+        _split(table.drop(columns=["image_id"]))
 
 
 def test_scored_questions_cover_every_non_training_image_wording_and_blank() -> None:
@@ -126,3 +140,55 @@ def test_the_study_is_registered_and_refuses_vendor_scores() -> None:
         study.model_fingerprint(ModelSpec(scores="/tmp/scores.csv"))
     with pytest.raises(ValueError, match="not known to peds_vqa"):
         study.model_fingerprint(ModelSpec(training={"epochs": 3}))
+
+
+def test_categories_without_positives_are_named_no_go_not_a_failed_stage() -> None:
+    """decide_brief when ``effusion`` has no yes image in the pooled test set and
+    ``cardiomegaly`` none in validation (so no threshold, no operating row): both are NO-GO with
+    the reason spelled out; the other categories are judged as usual."""
+    from clinaudit.audit.operating_point import per_group_operating_table
+    from clinaudit.audit.records import TableSet
+    from clinaudit.studies.peds_vqa.decisions import decide_brief, monitoring_plan
+
+    policy = PedsVqaPolicy.load(SHIPPED_POLICY)
+    rng = np.random.default_rng(3)
+    rows = []
+    for cat in policy.categories:
+        y = np.zeros(40, int) if cat == "effusion" else np.repeat([1, 0], 20)
+        p = np.clip(0.1 + 0.8 * y + rng.normal(0, 0.05, y.size), 0, 1)
+        rows.append(pd.DataFrame({"category": cat, "answer": y, "p": p}))
+    ans = pd.concat(rows, ignore_index=True)
+    ans = ans[ans["category"] != "cardiomegaly"]
+    thr = {c: 0.5 for c in policy.categories if c != "cardiomegaly"}
+    ops = pd.concat(
+        [
+            per_group_operating_table(
+                ans, group_col="category", y_col="answer", p_col="p", thresholds=thr
+            ).assign(model=m, set="pooled_test")
+            for m in ("base", "tuned")
+        ]
+    )
+    thresholds = pd.DataFrame(
+        [{"model": m, "category": c, "status": "insufficient data" if c == "cardiomegaly"
+          else "ok", "threshold": np.nan if c == "cardiomegaly" else 0.5, "met": c !=
+          "cardiomegaly", "n": 12, "n_pos": 0 if c == "cardiomegaly" else 6,
+          "n_neg": 12 if c == "cardiomegaly" else 6}
+         for m in ("base", "tuned") for c in policy.categories]
+    )  # fmt: skip
+    cal = pd.DataFrame([{"set": "pooled_test", "model": "tuned", "scale": "recalibrated",
+                         "debiased_ece": 0.01, "debiased_ci_low": 0.0, "debiased_ci_high": 0.02,
+                         "n": 160, "perfect_debiased_median": 0.005}])  # fmt: skip
+    evidence = TableSet({"operating": ops, "calibration": cal, "thresholds": thresholds})
+    decisions, criteria = decide_brief(evidence, policy)
+    dec = decisions.set_index("category")
+    assert dec.loc["effusion", "decision"] == "NO-GO"
+    assert "sensitivity not met" in dec.loc["effusion", "reasons"]
+    crit = criteria.set_index(["category", "criterion"])
+    sens = crit.loc[("effusion", "sensitivity")]
+    assert not sens["passed"] and "not estimable (no yes image" in sens["detail"]
+    assert dec.loc["cardiomegaly", "decision"] == "NO-GO"
+    assert "no operating threshold" in crit.loc[("cardiomegaly", "specificity"), "detail"]
+    assert set(dec.index[dec["decision"] == "GO"]) == {"consolidation", "interstitial_opacity"}
+    assert dec.loc["overall", "decision"] == "NO-GO"
+    plan = monitoring_plan(evidence, TableSet({"decisions": decisions}), policy)
+    assert plan["item"].str.contains("cardiomegaly: no threshold yet").any()

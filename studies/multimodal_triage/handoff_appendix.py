@@ -67,8 +67,8 @@ def composition_section(
         anchor="data",
         title="5 The data and the monitoring plan",
         paragraphs=(
-            never + " Patients are split by a keyed hash, so all photos of a patient fall in one "
-            "split.",
+            never + " Patients are split by a salted hash of their first photo, so all photos of "
+            "a patient fall in one split.",
         ),
         tables=(
             table(
@@ -221,7 +221,8 @@ def appendix(bundle: AuditBundle, stamp: AuditStamp, policy: MultimodalPolicy) -
     methods = (
         MethodNote(
             "Splits",
-            "Development patients are split by a keyed hash of (clinic, patient) into train / "
+            "Development patients are split by a salted hash of each patient's first landed "
+            "photo into train / "
             "validation / calibration / in-distribution test; the held-out clinic is only "
             "evaluated. The best single modality is chosen on validation.",
         ),

@@ -43,16 +43,28 @@ def decide_brief(evidence: TableSet, policy: PedsVqaPolicy) -> tuple[pd.DataFram
     c = policy.criteria
     ops = evidence["operating"]
     pooled = ops[(ops["set"] == "pooled_test") & (ops["model"] == "tuned")].set_index("group")
+    thr = evidence["thresholds"]
     rows = []
     for cat in policy.categories:
+        if cat not in pooled.index:  # no validation threshold (see evidence ``thresholds``)
+            v = thr[thr["category"] == cat].iloc[0]
+            detail = (f"not estimable: no operating threshold, the validation split has "
+                      f"{int(v['n_pos'])} yes / {int(v['n_neg'])} no images")  # fmt: skip
+            for name, rule in (("sensitivity", c.sensitivity), ("specificity", c.specificity)):
+                rows.append(_row(cat, name, rule, ">=", float("nan"), detail))
+            continue
         r = pooled.loc[cat]
         for name, rule in (("sensitivity", c.sensitivity), ("specificity", c.specificity)):
             value = float(r[name] if rule.statistic == "estimate" else r[f"{name}_ci_low"])
             detail = (
-                f"{r[name]:.3f} (95% CI {r[f'{name}_ci_low']:.3f}-{r[f'{name}_ci_high']:.3f}), "
-                f"n_pos {int(r['n_pos'])}, n_neg {int(r['n_neg'])}, threshold "
+                f"{r[name]:.3f} (95% CI {r[f'{name}_ci_low']:.3f}-{r[f'{name}_ci_high']:.3f})"
+                if math.isfinite(r[name])
+                else "not estimable (no " + ("yes" if name == "sensitivity" else "no")
+                + " image in the pooled test set)"
+            ) + (
+                f", n_pos {int(r['n_pos'])}, n_neg {int(r['n_neg'])}, threshold "
                 f"{r['threshold']:.3f} fixed on validation"
-            )
+            )  # fmt: skip
             rows.append(_row(cat, name, rule, ">=", value, detail))
     cal = evidence["calibration"]
     e = cal[(cal["set"] == "pooled_test") & (cal["model"] == "tuned")
@@ -90,9 +102,10 @@ def monitoring_plan(evidence: TableSet, decisions: TableSet, policy: PedsVqaPoli
     tuned = thr[thr["model"] == "tuned"].set_index("category")
     rows = []
     for cat in policy.categories:
+        th = float(tuned.loc[cat, "threshold"])
         rows.append({
-            "item": f"{cat}: sensitivity / specificity at threshold "
-            f"{tuned.loc[cat, 'threshold']:.3f}",
+            "item": f"{cat}: sensitivity / specificity at threshold {th:.3f}" if math.isfinite(th)
+            else f"{cat}: no threshold yet (validation split lacks yes or no images)",
             "when": "every new labelled batch (re-audit runs on landing)",
             "action": "re-fix the threshold on validation only; never on test questions",
             "status": dec[cat],

@@ -28,7 +28,11 @@ import pandas as pd
 from clinaudit.audit.calibration_fit import expit, logit
 from clinaudit.audit.delong import delong_paired_test
 from clinaudit.audit.group_calibration import apply_group_calibrators, fit_group_calibrators
-from clinaudit.audit.operating_point import choose_threshold, per_group_operating_table
+from clinaudit.audit.operating_point import (
+    MIN_PER_CLASS,
+    choose_threshold,
+    per_group_operating_table,
+)
 from clinaudit.audit.records import TableSet
 from clinaudit.audit.selective import TemperatureFit
 from clinaudit.audit.small_sample_calibration import (
@@ -36,7 +40,7 @@ from clinaudit.audit.small_sample_calibration import (
     perfect_calibration_reference,
     reliability_table,
 )
-from clinaudit.audit.types import AuditInputError
+from clinaudit.audit.types import STATUS_INSUFFICIENT, STATUS_OK, AuditInputError
 from clinaudit.studies.base import AuditData
 
 from .latency import latency_table
@@ -45,7 +49,7 @@ from .model import MODELS, answer_plan
 from .policy import PedsVqaPolicy
 from .questions import assign_splits, evaluation_set, shuffled_controls
 
-__all__ = ["SUBGROUPS", "answers_table", "evidence_tableset"]
+__all__ = ["SUBGROUPS", "answers_table", "evidence_tableset", "thresholded_categories"]
 
 #: Subgroup attributes of the pooled test set (columns of the validated table).
 SUBGROUPS: tuple[str, ...] = ("age_band", "view", "sex")
@@ -71,7 +75,7 @@ def answers_table(data: AuditData, policy: PedsVqaPolicy) -> tuple[pd.DataFrame,
         pred, table = data.predictions[site], data.validated.get(site)
         if table is None or pred.empty:
             continue
-        table = table.assign(split=assign_splits(table["patient"], plan["shares"], plan["salt"]))
+        table = table.assign(split=assign_splits(table, plan["shares"], plan["salt"]))
         table = table.assign(site=site, image_key=table["batch"] + "/" + table["file"])
         images.append(table)
         meta = table[["image_key", "site", "patient", *SUBGROUPS]]
@@ -117,19 +121,37 @@ def _calibrate(ans: pd.DataFrame, policy: PedsVqaPolicy) -> tuple[pd.DataFrame, 
 
 
 def _thresholds(ans: pd.DataFrame, policy: PedsVqaPolicy) -> pd.DataFrame:
+    """Each (model, category) threshold from its validation questions. A category whose
+    validation images are all "yes" or all "no" gets no threshold (``NaN``, status
+    ``"insufficient data"``): it is reported and judged NO-GO, never guessed."""
     rows = []
     for name in MODELS:
         for cat in policy.categories:
             val = ans[(ans["model"] == name) & (ans["split"] == "validation")
                       & (ans["category"] == cat) & (ans["template"] == 0)]  # fmt: skip
+            n_pos = int(val["answer"].sum())
+            if min(n_pos, len(val) - n_pos) == 0:
+                rows.append({"model": name, "category": cat, "status": STATUS_INSUFFICIENT,
+                             "threshold": np.nan, "met": False, "n": len(val), "n_pos": n_pos,
+                             "n_neg": len(val) - n_pos, "val_sensitivity": np.nan,
+                             "val_specificity": np.nan})  # fmt: skip
+                continue
             choice = choose_threshold(
                 val["answer"], val["p"], min_specificity=policy.operating_point.min_specificity
             )
-            rows.append({"model": name, "category": cat, "threshold": choice.threshold,
-                         "met": choice.met, "n": choice.n, "n_pos": choice.n_pos,
-                         "n_neg": choice.n_neg, "val_sensitivity": choice.sensitivity,
+            rows.append({"model": name, "category": cat, "status": STATUS_OK,
+                         "threshold": choice.threshold, "met": choice.met, "n": choice.n,
+                         "n_pos": choice.n_pos, "n_neg": choice.n_neg,
+                         "val_sensitivity": choice.sensitivity,
                          "val_specificity": choice.specificity})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def thresholded_categories(thr: pd.DataFrame) -> list[str]:
+    """Categories with a validation threshold for every model (the others are reported as
+    insufficient data and judged NO-GO)."""
+    ok = thr.groupby("category", sort=False)["status"].agg(lambda s: bool((s == STATUS_OK).all()))
+    return [str(c) for c, good in ok.items() if good]
 
 
 def _operating(rows: pd.DataFrame, thr: pd.DataFrame, ci: float, group_col: str) -> pd.DataFrame:
@@ -291,24 +313,46 @@ def evidence_tableset(data: AuditData, policy: PedsVqaPolicy) -> TableSet:
     )  # fmt: skip
     ev = pd.concat([_eval_answers(ans[ans["model"] == m], questions) for m in MODELS])
     shuffled = shuffled_controls(questions, images, n=ev_cfg.shuffled_controls, seed=ev_cfg.seed)
-    pooled_ops = _operating(pooled, thr, ci, "category").assign(set="pooled_test")
-    eval_ops = _operating(ev, thr, ci, "category").assign(set="evaluation_set")
+    # Whatever needs a threshold reads only the categories that have one; calibration and the
+    # AUROC comparison need none and read every category.
+    cats = thresholded_categories(thr)
+    if not cats:
+        short = thr.drop_duplicates("category")
+        raise AuditInputError(
+            "validation split",
+            "; ".join(f"{r.category}: {r.n_pos} yes / {r.n_neg} no" for r in short.itertuples()),
+            "at least one category with both answers among its validation images",
+            "land more images (the tiny scale is for tests) or change splits.shares",
+        )  # fmt: skip
+    th_ans, th_thr = ans[ans["category"].isin(cats)], thr[thr["category"].isin(cats)]
+    th_pooled, th_ev = pooled[pooled["category"].isin(cats)], ev[ev["category"].isin(cats)]
+    th_shuffled = shuffled[shuffled["category"].isin(cats)]
+    pooled_ops = _operating(th_pooled, th_thr, ci, "category").assign(set="pooled_test")
+    eval_ops = _operating(th_ev, th_thr, ci, "category").assign(set="evaluation_set")
     calibration, reliability = _calibration_rows(
         {"pooled_test": pooled, "evaluation_set": ev}, policy, seed
     )
     subgroups = pd.concat(
-        [_operating(pooled, thr, ci, a).assign(attribute=a) for a in SUBGROUPS], ignore_index=True
+        [_operating(th_pooled, th_thr, ci, a).assign(attribute=a) for a in SUBGROUPS],
+        ignore_index=True,
     )
     zero_shot = []
     for cat, part in pooled.groupby("category"):
         wide = part.pivot_table(index="image_key", columns="model", values="p")
         y = part.drop_duplicates("image_key").set_index("image_key")["answer"].loc[wide.index]
+        n_pos = int(y.sum())
+        n_neg = int(len(y) - n_pos)
+        if min(n_pos, n_neg) < MIN_PER_CLASS:  # no DeLong variance: reported, never fatal
+            zero_shot.append({"category": cat, "status": STATUS_INSUFFICIENT, "n_pos": n_pos,
+                              "n_neg": n_neg, "auroc_delta": np.nan, "ci_low": np.nan,
+                              "ci_high": np.nan, "p_value": np.nan})  # fmt: skip
+            continue
         test = delong_paired_test(y.to_numpy(), wide["tuned"].to_numpy(), wide["base"].to_numpy(),
                                   ci_level=ci)  # fmt: skip
-        zero_shot.append({"category": cat, "auroc_delta": test.difference,
-                          "ci_low": test.ci_low, "ci_high": test.ci_high,
-                          "p_value": test.p_value})  # fmt: skip
-    loc, files = localization_tables(data, ev, thr, images, policy, seed=seed)
+        zero_shot.append({"category": cat, "status": STATUS_OK, "n_pos": n_pos, "n_neg": n_neg,
+                          "auroc_delta": test.difference, "ci_low": test.ci_low,
+                          "ci_high": test.ci_high, "p_value": test.p_value})  # fmt: skip
+    loc, files = localization_tables(data, th_ev, th_thr, images, policy, seed=seed)
     latency = latency_table(data, questions, images, policy)
     tuned = pooled_ops[pooled_ops["model"] == "tuned"]
     headline = tuned[["group", "sensitivity", "sensitivity_ci_low", "sensitivity_ci_high",
@@ -321,8 +365,8 @@ def evidence_tableset(data: AuditData, policy: PedsVqaPolicy) -> TableSet:
         "operating": pd.concat([pooled_ops, eval_ops], ignore_index=True),
         "calibration": calibration,
         "reliability": reliability,
-        "controls": _controls(ans, ev, shuffled, thr),
-        "paraphrases": _paraphrases(ans, ev, thr, ev_cfg.paraphrases),
+        "controls": _controls(th_ans, th_ev, th_shuffled, th_thr),
+        "paraphrases": _paraphrases(th_ans, th_ev, th_thr, ev_cfg.paraphrases),
         "subgroups": subgroups,
         "zero_shot": pd.DataFrame(zero_shot),
         "evaluation_set": ev[["question_id", "category", "question", "answer", "model", "z",

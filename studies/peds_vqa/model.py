@@ -219,7 +219,7 @@ def answer_plan(policy: PedsVqaPolicy) -> dict[str, Any]:
 
 
 def _split_table(table: pd.DataFrame, plan: dict[str, Any]) -> pd.DataFrame:
-    return table.assign(split=assign_splits(table["patient"], plan["shares"], plan["salt"]))
+    return table.assign(split=assign_splits(table, plan["shares"], plan["salt"]))
 
 
 def _threads(n: int) -> Callable[[], None]:

@@ -108,7 +108,8 @@ SCHEMA: dict[str, Field] = {
 
 @dataclass(frozen=True)
 class SplitSettings:
-    """Patient-disjoint shares of the pediatric cohort (keyed hash of the patient pseudonym)."""
+    """Patient-disjoint shares of the pediatric cohort (salted hash of each patient's first
+    landed image; :func:`~clinaudit.studies.peds_vqa.questions.assign_splits`)."""
 
     train: float
     calibration: float

@@ -6,8 +6,9 @@ meaning, different words and structure), so paraphrase consistency can be measur
 
 Built deterministically from the validated table and the policy (:func:`question_plan`):
 
-- ``split`` of every image: a keyed hash of the patient pseudonym and the policy's salt, so a
-  patient's images never straddle two splits (:func:`assign_splits`).
+- ``split`` of every image: a salted hash of its patient's first landed image (never of the
+  pseudonym, which depends on the home's secret key), so a patient's images never straddle two
+  splits and the same data splits the same way in every home (:func:`assign_splits`).
 - the *pooled* set: every non-training image x category x paraphrase (calibration, validation and
   test splits; the pooled test set is the test split's canonical questions);
 - the *evaluation set*: per category ``per_category`` questions on test images, ``yes_share`` of
@@ -22,14 +23,13 @@ Answers are ``1`` (yes) or ``0`` (no), read from the validated table's category 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from clinaudit.audit.types import AuditInputError
+from clinaudit.models.vendor_model import patient_uniform
 
 __all__ = [
     "BLANK_PREFIX",
@@ -94,13 +94,16 @@ def question_text(category: str, template: int) -> str:
     return family[template]
 
 
-def assign_splits(patients: pd.Series, shares: Mapping[str, float], salt: str) -> pd.Series:
-    """Split of each row by a keyed hash of its patient (patient-disjoint by construction).
+def assign_splits(table: pd.DataFrame, shares: Mapping[str, float], salt: str) -> pd.Series:
+    """Split of each image by a salted hash of its patient's first landed image (patient-disjoint
+    by construction; see :func:`~clinaudit.models.vendor_model.patient_uniform`).
 
     Parameters
     ----------
-    patients : pandas.Series
-        Patient pseudonyms (one per image row).
+    table : pandas.DataFrame
+        Validated images: columns ``patient`` (pseudonym), ``batch`` and ``image_id``. The split
+        does not depend on the pseudonymisation key, so the same landed data gives the same
+        splits in every home.
     shares : mapping of str to float
         Split name -> share, in order; the shares sum to 1.
     salt : str
@@ -109,19 +112,20 @@ def assign_splits(patients: pd.Series, shares: Mapping[str, float], salt: str) -
     Returns
     -------
     pandas.Series
-        Split name per row, same index as ``patients``.
+        Split name per row, same index as ``table``.
     """
+    missing = [c for c in ("patient", "batch", "image_id") if c not in table.columns]
+    if missing:
+        raise AuditInputError(
+            "images table", f"no columns {missing}", "columns patient, batch and image_id",
+            "pass the validated table of the site",
+        )  # fmt: skip
     names = list(shares)
     edges = np.cumsum([float(shares[n]) for n in names])
-    key = salt.encode()
-
-    def unit(patient: str) -> float:
-        digest = hmac.new(key, str(patient).encode(), hashlib.sha256).digest()
-        return int.from_bytes(digest[:8], "big") / 2.0**64
-
-    u = patients.astype(str).map(unit).to_numpy(dtype=float)
+    keys = table["batch"].astype(str) + "/" + table["image_id"].astype(str)
+    u = patient_uniform(table["patient"].astype(str).to_numpy(), keys.to_numpy(), salt)
     idx = np.minimum(np.searchsorted(edges, u, side="right"), len(names) - 1)
-    return pd.Series(np.asarray(names, dtype=object)[idx], index=patients.index, name="split")
+    return pd.Series(np.asarray(names, dtype=object)[idx], index=table.index, name="split")
 
 
 def scored_questions(

@@ -83,7 +83,9 @@ def _methods(bundle: AuditBundle, policy: PedsVqaPolicy) -> tuple[MethodNote, ..
     s = bundle.evidence.facts["settings"]
     return (
         MethodNote("Splits", "Patients are assigned to train / calibration / validation / test "
-                   "by a keyed hash of their pseudonym; the LoRA tuning reads train only, the "
+                   "by a salted hash of their first landed image (not of the pseudonym, so the "
+                   "same data splits the same way in every installation); the LoRA tuning "
+                   "reads train only, the "
                    "recalibration the calibration split, the thresholds validation; everything "
                    "judged is on test."),
         MethodNote("Answer", "P(yes) = sigmoid(z_yes − z_no) from the first-token logits of one "

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from clinaudit.audit.types import STATUS_OK
 from clinaudit.reporting.kit import Cell, Section, fmt_num, fmt_pct, pct_ci, table
 from clinaudit.reporting.report_figures import FigureFile
 
@@ -52,6 +53,11 @@ def summary_section(ev, decisions, criteria, policy, simulated: bool, model) -> 
     crit = criteria.set_index(["category", "criterion"])
     rows = []
     for cat in policy.categories:
+        verdict = str(decisions.set_index("category").loc[cat, "decision"])
+        if cat not in pooled.index:  # no threshold: the validation split lacked yes or no
+            rows.append([_cat(cat), "no threshold", _pass(False), "no threshold", _pass(False),
+                         "n/a", verdict])  # fmt: skip
+            continue
         r = pooled.loc[cat]
         rows.append([
             _cat(cat),
@@ -60,7 +66,7 @@ def summary_section(ev, decisions, criteria, policy, simulated: bool, model) -> 
             pct_ci(r["specificity"], r["specificity_ci_low"], r["specificity_ci_high"]),
             _pass(crit.loc[(cat, "specificity"), "passed"]),
             f"{int(r['n_pos'])} / {int(r['n_neg'])}",
-            str(decisions.set_index("category").loc[cat, "decision"]),
+            verdict,
         ])  # fmt: skip
     c = policy.criteria
     main = table(
@@ -77,6 +83,8 @@ def summary_section(ev, decisions, criteria, policy, simulated: bool, model) -> 
     zs = ev["zero_shot"]
     delta = "; ".join(
         f"{_cat(r.category)} {r.auroc_delta:+.3f} ({r.ci_low:+.3f} to {r.ci_high:+.3f})"
+        if r.status == STATUS_OK
+        else f"{_cat(r.category)} not estimable ({r.n_pos} yes / {r.n_neg} no: too few for DeLong)"
         for r in zs.itertuples()
     )
     overall = str(decisions.set_index("category").loc["overall", "decision"])
@@ -111,8 +119,8 @@ def data_section(ev, cohort: pd.DataFrame, policy, model) -> Section:
     splits = ev.facts["splits"]
     rows = [[s, f"{v['images']:,}", f"{v['patients']:,}"] for s, v in splits.items()]
     split_table = table(("Split", "Images", "Patients"), rows, (40, 30, 30),
-                        caption="Table 2 Patient-disjoint splits (keyed hash of the patient "
-                        "pseudonym).", css="compact")  # fmt: skip
+                        caption="Table 2 Patient-disjoint splits (salted hash of each "
+                        "patient's first landed image).", css="compact")  # fmt: skip
     comp = ev["completeness"]
     short = comp[comp["taken"] < comp["wanted"]]
     ev_cfg = policy.evaluation_set
@@ -222,13 +230,19 @@ def discrimination_section(ev, policy) -> Section:
     widths = (15, 15, 9, 16, 16, 14, 15)
     ops = ev["operating"]
     thr = ev["thresholds"]
-    unmet = thr[~thr["met"].astype(bool)]
+    missing = thr[thr["status"] != STATUS_OK]
+    unmet = thr[(thr["status"] == STATUS_OK) & ~thr["met"].astype(bool)]
     note = (
         "Every threshold met the validation specificity floor."
         if unmet.empty
         else "No validation threshold reached the specificity floor for: "
         + ", ".join(f"{_cat(r.category)} ({_NAMES[r.model]})" for r in unmet.itertuples())
         + "; the most specific threshold was used."
+    ) + "".join(
+        f" No threshold for {_cat(r.category)}: its {r.n} validation images are all "
+        f"{'yes' if r.n_pos else 'no'}, so it is not evaluated at an operating point and is "
+        "NO-GO (insufficient data)."
+        for r in missing[missing["model"] == "tuned"].itertuples()
     )
     return Section(
         "discrimination",
