@@ -287,6 +287,22 @@ def calibration_section(ev, policy, fig: FigureFile) -> Section:
                      f"{fmt_pct(r.perfect_debiased_median)} (p95 "
                      f"{fmt_pct(r.perfect_debiased_p95)})"])  # fmt: skip
     cal = policy.calibration
+    rel = ev["reliability"]
+    share = rel[["frac_pos", "mean_p"]].mul(rel["n"], axis=0).groupby(rel["set"]).sum().div(
+        rel.groupby("set")["n"].sum(), axis=0)  # fmt: skip
+    shift = ""
+    if {"pooled_test", "evaluation_set"} <= set(share.index):
+        pt_yes, (es_yes, es_p) = share.loc["pooled_test", "frac_pos"], share.loc["evaluation_set"]
+        shift = (
+            f" Share of yes: pooled test set {fmt_pct(pt_yes, 0)}, evaluation set "
+            f"{fmt_pct(es_yes, 0)} (mean P(yes) there {fmt_pct(es_p, 0)})."
+        )
+        if abs(es_yes - pt_yes) >= 0.10:
+            shift += (
+                " P(yes) is calibrated to the cohort's prevalence, so on an evaluation set "
+                "sampled to another share of yes (policy evaluation_set.yes_share) its ECE "
+                "largely reflects that sampling; the criterion is judged on the pooled test set."
+            )
     fits = ev["calibrators"]
     tuned = fits[fits["model"] == "tuned"]
     fit_text = "; ".join(
@@ -305,7 +321,8 @@ def calibration_section(ev, policy, fig: FigureFile) -> Section:
             "small n; the debiased estimator (Kumar et al. 2019) subtracts each bin's sampling "
             f"variance. 'Perfect' columns: the same estimator on {cal.n_sim:,} samples drawn from "
             "the model's own probabilities (a perfectly calibrated model at this n). The "
-            "plug-in bootstrap interval describes spread and may not contain the estimate.",
+            "plug-in bootstrap interval describes spread and may not contain the estimate."
+            + shift,
         ),
         figures=(fig,),
         tables=(table(
