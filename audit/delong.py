@@ -29,6 +29,9 @@ from scipy.stats import norm, rankdata
 
 from .types import AuditInputError, check_ci_level
 
+#: Fewest positives and negatives a DeLong variance needs (fewer: report insufficient data).
+MIN_PER_CLASS = 2
+
 
 @dataclass(frozen=True)
 class DeLongResult:
@@ -87,11 +90,11 @@ def _split(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndar
             "remove or re-score that row",
         )
     x, yneg = s[y == 1.0], s[y == 0.0]
-    if x.size < 2 or yneg.size < 2:
+    if x.size < MIN_PER_CLASS or yneg.size < MIN_PER_CLASS:
         raise AuditInputError(
             "y_true",
             f"{x.size} positives and {yneg.size} negatives",
-            "at least 2 of each for a DeLong variance",
+            f"at least {MIN_PER_CLASS} of each for a DeLong variance",
             "report this cell as insufficient data",
         )
     return x, yneg

@@ -37,7 +37,7 @@ import pandas as pd
 from pandera.typing import Series
 
 from .calibration import wilson_interval
-from .delong import delong_auroc
+from .delong import MIN_PER_CLASS, delong_auroc
 from .schemas import (
     OutputSchema,
     count_field,
@@ -67,9 +67,6 @@ __all__ = [
     "per_group_operating_table",
     "sens_spec_at",
 ]
-
-#: Fewest positives and negatives a group needs for an AUROC with a DeLong interval.
-MIN_PER_CLASS = 2
 
 Rule = Literal["max_sensitivity", "youden"]
 Direction = Literal[">=", "<="]
