@@ -354,6 +354,31 @@ class Fleet:
             f"(logs in {self.logs})"
         )
 
+    def wait_drained(self, timeout_s: float = 180.0) -> None:
+        """Poll (every 0.5 s) until no run is in flight. A schedule or sensor may create a run
+        between :meth:`settled` and :meth:`report` (the model and policy sources' 5-minute
+        observation cron does); the report must see it finished, not count it as not succeeded
+        while it is still queued. Raises FleetError naming the runs still in flight, or a
+        process that exited."""
+        deadline = time.time() + timeout_s
+        while True:
+            dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+            if dead:
+                raise FleetError(f"processes exited: {dead} (logs in {self.logs})")
+            flying = {
+                r.dagster_run.run_id[:8]: r.dagster_run.status.value
+                for r in self.run_records()
+                if r.dagster_run.status in _IN_FLIGHT
+            }
+            if not flying:
+                return
+            if time.time() >= deadline:
+                raise FleetError(
+                    f"runs still in flight {timeout_s:.0f} s after the fleet settled: {flying} "
+                    f"(logs in {self.logs})"
+                )
+            time.sleep(0.5)
+
     def sensor_ticks(self, name: str, after: float) -> int:
         """How many ticks sensor ``name`` completed (skipped or requested) after ``after``."""
         instance = self._instance
@@ -405,7 +430,10 @@ class Fleet:
     # ------------------------------------------------------------------ what happened
     def report(self, seconds: float) -> FleetReport:
         """Runs, concurrency and pool peaks from the event log; storage errors from the event
-        log and the processes' logs; packages published to the store."""
+        log and the processes' logs; packages published to the store. Waits first until no run
+        is in flight (:meth:`wait_drained`), so every run is read in its final state; ``seconds``
+        (the throughput) was measured when the fleet settled."""
+        self.wait_drained()
         pools = {
             a.op.name: a.op.pool
             for a in study_assets(self.study)

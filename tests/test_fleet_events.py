@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
+from clinaudit.orchestration.fleet import Fleet, FleetError
 from clinaudit.orchestration.fleet_events import Interval, log_errors, max_overlap, read_runs
 
 
@@ -51,3 +54,25 @@ def test_storage_errors_in_the_processes_logs_are_named_with_their_line(tmp_path
     (tmp_path / "worker0.log").write_text("all fine\n")
     [error] = log_errors(tmp_path)
     assert error.startswith("daemon.log:2: sqlite3.OperationalError")
+
+
+def test_the_report_waits_for_a_run_created_after_the_fleet_settled(tmp_path: Path) -> None:
+    # The 5-minute source-observation cron can create a run between settled() and report();
+    # read at once, it was counted NOT_STARTED, i.e. as a run that did not succeed.
+    fleet = Fleet(tmp_path / "fleet")
+    (tmp_path / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        fleet.instance = instance
+        late = instance.create_run_for_job(two_steps)
+        assert late.status == dg.DagsterRunStatus.NOT_STARTED
+        with pytest.raises(FleetError, match=rf"still in flight.*{late.run_id[:8]}.*NOT_STARTED"):
+            fleet.wait_drained(timeout_s=0.6)
+
+        # Another process ends it (here: reports it failed) while the fleet waits.
+        finish = threading.Timer(0.5, lambda: instance.report_run_failed(late))
+        finish.start()
+        fleet.wait_drained(timeout_s=30.0)
+        finish.join()
+        seen = read_runs(instance, fleet.run_records(), {})
+        assert seen.runs == {late.run_id: "FAILURE"}  # read in its final state
+        fleet.instance = None
