@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from clinaudit.models.vlm.answer import generate_answers_naive, yes_no_logit
-from clinaudit.models.vlm.base import create_vlm
 from clinaudit.models.vlm.config import VlmConfig, vqa_prompt
+from clinaudit.models.vlm.registry import create_vlm
 from clinaudit.models.vlm.tokenizer import train_vqa_tokenizer
 from clinaudit.sources.peds_render import PEDS_CATEGORIES, render_peds_cxr
 from clinaudit.studies.peds_vqa.latency import cpu_name, resolve_precision

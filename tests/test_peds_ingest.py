@@ -3,6 +3,8 @@ quarantine record for every kind of broken row or image, structural failures, re
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import shutil
 from pathlib import Path
 
@@ -267,3 +269,8 @@ def test_age_parsing_and_bands() -> None:
     assert [age_band(a) for a in (0.0, 0.99, 1.0, 4.9, 5.0, 9.99, 10.0, 17.0)] == [
         "0-1", "0-1", "1-5", "1-5", "5-10", "5-10", ">10", ">10",
     ]  # fmt: skip
+
+
+def test_the_peds_vindr_rows_examples_run() -> None:
+    result = doctest.testmod(importlib.import_module("clinaudit.sources.peds_vindr_rows"))
+    assert result.attempted >= 1 and result.failed == 0

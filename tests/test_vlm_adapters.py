@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import re
 
@@ -206,3 +208,8 @@ def test_from_local_round_trip(kind, tok, images, tmp_path):
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     with pytest.raises(FileNotFoundError):
         load_local_vlm(kind, tmp_path / "missing")
+
+
+def test_the_registry_examples_run() -> None:
+    result = doctest.testmod(importlib.import_module("clinaudit.models.vlm.registry"))
+    assert result.attempted >= 1 and result.failed == 0

@@ -11,9 +11,9 @@ from vlm_checkpoint import save_tiny_checkpoint
 
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.vlm.answer import answer_token_ids
-from clinaudit.models.vlm.base import load_local_vlm, local_vlm_kind
 from clinaudit.models.vlm.config import vqa_prompt
 from clinaudit.models.vlm.package import VlmCard, load_vlm_package, save_vlm_package
+from clinaudit.models.vlm.registry import load_local_vlm, local_vlm_kind
 from clinaudit.studies import get_study
 from clinaudit.studies.base import ModelSpec
 

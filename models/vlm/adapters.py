@@ -48,17 +48,15 @@ from transformers import (
     SmolVLMForConditionalGeneration,
 )
 
-from clinaudit.models.vlm.base import (
+from clinaudit.models.vlm.base import VlmAdapter, VlmBatch, unwrap_model
+from clinaudit.models.vlm.config import VlmConfig
+from clinaudit.models.vlm.registry import (
     VLM_REGISTRY,
-    VlmAdapter,
-    VlmBatch,
     create_vlm,
     load_local_vlm,
     local_vlm_kind,
     register_vlm,
-    unwrap_model,
 )
-from clinaudit.models.vlm.config import VlmConfig
 
 __all__ = [
     "VLM_REGISTRY",

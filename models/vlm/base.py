@@ -1,9 +1,8 @@
-"""The adapter interface of the small vision-language models, and its registry.
+"""The adapter interface of the small vision-language models.
 
 :class:`VlmAdapter` is the interface (see :mod:`clinaudit.models.vlm.adapters` for the three
-Hugging Face classes behind it and the traps each one sets); :func:`register_vlm`,
-:func:`create_vlm` and :func:`load_local_vlm` are the timm-style registry: an unknown kind lists
-the known ones. Importing :mod:`clinaudit.models.vlm.adapters` registers the three kinds.
+Hugging Face classes behind it and the traps each one sets); :mod:`clinaudit.models.vlm.registry`
+builds and loads them by kind.
 """
 
 from __future__ import annotations
@@ -30,17 +29,7 @@ from clinaudit.models.vlm.config import VlmConfig
 
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
-__all__ = [
-    "VLM_REGISTRY",
-    "VlmAdapter",
-    "VlmBatch",
-    "checkpoint_model_type",
-    "create_vlm",
-    "load_local_vlm",
-    "local_vlm_kind",
-    "register_vlm",
-    "unwrap_model",
-]
+__all__ = ["VlmAdapter", "VlmBatch", "checkpoint_model_type", "unwrap_model"]
 
 
 @dataclass(frozen=True)
@@ -162,13 +151,15 @@ class VlmAdapter(ABC):
             If the checkpoint's ``model_type`` is not one this adapter loads
             (:attr:`local_classes`), or its tokenizer lacks a pad / bos / eos token.
         """
+        from clinaudit.models.vlm.registry import kind_hint  # the registry imports this module
+
         path = Path(path)
         model_type = checkpoint_model_type(path)
         if model_type not in cls.local_classes:
             raise ValueError(
                 f"{path / 'config.json'}: model_type {model_type!r} is not a {cls.kind} checkpoint "
                 f"(this adapter loads {sorted(cls.local_classes)}); "
-                f"{_kind_hint(model_type)}"
+                f"{kind_hint(model_type)}"
             )
         model = cls.local_classes[model_type].from_pretrained(
             path, local_files_only=True, attn_implementation="eager"
@@ -467,46 +458,6 @@ class VlmAdapter(ABC):
         return self.lora_target_pattern()
 
 
-# ---------------------------------------------------------------------------------- registry
-VLM_REGISTRY: dict[str, type[VlmAdapter]] = {}
-
-
-def register_vlm(cls: type[VlmAdapter]) -> type[VlmAdapter]:
-    """Class decorator: register an adapter under its ``kind``."""
-    if cls.kind in VLM_REGISTRY:
-        raise ValueError(f"a VLM adapter is already registered as {cls.kind!r}")
-    VLM_REGISTRY[cls.kind] = cls
-    return cls
-
-
-def _registry() -> dict[str, type[VlmAdapter]]:
-    import clinaudit.models.vlm.adapters  # noqa: F401  (registers the three kinds)
-
-    return VLM_REGISTRY
-
-
-def _adapter_class(kind: str) -> type[VlmAdapter]:
-    if kind not in _registry():
-        raise KeyError(f"unknown VLM kind {kind!r}; known kinds: {sorted(VLM_REGISTRY)}")
-    return VLM_REGISTRY[kind]
-
-
-def create_vlm(
-    kind: str, config: VlmConfig, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0
-) -> tuple[VlmAdapter, PreTrainedModel]:
-    """Build an untrained model of ``kind`` (see :meth:`VlmAdapter.build`).
-
-    Examples
-    --------
-    >>> from clinaudit.models.vlm.tokenizer import train_vqa_tokenizer
-    >>> tok = train_vqa_tokenizer(["is the heart enlarged?"], vocab_size=32)
-    >>> adapter, model = create_vlm("llava", VlmConfig("llava", vocab_size=len(tok)), tok)
-    >>> type(model).__name__
-    'LlavaForConditionalGeneration'
-    """
-    return _adapter_class(kind).build(config, tokenizer, seed=seed)
-
-
 def checkpoint_model_type(path: str | Path) -> str:
     """The ``model_type`` of the checkpoint in folder ``path`` (its ``config.json``).
 
@@ -533,36 +484,3 @@ def checkpoint_model_type(path: str | Path) -> str:
     if not isinstance(doc, dict) or not isinstance(doc.get("model_type"), str):
         raise ValueError(f"{config} names no model_type; re-save the checkpoint with transformers")
     return doc["model_type"]
-
-
-def _kind_hint(model_type: str) -> str:
-    loads = {t: k for k, a in _registry().items() for t in a.local_classes}
-    if model_type in loads:
-        return f"it is read with kind {loads[model_type]!r}"
-    return f"no adapter reads model_type {model_type!r}; supported: " + ", ".join(
-        f"{t} ({k})" for t, k in sorted(loads.items())
-    )
-
-
-def local_vlm_kind(path: str | Path) -> str:
-    """The adapter kind that reads the checkpoint in ``path``, from its ``model_type``.
-
-    ``paligemma`` -> ``paligemma``, ``llava`` -> ``llava``, ``idefics3`` and ``smolvlm``
-    (SmolVLM / SmolVLM2) -> ``idefics3``.
-
-    Raises
-    ------
-    ValueError
-        If no registered adapter reads that ``model_type`` (e.g. ``llava_next``, LLaVA-1.6).
-    """
-    model_type = checkpoint_model_type(path)
-    for kind, adapter in _registry().items():
-        if model_type in adapter.local_classes:
-            return kind
-    raise ValueError(f"{Path(path) / 'config.json'}: {_kind_hint(model_type)}")
-
-
-def load_local_vlm(kind: str | None, path: str | Path) -> tuple[VlmAdapter, PreTrainedModel]:
-    """Load a local checkpoint (see :meth:`VlmAdapter.from_local`); ``kind=None`` reads the
-    kind from the checkpoint (:func:`local_vlm_kind`)."""
-    return _adapter_class(kind or local_vlm_kind(path)).from_local(path)

@@ -38,7 +38,6 @@ from clinaudit.audit.records import ModelRef
 from clinaudit.audit.types import AuditInputError
 from clinaudit.models.vlm.adult_data import adult_pretraining_pairs
 from clinaudit.models.vlm.answer import score_questions
-from clinaudit.models.vlm.base import create_vlm, load_local_vlm, local_vlm_kind
 from clinaudit.models.vlm.config import CAPTION_PROMPT, VlmConfig
 from clinaudit.models.vlm.package import (
     CARD_FILE,
@@ -48,6 +47,7 @@ from clinaudit.models.vlm.package import (
     save_vlm_package,
     vlm_package_sha256,
 )
+from clinaudit.models.vlm.registry import create_vlm, load_local_vlm, local_vlm_kind
 from clinaudit.models.vlm.tokenizer import train_vqa_tokenizer
 from clinaudit.models.vlm.train import TrainSettings, lora_finetune, merge_lora, pretrain_base
 from clinaudit.sources.peds_simulator import SITE
