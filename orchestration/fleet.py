@@ -331,6 +331,12 @@ class Fleet:
         decisions = read_stored(self.home, f"{STUDY}/decisions")["decisions"]
         return set(self.sites) <= set(decisions["site"])
 
+    def _check_processes(self) -> None:
+        """Raise FleetError naming every fleet process (daemon, workers) that has exited."""
+        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        if dead:
+            raise FleetError(f"processes exited: {dead} (logs in {self.logs})")
+
     def wait_settled(self, on_poll: Callable[[Fleet], None] | None = None) -> float:
         """Poll (every 0.5 s; ``on_poll`` each time) until :meth:`settled`; returns the seconds
         since the daemon started. Raises FleetError naming the state at the timeout, or a
@@ -338,9 +344,7 @@ class Fleet:
         deadline = self.started_at + self.settings.settle_timeout_s
         next_check = 0.0
         while time.time() < deadline:
-            dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
-            if dead:
-                raise FleetError(f"processes exited: {dead} (logs in {self.logs})")
+            self._check_processes()
             if on_poll is not None:
                 on_poll(self)
             if time.time() >= next_check:
@@ -362,9 +366,7 @@ class Fleet:
         process that exited."""
         deadline = time.time() + timeout_s
         while True:
-            dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
-            if dead:
-                raise FleetError(f"processes exited: {dead} (logs in {self.logs})")
+            self._check_processes()
             flying = {
                 r.dagster_run.run_id[:8]: r.dagster_run.status.value
                 for r in self.run_records()
