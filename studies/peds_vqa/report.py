@@ -31,18 +31,15 @@ from clinaudit.reporting.study_package import ReportContent
 from .localization import MAP_FILE
 from .policy import PedsVqaPolicy
 from .report_figures import auroc_svg, maps_svg, reliability_counts_svg
-from .report_sections import (
+from .report_results import (
     calibration_section,
     controls_section,
-    data_section,
     discrimination_section,
     latency_section,
-    limitations_section,
     localization_section,
-    model_section,
     subgroup_section,
-    summary_section,
 )
+from .report_sections import data_section, limitations_section, model_section, summary_section
 
 __all__ = ["TITLE", "evaluation_report"]
 
